@@ -1,0 +1,604 @@
+"""The catalogue: regions.yaml loaded, validated and frozen into typed objects.
+
+``load(path)`` returns a :class:`Catalogue` or raises :class:`~residency.errors.CatalogueError`
+carrying *every* problem in the file, each as ``file:line:column: what is wrong, what would be right``.
+Nothing else in the toolkit reads regions.yaml.
+"""
+
+from __future__ import annotations
+
+import difflib
+import ipaddress
+import os
+import re
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, Callable, Mapping
+
+from .aws_regions import AWS_REGIONS
+from .errors import CatalogueError, InputError
+from .yamlpos import Map, Mark, Scalar, Seq, YamlSyntaxError, YNode, parse, plain
+
+MAX_BYTES = 1024 * 1024
+STATUSES = ("planned", "active", "draining", "retired")
+DEFAULT_PATH = "regions.yaml"
+ENV_VAR = "RESIDENCY_REGIONS"
+
+_NAME = re.compile(r"^[a-z][a-z0-9-]{0,30}$")
+_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+_BUCKET = re.compile(r"^[a-z0-9][a-z0-9-]{1,40}[a-z0-9]$")
+_JURIS = re.compile(r"^[A-Z][A-Z0-9_]{0,15}$")
+
+
+# --------------------------------------------------------------------------- the model
+
+
+@dataclass(frozen=True)
+class Jurisdiction:
+    name: str
+    aws_regions: tuple[str, ...]
+    law: str | None = None
+
+
+@dataclass(frozen=True)
+class DatabaseSpec:
+    engine: str
+    version: str
+    instance_class: str
+    storage_gb: int
+    multi_az: bool
+
+
+@dataclass(frozen=True)
+class Retention:
+    backups_days: int
+    deleted_workspace_days: int
+
+
+@dataclass(frozen=True)
+class Environment:
+    """What every region gets, identically (before a region's declared overrides)."""
+
+    database: DatabaseSpec
+    buckets: tuple[str, ...]
+    queues: tuple[str, ...]
+    retention: Retention
+
+
+@dataclass(frozen=True)
+class Region:
+    name: str
+    aws_region: str
+    jurisdiction: str
+    cidr: str
+    backup_region: str
+    status: str
+    overrides: Mapping[str, Any]
+    environment: Environment
+    """The effective environment: the shared one with this region's overrides applied."""
+
+    @property
+    def is_active(self) -> bool:
+        return self.status == "active"
+
+
+@dataclass(frozen=True)
+class PathSpec:
+    """How a table reaches its workspace where foreign keys can't say it.
+
+    Either ``references`` (the column points at that table's primary key, without a declared
+    foreign key) or ``type_column`` + ``targets`` (a polymorphic pair: the type column's value
+    names which table ``column`` points at).
+    """
+
+    table: str
+    column: str
+    references: str | None = None
+    type_column: str | None = None
+    targets: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+
+
+@dataclass(frozen=True)
+class WorkspaceSpec:
+    root_table: str
+    key_column: str
+    global_tables: tuple[str, ...]
+    paths: Mapping[str, PathSpec]
+    object_prefix: str
+
+    def prefix_for(self, workspace_id: object) -> str:
+        return self.object_prefix.format(workspace_id=workspace_id)
+
+
+@dataclass(frozen=True)
+class Catalogue:
+    path: str
+    jurisdictions: Mapping[str, Jurisdiction]
+    environment: Environment
+    regions: Mapping[str, Region]
+    workspace: WorkspaceSpec
+
+    def region(self, name: str) -> Region:
+        """The region called ``name``, or an :class:`InputError` naming the known ones."""
+        try:
+            return self.regions[name]
+        except KeyError:
+            known = ", ".join(self.regions)
+            hint = difflib.get_close_matches(name, list(self.regions), n=1)
+            extra = f"; did you mean '{hint[0]}'?" if hint else ""
+            raise InputError(f"unknown region '{name}' (regions in {self.path}: {known}){extra}") from None
+
+    def jurisdiction_of(self, region: str) -> Jurisdiction:
+        return self.jurisdictions[self.region(region).jurisdiction]
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def default_path() -> str:
+    return os.environ.get(ENV_VAR) or DEFAULT_PATH
+
+
+def load(path: str | os.PathLike[str] | None = None) -> Catalogue:
+    """Load and validate a regions file (default: ``$RESIDENCY_REGIONS`` or ``./regions.yaml``)."""
+    p = Path(path if path is not None else default_path())
+    shown = str(path if path is not None else default_path())
+    try:
+        size = p.stat().st_size
+    except FileNotFoundError:
+        raise InputError(f"{shown}: no such file; pass --regions FILE or set {ENV_VAR}") from None
+    except OSError as exc:
+        raise InputError(f"{shown}: cannot read: {exc.strerror}") from None
+    if p.is_dir():
+        raise InputError(f"{shown}: is a directory, expected a regions.yaml file")
+    if size > MAX_BYTES:
+        raise CatalogueError(
+            [f"{shown}:1:1: file is {size / 1048576:.1f} MiB; a regions file is at most 1 MiB"]
+        )
+    raw = p.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise CatalogueError([f"{shown}:{line}:1: not UTF-8 text (byte 0x{raw[exc.start]:02x})"]) from None
+    return loads(text, shown)
+
+
+def loads(text: str, file: str = "regions.yaml") -> Catalogue:
+    """Validate regions.yaml text; ``file`` is the name used in error messages."""
+    try:
+        root = parse(text, file)
+    except YamlSyntaxError as exc:
+        raise CatalogueError([str(exc)]) from None
+    v = _Validator(file)
+    cat = v.catalogue(root)
+    if v.problems or cat is None:
+        raise CatalogueError(v.sorted_problems())
+    return cat
+
+
+# --------------------------------------------------------------------------- validation
+
+
+_TYPE_NAMES = {str: "a string", int: "a whole number", bool: "true or false", list: "a list", dict: "a mapping"}
+
+
+class _Validator:
+    def __init__(self, file: str):
+        self.file = file
+        self.problems: list[tuple[int, int, str]] = []
+
+    # -- reporting
+    def err(self, mark: Mark, message: str) -> None:
+        self.problems.append((mark.line, mark.column, f"{mark}: {message}"))
+
+    def sorted_problems(self) -> list[str]:
+        seen: set[str] = set()
+        out = []
+        for _, _, msg in sorted(self.problems, key=lambda p: (p[0], p[1])):
+            if msg not in seen:
+                seen.add(msg)
+                out.append(msg)
+        return out
+
+    # -- structural helpers
+    def mapping(
+        self, node: YNode | None, where: str, mark: Mark, required: tuple[str, ...], optional: tuple[str, ...] = ()
+    ) -> Map | None:
+        if node is None or (isinstance(node, Scalar) and node.value is None):
+            self.err(mark, f"{where}: is empty; expected a mapping with {', '.join(required) or 'entries'}")
+            return None
+        if not isinstance(node, Map):
+            self.err(node.mark, f"{where}: expected a mapping, got {_kind(node)}")
+            return None
+        self.check_keys(node, where)
+        allowed = set(required) | set(optional)
+        for key, kmark in node.keys.items():
+            if allowed and key not in allowed:
+                hint = difflib.get_close_matches(key, sorted(allowed), n=1)
+                tip = f"did you mean '{hint[0]}'?" if hint else f"allowed: {', '.join(sorted(allowed))}"
+                self.err(kmark, f"{where}: unknown key '{key}'; {tip}")
+        for key in required:
+            if key not in node.items:
+                self.err(node.mark, f"{where}: missing key '{key}'")
+        return node
+
+    def check_keys(self, node: Map, where: str) -> None:
+        for key, kmark in node.duplicates:
+            first = node.keys[key]
+            self.err(kmark, f"{where}: duplicate key '{key}' (first defined at line {first.line})")
+        for key, kmark in node.bad_keys:
+            self.err(kmark, f"{where}: key {key!r} must be a string")
+
+    def scalar(self, m: Map, key: str, where: str, typ: type, default: Any = ..., check: Callable[[Any], str | None] | None = None) -> Any:
+        node = m.items.get(key)
+        if node is None:
+            if default is ...:
+                return None  # a missing required key is already reported by mapping()
+            return default
+        if not isinstance(node, Scalar):
+            self.err(node.mark, f"{where}: '{key}' must be {_TYPE_NAMES[typ]}, got {_kind(node)}")
+            return None
+        value = node.value
+        if typ is str and isinstance(value, (int, float)) and not isinstance(value, bool) and key == "version":
+            value = str(value)
+        ok = isinstance(value, typ) and not (typ is int and isinstance(value, bool))
+        if not ok:
+            self.err(node.mark, f"{where}: '{key}' must be {_TYPE_NAMES[typ]}, got {_describe(value)}")
+            return None
+        if check is not None:
+            problem = check(value)
+            if problem:
+                self.err(node.mark, f"{where}: {problem}")
+                return None
+        return value
+
+    def str_list(self, m: Map, key: str, where: str, check: Callable[[str], str | None] | None = None, default: Any = ...) -> tuple[str, ...] | None:
+        node = m.items.get(key)
+        if node is None:
+            return () if default is not ... else None
+        if not isinstance(node, Seq):
+            self.err(node.mark, f"{where}: '{key}' must be a list, got {_kind(node)}")
+            return None
+        out: list[str] = []
+        seen: dict[str, Mark] = {}
+        for item in node.items:
+            if not isinstance(item, Scalar) or not isinstance(item.value, str):
+                self.err(item.mark, f"{where}: every entry of '{key}' must be a string, got {_kind(item)}")
+                continue
+            if item.value in seen:
+                self.err(item.mark, f"{where}: '{item.value}' is listed twice in '{key}' (first at line {seen[item.value].line})")
+                continue
+            if check is not None:
+                problem = check(item.value)
+                if problem:
+                    self.err(item.mark, f"{where}: {problem}")
+                    continue
+            seen[item.value] = item.mark
+            out.append(item.value)
+        return tuple(out)
+
+    # -- the document
+    def catalogue(self, root: YNode | None) -> Catalogue | None:
+        if root is None or (isinstance(root, Scalar) and root.value is None):
+            self.err(Mark(self.file, 1, 1), "file is empty; expected a mapping with jurisdictions, environment, regions, workspace")
+            return None
+        top = self.mapping(root, "top level", Mark(self.file, 1, 1), ("jurisdictions", "environment", "regions", "workspace"))
+        if top is None:
+            return None
+        jur = self.jurisdictions(top.items.get("jurisdictions"), top.keys.get("jurisdictions", top.mark))
+        env, env_node = self.environment(top.items.get("environment"), top.keys.get("environment", top.mark))
+        regions = self.regions(top.items.get("regions"), top.keys.get("regions", top.mark), jur, env, env_node)
+        ws = self.workspace(top.items.get("workspace"), top.keys.get("workspace", top.mark))
+        if self.problems or jur is None or env is None or regions is None or ws is None:
+            return None
+        return Catalogue(self.file, MappingProxyType(jur), env, MappingProxyType(regions), ws)
+
+    def jurisdictions(self, node: YNode | None, mark: Mark) -> dict[str, Jurisdiction] | None:
+        m = self.mapping(node, "jurisdictions", mark, ())
+        if m is None:
+            return None
+        if not m.items:
+            self.err(m.mark, "jurisdictions: define at least one jurisdiction")
+        out: dict[str, Jurisdiction] = {}
+        owner: dict[str, str] = {}
+        for name, jnode in m.items.items():
+            where = f"jurisdiction '{name}'"
+            if not _JURIS.match(name):
+                self.err(m.keys[name], f"{where}: name must be upper-case letters and digits, such as EU or US")
+            jm = self.mapping(jnode, where, m.keys[name], ("aws_regions",), ("law",))
+            if jm is None:
+                continue
+            regs = self.str_list(jm, "aws_regions", where, check=_aws_region_problem)
+            law = self.scalar(jm, "law", where, str, default=None)
+            if regs is not None and not regs and "aws_regions" in jm.items:
+                self.err(jm.items["aws_regions"].mark, f"{where}: aws_regions must name at least one AWS region")
+            if regs:
+                seq = jm.items["aws_regions"]
+                assert isinstance(seq, Seq)
+                for item in seq.items:
+                    if isinstance(item, Scalar) and item.value in owner and owner[item.value] != name:
+                        self.err(item.mark, f"{where}: AWS region {item.value} already belongs to jurisdiction {owner[item.value]}")
+                for r in regs:
+                    owner.setdefault(r, name)
+                out[name] = Jurisdiction(name, regs, law)
+        return out
+
+    def environment(self, node: YNode | None, mark: Mark) -> tuple[Environment | None, Map | None]:
+        m = self.mapping(node, "environment", mark, ("database", "buckets", "queues", "retention"))
+        if m is None:
+            return None, None
+        db = self.database(m.items.get("database"), m.keys.get("database", m.mark), "environment.database")
+        buckets = self.str_list(m, "buckets", "environment", check=_bucket_problem)
+        queues = self.str_list(m, "queues", "environment", check=_bucket_problem)
+        ret = self.retention(m.items.get("retention"), m.keys.get("retention", m.mark), "environment.retention")
+        if None in (db, buckets, queues, ret):
+            return None, m
+        return Environment(db, buckets, queues, ret), m  # type: ignore[arg-type]
+
+    def database(self, node: YNode | None, mark: Mark, where: str) -> DatabaseSpec | None:
+        keys = ("engine", "version", "instance_class", "storage_gb", "multi_az")
+        m = self.mapping(node, where, mark, keys)
+        if m is None:
+            return None
+        engine = self.scalar(m, "engine", where, str, check=lambda v: None if v == "postgres" else f"engine must be postgres, not '{v}'")
+        version = self.scalar(m, "version", where, str, check=_pg_version_problem)
+        ic = self.scalar(m, "instance_class", where, str, check=lambda v: None if re.match(r"^db\.[a-z0-9]+\.[a-z0-9]+$", v) else f"instance_class '{v}' is not an RDS class such as db.r6g.large")
+        gb = self.scalar(m, "storage_gb", where, int, check=lambda v: None if 20 <= v <= 65536 else f"storage_gb must be between 20 and 65536, not {v}")
+        maz = self.scalar(m, "multi_az", where, bool)
+        if None in (engine, version, ic, gb, maz):
+            return None
+        return DatabaseSpec(engine, version, ic, gb, maz)
+
+    def retention(self, node: YNode | None, mark: Mark, where: str) -> Retention | None:
+        m = self.mapping(node, where, mark, ("backups_days", "deleted_workspace_days"))
+        if m is None:
+            return None
+        b = self.scalar(m, "backups_days", where, int, check=lambda v: None if 1 <= v <= 35 else f"backups_days must be between 1 and 35 (the RDS limit), not {v}")
+        d = self.scalar(m, "deleted_workspace_days", where, int, check=lambda v: None if 0 <= v <= 3650 else f"deleted_workspace_days must be between 0 and 3650, not {v}")
+        if b is None or d is None:
+            return None
+        return Retention(b, d)
+
+    def regions(self, node: YNode | None, mark: Mark, jur: dict[str, Jurisdiction] | None, env: Environment | None, env_node: Map | None) -> dict[str, Region] | None:
+        m = self.mapping(node, "regions", mark, ())
+        if m is None:
+            return None
+        if not m.items:
+            self.err(m.mark, "regions: define at least one region")
+        out: dict[str, Region] = {}
+        cidrs: list[tuple[str, ipaddress.IPv4Network | ipaddress.IPv6Network]] = []
+        aws_used: dict[str, str] = {}
+        for name, rnode in m.items.items():
+            where = f"region '{name}'"
+            if not _NAME.match(name):
+                self.err(m.keys[name], f"{where}: name must be lower-case letters, digits and dashes, starting with a letter (such as 'eu' or 'us-2')")
+            rm = self.mapping(rnode, where, m.keys[name], ("aws_region", "jurisdiction", "cidr", "backup_region", "status"), ("overrides",))
+            if rm is None:
+                continue
+            aws = self.scalar(rm, "aws_region", where, str, check=_aws_region_problem)
+            jname = self.scalar(rm, "jurisdiction", where, str)
+            cidr = self.scalar(rm, "cidr", where, str, check=_cidr_problem)
+            backup = self.scalar(rm, "backup_region", where, str, check=_aws_region_problem)
+            status = self.scalar(rm, "status", where, str, check=lambda v: None if v in STATUSES else f"status '{v}' is not one of {', '.join(STATUSES)}")
+            j = None
+            if jname is not None and jur is not None:
+                j = jur.get(jname)
+                if j is None:
+                    self.err(rm.items["jurisdiction"].mark, f"{where}: jurisdiction '{jname}' is not defined (defined: {', '.join(jur) or 'none'})")
+            if aws is not None:
+                if aws in aws_used:
+                    self.err(rm.items["aws_region"].mark, f"{where}: aws_region {aws} is already used by region '{aws_used[aws]}'; one region per AWS region")
+                aws_used.setdefault(aws, name)
+                if j is not None and aws not in j.aws_regions:
+                    self.err(rm.items["aws_region"].mark, f"{where}: aws_region {aws} is not in jurisdiction {j.name} ({', '.join(j.aws_regions)})")
+            if backup is not None:
+                if backup == aws:
+                    self.err(rm.items["backup_region"].mark, f"{where}: backup_region {backup} is the primary region; choose another region of jurisdiction {jname}")
+                elif j is not None and backup not in j.aws_regions:
+                    other = next((x.name for x in (jur or {}).values() if backup in x.aws_regions), None)
+                    inside = f"in jurisdiction {other}" if other else "in no jurisdiction"
+                    choices = [r for r in j.aws_regions if r != aws]
+                    self.err(rm.items["backup_region"].mark, f"{where}: backup_region {backup} is {inside}, not {j.name}" + (f"; choose one of {', '.join(choices)}" if choices else ""))
+            if cidr is not None:
+                net = ipaddress.ip_network(cidr, strict=False)
+                for other_name, other_net in cidrs:
+                    if net.version == other_net.version and net.overlaps(other_net):
+                        self.err(rm.items["cidr"].mark, f"{where}: cidr {cidr} overlaps region '{other_name}' ({other_net})")
+                cidrs.append((name, net))
+            overrides: dict[str, Any] = {}
+            effective = env
+            if "overrides" in rm.items:
+                overrides, effective = self.overrides(rm.items["overrides"], where, env, env_node)
+            if None in (aws, jname, cidr, backup, status) or j is None or effective is None:
+                continue
+            out[name] = Region(name, aws, jname, str(ipaddress.ip_network(cidr, strict=False)), backup, status, MappingProxyType(overrides), effective)
+        return out
+
+    def overrides(self, node: YNode, where: str, env: Environment | None, env_node: Map | None) -> tuple[dict[str, Any], Environment | None]:
+        w = f"{where}: overrides"
+        if not isinstance(node, Map):
+            self.err(node.mark, f"{w} must be a mapping of environment keys, got {_kind(node)}")
+            return {}, None
+        self.check_keys(node, w)
+        if env_node is None:
+            return plain(node), None
+        ok = self._check_override_keys(node, env_node, f"{where}: overrides", "environment")
+        if not ok or env is None:
+            return plain(node), None
+        # rebuild the environment with the overrides merged in, validating the merged values
+        merged = _merge(plain(env_node), plain(node))
+        before = len(self.problems)
+        sub = _Validator(self.file)
+        new_env, _ = sub.environment(_to_nodes(merged, node.mark), node.mark)
+        for line, col, msg in sub.problems:
+            _, _, text = msg.partition(": ")
+            self.problems.append((node.mark.line, node.mark.column, f"{node.mark}: {where}: overrides give an invalid environment: {text.split(': ', 1)[-1]}"))
+        if len(self.problems) > before:
+            return plain(node), None
+        return plain(node), new_env
+
+    def _check_override_keys(self, node: Map, base: Map, where: str, path: str) -> bool:
+        ok = True
+        for key, kmark in node.keys.items():
+            if key not in base.items:
+                hint = difflib.get_close_matches(key, list(base.items), n=1)
+                tip = f"did you mean '{hint[0]}'?" if hint else f"{path} has {', '.join(base.items)}"
+                self.err(kmark, f"{where}: '{key}' is not a key of {path}; {tip}")
+                ok = False
+                continue
+            sub = node.items[key]
+            target = base.items[key]
+            if isinstance(sub, Map):
+                if not isinstance(target, Map):
+                    self.err(sub.mark, f"{where}: {path}.{key} is not a mapping; override it with a value")
+                    ok = False
+                    continue
+                self.check_keys(sub, where)
+                ok = self._check_override_keys(sub, target, where, f"{path}.{key}") and ok
+        return ok
+
+    def workspace(self, node: YNode | None, mark: Mark) -> WorkspaceSpec | None:
+        where = "workspace"
+        m = self.mapping(node, where, mark, ("root_table", "key_column", "object_prefix"), ("global_tables", "paths"))
+        if m is None:
+            return None
+        root = self.scalar(m, "root_table", where, str, check=_ident_problem)
+        key = self.scalar(m, "key_column", where, str, check=_ident_problem)
+        prefix = self.scalar(m, "object_prefix", where, str, check=_prefix_problem)
+        glob = self.str_list(m, "global_tables", where, check=_ident_problem, default=())
+        if glob is not None and root in glob:
+            self.err(m.items["global_tables"].mark, f"{where}: the root table '{root}' cannot also be global")
+        paths: dict[str, PathSpec] = {}
+        pnode = m.items.get("paths")
+        if pnode is not None and not (isinstance(pnode, Scalar) and pnode.value is None):
+            pm = self.mapping(pnode, "workspace.paths", m.keys["paths"], ())
+            for table, tnode in (pm.items.items() if pm else []):
+                pw = f"workspace.paths.{table}"
+                if _ident_problem(table):
+                    self.err(pm.keys[table], f"{pw}: {_ident_problem(table)}")  # type: ignore[union-attr]
+                tm = self.mapping(tnode, pw, pm.keys[table], ("column",), ("references", "type_column", "targets"))  # type: ignore[union-attr]
+                if tm is None:
+                    continue
+                col = self.scalar(tm, "column", pw, str, check=_ident_problem)
+                ref = self.scalar(tm, "references", pw, str, default=None, check=_ident_problem)
+                tcol = self.scalar(tm, "type_column", pw, str, default=None, check=_ident_problem)
+                targets: dict[str, str] = {}
+                if "targets" in tm.items:
+                    tg = self.mapping(tm.items["targets"], f"{pw}.targets", tm.keys["targets"], ())
+                    for tv, tt in (tg.items.items() if tg else []):
+                        if not isinstance(tt, Scalar) or not isinstance(tt.value, str) or _ident_problem(tt.value):
+                            self.err(tt.mark, f"{pw}.targets: '{tv}' must name a table")
+                        else:
+                            targets[tv] = tt.value
+                if (ref is None) == (tcol is None):
+                    self.err(tm.mark, f"{pw}: give either 'references: TABLE' or 'type_column' with 'targets', not {'both' if ref else 'neither'}")
+                elif tcol is not None and not targets:
+                    self.err(tm.mark, f"{pw}: a polymorphic path needs 'targets' (type value: table)")
+                elif ref is not None and targets:
+                    self.err(tm.keys["targets"], f"{pw}: 'targets' goes with 'type_column', not 'references'")
+                if glob and table in glob:
+                    self.err(pm.keys[table], f"{pw}: '{table}' is declared global; a global table has no path")  # type: ignore[union-attr]
+                if col is not None:
+                    paths[table] = PathSpec(table, col, ref, tcol, MappingProxyType(targets))
+        if None in (root, key, prefix, glob):
+            return None
+        return WorkspaceSpec(root, key, glob, MappingProxyType(paths), prefix)  # type: ignore[arg-type]
+
+
+# --------------------------------------------------------------------------- value checks
+
+
+def _kind(node: YNode) -> str:
+    if isinstance(node, Map):
+        return "a mapping"
+    if isinstance(node, Seq):
+        return "a list"
+    return _describe(node.value)
+
+
+def _describe(value: Any) -> str:
+    if value is None:
+        return "nothing (null)"
+    if isinstance(value, bool):
+        return f"{'true' if value else 'false'} (a boolean)"
+    if isinstance(value, int):
+        return f"{value} (a number)"
+    if isinstance(value, float):
+        return f"{value} (a number)"
+    if isinstance(value, str):
+        return f"'{value}' (a string)"
+    return type(value).__name__
+
+
+def _aws_region_problem(v: str) -> str | None:
+    if v in AWS_REGIONS:
+        return None
+    hint = difflib.get_close_matches(v, sorted(AWS_REGIONS), n=1)
+    return f"'{v}' is not an AWS region" + (f"; did you mean {hint[0]}?" if hint else "")
+
+
+def _cidr_problem(v: str) -> str | None:
+    try:
+        net = ipaddress.ip_network(v, strict=True)
+    except ValueError as exc:
+        if "has host bits set" in str(exc):
+            fixed = ipaddress.ip_network(v, strict=False)
+            return f"cidr {v} has host bits set; did you mean {fixed}?"
+        return f"cidr '{v}' is not a network such as 10.10.0.0/16"
+    if net.version == 4 and not net.is_private:
+        return f"cidr {v} is not a private range (10.0.0.0/8, 172.16.0.0/12, 192.168.0.0/16)"
+    if net.version == 4 and not 16 <= net.prefixlen <= 24:
+        return f"cidr {v}: a VPC's prefix must be between /16 and /24"
+    return None
+
+
+def _bucket_problem(v: str) -> str | None:
+    return None if _BUCKET.match(v) else f"'{v}' must be 3-42 lower-case letters, digits and dashes"
+
+
+def _ident_problem(v: str) -> str | None:
+    return None if _IDENT.match(v) else f"'{v}' is not a plain SQL identifier (letters, digits, underscores)"
+
+
+def _prefix_problem(v: str) -> str | None:
+    if "{workspace_id}" not in v:
+        return f"object_prefix '{v}' must contain {{workspace_id}}, such as 'workspaces/{{workspace_id}}/'"
+    try:
+        v.format(workspace_id=1)
+    except (KeyError, IndexError, ValueError):
+        return f"object_prefix '{v}' may contain only the placeholder {{workspace_id}}"
+    if not v.endswith("/"):
+        return f"object_prefix '{v}' must end with '/', so one workspace's prefix is never the start of another's"
+    return None
+
+
+def _pg_version_problem(v: str) -> str | None:
+    if re.match(r"^(1[5-9]|[2-9][0-9])(\.[0-9]+)?$", v):
+        return None
+    return f"version '{v}': PostgreSQL 15 or later is required (row-filtered publications)"
+
+
+def _merge(base: Any, over: Any) -> Any:
+    if isinstance(base, dict) and isinstance(over, dict):
+        out = dict(base)
+        for k, v in over.items():
+            out[k] = _merge(base.get(k), v)
+        return out
+    return over
+
+
+def _to_nodes(value: Any, mark: Mark) -> YNode:
+    if isinstance(value, dict):
+        return Map({k: _to_nodes(v, mark) for k, v in value.items()}, {k: mark for k in value}, mark)
+    if isinstance(value, list):
+        return Seq([_to_nodes(v, mark) for v in value], mark)
+    return Scalar(value, mark)
+
+
+def with_region(cat: Catalogue, region: Region) -> Catalogue:
+    """A copy of the catalogue with one region added or replaced (for tests and tools)."""
+    regions = dict(cat.regions)
+    regions[region.name] = region
+    return replace(cat, regions=MappingProxyType(regions))
