@@ -12,10 +12,64 @@ from typing import Any, Union
 
 import yaml
 
-try:  # the C loader is ~10x faster on large files; fall back where libyaml is absent
-    from yaml import CSafeLoader as _Loader
+from yaml.composer import Composer
+from yaml.constructor import SafeConstructor
+from yaml.resolver import Resolver
+
+try:  # libyaml's scanner and parser are ~10x faster on large files; fall back where absent
+    from yaml._yaml import CParser
+
+    _PARSER_BASES: tuple[type, ...] = (CParser,)
 except ImportError:  # pragma: no cover
-    from yaml import SafeLoader as _Loader  # type: ignore[assignment]
+    from yaml.parser import Parser
+    from yaml.reader import Reader
+    from yaml.scanner import Scanner
+
+    _PARSER_BASES = (Reader, Scanner, Parser)
+
+MAX_DEPTH = 32
+"""Deepest nesting accepted. regions.yaml needs about six levels; the limit keeps a hostile
+file (``[[[[...``) from exhausting the stack."""
+
+MAX_NODES = 200_000
+"""Most nodes accepted after aliases are expanded, so a few lines of nested aliases
+("billion laughs") cannot take the process down."""
+
+MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
+class _Loader(Composer, *_PARSER_BASES, SafeConstructor, Resolver):  # type: ignore[misc]
+    """libyaml's parser with PyYAML's (Python) composer on top.
+
+    ``CSafeLoader`` composes nodes by C recursion with no depth limit, so a deeply nested file
+    crashes the interpreter (a segfault, not an exception). Composing in Python lets us bound
+    the depth and turn it into an ordinary error.
+    """
+
+    def __init__(self, stream: str):
+        if len(_PARSER_BASES) == 1:
+            _PARSER_BASES[0].__init__(self, stream)
+        else:  # pragma: no cover - pure-Python fallback
+            reader, scanner, parser = _PARSER_BASES
+            reader.__init__(self, stream)
+            scanner.__init__(self)
+            parser.__init__(self)
+        Composer.__init__(self)
+        SafeConstructor.__init__(self)
+        Resolver.__init__(self)
+        self._depth = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        self._depth += 1
+        try:
+            if self._depth > MAX_DEPTH:
+                event = self.peek_event()
+                raise yaml.composer.ComposerError(
+                    None, None, f"nested more than {MAX_DEPTH} levels deep; a regions file needs far fewer", event.start_mark
+                )
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
 
 
 @dataclass(frozen=True)
@@ -71,47 +125,142 @@ def _mark(file: str, m: yaml.Mark | None) -> Mark:
 
 
 def parse(text: str, file: str) -> YNode | None:
-    """Parse one YAML document; ``None`` for an empty document."""
+    """Parse one YAML document; ``None`` for an empty document.
+
+    Raises :class:`YamlSyntaxError` (one line, with a position) for anything that is not a
+    single well-formed YAML document of plain data.
+    """
     loader = _Loader(text)
     try:
         node = loader.get_single_node()
         if node is None:
             return None
-        return _convert(loader, node, file)
+        return _Converter(loader, file).convert(node)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
-        problem = exc.problem or "invalid YAML"
+        problem = _one_line(exc.problem or "invalid YAML")
         if exc.context and exc.context not in problem:
-            problem = f"{exc.context}: {problem}"
-        raise YamlSyntaxError(_mark(file, mark), f"YAML syntax error: {problem}") from None
+            problem = f"{_one_line(exc.context)}: {problem}"
+        raise YamlSyntaxError(_mark(file, mark), f"YAML syntax error: {problem}{_hint(problem)}") from None
+    except yaml.reader.ReaderError as exc:
+        line, column = _position(text, exc.position)
+        char = exc.character if isinstance(exc.character, int) else ord(str(exc.character)[:1] or "\0")
+        raise YamlSyntaxError(
+            Mark(file, line, column), f"character U+{char:04X} is not allowed in YAML; remove it or write it as an escape in a double-quoted string"
+        ) from None
     except yaml.YAMLError as exc:
-        raise YamlSyntaxError(Mark(file, 1, 1), f"YAML syntax error: {exc}") from None
+        raise YamlSyntaxError(Mark(file, 1, 1), f"YAML syntax error: {_one_line(str(exc))}") from None
     finally:
         loader.dispose()
 
 
-def _convert(loader: Any, node: yaml.Node, file: str) -> YNode:
-    mark = _mark(file, node.start_mark)
-    if isinstance(node, yaml.MappingNode):
+def _one_line(message: str) -> str:
+    return " ".join(str(message).split())
+
+
+def _hint(problem: str) -> str:
+    """What would be right, for the syntax errors people actually make."""
+    if "found character '\\t'" in problem or "found character '\t'" in problem or "\t" in problem:
+        return "; indent with spaces, not tabs"
+    if "could not determine a constructor" in problem:
+        return "; regions.yaml holds plain data: remove the tag"
+    if "expected a single document" in problem:
+        return "; keep one document per file (no second '---')"
+    if "found undefined alias" in problem:
+        return "; define the anchor (&name) before using it"
+    return ""
+
+
+def _position(text: str, offset: int) -> tuple[int, int]:
+    """1-based line and column of a character offset."""
+    offset = max(0, min(offset, len(text)))
+    line = text.count("\n", 0, offset) + 1
+    return line, offset - (text.rfind("\n", 0, offset) + 1) + 1
+
+
+class _Converter:
+    """Turns PyYAML's node graph into :data:`YNode` wrappers.
+
+    Aliases are expanded (a node reached twice is converted twice), within :data:`MAX_NODES`;
+    an alias that refers to its own ancestor is reported. ``<<`` merge keys are applied the way
+    PyYAML applies them: explicit keys win over merged ones.
+    """
+
+    def __init__(self, loader: Any, file: str):
+        self.loader = loader
+        self.file = file
+        self.count = 0
+        self.active: set[int] = set()
+
+    def mark(self, node: yaml.Node) -> Mark:
+        return _mark(self.file, node.start_mark)
+
+    def fail(self, node: yaml.Node, message: str) -> None:
+        raise yaml.composer.ComposerError(None, None, message, node.start_mark)
+
+    def convert(self, node: yaml.Node) -> YNode:
+        if id(node) in self.active:
+            self.fail(node, "an alias refers to a node that contains it (a recursive structure)")
+        self.count += 1
+        if self.count > MAX_NODES:
+            self.fail(node, f"more than {MAX_NODES} values after expanding aliases; a regions file needs far fewer")
+        self.active.add(id(node))
+        try:
+            if isinstance(node, yaml.MappingNode):
+                return self.mapping(node)
+            if isinstance(node, yaml.SequenceNode):
+                return Seq([self.convert(n) for n in node.value], self.mark(node))
+            return Scalar(self.loader.construct_object(node, deep=True), self.mark(node))
+        finally:
+            self.active.discard(id(node))
+
+    def mapping(self, node: yaml.MappingNode) -> Map:
         items: dict[str, YNode] = {}
         keys: dict[str, Mark] = {}
         dups: list[tuple[str, Mark]] = []
         bad: list[tuple[Any, Mark]] = []
+        merged: list[tuple[str, YNode, Mark]] = []
         for knode, vnode in node.value:
-            kmark = _mark(file, knode.start_mark)
-            key = loader.construct_object(knode, deep=True) if isinstance(knode, yaml.ScalarNode) else None
+            kmark = self.mark(knode)
+            if knode.tag == MERGE_TAG:
+                merged.extend(self.merge_source(vnode))
+                continue
+            key = self.loader.construct_object(knode, deep=True) if isinstance(knode, yaml.ScalarNode) else None
             if not isinstance(key, str):
-                bad.append((key, kmark))
+                bad.append((key if isinstance(knode, yaml.ScalarNode) else _node_kind(knode), kmark))
                 continue
             if key in items:
                 dups.append((key, kmark))
                 continue
-            items[key] = _convert(loader, vnode, file)
+            items[key] = self.convert(vnode)
             keys[key] = kmark
-        return Map(items, keys, mark, dups, bad)
-    if isinstance(node, yaml.SequenceNode):
-        return Seq([_convert(loader, n, file) for n in node.value], mark)
-    return Scalar(loader.construct_object(node, deep=True), mark)
+        for key, value, kmark in merged:
+            if key not in items:
+                items[key] = value
+                keys[key] = kmark
+        return Map(items, keys, self.mark(node), dups, bad)
+
+    def merge_source(self, vnode: yaml.Node) -> list[tuple[str, YNode, Mark]]:
+        sources = vnode.value if isinstance(vnode, yaml.SequenceNode) else [vnode]
+        out: list[tuple[str, YNode, Mark]] = []
+        for src in sources:
+            if not isinstance(src, yaml.MappingNode):
+                self.fail(src, "'<<' merges a mapping or a list of mappings")
+            m = self.convert(src)
+            assert isinstance(m, Map)
+            out.extend((k, v, m.keys[k]) for k, v in m.items.items())
+        # with a list, earlier mappings win over later ones
+        seen: set[str] = set()
+        first = []
+        for k, v, mk in out:
+            if k not in seen:
+                seen.add(k)
+                first.append((k, v, mk))
+        return first
+
+
+def _node_kind(node: yaml.Node) -> str:
+    return "a mapping" if isinstance(node, yaml.MappingNode) else "a list"
 
 
 def plain(node: YNode | None) -> Any:

@@ -1,0 +1,66 @@
+"""Connecting to PostgreSQL: one place for connection settings and transient-fault retries.
+
+Only connection establishment is retried here (a refused or dropped connection is transient);
+a failing statement is never retried blindly: callers decide whether their work is idempotent
+and wrap it with :data:`transient_retry` themselves.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import psycopg
+from tenacity import (
+    before_sleep_log,
+    retry,
+    retry_if_exception,
+    stop_after_attempt,
+    stop_after_delay,
+    wait_random_exponential,
+)
+
+from .errors import OperationError
+
+log = logging.getLogger("residency.db")
+
+# SQLSTATE classes that mean "try again": connection exceptions (08), serialization failure and
+# deadlock (40001, 40P01), admin shutdown / crash shutdown / cannot connect now (57P01-57P03).
+_TRANSIENT_STATES = {"40001", "40P01", "57P01", "57P02", "57P03"}
+
+
+def is_transient(exc: BaseException) -> bool:
+    """True for faults worth retrying: dropped or refused connections, deadlocks, restarts."""
+    if isinstance(exc, psycopg.OperationalError):
+        state = getattr(exc, "sqlstate", None)
+        return state is None or state.startswith("08") or state in _TRANSIENT_STATES
+    if isinstance(exc, psycopg.errors.SerializationFailure | psycopg.errors.DeadlockDetected):
+        return True
+    return False
+
+
+transient_retry = retry(
+    retry=retry_if_exception(is_transient),
+    wait=wait_random_exponential(multiplier=0.2, max=5),
+    stop=stop_after_attempt(6) | stop_after_delay(60),
+    before_sleep=before_sleep_log(log, logging.WARNING),
+    reraise=True,
+)
+"""Bounded, jittered retry for transient database faults. Use on idempotent units of work."""
+
+
+@transient_retry
+def _connect(dsn: str, **kwargs: Any) -> psycopg.Connection[Any]:
+    return psycopg.connect(dsn, **kwargs)
+
+
+def connect(dsn: str, *, autocommit: bool = False, application_name: str = "residency", **kwargs: Any) -> psycopg.Connection[Any]:
+    """Open a connection, retrying transient failures; a final failure is one clear line."""
+    from .connections import redact
+
+    kwargs.setdefault("connect_timeout", 10)
+    try:
+        return _connect(dsn, autocommit=autocommit, application_name=application_name, **kwargs)
+    except psycopg.OperationalError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise OperationError(f"cannot connect to {redact(dsn)}: {first}") from exc

@@ -1,0 +1,161 @@
+"""The moves table: one row per workspace move, the mover's persistent memory.
+
+A move is a state machine (``planned → fenced → copied → verified → cut_over → cleaned``, plus
+``rolled_back`` and ``failed``). Every transition is a conditional UPDATE, so two processes can
+never both advance the same move, and a partial unique index lets only one open move exist per
+workspace. ``failed`` keeps ``resume_from`` (the state the move was in) so ``move resume`` knows
+where to go on. Functions run inside the caller's transaction and never commit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Iterable
+
+import psycopg
+from psycopg.types.json import Jsonb
+
+from .errors import InputError, OperationError
+
+STATES = ("planned", "fenced", "copied", "verified", "cut_over", "cleaned", "rolled_back", "failed")
+CLOSED = ("cleaned", "rolled_back")
+
+
+@dataclass(frozen=True)
+class MoveRecord:
+    id: int
+    workspace_id: str
+    source: str
+    target: str
+    strategy: str
+    state: str
+    resume_from: str | None
+    error: str | None
+    created_by: str
+    created_at: datetime
+    updated_at: datetime
+    plan: dict[str, Any]
+    checkpoints: dict[str, Any]
+    report: dict[str, Any]
+    lease_owner: str | None
+    lease_until: datetime | None
+
+    @property
+    def is_open(self) -> bool:
+        return self.state not in CLOSED
+
+
+_COLS = (
+    "id, workspace_id, source, target, strategy, state, resume_from, error, created_by, created_at,"
+    " updated_at, plan, checkpoints, report, lease_owner, lease_until"
+)
+
+
+def create(conn: psycopg.Connection[Any], workspace_id: object, source: str, target: str, strategy: str, plan: dict[str, Any], created_by: str) -> MoveRecord:
+    """Insert a new move in state ``planned``; refused if the workspace already has an open move."""
+    try:
+        with conn.transaction():  # a savepoint, so the caller's transaction survives a refusal
+            row = conn.execute(
+                f"INSERT INTO residency.moves (workspace_id, source, target, strategy, state, plan, created_by)"
+                f" VALUES (%s, %s, %s, %s, 'planned', %s, %s) RETURNING {_COLS}",
+                (str(workspace_id), source, target, strategy, Jsonb(plan), created_by),
+            ).fetchone()
+    except psycopg.errors.UniqueViolation:
+        other = open_move_for(conn, workspace_id)
+        which = f"move {other.id} ({other.state})" if other else "another move"
+        raise OperationError(f"workspace '{workspace_id}' already has an open move: {which}") from None
+    assert row is not None
+    return MoveRecord(*row)
+
+
+def get(conn: psycopg.Connection[Any], move_id: int, *, for_update: bool = False) -> MoveRecord:
+    q = f"SELECT {_COLS} FROM residency.moves WHERE id = %s" + (" FOR UPDATE" if for_update else "")
+    row = conn.execute(q, (int(move_id),)).fetchone()
+    if row is None:
+        raise InputError(f"unknown move {move_id}")
+    return MoveRecord(*row)
+
+
+def open_move_for(conn: psycopg.Connection[Any], workspace_id: object) -> MoveRecord | None:
+    row = conn.execute(
+        f"SELECT {_COLS} FROM residency.moves WHERE workspace_id = %s AND state <> ALL(%s) ORDER BY id DESC LIMIT 1",
+        (str(workspace_id), list(CLOSED)),
+    ).fetchone()
+    return MoveRecord(*row) if row else None
+
+
+def list_moves(conn: psycopg.Connection[Any], *, workspace_id: object | None = None, open_only: bool = False, limit: int = 100) -> list[MoveRecord]:
+    q = f"SELECT {_COLS} FROM residency.moves WHERE true"
+    params: list[Any] = []
+    if workspace_id is not None:
+        q += " AND workspace_id = %s"
+        params.append(str(workspace_id))
+    if open_only:
+        q += " AND state <> ALL(%s)"
+        params.append(list(CLOSED))
+    q += " ORDER BY id DESC LIMIT %s"
+    params.append(limit)
+    return [MoveRecord(*r) for r in conn.execute(q, params)]
+
+
+def transition(conn: psycopg.Connection[Any], move_id: int, to_state: str, *, expect: Iterable[str], error: str | None = None) -> MoveRecord:
+    """Move to ``to_state`` only if the move is in one of ``expect``; otherwise OperationError.
+
+    Going to ``failed`` records the state it failed in as ``resume_from``; leaving ``failed``
+    clears it. ``error`` is kept for ``failed`` and cleared otherwise.
+    """
+    if to_state not in STATES:
+        raise ValueError(to_state)
+    expect = list(expect)
+    row = conn.execute(
+        f"UPDATE residency.moves SET state = %s,"
+        f" resume_from = CASE WHEN %s = 'failed' THEN (CASE WHEN state = 'failed' THEN resume_from ELSE state END) ELSE NULL END,"
+        f" error = %s, updated_at = now()"
+        f" WHERE id = %s AND state = ANY(%s) RETURNING {_COLS}",
+        (to_state, to_state, error if to_state == "failed" else None, int(move_id), expect),
+    ).fetchone()
+    if row is None:
+        cur = get(conn, move_id)
+        raise OperationError(f"move {move_id} is {cur.state}; it can go to {to_state} only from {', '.join(expect)}")
+    return MoveRecord(*row)
+
+
+def _merge(conn: psycopg.Connection[Any], move_id: int, column: str, patch: dict[str, Any]) -> None:
+    from psycopg import sql
+
+    conn.execute(
+        sql.SQL("UPDATE residency.moves SET {col} = {col} || %s, updated_at = now() WHERE id = %s").format(col=sql.Identifier(column)),
+        (Jsonb(patch), int(move_id)),
+    )
+
+
+def checkpoint(conn: psycopg.Connection[Any], move_id: int, patch: dict[str, Any]) -> None:
+    """Merge keys into the move's checkpoints (top-level keys replace)."""
+    _merge(conn, move_id, "checkpoints", patch)
+
+
+def update_report(conn: psycopg.Connection[Any], move_id: int, patch: dict[str, Any]) -> None:
+    """Merge keys into the move's report (top-level keys replace)."""
+    _merge(conn, move_id, "report", patch)
+
+
+def claim(conn: psycopg.Connection[Any], move_id: int, owner: str, seconds: float) -> bool:
+    """Take (or renew) the move's lease for ``seconds``; False if another live owner holds it.
+
+    A process runs a move only while it holds the lease; a crashed process's lease expires and
+    another may resume the move.
+    """
+    row = conn.execute(
+        "UPDATE residency.moves SET lease_owner = %s, lease_until = now() + make_interval(secs => %s)"
+        " WHERE id = %s AND (lease_owner IS NULL OR lease_owner = %s OR lease_until < now()) RETURNING id",
+        (owner, seconds, int(move_id), owner),
+    ).fetchone()
+    return row is not None
+
+
+def release(conn: psycopg.Connection[Any], move_id: int, owner: str) -> None:
+    conn.execute(
+        "UPDATE residency.moves SET lease_owner = NULL, lease_until = NULL WHERE id = %s AND lease_owner = %s",
+        (int(move_id), owner),
+    )
