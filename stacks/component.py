@@ -1,0 +1,263 @@
+"""`RegionalEnvironment`: everything one region gets, built from its catalogue entry.
+
+Every resource is created through an explicit ``aws.Provider`` for the region (or for its backup
+region, for backup copies); nothing relies on a default provider. The residency rules are asked of
+:mod:`residency.policy` before anything is built, so a catalogue that would put a copy outside the
+jurisdiction is refused with nothing registered.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+from dataclasses import dataclass
+
+import pulumi
+import pulumi_aws as aws
+
+from residency import policy
+from residency.catalogue import Catalogue, Region
+from residency.errors import InputError
+
+TYPE = "residency:stacks:RegionalEnvironment"
+AZ_COUNT = 3
+PREFIX = "residency"
+
+
+def tags_for(region: Region) -> dict[str, str]:
+    return {
+        "residency:region": region.name,
+        "residency:jurisdiction": region.jurisdiction,
+        "residency:managed-by": "pulumi",
+    }
+
+
+def bucket_name(region: Region, bucket: str, replica: bool = False) -> str:
+    """Deterministic names, so they are known at preview time and parity can find them."""
+    return f"{PREFIX}-{region.name}-{bucket}" + ("-replica" if replica else "")
+
+
+def queue_name(region: Region, queue: str) -> str:
+    return f"{PREFIX}-{region.name}-{queue}"
+
+
+def db_identifier(region: Region) -> str:
+    return f"{PREFIX}-{region.name}"
+
+
+def private_subnets(region: Region, count: int = AZ_COUNT) -> list[tuple[str, str]]:
+    """(availability zone, cidr) for each private subnet: the VPC's first ``count`` /+4 blocks."""
+    net = ipaddress.ip_network(region.cidr)
+    blocks = net.subnets(new_prefix=min(net.prefixlen + 4, 28))
+    return [(f"{region.aws_region}{chr(ord('a') + i)}", str(next(blocks))) for i in range(count)]
+
+
+def preflight(cat: Catalogue, region: Region) -> None:
+    """Refuse, before anything is built, a region whose placement breaks a residency rule."""
+    for aws_region in (region.aws_region, region.backup_region):
+        d = policy.stack_may_touch(cat, region.name, aws_region)
+        if not d:
+            raise InputError(f"region '{region.name}': {d.reason}")
+    if region.aws_region not in cat.jurisdictions[region.jurisdiction].aws_regions:
+        raise InputError(f"region '{region.name}': {region.aws_region} is outside its jurisdiction {region.jurisdiction}")
+    d = policy.may_flow(cat, region.name, region.backup_region, policy.Flow.BACKUP)
+    if not d:
+        raise InputError(f"region '{region.name}': backup copies refused: {d.reason}")
+
+
+@dataclass
+class BucketSet:
+    bucket: aws.s3.Bucket
+    replica: aws.s3.Bucket
+
+
+class RegionalEnvironment(pulumi.ComponentResource):
+    """One region's environment: network, database, buckets, queues, roles, backup copies."""
+
+    def __init__(self, name: str, cat: Catalogue, region: Region, opts: pulumi.ResourceOptions | None = None):
+        preflight(cat, region)  # before registering anything
+        super().__init__(TYPE, name, None, opts)
+        self.region = region
+        env = region.environment
+        tags = tags_for(region)
+        n = region.name
+
+        self.provider = aws.Provider(f"{n}-aws", region=region.aws_region, opts=pulumi.ResourceOptions(parent=self))
+        self.backup_provider = aws.Provider(f"{n}-aws-backup", region=region.backup_region, opts=pulumi.ResourceOptions(parent=self))
+        here = pulumi.ResourceOptions(parent=self, provider=self.provider)
+        there = pulumi.ResourceOptions(parent=self, provider=self.backup_provider)
+
+        # -- keys: one per AWS region, never multi-region
+        self.key = aws.kms.Key(
+            f"{n}-key", description=f"residency {n}: data at rest in {region.aws_region}",
+            multi_region=False, enable_key_rotation=True, deletion_window_in_days=30, tags=tags, opts=here,
+        )
+        self.backup_key = aws.kms.Key(
+            f"{n}-backup-key", description=f"residency {n}: backup copies in {region.backup_region}",
+            multi_region=False, enable_key_rotation=True, deletion_window_in_days=30, tags=tags, opts=there,
+        )
+
+        # -- network: a VPC with private subnets across availability zones
+        self.vpc = aws.ec2.Vpc(f"{n}-vpc", cidr_block=region.cidr, enable_dns_hostnames=True, enable_dns_support=True,
+                               tags={**tags, "Name": f"{PREFIX}-{n}"}, opts=here)
+        self.subnets = [
+            aws.ec2.Subnet(f"{n}-private-{az[-1]}", vpc_id=self.vpc.id, cidr_block=cidr, availability_zone=az,
+                           map_public_ip_on_launch=False, tags={**tags, "Name": f"{PREFIX}-{n}-private-{az[-1]}"}, opts=here)
+            for az, cidr in private_subnets(region)
+        ]
+        self.db_security_group = aws.ec2.SecurityGroup(
+            f"{n}-db-sg", vpc_id=self.vpc.id, description="PostgreSQL from inside the VPC only",
+            ingress=[aws.ec2.SecurityGroupIngressArgs(protocol="tcp", from_port=5432, to_port=5432, cidr_blocks=[region.cidr])],
+            egress=[], tags=tags, opts=here,
+        )
+
+        # -- database
+        major = env.database.version.split(".")[0]
+        self.db_subnets = aws.rds.SubnetGroup(f"{n}-db-subnets", subnet_ids=[s.id for s in self.subnets], tags=tags, opts=here)
+        self.db_parameters = aws.rds.ParameterGroup(
+            f"{n}-db-params", family=f"postgres{major}", description="residency: logical replication for online moves, TLS only",
+            parameters=[
+                aws.rds.ParameterGroupParameterArgs(name="rds.logical_replication", value="1", apply_method="pending-reboot"),
+                aws.rds.ParameterGroupParameterArgs(name="rds.force_ssl", value="1", apply_method="pending-reboot"),
+            ],
+            tags=tags, opts=here,
+        )
+        self.database = aws.rds.Instance(
+            f"{n}-db", identifier=db_identifier(region), engine=env.database.engine, engine_version=env.database.version,
+            instance_class=env.database.instance_class, allocated_storage=env.database.storage_gb, storage_type="gp3",
+            multi_az=env.database.multi_az, storage_encrypted=True, kms_key_id=self.key.arn,
+            backup_retention_period=env.retention.backups_days, copy_tags_to_snapshot=True,
+            db_subnet_group_name=self.db_subnets.name, parameter_group_name=self.db_parameters.name,
+            vpc_security_group_ids=[self.db_security_group.id], publicly_accessible=False,
+            username="residency", manage_master_user_password=True, iam_database_authentication_enabled=True,
+            deletion_protection=True, skip_final_snapshot=False, final_snapshot_identifier=f"{db_identifier(region)}-final",
+            tags=tags, opts=here,
+        )
+        self.database_backups = aws.rds.InstanceAutomatedBackupsReplication(
+            f"{n}-db-backups", source_db_instance_arn=self.database.arn, kms_key_id=self.backup_key.arn,
+            retention_period=env.retention.backups_days, opts=there,
+        )
+
+        # -- buckets, each with an encrypted, versioned replica in the backup region
+        self.replication_role = aws.iam.Role(
+            f"{n}-s3-replication", name=f"{PREFIX}-{n}-s3-replication",
+            assume_role_policy=_assume("s3.amazonaws.com"), tags=tags, opts=here,
+        )
+        self.buckets: dict[str, BucketSet] = {}
+        for b in env.buckets:
+            src = self._bucket(f"{n}-{b}", bucket_name(region, b), self.key, tags, here, env.retention.deleted_workspace_days)
+            dst = self._bucket(f"{n}-{b}-replica", bucket_name(region, b, replica=True), self.backup_key, tags, there,
+                               env.retention.deleted_workspace_days)
+            aws.s3.BucketReplicationConfig(
+                f"{n}-{b}-replication", bucket=src.bucket.bucket, role=self.replication_role.arn,
+                rules=[aws.s3.BucketReplicationConfigRuleArgs(
+                    id="backup", status="Enabled", filter=aws.s3.BucketReplicationConfigRuleFilterArgs(prefix=""),
+                    delete_marker_replication=aws.s3.BucketReplicationConfigRuleDeleteMarkerReplicationArgs(status="Enabled"),
+                    source_selection_criteria=aws.s3.BucketReplicationConfigRuleSourceSelectionCriteriaArgs(
+                        sse_kms_encrypted_objects=aws.s3.BucketReplicationConfigRuleSourceSelectionCriteriaSseKmsEncryptedObjectsArgs(status="Enabled")),
+                    destination=aws.s3.BucketReplicationConfigRuleDestinationArgs(
+                        bucket=policy.s3_bucket_arn(bucket_name(region, b, replica=True)),
+                        encryption_configuration=aws.s3.BucketReplicationConfigRuleDestinationEncryptionConfigurationArgs(
+                            replica_kms_key_id=self.backup_key.arn)),
+                )],
+                opts=pulumi.ResourceOptions(parent=self, provider=self.provider, depends_on=[src.versioning, dst.versioning]),
+            )
+            self.buckets[b] = BucketSet(src.bucket, dst.bucket)
+        src_arns = [policy.s3_bucket_arn(bucket_name(region, b)) for b in env.buckets]
+        dst_arns = [policy.s3_bucket_arn(bucket_name(region, b, replica=True)) for b in env.buckets]
+        aws.iam.RolePolicy(
+            f"{n}-s3-replication", role=self.replication_role.id,
+            policy=pulumi.Output.all(self.key.arn, self.backup_key.arn).apply(lambda k: _doc([
+                {"Action": ["s3:GetReplicationConfiguration", "s3:ListBucket"], "Resource": src_arns},
+                {"Action": ["s3:GetObjectVersionForReplication", "s3:GetObjectVersionAcl", "s3:GetObjectVersionTagging"],
+                 "Resource": [f"{a}/*" for a in src_arns]},
+                {"Action": ["s3:ReplicateObject", "s3:ReplicateDelete", "s3:ReplicateTags"], "Resource": [f"{a}/*" for a in dst_arns]},
+                {"Action": ["kms:Decrypt"], "Resource": [k[0]]},
+                {"Action": ["kms:Encrypt", "kms:GenerateDataKey"], "Resource": [k[1]]},
+            ])),
+            opts=here,
+        )
+
+        # -- queues
+        self.queues = {
+            q: aws.sqs.Queue(f"{n}-{q}", name=queue_name(region, q), kms_master_key_id=self.key.arn,
+                             kms_data_key_reuse_period_seconds=300, message_retention_seconds=14 * 24 * 3600, tags=tags, opts=here)
+            for q in env.queues
+        }
+
+        # -- roles: the application and the mover, each with only what it needs
+        queue_arns = [q.arn for q in self.queues.values()]
+        self.app_role = aws.iam.Role(f"{n}-app", name=f"{PREFIX}-{n}-app", assume_role_policy=_assume("ecs-tasks.amazonaws.com"),
+                                     tags=tags, opts=here)
+        aws.iam.RolePolicy(
+            f"{n}-app", role=self.app_role.id,
+            policy=pulumi.Output.all(self.key.arn, self.database.resource_id, *queue_arns).apply(lambda v: _doc([
+                {"Action": ["s3:GetObject", "s3:PutObject", "s3:DeleteObject"], "Resource": [f"{a}/*" for a in src_arns]},
+                {"Action": ["s3:ListBucket"], "Resource": src_arns},
+                {"Action": ["sqs:SendMessage", "sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:GetQueueAttributes"], "Resource": list(v[2:])},
+                {"Action": ["kms:Decrypt", "kms:GenerateDataKey"], "Resource": [v[0]]},
+                {"Action": ["rds-db:connect"], "Resource": [f"arn:aws:rds-db:{region.aws_region}:*:dbuser:{v[1]}/app"]},
+            ])),
+            opts=here,
+        )
+        self.mover_role = aws.iam.Role(f"{n}-mover", name=f"{PREFIX}-{n}-mover", assume_role_policy=_assume("ecs-tasks.amazonaws.com"),
+                                       tags=tags, opts=here)
+        aws.iam.RolePolicy(
+            f"{n}-mover", role=self.mover_role.id,
+            policy=pulumi.Output.all(self.key.arn, self.database.resource_id).apply(lambda v: _doc([
+                {"Action": ["s3:GetObject", "s3:GetObjectVersion", "s3:PutObject", "s3:DeleteObject", "s3:DeleteObjectVersion"],
+                 "Resource": [f"{a}/*" for a in src_arns]},
+                {"Action": ["s3:ListBucket", "s3:ListBucketVersions"], "Resource": src_arns},
+                {"Action": ["kms:Decrypt", "kms:Encrypt", "kms:GenerateDataKey"], "Resource": [v[0]]},
+                {"Action": ["rds-db:connect"], "Resource": [f"arn:aws:rds-db:{region.aws_region}:*:dbuser:{v[1]}/mover"]},
+            ])),
+            opts=here,
+        )
+
+        self.register_outputs({
+            "region": region.name, "aws_region": region.aws_region, "backup_region": region.backup_region,
+            "vpc_id": self.vpc.id, "database_endpoint": self.database.endpoint,
+            "buckets": {b: s.bucket.bucket for b, s in self.buckets.items()},
+            "queues": {q: s.url for q, s in self.queues.items()},
+        })
+
+    def _bucket(self, lname: str, name: str, key: aws.kms.Key, tags: dict[str, str], opts: pulumi.ResourceOptions, retention_days: int):
+        bucket = aws.s3.Bucket(lname, bucket=name, force_destroy=False, tags=tags, opts=opts)
+        aws.s3.BucketServerSideEncryptionConfiguration(
+            lname, bucket=bucket.bucket,
+            rules=[aws.s3.BucketServerSideEncryptionConfigurationRuleArgs(
+                bucket_key_enabled=True,
+                apply_server_side_encryption_by_default=aws.s3.BucketServerSideEncryptionConfigurationRuleApplyServerSideEncryptionByDefaultArgs(
+                    sse_algorithm="aws:kms", kms_master_key_id=key.arn))],
+            opts=opts,
+        )
+        aws.s3.BucketPublicAccessBlock(lname, bucket=bucket.bucket, block_public_acls=True, block_public_policy=True,
+                                       ignore_public_acls=True, restrict_public_buckets=True, opts=opts)
+        versioning = aws.s3.BucketVersioning(
+            lname, bucket=bucket.bucket,
+            versioning_configuration=aws.s3.BucketVersioningVersioningConfigurationArgs(status="Enabled"), opts=opts)
+        aws.s3.BucketLifecycleConfiguration(
+            lname, bucket=bucket.bucket,
+            rules=[aws.s3.BucketLifecycleConfigurationRuleArgs(
+                id="retention", status="Enabled", filter=aws.s3.BucketLifecycleConfigurationRuleFilterArgs(prefix=""),
+                noncurrent_version_expiration=aws.s3.BucketLifecycleConfigurationRuleNoncurrentVersionExpirationArgs(noncurrent_days=retention_days),
+                abort_incomplete_multipart_upload=aws.s3.BucketLifecycleConfigurationRuleAbortIncompleteMultipartUploadArgs(days_after_initiation=7),
+            )],
+            opts=pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(depends_on=[versioning])),
+        )
+        return _Made(bucket, versioning)
+
+
+@dataclass
+class _Made:
+    bucket: aws.s3.Bucket
+    versioning: aws.s3.BucketVersioning
+
+
+def _assume(service: str) -> str:
+    return json.dumps({"Version": "2012-10-17", "Statement": [
+        {"Effect": "Allow", "Principal": {"Service": service}, "Action": "sts:AssumeRole"}]})
+
+
+def _doc(statements: list[dict]) -> str:
+    return json.dumps({"Version": "2012-10-17", "Statement": [{"Effect": "Allow", **s} for s in statements]})

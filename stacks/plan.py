@@ -1,0 +1,263 @@
+"""The offline plan: run the stack program under Pulumi's mocks, one region at a time, and compare.
+
+Needs neither the pulumi CLI nor cloud credentials. For each region it records every resource the
+program registers (type, logical name, inputs, the AWS region of its provider), checks them against
+the residency guardrails (:func:`residency.policy.check_resources`), and then lines the regions up:
+the same resource types and counts everywhere, and every property that differs between regions once
+region-specific values (names, AWS regions, CIDRs, jurisdictions) are set aside — each difference
+either explained by a declared override in regions.yaml or reported as unexplained.
+
+Pulumi's runtime state is global to the process: :func:`run_program` resets it before each run, so
+plans must not run concurrently in one process.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import pulumi
+from pulumi.runtime import mocks as _mocks
+from pulumi.runtime import settings as _settings
+from pulumi.runtime.stack import run_pulumi_func
+from pulumi.runtime.sync_await import _sync_await
+
+from residency import policy
+from residency.catalogue import Catalogue, Region
+
+ACCOUNT = "123456789012"
+PROJECT = "residency"
+
+
+# --------------------------------------------------------------------------- running under mocks
+
+
+@dataclass(frozen=True)
+class PlannedResource:
+    type: str
+    name: str          # the logical name, as registered
+    key: str           # the logical name with the region's name generalised, to line regions up
+    aws_region: str | None
+    props: dict[str, Any]  # inputs, snake_case keys
+
+
+class RecordingMocks(pulumi.runtime.Mocks):
+    """Mocks that record every registration and answer with plausible, region-correct outputs
+    (ARNs carry the AWS region of the resource's provider)."""
+
+    def __init__(self) -> None:
+        self.records: list[tuple[str, str, dict[str, Any], str | None]] = []
+        self.provider_regions: dict[str, str] = {}
+
+    def new_resource(self, args: _mocks.MockResourceArgs) -> tuple[str | None, dict]:
+        inputs = dict(args.inputs)
+        rid = f"{args.name}-id"
+        if args.typ.startswith("pulumi:providers:"):
+            self.provider_regions[rid] = str(inputs.get("region", ""))
+            self.records.append((args.typ, args.name, inputs, inputs.get("region")))
+            return rid, inputs
+        prov = args.provider.rsplit("::", 1)[-1] if args.provider else None
+        aws_region = inputs.get("region") or (self.provider_regions.get(prov) if prov else None)
+        self.records.append((args.typ, args.name, inputs, aws_region))
+        state = dict(inputs)
+        service = args.typ.split(":")[1].split("/")[0] if ":" in args.typ else "x"
+        if args.typ == "aws:s3/bucket:Bucket":
+            state["arn"] = policy.s3_bucket_arn(str(inputs.get("bucket", args.name)))
+        elif service == "iam":
+            state["arn"] = f"arn:aws:iam::{ACCOUNT}:role/{inputs.get('name', args.name)}"
+        else:
+            state["arn"] = f"arn:aws:{service}:{aws_region}:{ACCOUNT}:{args.name}"
+        if args.typ == "aws:sqs/queue:Queue":
+            state["url"] = f"https://sqs.{aws_region}.amazonaws.com/{ACCOUNT}/{inputs.get('name', args.name)}"
+        if args.typ == "aws:rds/instance:Instance":
+            state["resourceId"] = f"db-{args.name}"
+            state["endpoint"] = f"{inputs.get('identifier', args.name)}.{aws_region}.rds.amazonaws.com:5432"
+        if args.typ.startswith("aws:rds/") and "name" not in state:
+            state["name"] = args.name
+        return rid, state
+
+    def call(self, args: _mocks.MockCallArgs) -> tuple[dict, list[tuple[str, str]] | None]:
+        return {}, None
+
+
+def reset_runtime() -> None:
+    """Forget any root resource and outstanding work of a previous run in this process."""
+    _settings.ROOT.set(None)
+    _settings.SETTINGS.rpc_manager.clear()
+    _settings.SETTINGS.outputs.clear()
+
+
+def run_program(program: Callable[[], Any], stack: str, preview: bool = False) -> RecordingMocks:
+    """Run ``program`` under fresh mocks as stack ``stack`` and return what it registered."""
+    mocks = RecordingMocks()
+    reset_runtime()
+    pulumi.runtime.set_mocks(mocks, project=PROJECT, stack=stack, preview=preview)
+    _sync_await(run_pulumi_func(program))
+    return mocks
+
+
+# --------------------------------------------------------------------------- one region
+
+
+@dataclass
+class RegionPlan:
+    region: str
+    aws_region: str
+    backup_region: str
+    resources: list[PlannedResource]
+    violations: list[str]
+
+    @property
+    def counts(self) -> dict[str, int]:
+        return dict(sorted(Counter(r.type for r in self.resources).items()))
+
+
+def plan_region(cat: Catalogue, region: Region | str) -> RegionPlan:
+    """Every resource ``region``'s stack would get, recorded under mocks (nothing deployed)."""
+    from .component import RegionalEnvironment  # late: importing pulumi_aws is slow
+
+    r = cat.region(region) if isinstance(region, str) else region
+    mocks = run_program(lambda: RegionalEnvironment(r.name, cat, r), stack=r.name)
+    norm = _Normaliser(cat, r)
+    resources = [
+        PlannedResource(typ, name, norm.name(name), aws_region, policy.normalize_props(inputs))  # type: ignore[arg-type]
+        for typ, name, inputs, aws_region in mocks.records
+    ]
+    violations = [d.reason for d in policy.check_resources(cat, r.name, [(p.type, p.props, p.aws_region) for p in resources])]
+    return RegionPlan(r.name, r.aws_region, r.backup_region, resources, violations)
+
+
+class _Normaliser:
+    """Replaces region-specific values with placeholders, so regions can be compared."""
+
+    def __init__(self, cat: Catalogue, r: Region):
+        self.r = r
+        self.net = ipaddress.ip_network(r.cidr)
+        self.subs = [(r.backup_region, "<backup-region>"), (r.aws_region, "<aws-region>")]
+        self.token = re.compile(rf"(?<![A-Za-z0-9]){re.escape(r.name)}(?![A-Za-z0-9])")
+        self.juris = re.compile(rf"(?<![A-Za-z0-9]){re.escape(r.jurisdiction)}(?![A-Za-z0-9])")
+
+    def name(self, name: str) -> str:
+        return self.token.sub("<region>", name)
+
+    def value(self, v: Any) -> Any:
+        if isinstance(v, dict):
+            return {k: self.value(x) for k, x in v.items()}
+        if isinstance(v, list):
+            return [self.value(x) for x in v]
+        if isinstance(v, str):
+            try:
+                sub = ipaddress.ip_network(v)
+                if sub.version == self.net.version and sub.subnet_of(self.net):  # type: ignore[arg-type]
+                    off = int(sub.network_address) - int(self.net.network_address)
+                    return f"<cidr>+{off}/{sub.prefixlen - self.net.prefixlen:+d}"
+            except ValueError:
+                pass
+            for raw, ph in self.subs:
+                v = v.replace(raw, ph)
+            v = self.token.sub("<region>", v)
+            return self.juris.sub("<jurisdiction>", v)
+        return v
+
+
+# --------------------------------------------------------------------------- all regions side by side
+
+
+@dataclass
+class Difference:
+    resource: str                   # generalised logical name, e.g. "<region>-db"
+    type: str
+    prop: str                       # dotted path, e.g. "instance_class"
+    values: dict[str, Any]          # region -> value (None: the region lacks it)
+    explained_by: dict[str, str]    # region -> the override that declares its value
+    explained: bool
+
+
+@dataclass
+class Plan:
+    regions: dict[str, RegionPlan]
+    types: list[str]
+    differences: list[Difference] = field(default_factory=list)
+
+    @property
+    def unexplained(self) -> list[Difference]:
+        return [d for d in self.differences if not d.explained]
+
+    @property
+    def violations(self) -> dict[str, list[str]]:
+        return {n: p.violations for n, p in self.regions.items() if p.violations}
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "regions": {n: {"aws_region": p.aws_region, "backup_region": p.backup_region, "resources": len(p.resources),
+                            "counts": p.counts, "violations": p.violations} for n, p in self.regions.items()},
+            "types": self.types,
+            "differences": [d.__dict__ for d in self.differences],
+            "unexplained": len(self.unexplained),
+        }
+
+
+def plan(cat: Catalogue, regions: list[str] | None = None) -> Plan:
+    """Plan every region (default: every region that is not retired) and compare them."""
+    names = regions or [r.name for r in cat.regions.values() if r.status != "retired"]
+    plans = {n: plan_region(cat, n) for n in names}
+    types = sorted({r.type for p in plans.values() for r in p.resources})
+    return Plan(plans, types, compare(cat, plans))
+
+
+def _flatten(v: Any, path: str = "") -> dict[str, Any]:
+    if isinstance(v, dict):
+        out: dict[str, Any] = {}
+        for k, x in v.items():
+            out.update(_flatten(x, f"{path}.{k}" if path else str(k)))
+        return out or {path: {}}
+    return {path: v}
+
+
+def _override_leaves(v: Any, path: str = "") -> dict[str, Any]:
+    if isinstance(v, dict) or hasattr(v, "items"):
+        out: dict[str, Any] = {}
+        for k, x in v.items():
+            out.update(_override_leaves(x, f"{path}.{k}" if path else str(k)))
+        return out
+    return {path: v}
+
+
+def compare(cat: Catalogue, plans: dict[str, RegionPlan]) -> list[Difference]:
+    """Every (resource, property) whose region-generalised value is not the same in all regions."""
+    tables: dict[str, dict[tuple[str, str], tuple[str, Any]]] = {}
+    for n, p in plans.items():
+        norm = _Normaliser(cat, cat.region(n))
+        t: dict[tuple[str, str], tuple[str, Any]] = {}
+        for res in p.resources:
+            props = dict(res.props)
+            props.pop("tags", None)  # tags name the region by design
+            flat = _flatten(norm.value(props))
+            if not flat:
+                flat = {"": {}}
+            for prop, val in flat.items():
+                t[(res.key, prop)] = (res.type, val)
+        tables[n] = t
+    keys = sorted({k for t in tables.values() for k in t})
+    out: list[Difference] = []
+    for key in keys:
+        values = {n: tables[n].get(key, (None, None))[1] if key in tables[n] else None for n in plans}
+        present = {n: key in tables[n] for n in plans}
+        distinct = {repr(v) for v in values.values()}
+        if len(distinct) <= 1 and all(present.values()):
+            continue
+        rtype = next(tables[n][key][0] for n in plans if key in tables[n])
+        modal = Counter(repr(v) for v in values.values()).most_common(1)[0][0]
+        explained_by: dict[str, str] = {}
+        for n, v in values.items():
+            if repr(v) == modal and present[n]:
+                continue
+            for path, leaf in _override_leaves(cat.region(n).overrides).items():
+                if leaf == v or str(leaf) == str(v):
+                    explained_by[n] = path
+        odd = [n for n, v in values.items() if repr(v) != modal or not present[n]]
+        out.append(Difference(key[0], rtype, key[1] or "(resource)", values, explained_by, all(n in explained_by for n in odd)))
+    return out
