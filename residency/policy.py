@@ -204,7 +204,7 @@ def check_resource(
         if not d:
             out.append(Decision(False, f"AWS provider: {d.reason}"))
 
-    if resource_type == _KMS_KEY and p.get("multi_region"):
+    if resource_type == _KMS_KEY and p.get("multi_region") in (True, "true"):
         out.append(Decision(False, f"{resource_type}: multi-region KMS keys are not allowed (key material would leave {region}'s jurisdiction)"))
     if resource_type in _KMS_REPLICA_KEYS:
         out.append(Decision(False, f"{resource_type}: KMS replica keys are not allowed (they need a multi-region key)"))

@@ -1,0 +1,84 @@
+"""The policy pack's validations: adapters from pulumi-policy's arguments to
+:func:`residency.policy.check_resource` / :func:`residency.policy.check_resources`.
+
+Kept apart from ``__main__.py`` (which constructs the :class:`pulumi_policy.PolicyPack` and so
+needs the engine) so tests can call them with hand-made arguments. The region a resource belongs
+to is the stack's name, read from the resource's URN (``urn:pulumi:<stack>::<project>::...``).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+from residency import catalogue, policy
+
+NAME = "residency-guardrails"
+REPO = Path(__file__).resolve().parents[2]
+UNKNOWN = "<unknown during preview>"
+
+
+def load_catalogue() -> catalogue.Catalogue:
+    return catalogue.load(os.environ.get(catalogue.ENV_VAR) or str(REPO / catalogue.DEFAULT_PATH))
+
+
+def stack_of(urn: str) -> str:
+    """The stack (= region) name in a resource URN."""
+    head = urn.split("::", 1)[0]  # urn:pulumi:<stack>
+    return head.split(":")[-1]
+
+
+def plain(value: Any) -> Any:
+    """pulumi-policy's unknown-checking proxies unwrapped into plain values; values unknown during
+    preview become :data:`UNKNOWN` instead of aborting the whole check."""
+    from pulumi_policy import proxy
+
+    if isinstance(value, (proxy._DictProxy, proxy._ListProxy)):
+        value = value["__target"]  # the raw container; its elements may be proxies themselves
+    if isinstance(value, Mapping):
+        return {k: plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    if isinstance(value, str) and proxy._is_unknown(value):
+        return UNKNOWN
+    return value
+
+
+def _provider_region(provider: Any) -> str | None:
+    if provider is None:
+        return None
+    props = plain(getattr(provider, "props", None) or {})
+    r = props.get("region")
+    return r if isinstance(r, str) and r != UNKNOWN else None
+
+
+ReportViolation = Callable[..., None]
+
+
+def validate_resource(args: Any, report_violation: ReportViolation, cat: catalogue.Catalogue | None = None) -> None:
+    """Every residency rule that one resource can be checked against on its own."""
+    cat = cat or load_catalogue()
+    region = stack_of(args.urn)
+    if region not in cat.regions:
+        report_violation(f"stack '{region}' is not a region in {cat.path}")
+        return
+    for d in policy.check_resource(cat, region, args.resource_type, plain(args.props), _provider_region(args.provider)):
+        report_violation(d.reason)
+
+
+def validate_stack(args: Any, report_violation: ReportViolation, cat: catalogue.Catalogue | None = None) -> None:
+    """The rules that need the whole stack: replication destinations declared and inside the
+    jurisdiction, every bucket encrypted with SSE-KMS."""
+    cat = cat or load_catalogue()
+    if not args.resources:
+        return
+    region = stack_of(args.resources[0].urn)
+    if region not in cat.regions:
+        report_violation(f"stack '{region}' is not a region in {cat.path}")
+        return
+    items = [(r.resource_type, plain(r.props), _provider_region(r.provider)) for r in args.resources]
+    single = {d.reason for t, p, a in items for d in policy.check_resource(cat, region, t, p, a)}
+    for d in policy.check_resources(cat, region, items):
+        if d.reason not in single:  # already reported by the resource policy
+            report_violation(d.reason)
