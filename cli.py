@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 import sys
-from dataclasses import asdict, is_dataclass
+from dataclasses import fields, is_dataclass
 from typing import Any, Callable, Iterable, Sequence
 
 import click
@@ -41,7 +41,8 @@ pass_ctx = click.make_pass_decorator(Context)
 
 def _jsonable(value: Any) -> Any:
     if is_dataclass(value) and not isinstance(value, type):
-        return _jsonable(asdict(value))
+        # field by field, not asdict(): asdict deep-copies, and MappingProxyType can't be copied
+        return {f.name: _jsonable(getattr(value, f.name)) for f in fields(value)}
     if isinstance(value, dict) or hasattr(value, "items") and callable(value.items):
         return {str(k): _jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple, set, frozenset)):

@@ -16,7 +16,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Callable, Mapping
 
-from .aws_regions import AWS_REGIONS
+from .aws_regions import AWS_REGIONS, OTHER_PARTITIONS
 from .errors import CatalogueError, InputError
 from .yamlpos import Map, Mark, Scalar, Seq, YamlSyntaxError, YNode, parse, plain
 
@@ -125,8 +125,8 @@ class Catalogue:
             return self.regions[name]
         except KeyError:
             known = ", ".join(self.regions)
-            hint = difflib.get_close_matches(name, list(self.regions), n=1)
-            extra = f"; did you mean '{hint[0]}'?" if hint else ""
+            hint = _closest(name, self.regions, limit=1 if len(name) <= 3 else 2)
+            extra = f"; did you mean '{hint}'?" if hint else ""
             raise InputError(f"unknown region '{name}' (regions in {self.path}: {known}){extra}") from None
 
     def jurisdiction_of(self, region: str) -> Jurisdiction:
@@ -160,8 +160,12 @@ def load(path: str | os.PathLike[str] | None = None) -> Catalogue:
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        line = raw[: exc.start].count(b"\n") + 1
-        raise CatalogueError([f"{shown}:{line}:1: not UTF-8 text (byte 0x{raw[exc.start]:02x})"]) from None
+        line_start = raw.rfind(b"\n", 0, exc.start) + 1
+        line = raw.count(b"\n", 0, exc.start) + 1
+        column = len(raw[line_start : exc.start].decode("utf-8", errors="replace")) + 1
+        raise CatalogueError(
+            [f"{shown}:{line}:{column}: byte 0x{raw[exc.start]:02x} is not UTF-8; save the file as UTF-8"]
+        ) from None
     return loads(text, shown)
 
 
@@ -188,6 +192,8 @@ class _Validator:
     def __init__(self, file: str):
         self.file = file
         self.problems: list[tuple[int, int, str]] = []
+        self.broken_jurisdictions: set[str] = set()
+        """Jurisdictions that are defined but invalid (already reported)."""
 
     # -- reporting
     def err(self, mark: Mark, message: str) -> None:
@@ -206,11 +212,13 @@ class _Validator:
     def mapping(
         self, node: YNode | None, where: str, mark: Mark, required: tuple[str, ...], optional: tuple[str, ...] = ()
     ) -> Map | None:
-        if node is None or (isinstance(node, Scalar) and node.value is None):
+        if node is None:
+            return None  # a missing key: the parent mapping reports it
+        if isinstance(node, Scalar) and node.value is None:
             self.err(mark, f"{where}: is empty; expected a mapping with {', '.join(required) or 'entries'}")
             return None
         if not isinstance(node, Map):
-            self.err(node.mark, f"{where}: expected a mapping, got {_kind(node)}")
+            self.err(node.mark, f"{where}: expected a mapping{_with(required)}, got {_kind(node)}")
             return None
         self.check_keys(node, where)
         allowed = set(required) | set(optional)
@@ -221,7 +229,7 @@ class _Validator:
                 self.err(kmark, f"{where}: unknown key '{key}'; {tip}")
         for key in required:
             if key not in node.items:
-                self.err(node.mark, f"{where}: missing key '{key}'")
+                self.err(node.mark, f"{where}: missing key '{key}'{_KEY_HINTS.get(key, '')}")
         return node
 
     def check_keys(self, node: Map, where: str) -> None:
@@ -229,7 +237,8 @@ class _Validator:
             first = node.keys[key]
             self.err(kmark, f"{where}: duplicate key '{key}' (first defined at line {first.line})")
         for key, kmark in node.bad_keys:
-            self.err(kmark, f"{where}: key {key!r} must be a string")
+            what = _describe(key) if not isinstance(key, str) else key
+            self.err(kmark, f"{where}: key {what} must be a string; write names as text, quoted if need be")
 
     def scalar(self, m: Map, key: str, where: str, typ: type, default: Any = ..., check: Callable[[Any], str | None] | None = None) -> Any:
         node = m.items.get(key)
@@ -241,8 +250,11 @@ class _Validator:
             self.err(node.mark, f"{where}: '{key}' must be {_TYPE_NAMES[typ]}, got {_kind(node)}")
             return None
         value = node.value
-        if typ is str and isinstance(value, (int, float)) and not isinstance(value, bool) and key == "version":
+        if typ is str and isinstance(value, int) and not isinstance(value, bool) and key == "version":
             value = str(value)
+        if typ is str and isinstance(value, float) and key == "version":
+            self.err(node.mark, f"{where}: 'version' must be a string; write it quoted, as \"{node.text or value}\"")
+            return None
         ok = isinstance(value, typ) and not (typ is int and isinstance(value, bool))
         if not ok:
             self.err(node.mark, f"{where}: '{key}' must be {_TYPE_NAMES[typ]}, got {_describe(value)}")
@@ -288,7 +300,10 @@ class _Validator:
         if top is None:
             return None
         jur = self.jurisdictions(top.items.get("jurisdictions"), top.keys.get("jurisdictions", top.mark))
+        before = len(self.problems)
         env, env_node = self.environment(top.items.get("environment"), top.keys.get("environment", top.mark))
+        if len(self.problems) > before:
+            env = None  # already reported; don't report it again through each region's overrides
         regions = self.regions(top.items.get("regions"), top.keys.get("regions", top.mark), jur, env, env_node)
         ws = self.workspace(top.items.get("workspace"), top.keys.get("workspace", top.mark))
         if self.problems or jur is None or env is None or regions is None or ws is None:
@@ -308,6 +323,7 @@ class _Validator:
             if not _JURIS.match(name):
                 self.err(m.keys[name], f"{where}: name must be upper-case letters and digits, such as EU or US")
             jm = self.mapping(jnode, where, m.keys[name], ("aws_regions",), ("law",))
+            self.broken_jurisdictions.add(name)  # until it proves valid below
             if jm is None:
                 continue
             regs = self.str_list(jm, "aws_regions", where, check=_aws_region_problem)
@@ -323,6 +339,7 @@ class _Validator:
                 for r in regs:
                     owner.setdefault(r, name)
                 out[name] = Jurisdiction(name, regs, law)
+                self.broken_jurisdictions.discard(name)
         return out
 
     def environment(self, node: YNode | None, mark: Mark) -> tuple[Environment | None, Map | None]:
@@ -370,6 +387,7 @@ class _Validator:
         out: dict[str, Region] = {}
         cidrs: list[tuple[str, ipaddress.IPv4Network | ipaddress.IPv6Network]] = []
         aws_used: dict[str, str] = {}
+        every_cidr = _all_cidrs(m)
         for name, rnode in m.items.items():
             where = f"region '{name}'"
             if not _NAME.match(name):
@@ -385,7 +403,7 @@ class _Validator:
             j = None
             if jname is not None and jur is not None:
                 j = jur.get(jname)
-                if j is None:
+                if j is None and jname not in self.broken_jurisdictions:
                     self.err(rm.items["jurisdiction"].mark, f"{where}: jurisdiction '{jname}' is not defined (defined: {', '.join(jur) or 'none'})")
             if aws is not None:
                 if aws in aws_used:
@@ -405,7 +423,9 @@ class _Validator:
                 net = ipaddress.ip_network(cidr, strict=False)
                 for other_name, other_net in cidrs:
                     if net.version == other_net.version and net.overlaps(other_net):
-                        self.err(rm.items["cidr"].mark, f"{where}: cidr {cidr} overlaps region '{other_name}' ({other_net})")
+                        free = _free_cidr(net, every_cidr)
+                        tip = f"; choose a range no other region uses, such as {free}" if free else ""
+                        self.err(rm.items["cidr"].mark, f"{where}: cidr {cidr} overlaps region '{other_name}' ({other_net}){tip}")
                 cidrs.append((name, net))
             overrides: dict[str, Any] = {}
             effective = env
@@ -413,7 +433,7 @@ class _Validator:
                 overrides, effective = self.overrides(rm.items["overrides"], where, env, env_node)
             if None in (aws, jname, cidr, backup, status) or j is None or effective is None:
                 continue
-            out[name] = Region(name, aws, jname, str(ipaddress.ip_network(cidr, strict=False)), backup, status, MappingProxyType(overrides), effective)
+            out[name] = Region(name, aws, jname, str(ipaddress.ip_network(cidr, strict=False)), backup, status, _freeze(overrides), effective)
         return out
 
     def overrides(self, node: YNode, where: str, env: Environment | None, env_node: Map | None) -> tuple[dict[str, Any], Environment | None]:
@@ -424,22 +444,24 @@ class _Validator:
         self.check_keys(node, w)
         if env_node is None:
             return plain(node), None
-        ok = self._check_override_keys(node, env_node, f"{where}: overrides", "environment")
+        ok = self._check_override_keys(node, env_node, f"{where}: overrides", "environment", shapes=env is not None)
         if not ok or env is None:
             return plain(node), None
-        # rebuild the environment with the overrides merged in, validating the merged values
-        merged = _merge(plain(env_node), plain(node))
-        before = len(self.problems)
+        # Rebuild the environment with the overrides merged in and validate it: every value keeps
+        # its own position, so a bad override value is reported where it is written.
+        merged = _merge_nodes(env_node, node)
         sub = _Validator(self.file)
-        new_env, _ = sub.environment(_to_nodes(merged, node.mark), node.mark)
+        new_env, _ = sub.environment(merged, node.mark)
         for line, col, msg in sub.problems:
-            _, _, text = msg.partition(": ")
-            self.problems.append((node.mark.line, node.mark.column, f"{node.mark}: {where}: overrides give an invalid environment: {text.split(': ', 1)[-1]}"))
-        if len(self.problems) > before:
+            mark_text, _, text = msg.partition(": ")
+            self.problems.append((line, col, f"{mark_text}: {where}: overrides: {text}"))
+        if sub.problems:
             return plain(node), None
         return plain(node), new_env
 
-    def _check_override_keys(self, node: Map, base: Map, where: str, path: str) -> bool:
+    def _check_override_keys(self, node: Map, base: Map, where: str, path: str, shapes: bool = True) -> bool:
+        """Every key of ``node`` must exist in ``base``; with ``shapes``, a mapping may only
+        override a mapping (without it the base is itself invalid and already reported)."""
         ok = True
         for key, kmark in node.keys.items():
             if key not in base.items:
@@ -452,11 +474,15 @@ class _Validator:
             target = base.items[key]
             if isinstance(sub, Map):
                 if not isinstance(target, Map):
-                    self.err(sub.mark, f"{where}: {path}.{key} is not a mapping; override it with a value")
+                    if not shapes:
+                        ok = False
+                        continue
+                    shape = "a list; override it with a whole list" if isinstance(target, Seq) else "a single value; override it with a value"
+                    self.err(sub.mark, f"{where}: {path}.{key} is {shape}, not a mapping")
                     ok = False
                     continue
                 self.check_keys(sub, where)
-                ok = self._check_override_keys(sub, target, where, f"{path}.{key}") and ok
+                ok = self._check_override_keys(sub, target, where, f"{path}.{key}", shapes) and ok
         return ok
 
     def workspace(self, node: YNode | None, mark: Mark) -> WorkspaceSpec | None:
@@ -469,7 +495,9 @@ class _Validator:
         prefix = self.scalar(m, "object_prefix", where, str, check=_prefix_problem)
         glob = self.str_list(m, "global_tables", where, check=_ident_problem, default=())
         if glob is not None and root in glob:
-            self.err(m.items["global_tables"].mark, f"{where}: the root table '{root}' cannot also be global")
+            gnode = m.items["global_tables"]
+            at = next((i.mark for i in gnode.items if isinstance(i, Scalar) and i.value == root), gnode.mark)  # type: ignore[union-attr]
+            self.err(at, f"{where}: the root table '{root}' cannot also be global; every workspace has its own row in it")
         paths: dict[str, PathSpec] = {}
         pnode = m.items.get("paths")
         if pnode is not None and not (isinstance(pnode, Scalar) and pnode.value is None):
@@ -493,7 +521,7 @@ class _Validator:
                         else:
                             targets[tv] = tt.value
                 if (ref is None) == (tcol is None):
-                    self.err(tm.mark, f"{pw}: give either 'references: TABLE' or 'type_column' with 'targets', not {'both' if ref else 'neither'}")
+                    self.err(tm.mark, f"{pw}: give either 'references: TABLE' or 'type_column' with 'targets'" + (", not both" if ref else "; it has neither"))
                 elif tcol is not None and not targets:
                     self.err(tm.mark, f"{pw}: a polymorphic path needs 'targets' (type value: table)")
                 elif ref is not None and targets:
@@ -529,14 +557,43 @@ def _describe(value: Any) -> str:
         return f"{value} (a number)"
     if isinstance(value, str):
         return f"'{value}' (a string)"
-    return type(value).__name__
+    if isinstance(value, bytes):
+        return "binary data (!!binary)"
+    return f"{value} (a {type(value).__name__})"
 
 
 def _aws_region_problem(v: str) -> str | None:
     if v in AWS_REGIONS:
         return None
-    hint = difflib.get_close_matches(v, sorted(AWS_REGIONS), n=1)
-    return f"'{v}' is not an AWS region" + (f"; did you mean {hint[0]}?" if hint else "")
+    if v in OTHER_PARTITIONS:
+        return f"'{v}' is in AWS partition {OTHER_PARTITIONS[v]}; only the commercial partition (aws) is supported"
+    hint = _closest(v, AWS_REGIONS)
+    return f"'{v}' is not an AWS region" + (f"; did you mean {hint}?" if hint else "")
+
+
+def _edit_distance(a: str, b: str) -> int:
+    """Optimal-string-alignment distance: insertions, deletions, substitutions and swaps of
+    two neighbouring characters (the typo ``us-esat-1``) each cost one."""
+    d = [[0] * (len(b) + 1) for _ in range(len(a) + 1)]
+    for i in range(len(a) + 1):
+        d[i][0] = i
+    for j in range(len(b) + 1):
+        d[0][j] = j
+    for i in range(1, len(a) + 1):
+        for j in range(1, len(b) + 1):
+            cost = 0 if a[i - 1] == b[j - 1] else 1
+            d[i][j] = min(d[i - 1][j] + 1, d[i][j - 1] + 1, d[i - 1][j - 1] + cost)
+            if i > 1 and j > 1 and a[i - 1] == b[j - 2] and a[i - 2] == b[j - 1]:
+                d[i][j] = min(d[i][j], d[i - 2][j - 2] + 1)
+    return d[len(a)][len(b)]
+
+
+def _closest(word: str, candidates: Any, limit: int = 3) -> str | None:
+    """The candidate nearest to ``word`` by edit distance (ties: alphabetical), if close enough."""
+    best = min(sorted(candidates), key=lambda c: _edit_distance(word.lower(), c), default=None)
+    if best is None or _edit_distance(word.lower(), best) > limit:
+        return None
+    return best
 
 
 def _cidr_problem(v: str) -> str | None:
@@ -547,9 +604,11 @@ def _cidr_problem(v: str) -> str | None:
             fixed = ipaddress.ip_network(v, strict=False)
             return f"cidr {v} has host bits set; did you mean {fixed}?"
         return f"cidr '{v}' is not a network such as 10.10.0.0/16"
-    if net.version == 4 and not net.is_private:
+    if net.version != 4:
+        return f"cidr {v} is IPv6; a VPC's primary range is IPv4, such as 10.40.0.0/16"
+    if not net.is_private:
         return f"cidr {v} is not a private range (10.0.0.0/8, 172.16.0.0/12, 192.168.0.0/16)"
-    if net.version == 4 and not 16 <= net.prefixlen <= 24:
+    if not 16 <= net.prefixlen <= 24:
         return f"cidr {v}: a VPC's prefix must be between /16 and /24"
     return None
 
@@ -580,21 +639,82 @@ def _pg_version_problem(v: str) -> str | None:
     return f"version '{v}': PostgreSQL 15 or later is required (row-filtered publications)"
 
 
-def _merge(base: Any, over: Any) -> Any:
-    if isinstance(base, dict) and isinstance(over, dict):
-        out = dict(base)
-        for k, v in over.items():
-            out[k] = _merge(base.get(k), v)
-        return out
+_KEY_HINTS = {
+    "jurisdictions": " (the legal areas and their AWS regions, such as EU: {aws_regions: [eu-west-1]})",
+    "environment": " (what every region gets: database, buckets, queues, retention)",
+    "regions": " (one entry per region, such as eu: {aws_region: eu-west-1, ...})",
+    "workspace": " (what one workspace's data is: root_table, key_column, object_prefix)",
+    "database": " (engine, version, instance_class, storage_gb, multi_az)",
+    "buckets": " (a list of bucket names, such as [attachments])",
+    "queues": " (a list of queue names, such as [events])",
+    "retention": " (backups_days, deleted_workspace_days)",
+    "aws_region": " (the AWS region it runs in, such as eu-west-1)",
+    "jurisdiction": " (the name of one of the jurisdictions)",
+    "cidr": " (a private IPv4 range no other region uses, such as 10.40.0.0/16)",
+    "backup_region": " (another AWS region of the same jurisdiction)",
+    "status": f" (one of {', '.join(STATUSES)})",
+    "aws_regions": " (the AWS regions inside this jurisdiction, such as [eu-west-1, eu-central-1])",
+    "root_table": " (the table with one row per workspace, such as workspaces)",
+    "key_column": " (the column that holds the workspace id, such as workspace_id)",
+    "object_prefix": " (such as 'workspaces/{workspace_id}/')",
+    "column": " (the column that points at the parent row)",
+}
+
+
+_PRIVATE = tuple(ipaddress.ip_network(n) for n in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"))
+
+
+def _all_cidrs(regions: Map) -> list[ipaddress.IPv4Network]:
+    out = []
+    for rnode in regions.items.values():
+        c = rnode.items.get("cidr") if isinstance(rnode, Map) else None
+        if isinstance(c, Scalar) and isinstance(c.value, str):
+            try:
+                net = ipaddress.ip_network(c.value, strict=False)
+            except ValueError:
+                continue
+            if isinstance(net, ipaddress.IPv4Network):
+                out.append(net)
+    return out
+
+
+def _free_cidr(net: Any, taken: list[ipaddress.IPv4Network]) -> str | None:
+    """The first range of ``net``'s size, in the private block that holds it, that overlaps
+    none of ``taken``."""
+    block = next((b for b in _PRIVATE if net.version == 4 and net.subnet_of(b)), None)
+    if block is None:
+        return None
+    for i, candidate in enumerate(block.subnets(new_prefix=net.prefixlen)):
+        if i > 4096:
+            break
+        if not any(candidate.overlaps(t) for t in taken):
+            return str(candidate)
+    return None
+
+
+def _with(required: tuple[str, ...]) -> str:
+    return f" with {', '.join(required)}" if required else ""
+
+
+def _freeze(value: Any) -> Any:
+    """A read-only copy of plain data: mappings become ``MappingProxyType``, lists tuples."""
+    if isinstance(value, Mapping):
+        return MappingProxyType({k: _freeze(v) for k, v in value.items()})
+    if isinstance(value, (list, tuple)):
+        return tuple(_freeze(v) for v in value)
+    return value
+
+
+def _merge_nodes(base: YNode, over: YNode) -> YNode:
+    """``over`` laid on ``base``: mappings merge key by key, anything else replaces."""
+    if isinstance(base, Map) and isinstance(over, Map):
+        items = dict(base.items)
+        keys = dict(base.keys)
+        for k, v in over.items.items():
+            items[k] = _merge_nodes(base.items[k], v) if k in base.items else v
+            keys[k] = over.keys[k]
+        return Map(items, keys, base.mark)
     return over
-
-
-def _to_nodes(value: Any, mark: Mark) -> YNode:
-    if isinstance(value, dict):
-        return Map({k: _to_nodes(v, mark) for k, v in value.items()}, {k: mark for k in value}, mark)
-    if isinstance(value, list):
-        return Seq([_to_nodes(v, mark) for v in value], mark)
-    return Scalar(value, mark)
 
 
 def with_region(cat: Catalogue, region: Region) -> Catalogue:

@@ -108,7 +108,7 @@ def stack_may_touch(cat: Catalogue, region: str, aws_region: str) -> Decision:
     allowed = allowed_aws_regions(cat, region)
     if aws_region in allowed:
         return Decision(True, f"{aws_region} is allowed for region '{region}'")
-    return Decision(False, f"region '{region}' stack may only touch {', '.join(allowed)}, not {aws_region}")
+    return Decision(False, f"the stack of region '{region}' may only touch {', '.join(allowed)}, not {aws_region}")
 
 
 def active_regions(cat: Catalogue) -> list[Region]:

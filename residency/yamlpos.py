@@ -31,7 +31,7 @@ MAX_DEPTH = 32
 """Deepest nesting accepted. regions.yaml needs about six levels; the limit keeps a hostile
 file (``[[[[...``) from exhausting the stack."""
 
-MAX_NODES = 200_000
+MAX_NODES = 100_000
 """Most nodes accepted after aliases are expanded, so a few lines of nested aliases
 ("billion laughs") cannot take the process down."""
 
@@ -88,6 +88,8 @@ class Mark:
 class Scalar:
     value: Any
     mark: Mark
+    text: str | None = None
+    """The scalar as written in the file (before YAML typed it), where it came from a file."""
 
 
 @dataclass(frozen=True)
@@ -140,8 +142,14 @@ def parse(text: str, file: str) -> YNode | None:
         mark = exc.problem_mark or exc.context_mark
         problem = _one_line(exc.problem or "invalid YAML")
         if exc.context and exc.context not in problem:
-            problem = f"{_one_line(exc.context)}: {problem}"
-        raise YamlSyntaxError(_mark(file, mark), f"YAML syntax error: {problem}{_hint(problem)}") from None
+            context = _one_line(exc.context)
+            cm = exc.context_mark
+            if cm is not None and mark is not None and (cm.line, cm.column) != (mark.line, mark.column):
+                context += f" (started at line {cm.line + 1}, column {cm.column + 1})"
+            problem = f"{context}: {problem}"
+        where = _mark(file, mark)
+        hint = _hint(problem, _char_at(text, where))
+        raise YamlSyntaxError(where, f"YAML syntax error: {problem}{hint}") from None
     except yaml.reader.ReaderError as exc:
         line, column = _position(text, exc.position)
         char = exc.character if isinstance(exc.character, int) else ord(str(exc.character)[:1] or "\0")
@@ -158,10 +166,25 @@ def _one_line(message: str) -> str:
     return " ".join(str(message).split())
 
 
-def _hint(problem: str) -> str:
+def _char_at(text: str, mark: Mark) -> str:
+    lines = text.split("\n", mark.line)
+    if mark.line - 1 < len(lines):
+        line = lines[mark.line - 1]
+        if mark.column - 1 < len(line):
+            return line[mark.column - 1]
+    return ""
+
+
+def _hint(problem: str, char: str) -> str:
     """What would be right, for the syntax errors people actually make."""
-    if "found character '\\t'" in problem or "found character '\t'" in problem or "\t" in problem:
+    if char == "\t" or "'\\t'" in problem:
         return "; indent with spaces, not tabs"
+    if "mapping values are not allowed" in problem or "did not find expected key" in problem:
+        return "; check this line's indentation against the lines above it"
+    if "did not find expected ',' or ']'" in problem:
+        return "; close the list with ']'"
+    if "did not find expected ',' or '}'" in problem:
+        return "; close the mapping with '}'"
     if "could not determine a constructor" in problem:
         return "; regions.yaml holds plain data: remove the tag"
     if "expected a single document" in problem:
@@ -210,7 +233,7 @@ class _Converter:
                 return self.mapping(node)
             if isinstance(node, yaml.SequenceNode):
                 return Seq([self.convert(n) for n in node.value], self.mark(node))
-            return Scalar(self.loader.construct_object(node, deep=True), self.mark(node))
+            return Scalar(self.loader.construct_object(node, deep=True), self.mark(node), node.value)
         finally:
             self.active.discard(id(node))
 
