@@ -1,4 +1,4 @@
-"""The control plane's schema: the directory, the moves and the audit log.
+"""The control plane's schema: the directory, the moves, the audit log, move requests and notices.
 
 It lives in its own PostgreSQL schema (``residency``) of the control-plane database, so it can
 share a database with other things. :func:`ensure_schema` is idempotent and safe to run from
@@ -65,6 +65,59 @@ CREATE TABLE IF NOT EXISTS residency.audit_head (
     seq  bigint NOT NULL,
     hash text NOT NULL
 );
+
+-- Move requests (residency/requests.py): asked for by sales or support, approved by someone else,
+-- run by a worker (residency/worker.py) inside their window. A worker holds a request while it
+-- runs it (worker + lease_until, renewed by a heartbeat); an expired lease lets another take over.
+CREATE TABLE IF NOT EXISTS residency.requests (
+    id            bigserial PRIMARY KEY,
+    workspace_id  text NOT NULL,
+    source        text NOT NULL,
+    target        text NOT NULL,
+    strategy      text NOT NULL DEFAULT 'snapshot',
+    window_start  timestamptz NOT NULL,
+    window_end    timestamptz NOT NULL CHECK (window_end > window_start),
+    requested_by  text NOT NULL,
+    reason        text NOT NULL DEFAULT '',
+    state         text NOT NULL CHECK (state IN
+                    ('pending', 'approved', 'running', 'done', 'failed', 'skipped', 'refused', 'cancelled')),
+    state_reason  text,
+    created_by    text NOT NULL,
+    created_at    timestamptz NOT NULL DEFAULT now(),
+    updated_at    timestamptz NOT NULL DEFAULT now(),
+    approved_by   text,
+    approved_at   timestamptz,
+    estimate      jsonb NOT NULL DEFAULT '{}',
+    move_id       bigint,
+    worker        text,
+    lease_until   timestamptz,
+    attempts      integer NOT NULL DEFAULT 0,
+    result        jsonb NOT NULL DEFAULT '{}'
+);
+-- One live request per workspace: the database itself refuses a second one.
+CREATE UNIQUE INDEX IF NOT EXISTS requests_one_live_per_workspace
+    ON residency.requests (workspace_id) WHERE state IN ('pending', 'approved', 'running');
+CREATE INDEX IF NOT EXISTS requests_due ON residency.requests (window_start)
+    WHERE state IN ('approved', 'running');
+
+-- Notices (residency/notify.py): one per request or move state change, rendered when it happens
+-- and kept here (an outbox); delivery to a webhook is recorded on the row, never required.
+CREATE TABLE IF NOT EXISTS residency.notices (
+    id            bigserial PRIMARY KEY,
+    request_id    bigint REFERENCES residency.requests (id),
+    move_id       bigint,
+    event         text NOT NULL,
+    subject       text NOT NULL,
+    body          text NOT NULL,
+    payload       jsonb NOT NULL DEFAULT '{}',
+    created_at    timestamptz NOT NULL DEFAULT now(),
+    delivery      text NOT NULL DEFAULT 'kept' CHECK (delivery IN ('kept', 'pending', 'delivered', 'failed')),
+    attempts      integer NOT NULL DEFAULT 0,
+    delivered_at  timestamptz,
+    last_error    text
+);
+CREATE INDEX IF NOT EXISTS notices_request ON residency.notices (request_id);
+CREATE INDEX IF NOT EXISTS notices_undelivered ON residency.notices (id) WHERE delivery IN ('pending', 'failed');
 
 CREATE OR REPLACE FUNCTION residency.audit_append_only() RETURNS trigger
 LANGUAGE plpgsql AS $$

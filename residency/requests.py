@@ -1,0 +1,587 @@
+"""Move requests: sales or support ask for a workspace to move, someone else approves, a worker runs it.
+
+A request names a workspace, a target region, a window (``START/DURATION``), who asked (an email)
+and why. It is checked at creation against policy (:func:`residency.policy.may_move`) and against
+the mover's plan (sizes, schema, conflicts); a refused request is recorded as ``refused`` with the
+reason, so "why didn't my move happen?" always has an answer.
+
+States::
+
+    pending ──approve──▶ approved ──worker──▶ running ──▶ done | failed
+       │                    │ └─window closes / too short─▶ skipped
+       └──────cancel────────┴──▶ cancelled          refused (at creation)
+
+Every action is one control-plane transaction carrying its audit entry (who asked, who approved,
+who cancelled) and its notice (:mod:`residency.notify`); functions commit, and hand the notices
+to the notifier only after the commit.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import re
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import psycopg
+from psycopg.types.json import Jsonb
+
+from . import audit, directory, moves, policy
+from .audit import Actor
+from .catalogue import Catalogue
+from .errors import InputError, OperationError, ResidencyError
+
+STATES = ("pending", "approved", "running", "done", "failed", "skipped", "refused", "cancelled")
+LIVE = ("pending", "approved", "running")
+TERMINAL = ("done", "failed", "skipped", "refused", "cancelled")
+STRATEGIES = ("snapshot", "online")
+
+# --------------------------------------------------------------------------- windows, durations, emails
+
+_SHORT_DURATION = re.compile(r"^(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m(?!s))?(?:(\d+)s)?$")
+_ISO_DURATION = re.compile(r"^P(?:(\d+)D)?(?:T(?:(\d+)H)?(?:(\d+)M)?(?:(\d+(?:\.\d+)?)S)?)?$")
+_EMAIL = re.compile(r"^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)+$")
+
+
+def parse_duration(text: str) -> timedelta:
+    """``2h``, ``90m``, ``1h30m``, ``1d``, ``45s`` or ISO 8601 ``PT2H``, ``PT1H30M``, ``P1DT2H``."""
+    t = text.strip()
+    m = _ISO_DURATION.match(t.upper()) if t.upper().startswith("P") else None
+    if m and any(m.groups()):
+        d, h, mi, s = m.groups()
+        td = timedelta(days=int(d or 0), hours=int(h or 0), minutes=int(mi or 0), seconds=float(s or 0))
+    else:
+        m = _SHORT_DURATION.match(t.lower())
+        if not t or not m or not any(m.groups()):
+            raise InputError(f"duration '{text}' is not understood: use e.g. 2h, 90m, 1h30m or ISO 8601 PT2H")
+        d, h, mi, s = m.groups()
+        td = timedelta(days=int(d or 0), hours=int(h or 0), minutes=int(mi or 0), seconds=int(s or 0))
+    if td <= timedelta(0):
+        raise InputError(f"duration '{text}' must be longer than zero")
+    return td
+
+
+def parse_instant(text: str, now: datetime | None = None) -> datetime:
+    """An ISO 8601 date-time with an explicit offset (``Z`` or ``+01:00``), or ``now``."""
+    t = text.strip()
+    if t.lower() == "now":
+        return now or datetime.now(timezone.utc)
+    try:
+        dt = datetime.fromisoformat(t.replace("z", "Z").replace("Z", "+00:00") if t.endswith(("Z", "z")) else t)
+    except ValueError:
+        raise InputError(f"window start '{text}' is not an ISO 8601 date-time such as 2025-03-01T22:00Z") from None
+    if dt.tzinfo is None:
+        raise InputError(f"window start '{text}' has no time zone: add Z for UTC or an offset such as +01:00")
+    return dt.astimezone(timezone.utc)
+
+
+@dataclass(frozen=True)
+class Window:
+    start: datetime
+    end: datetime
+
+    @property
+    def duration(self) -> timedelta:
+        return self.end - self.start
+
+    def __str__(self) -> str:
+        return f"{self.start.astimezone(timezone.utc).isoformat(timespec='minutes').replace('+00:00', 'Z')}/{format_duration(self.duration)}"
+
+
+def parse_window(text: str, now: datetime | None = None) -> Window:
+    """``START/DURATION`` (``2025-03-01T22:00Z/2h``) or an ISO 8601 interval ``START/END``."""
+    if text.count("/") != 1:
+        raise InputError(f"window '{text}' must be START/DURATION, e.g. 2025-03-01T22:00Z/2h")
+    a, b = text.split("/")
+    start = parse_instant(a, now)
+    try:
+        end = start + parse_duration(b)
+    except InputError as dur_exc:
+        try:
+            end = parse_instant(b, now)
+        except InputError:
+            raise dur_exc from None
+        if end <= start:
+            raise InputError(f"window '{text}' ends before it starts") from None
+    return Window(start, end)
+
+
+def format_duration(td: timedelta | float) -> str:
+    """``2h``, ``1h30m``, ``45s``: short and exact to the second."""
+    secs = int(round(td.total_seconds() if isinstance(td, timedelta) else td))
+    if secs <= 0:
+        return "0s"
+    d, rem = divmod(secs, 86400)
+    h, rem = divmod(rem, 3600)
+    m, s = divmod(rem, 60)
+    out = (f"{d}d" if d else "") + (f"{h}h" if h else "") + (f"{m}m" if m else "") + (f"{s}s" if s else "")
+    return out
+
+
+def validate_email(text: str) -> str:
+    t = (text or "").strip()
+    if len(t) > 254 or not _EMAIL.match(t):
+        raise InputError(f"requested-by '{text}' is not an email address (name@example.com)")
+    return t.lower()
+
+
+# --------------------------------------------------------------------------- estimates
+
+
+def _parse_rate(text: str) -> float:
+    m = re.match(r"^\s*(\d+(?:\.\d+)?)\s*([kmg]?i?b)?(?:/s)?\s*$", text.lower())
+    if not m:
+        raise InputError(f"throughput '{text}' is not understood: use bytes per second, e.g. 50MB/s")
+    unit = (m.group(2) or "b").replace("i", "")
+    return float(m.group(1)) * {"b": 1, "kb": 1024, "mb": 1024**2, "gb": 1024**3}[unit]
+
+
+DEFAULT_THROUGHPUT = 20 * 1024**2  # bytes per second through copy + verify, end to end
+DEFAULT_OVERHEAD = 30.0            # seconds: plan, fence, schema checks, cut-over
+ONLINE_FENCE = 15.0                # seconds an online move stays fenced (catch-up and cut-over)
+
+
+@dataclass(frozen=True)
+class Throughput:
+    """How fast a move goes, to estimate whether it fits its window. ``$RESIDENCY_MOVE_THROUGHPUT``
+    (e.g. ``50MB/s``) and ``$RESIDENCY_MOVE_OVERHEAD`` (seconds) set them; the worker has flags."""
+
+    bytes_per_second: float = DEFAULT_THROUGHPUT
+    overhead_seconds: float = DEFAULT_OVERHEAD
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None) -> "Throughput":
+        env = dict(os.environ) if env is None else env
+        bps = _parse_rate(env["RESIDENCY_MOVE_THROUGHPUT"]) if env.get("RESIDENCY_MOVE_THROUGHPUT") else DEFAULT_THROUGHPUT
+        try:
+            over = float(env.get("RESIDENCY_MOVE_OVERHEAD") or DEFAULT_OVERHEAD)
+        except ValueError:
+            raise InputError("RESIDENCY_MOVE_OVERHEAD must be a number of seconds") from None
+        if bps <= 0 or over < 0:
+            raise InputError("move throughput must be positive and overhead not negative")
+        return cls(bps, over)
+
+    @classmethod
+    def parse(cls, rate: str | None = None, overhead: float | None = None) -> "Throughput":
+        base = cls.from_env()
+        return cls(_parse_rate(rate) if rate else base.bytes_per_second, base.overhead_seconds if overhead is None else overhead)
+
+
+def estimate(sizes: dict[str, Any], strategy: str, throughput: Throughput | None = None) -> dict[str, Any]:
+    """How long a move of ``sizes`` (from :func:`residency.worker.plan_sizes`) should take, and how
+    long the workspace stays fenced (read-only)."""
+    tp = throughput or Throughput.from_env()
+    total_bytes = int(sizes.get("bytes", 0)) + int(sizes.get("object_bytes", 0))
+    seconds = tp.overhead_seconds + total_bytes / tp.bytes_per_second
+    fence = seconds if strategy == "snapshot" else min(seconds, ONLINE_FENCE)
+    return {
+        "rows": int(sizes.get("rows", 0)),
+        "bytes": int(sizes.get("bytes", 0)),
+        "objects": int(sizes.get("objects", 0)),
+        "object_bytes": int(sizes.get("object_bytes", 0)),
+        "tables": sizes.get("tables", {}),
+        "seconds": round(seconds, 1),
+        "fence_seconds": round(fence, 1),
+        "throughput_bytes_per_second": tp.bytes_per_second,
+        "overhead_seconds": tp.overhead_seconds,
+        "strategy": strategy,
+    }
+
+
+# --------------------------------------------------------------------------- the record
+
+
+@dataclass(frozen=True)
+class Request:
+    id: int
+    workspace_id: str
+    source: str
+    target: str
+    strategy: str
+    window_start: datetime
+    window_end: datetime
+    requested_by: str
+    reason: str
+    state: str
+    state_reason: str | None
+    created_by: str
+    created_at: datetime
+    updated_at: datetime
+    approved_by: str | None
+    approved_at: datetime | None
+    estimate: dict[str, Any]
+    move_id: int | None
+    worker: str | None
+    lease_until: datetime | None
+    attempts: int
+    result: dict[str, Any]
+
+    @property
+    def window(self) -> Window:
+        return Window(self.window_start, self.window_end)
+
+    @property
+    def subject(self) -> str:
+        return f"request:{self.id}"
+
+
+_COLS = (
+    "id, workspace_id, source, target, strategy, window_start, window_end, requested_by, reason, state,"
+    " state_reason, created_by, created_at, updated_at, approved_by, approved_at, estimate, move_id, worker,"
+    " lease_until, attempts, result"
+)
+
+
+def get(conn: psycopg.Connection[Any], request_id: int | str, *, for_update: bool = False) -> Request:
+    try:
+        rid = int(request_id)
+    except (TypeError, ValueError):
+        raise InputError(f"request id '{request_id}' is not a number") from None
+    row = conn.execute(f"SELECT {_COLS} FROM residency.requests WHERE id = %s" + (" FOR UPDATE" if for_update else ""), (rid,)).fetchone()
+    if row is None:
+        raise InputError(f"unknown request {request_id}")
+    return Request(*row)
+
+
+def list_requests(conn: psycopg.Connection[Any], *, state: str | Iterable[str] | None = None, workspace_id: str | None = None, limit: int = 200) -> list[Request]:
+    q = f"SELECT {_COLS} FROM residency.requests WHERE true"
+    params: list[Any] = []
+    if state:
+        states = [state] if isinstance(state, str) else list(state)
+        bad = [s for s in states if s not in STATES]
+        if bad:
+            raise InputError(f"unknown request state '{bad[0]}' (states: {', '.join(STATES)})")
+        q += " AND state = ANY(%s)"
+        params.append(states)
+    if workspace_id:
+        q += " AND workspace_id = %s"
+        params.append(str(workspace_id))
+    q += " ORDER BY id DESC LIMIT %s"
+    params.append(limit)
+    return [Request(*r) for r in conn.execute(q, params)]
+
+
+def notices(conn: psycopg.Connection[Any], request_id: int) -> list[dict[str, Any]]:
+    """The notices kept with a request, oldest first."""
+    rows = conn.execute(
+        "SELECT id, event, subject, body, created_at, delivery, attempts, delivered_at, last_error"
+        " FROM residency.notices WHERE request_id = %s ORDER BY id",
+        (int(request_id),),
+    ).fetchall()
+    keys = ("id", "event", "subject", "body", "created_at", "delivery", "attempts", "delivered_at", "last_error")
+    return [dict(zip(keys, r)) for r in rows]
+
+
+# --------------------------------------------------------------------------- transitions (shared with the worker)
+
+
+def transition(
+    conn: psycopg.Connection[Any],
+    request_id: int,
+    to_state: str,
+    *,
+    expect: Iterable[str],
+    reason: str | None = None,
+    worker: str | None = None,
+    extra: dict[str, Any] | None = None,
+) -> Request:
+    """Move a request to ``to_state`` only if it is in one of ``expect`` (and, with ``worker``,
+    only while that worker holds it); OperationError otherwise. Runs in the caller's transaction."""
+    from psycopg import sql
+
+    expect = list(expect)
+    sets = [sql.SQL("state = %s, state_reason = %s, updated_at = now()")]
+    params: list[Any] = [to_state, reason]
+    for col, val in (extra or {}).items():
+        sets.append(sql.SQL("{} = %s").format(sql.Identifier(col)))
+        params.append(Jsonb(val) if isinstance(val, dict) else val)
+    if to_state in TERMINAL:
+        sets.append(sql.SQL("lease_until = NULL"))
+    where = sql.SQL("id = %s AND state = ANY(%s)")
+    params += [int(request_id), expect]
+    if worker is not None:
+        where = where + sql.SQL(" AND worker = %s")
+        params.append(worker)
+    q = sql.SQL("UPDATE residency.requests SET {} WHERE {} RETURNING " + _COLS).format(sql.SQL(", ").join(sets), where)
+    row = conn.execute(q, params).fetchone()
+    if row is None:
+        cur = get(conn, request_id)
+        held = f" (held by {cur.worker})" if worker is not None and cur.worker != worker else ""
+        raise OperationError(f"request {request_id} is {cur.state}{held}; it can become {to_state} only from {', '.join(expect)}")
+    return Request(*row)
+
+
+# --------------------------------------------------------------------------- actions
+
+Planner = Callable[[Catalogue, Any, str, str, str], Any]
+
+
+@dataclass
+class _Pending:
+    """Notices written inside a transaction, handed to the notifier after it commits."""
+
+    ids: list[int] = field(default_factory=list)
+
+
+def _after_commit(notifier: Any, pending: _Pending) -> None:
+    if notifier is not None and pending.ids:
+        notifier.submit(pending.ids)
+
+
+def _notice(conn: psycopg.Connection[Any], req: Request, event: str, notifier: Any, pending: _Pending, cat: Catalogue | None = None, **extra: Any) -> None:
+    from . import notify
+
+    nid = notify.record(conn, event, req, cat=cat, deliver=notifier is not None and notifier.enabled, **extra)
+    pending.ids.append(nid)
+
+
+def _default_planner() -> Planner:
+    from .worker import mover
+
+    return mover().plan
+
+
+def create(
+    conn: psycopg.Connection[Any],
+    cat: Catalogue,
+    conns: Any,
+    workspace_id: str,
+    target: str,
+    window: Window | str,
+    requested_by: str,
+    reason: str = "",
+    *,
+    strategy: str = "snapshot",
+    actor: Actor | None = None,
+    planner: Planner | None = None,
+    throughput: Throughput | None = None,
+    notifier: Any = None,
+    now: datetime | None = None,
+) -> Request:
+    """Record a move request, checked against policy and the mover's plan; commits.
+
+    Bad input (unknown region or workspace, a malformed window or email) raises InputError and
+    records nothing. A request that is well formed but may not or cannot run (policy, plan,
+    another live request, a window shorter than the estimate) is recorded as ``refused`` with
+    the reason and returned; check ``.state``.
+    """
+    actor = actor or Actor.current()
+    now = now or datetime.now(timezone.utc)
+    ws = str(workspace_id).strip()
+    if not ws:
+        raise InputError("a workspace id is required")
+    cat.region(target)
+    if strategy not in STRATEGIES:
+        raise InputError(f"strategy '{strategy}' is not one of {', '.join(STRATEGIES)}")
+    win = parse_window(window, now) if isinstance(window, str) else window
+    if win.end <= now:
+        raise InputError(f"window {win} has already closed")
+    email = validate_email(requested_by)
+    reason = (reason or "").strip()
+    if len(reason) > 2000:
+        raise InputError("reason is longer than 2000 characters")
+
+    home = directory.require(conn, ws)
+    if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+        conn.commit()  # the lookup above opened a transaction; the record gets its own
+    refusal: str | None = None
+    est: dict[str, Any] = {}
+    d = policy.may_move(cat, home.region, target)
+    if not d:
+        refusal = f"policy: {d.reason}"
+    if refusal is None:
+        other = conn.execute(
+            "SELECT id, state FROM residency.requests WHERE workspace_id = %s AND state = ANY(%s) ORDER BY id LIMIT 1",
+            (ws, list(LIVE)),
+        ).fetchone()
+        if other:
+            refusal = f"workspace '{ws}' already has request {other[0]} ({other[1]})"
+    if refusal is None:
+        om = moves.open_move_for(conn, ws)
+        if om:
+            refusal = f"workspace '{ws}' already has an open move {om.id} ({om.state})"
+    if refusal is None:
+        try:
+            from .worker import plan_sizes
+
+            plan = (planner or _default_planner())(cat, conns, ws, target, strategy)
+            est = estimate(plan_sizes(plan), strategy, throughput)
+        except ResidencyError as exc:
+            refusal = f"plan: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+    if refusal is None and est and est["seconds"] > win.duration.total_seconds():
+        refusal = (
+            f"the window ({format_duration(win.duration)}) is shorter than the move's estimated "
+            f"{format_duration(est['seconds'])}; ask for a longer window"
+        )
+    if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+        conn.commit()
+
+    state = "refused" if refusal else "pending"
+    pending = _Pending()
+    with conn.transaction():
+        try:
+            with conn.transaction():
+                row = conn.execute(
+                    f"INSERT INTO residency.requests (workspace_id, source, target, strategy, window_start, window_end,"
+                    f" requested_by, reason, state, state_reason, created_by, estimate)"
+                    f" VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING {_COLS}",
+                    (ws, home.region, target, strategy, win.start, win.end, email, reason, state, refusal, actor.who, Jsonb(est)),
+                ).fetchone()
+        except psycopg.errors.UniqueViolation:
+            # another request for this workspace was recorded between our check and now
+            row = conn.execute(
+                f"INSERT INTO residency.requests (workspace_id, source, target, strategy, window_start, window_end,"
+                f" requested_by, reason, state, state_reason, created_by, estimate)"
+                f" VALUES (%s, %s, %s, %s, %s, %s, %s, %s, 'refused', %s, %s, %s) RETURNING {_COLS}",
+                (ws, home.region, target, strategy, win.start, win.end, email, reason,
+                 f"workspace '{ws}' already has a live request", actor.who, Jsonb(est)),
+            ).fetchone()
+        assert row is not None
+        req = Request(*row)
+        audit.append(
+            conn,
+            "request.refuse" if req.state == "refused" else "request.create",
+            req.subject,
+            {
+                "workspace_id": ws, "source": req.source, "target": target, "strategy": strategy,
+                "window": str(win), "requested_by": email, "reason": reason,
+                **({"refused": req.state_reason} if req.state == "refused" else {}),
+                **({"estimated_seconds": est.get("seconds")} if est else {}),
+            },
+            actor,
+        )
+        _notice(conn, req, "refused" if req.state == "refused" else "created", notifier, pending, cat)
+    _after_commit(notifier, pending)
+    return req
+
+
+def approve(conn: psycopg.Connection[Any], cat: Catalogue, request_id: int | str, *, actor: Actor | None = None, notifier: Any = None) -> Request:
+    """Approve a pending request (policy is asked again: the catalogue may have changed); commits.
+
+    Nobody approves their own request: the approver must differ from who asked and who recorded it.
+    """
+    actor = actor or Actor.current()
+    pending = _Pending()
+    with conn.transaction():
+        req = get(conn, request_id, for_update=True)
+        if req.state != "pending":
+            raise OperationError(f"request {req.id} is {req.state}; only a pending request can be approved")
+        who = actor.who.strip().lower()
+        if who in (req.requested_by.lower(), req.created_by.strip().lower()):
+            raise OperationError(f"request {req.id} was asked for by {actor.who}; someone else must approve it")
+        d = policy.may_move(cat, req.source, req.target)
+        if not d:
+            raise OperationError(f"request {req.id} can no longer be approved: policy: {d.reason}")
+        req = transition(conn, req.id, "approved", expect=("pending",), extra={"approved_by": actor.who})
+        conn.execute("UPDATE residency.requests SET approved_at = now() WHERE id = %s", (req.id,))
+        req = get(conn, req.id)
+        audit.append(conn, "request.approve", req.subject, {"workspace_id": req.workspace_id, "target": req.target, "window": str(req.window), "requested_by": req.requested_by}, actor)
+        _notice(conn, req, "approved", notifier, pending, cat)
+    _after_commit(notifier, pending)
+    return req
+
+
+def cancel(conn: psycopg.Connection[Any], request_id: int | str, reason: str = "", *, actor: Actor | None = None, notifier: Any = None) -> Request:
+    """Cancel a pending or approved request; a running one is the mover's to roll back. Commits."""
+    actor = actor or Actor.current()
+    pending = _Pending()
+    with conn.transaction():
+        req = get(conn, request_id, for_update=True)
+        if req.state == "running":
+            hint = f"; roll its move back with `residency move rollback {req.move_id}`" if req.move_id else ""
+            raise OperationError(f"request {req.id} is running{hint}")
+        if req.state not in ("pending", "approved"):
+            raise OperationError(f"request {req.id} is {req.state}; only a pending or approved request can be cancelled")
+        why = (reason or "").strip() or f"cancelled by {actor.who}"
+        req = transition(conn, req.id, "cancelled", expect=("pending", "approved"), reason=why)
+        audit.append(conn, "request.cancel", req.subject, {"workspace_id": req.workspace_id, "reason": why}, actor)
+        _notice(conn, req, "cancelled", notifier, pending)
+    _after_commit(notifier, pending)
+    return req
+
+
+# --------------------------------------------------------------------------- CSV import
+
+CSV_COLUMNS = ("workspace", "to", "window", "requested_by")
+CSV_OPTIONAL = ("reason", "strategy")
+
+
+@dataclass(frozen=True)
+class ImportResult:
+    line: int
+    workspace: str
+    ok: bool
+    request_id: int | None
+    state: str
+    message: str
+
+
+def import_csv(
+    conn: psycopg.Connection[Any],
+    cat: Catalogue,
+    conns: Any,
+    path: str | os.PathLike[str],
+    *,
+    actor: Actor | None = None,
+    planner: Planner | None = None,
+    throughput: Throughput | None = None,
+    notifier: Any = None,
+    now: datetime | None = None,
+) -> list[ImportResult]:
+    """Create one request per CSV row (header: workspace,to,window,requested_by[,reason,strategy]).
+
+    Each row stands alone: a bad row gets its own error line and the others go ahead. ``ok`` is
+    True for a row recorded as pending; refused rows are recorded and reported with why.
+    """
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8-sig")
+    except OSError as exc:
+        raise InputError(f"{p}: cannot read: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise InputError(f"{p}: not UTF-8 text") from None
+    reader = csv.DictReader(text.splitlines(keepends=True))
+    header = [h.strip().lower() for h in (reader.fieldnames or [])]
+    missing = [c for c in CSV_COLUMNS if c not in header]
+    if missing:
+        raise InputError(f"{p}:1: header must have {', '.join(CSV_COLUMNS)} (optional: {', '.join(CSV_OPTIONAL)}); missing {', '.join(missing)}")
+    unknown = [h for h in header if h not in CSV_COLUMNS + CSV_OPTIONAL]
+    if unknown:
+        raise InputError(f"{p}:1: unknown column '{unknown[0]}' (columns: {', '.join(CSV_COLUMNS + CSV_OPTIONAL)})")
+    reader.fieldnames = header
+    results: list[ImportResult] = []
+    actor = actor or Actor.current()
+    line = 1
+    for row in reader:
+        line = reader.line_num
+        vals = {k: (v or "").strip() for k, v in row.items() if k is not None}
+        ws = vals.get("workspace", "")
+        if None in row:
+            results.append(ImportResult(line, ws, False, None, "error", f"{p}:{line}: more fields than the header has"))
+            continue
+        if not any(vals.values()):
+            continue
+        try:
+            for c in CSV_COLUMNS:
+                if not vals.get(c):
+                    raise InputError(f"'{c}' is empty")
+            req = create(
+                conn, cat, conns, ws, vals["to"], vals["window"], vals["requested_by"], vals.get("reason", ""),
+                strategy=vals.get("strategy") or "snapshot", actor=actor, planner=planner, throughput=throughput,
+                notifier=notifier, now=now,
+            )
+        except ResidencyError as exc:
+            if conn.info.transaction_status == psycopg.pq.TransactionStatus.INERROR:
+                conn.rollback()
+            results.append(ImportResult(line, ws, False, None, "error", f"{p}:{line}: {exc}"))
+            continue
+        if req.state == "refused":
+            results.append(ImportResult(line, ws, False, req.id, req.state, f"{p}:{line}: request {req.id} refused: {req.state_reason}"))
+        else:
+            results.append(ImportResult(line, ws, True, req.id, req.state, f"{p}:{line}: request {req.id} {req.state}: {ws} {req.source} → {req.target} in {req.window}"))
+    if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+        conn.commit()
+    return results
