@@ -1,0 +1,47 @@
+"""The CI workflow generated from regions.yaml, and the committed copy kept fresh."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from residency.catalogue import load, loads
+from stacks import workflow
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REGIONS = os.path.join(ROOT, "regions.yaml")
+COMMITTED = os.path.join(ROOT, ".github", "workflows", "deploy.yml")
+
+
+def test_committed_workflow_is_up_to_date():
+    cat = load(REGIONS)
+    assert not workflow.is_stale(cat, COMMITTED), (
+        "the committed .github/workflows/deploy.yml is stale; run: residency ci workflow --output .github/workflows/deploy.yml")
+
+
+def test_a_new_region_makes_the_committed_workflow_stale(tmp_path):
+    text = open(REGIONS, encoding="utf-8").read().replace(
+        "\nworkspace:", "\n  de: {aws_region: eu-central-1, jurisdiction: EU, cidr: 10.40.0.0/16, backup_region: eu-north-1, status: active}\n\nworkspace:", 1)
+    cat = loads(text)
+    assert workflow.is_stale(cat, COMMITTED)
+    out = tmp_path / "deploy.yml"
+    assert workflow.write(cat, out) is True and workflow.write(cat, out) is False
+    assert not workflow.is_stale(cat, out)
+    result = CliRunner().invoke(__import__("cli").main, ["--regions", REGIONS, "ci", "workflow", "--check", str(out)])
+    assert result.exit_code == 1 and "stale" in result.output
+
+
+def test_workflow_previews_on_pull_requests_and_deploys_canary_first():
+    cat = load(REGIONS)
+    doc = yaml.safe_load(workflow.render(cat))
+    jobs = doc["jobs"]
+    assert set(jobs) == {"plan", "preview-us", "preview-eu", "preview-au", "deploy-us", "deploy-eu", "deploy-au"}
+    assert "needs" not in jobs["deploy-us"]
+    assert jobs["deploy-eu"]["needs"] == ["deploy-us"] and jobs["deploy-au"]["needs"] == ["deploy-us"]
+    assert all("pull_request" in jobs[j]["if"] for j in jobs if j.startswith(("plan", "preview")))
+    assert all("push" in jobs[j]["if"] for j in jobs if j.startswith("deploy"))
+    assert jobs["deploy-au"]["steps"][-1]["run"] == "residency stacks up --region au"
+    assert workflow.render(cat, canary="eu") != workflow.render(cat)
