@@ -13,10 +13,11 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any, Callable
 
-from botocore.exceptions import ClientError
+from botocore.exceptions import BotoCoreError, ClientError
 
 from residency import policy
 from residency.catalogue import Catalogue, Region
+from residency.errors import OperationError
 
 from .component import tags_for
 from .plan import RegionPlan, plan_region
@@ -230,7 +231,11 @@ def check(cat: Catalogue, client: ClientFactory, regions: list[str] | None = Non
     for n in names:
         r = cat.region(n)
         exp = declared(plan_region(cat, r))
-        out[n] = RegionParity(n, len(exp), compare(n, exp, live(r, client)))
+        try:
+            found = live(r, client)
+        except (BotoCoreError, ClientError) as exc:
+            raise OperationError(f"parity: cannot read region '{n}' ({r.aws_region}): {exc}") from None
+        out[n] = RegionParity(n, len(exp), compare(n, exp, found))
     return Parity(out)
 
 

@@ -151,3 +151,16 @@ def test_parity_names_every_drift_of_the_drifted_region(drifted):
     by_attr = {d.attribute: d for d in result.regions["au"].drifts if d.resource.endswith("au-attachments")}
     assert by_attr["replicates_to"].actual == ["residency-us-attachments-replica"]
     assert by_attr["replicates_to"].expected == ["residency-au-attachments-replica"]
+
+
+def test_parity_cli_renders_drifts_and_exits_1(drifted, moto_endpoint):
+    from click.testing import CliRunner
+
+    from cli import main
+
+    result = CliRunner().invoke(main, ["--regions", REGIONS, "stacks", "parity", "--region", "au", "--region", "us",
+                                       "--endpoint-url", moto_endpoint])
+    assert result.exit_code == 1, result.output
+    assert "missing" in result.output and "residency-au-exports" in result.output
+    assert "au: 9 resources checked, 9 drifts" in result.output
+    assert "us: 9 resources checked, 0 drifts" in result.output
