@@ -161,6 +161,8 @@ def _post(url: str, payload: dict[str, Any], timeout: float) -> None:
         raise DeliveryError(f"webhook {redact_url(url)} answered HTTP {exc.code}", transient) from None
     except (urllib.error.URLError, TimeoutError, OSError) as exc:
         why = getattr(exc, "reason", None) or exc
+        if isinstance(why, TimeoutError) or "timed out" in str(why):
+            raise DeliveryError(f"webhook {redact_url(url)} timed out (no answer within {timeout:g}s)", True) from None
         raise DeliveryError(f"webhook {redact_url(url)} unreachable: {why}", True) from None
 
 
@@ -283,7 +285,8 @@ class Notifier:
         try:
             with psycopg.connect(self.control_dsn, autocommit=True, connect_timeout=5) as conn:
                 ids = [r[0] for r in conn.execute(
-                    "SELECT id FROM residency.notices WHERE delivery IN ('pending', 'failed') AND attempts < %s"
+                    "SELECT id FROM residency.notices WHERE (delivery = 'failed' OR (delivery = 'pending' AND created_at < now() - interval '2 minutes'))"
+                    " AND attempts < %s"
                     " AND created_at > now() - interval '7 days' ORDER BY id LIMIT %s",
                     (MAX_ATTEMPTS_TOTAL, limit),
                 )]
