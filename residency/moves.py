@@ -159,3 +159,13 @@ def release(conn: psycopg.Connection[Any], move_id: int, owner: str) -> None:
         "UPDATE residency.moves SET lease_owner = NULL, lease_until = NULL WHERE id = %s AND lease_owner = %s",
         (int(move_id), owner),
     )
+
+
+def take_over(conn: psycopg.Connection[Any], move_id: int, old_owner: str, owner: str, seconds: float) -> bool:
+    """Take the lease from ``old_owner`` (a process known to be dead) only if it still holds it."""
+    row = conn.execute(
+        "UPDATE residency.moves SET lease_owner = %s, lease_until = now() + make_interval(secs => %s)"
+        " WHERE id = %s AND lease_owner = %s RETURNING id",
+        (owner, seconds, int(move_id), old_owner),
+    ).fetchone()
+    return row is not None

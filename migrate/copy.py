@@ -1,0 +1,119 @@
+"""Copy a workspace's rows: binary COPY streamed from the source straight into the target.
+
+``COPY (SELECT ...) TO STDOUT (FORMAT BINARY)`` on the source, ``COPY ... FROM STDIN (FORMAT
+BINARY)`` on the target, one table at a time in foreign-key order, written in ~256 KB batches:
+memory stays constant whatever the size. Each table is one target transaction that first deletes
+whatever an interrupted attempt left of this workspace's rows in that table, so a retried or
+resumed table never duplicates a row. Global tables: only the rows the workspace references that
+the target lacks are inserted (ON CONFLICT DO NOTHING), never overwritten.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import psycopg
+
+from residency import db
+
+from . import faults
+from .progress import Meter, Progress
+from .retry import transient
+from .sqlbuild import Builder
+
+BATCH_BYTES = 256 * 1024
+
+
+@dataclass
+class TableCopy:
+    table: str
+    rows: int
+    bytes: int
+    seconds: float
+    deleted_first: int = 0
+
+
+def _stream(src: psycopg.Connection[Any], dst: psycopg.Connection[Any], out_q: Any, in_q: Any, params: dict[str, Any], meter: Meter, should_stop: Callable[[], bool]) -> int:
+    """Pump one COPY into the other; returns the rows the target accepted."""
+    with src.cursor() as scur, dst.cursor() as dcur:
+        with scur.copy(out_q, params) as out, dcur.copy(in_q) as into:
+            buf = bytearray()
+            messages = 0
+            batches = 0
+            for chunk in out:  # one CopyData message per row (the first also carries the header)
+                buf += chunk
+                messages += 1
+                if len(buf) >= BATCH_BYTES:
+                    into.write(bytes(buf))
+                    meter.add(messages, len(buf))
+                    messages = 0
+                    buf = bytearray()
+                    batches += 1
+                    if batches == 2:
+                        faults.point("copy_batch")
+                    if should_stop():
+                        raise InterruptedError("the move's lease was lost; stopping")
+            if buf:
+                into.write(bytes(buf))
+                meter.add(max(messages - 1, 0), len(buf))  # the last message is the trailer
+        return dcur.rowcount
+
+
+@transient
+def copy_table(src_dsn: str, dst_dsn: str, b: Builder, table: str, workspace_id: str, emit: Callable[[Progress], None], expected: int | None = None, should_stop: Callable[[], bool] = lambda: False) -> TableCopy:
+    t0 = time.monotonic()
+    params = b.params(workspace_id)
+    meter = Meter(emit, "copy", table, expected)
+    with db.connect(src_dsn, autocommit=True, application_name="residency-mover-copy") as src, db.connect(
+        dst_dsn, application_name="residency-mover-copy"
+    ) as dst:
+        with dst.transaction():
+            deleted = dst.execute(b.delete_rows(table), params).rowcount
+            rows = _stream(src, dst, b.copy_out(table), b.copy_in(table), params, meter, should_stop)
+    meter.finish(rows)
+    return TableCopy(table, rows, meter.bytes, round(time.monotonic() - t0, 3), deleted)
+
+
+@transient
+def copy_global(src_dsn: str, dst_dsn: str, b: Builder, table: str, workspace_id: str, emit: Callable[[Progress], None]) -> dict[str, int]:
+    """Insert the referenced rows of global ``table`` missing in the target; returns counts."""
+    params = b.params(workspace_id)
+    temp = "residency_global_rows"
+    meter = Meter(emit, "copy", f"{table} (global)", None)
+    with db.connect(src_dsn, autocommit=True) as src, db.connect(dst_dsn) as dst:
+        with dst.transaction():
+            dst.execute(b.temp_like(temp, table))
+            from psycopg import sql
+
+            referenced = _stream(src, dst, b.copy_out_global(table), b.copy_in(table, into=sql.Identifier(temp)), params, meter, lambda: False)
+            inserted = dst.execute(b.insert_missing(table, temp)).rowcount
+    meter.finish(referenced)
+    return {"referenced": referenced, "inserted": inserted}
+
+
+@transient
+def clear_target(dst_dsn: str, b: Builder, workspace_id: str, tables: list[str]) -> dict[str, int]:
+    """Delete the workspace's rows from ``tables`` (children first) in one transaction."""
+    params = b.params(workspace_id)
+    out: dict[str, int] = {}
+    with db.connect(dst_dsn) as dst:
+        with dst.transaction():
+            for table in reversed(b.graph.order):
+                if table in tables:
+                    out[table] = dst.execute(b.delete_rows(table), params).rowcount
+    return out
+
+
+@transient
+def bump_sequences(dst_dsn: str, b: Builder) -> list[dict[str, Any]]:
+    """Move every sequence behind a moving (or global) table's column past its largest value."""
+    out = []
+    names = list(b.graph.order) + list(b.graph.global_order)
+    with db.connect(dst_dsn, autocommit=True) as dst:
+        for name in names:
+            for s in b.graph.table(name).sequences:
+                row = dst.execute(b.bump_sequence(name, s.column, s.schema, s.name)).fetchone()
+                out.append({"table": name, "column": s.column, "sequence": f"{s.schema}.{s.name}", "set_to": row[0] if row else None})
+    return out

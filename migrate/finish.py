@@ -1,0 +1,131 @@
+"""The ends of a move: cleanup after the grace period, and rollback before cut-over."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from residency import audit, directory, moves
+from residency.errors import OperationError
+from residency.moves import MoveRecord
+
+from . import copy as copy_mod
+from . import faults, fence, objects
+from .context import MoveContext
+from .phases import checkpoint, details, now_iso, subject
+from .progress import Progress
+from .retry import transient
+
+
+def _source_evidence(ctx: MoveContext) -> dict[str, Any]:
+    """What is about to be deleted: per table rows and checksum; objects per bucket."""
+    b = ctx.builder
+    params = ctx.params()
+    tables = {}
+    with ctx.connect("source") as conn:
+        for t in ctx.graph.order:
+            n, s = conn.execute(b.checksum(t), params).fetchone()
+            tables[t] = {"rows": int(n), "checksum": str(s)}
+    inv = objects.inventory(ctx.src, ctx.cat.environment.buckets, ctx.cat.workspace.prefix_for(ctx.workspace_id))
+    objs = {k: {"objects": len(v), "bytes": sum(o.size for o in v.values())} for k, v in inv.items()}
+    return {"tables": tables, "objects": objs, "object_count": sum(o["objects"] for o in objs.values()),
+            "rows": sum(t["rows"] for t in tables.values())}
+
+
+@transient
+def _delete_source_rows(ctx: MoveContext, token: str | None) -> dict[str, int]:
+    b = ctx.builder
+    params = ctx.params()
+    out: dict[str, int] = {}
+    with ctx.connect("source", autocommit=False) as conn:
+        with conn.transaction():
+            if token:
+                fence.bypass(conn, b, token)
+            for t in reversed(ctx.graph.order):
+                out[t] = conn.execute(b.delete_rows(t), params).rowcount
+    return out
+
+
+def cleanup(ctx: MoveContext, rec: MoveRecord, grace: timedelta, now: datetime | None = None) -> MoveRecord:
+    now = now or datetime.now(timezone.utc)
+    cut_at = rec.checkpoints.get("cut_over_at")
+    if not cut_at:
+        raise OperationError(f"move {rec.id} has no cut-over time; it cannot be cleaned up")
+    ends = datetime.fromisoformat(cut_at) + grace
+    if now < ends:
+        raise OperationError(
+            f"move {rec.id}: the grace period ends {ends:%Y-%m-%d %H:%M:%S %Z} (cut over {cut_at}, grace {grace});"
+            " the source copy is kept until then (use --grace to shorten it)"
+        )
+    with ctx.connect("control") as cp:
+        entry = directory.require(cp, rec.workspace_id)
+    if entry.region != rec.target:
+        raise OperationError(f"workspace {rec.workspace_id} is homed in {entry.region}, not {rec.target}: refusing to delete the source copy")
+    with ctx.connect("target") as t:
+        root = ctx.cat.workspace.root_table
+        (n,) = t.execute(ctx.builder.count_rows(root), ctx.params()).fetchone()[:1]
+    if not n:
+        raise OperationError(f"workspace {rec.workspace_id} has no row in {root} of {rec.target}: refusing to delete the source copy")
+
+    evidence = rec.checkpoints.get("deletion")
+    if not evidence:
+        evidence = _source_evidence(ctx)
+        rec = checkpoint(ctx, rec, {"deletion": evidence})
+    ctx.emit(Progress("state", "cleanup", message=f"deleting {evidence['rows']:,} rows and {evidence['object_count']} objects from {rec.source}"))
+    token = rec.checkpoints.get("fence_token")
+    with ctx.connect("source") as conn:
+        current = fence.token_of(conn, ctx.builder, rec.workspace_id)
+    deleted = _delete_source_rows(ctx, current or token)
+    faults.point("cleanup_rows_deleted")
+    deleted_objs = objects.delete_objects(ctx.src, ctx.cat.environment.buckets, ctx.cat.workspace.prefix_for(ctx.workspace_id))
+    faults.point("cleanup_objects_deleted")
+    with ctx.connect("source") as conn:
+        fence.lift(conn, ctx.builder, rec.workspace_id)
+    at = now_iso()
+    record = {
+        "deleted_at": at,
+        "region": rec.source,
+        "grace": str(grace),
+        "tables": evidence["tables"],
+        "rows": evidence["rows"],
+        "objects": evidence["objects"],
+        "object_count": evidence["object_count"],
+        "deleted_now": {"rows": deleted, "objects": deleted_objs},
+    }
+    with ctx.connect("control", autocommit=False) as cp:
+        with cp.transaction():
+            moves.update_report(cp, rec.id, {"deletion": record})
+            moves.transition(cp, rec.id, "cleaned", expect=["cut_over"])
+            audit.append(cp, "move.cleaned", subject(rec), details(rec, rows=evidence["rows"], objects=evidence["object_count"],
+                                                                   checksums={t: v["checksum"] for t, v in evidence["tables"].items()}), ctx.actor)
+            return moves.get(cp, rec.id)
+
+
+def rollback(ctx: MoveContext, rec: MoveRecord) -> MoveRecord:
+    ctx.emit(Progress("state", "rollback", message=f"removing the copy in {rec.target}"))
+    removed = copy_mod.clear_target(ctx.dst.dsn, ctx.builder, ctx.workspace_id, list(ctx.graph.order))
+    faults.point("rollback_target_cleared")
+    objs = objects.delete_objects(ctx.dst, ctx.cat.environment.buckets, ctx.cat.workspace.prefix_for(ctx.workspace_id))
+    with ctx.connect("source") as conn:
+        fence.lift(conn, ctx.builder, rec.workspace_id, rec.id)
+    at = now_iso()
+    fenced_at = rec.checkpoints.get("fenced_at")
+    with ctx.connect("control", autocommit=False) as cp:
+        with cp.transaction():
+            e = directory.get(cp, rec.workspace_id, for_update=True)
+            if e is not None and e.status == "moving" and e.region == rec.source:
+                directory.set_status(cp, rec.workspace_id, "active")
+            moves.update_report(cp, rec.id, {"rollback": {"at": at, "removed_rows": removed, "removed_objects": objs,
+                                                          "note": "global rows added to the target are kept (other workspaces may use them)"},
+                                             "fence": {"fenced_at": fenced_at, "lifted_at": at,
+                                                       "seconds": _secs(fenced_at, at)}})
+            moves.transition(cp, rec.id, "rolled_back", expect=[rec.state])
+            audit.append(cp, "move.rolled_back", subject(rec), details(rec, removed_rows=sum(removed.values()),
+                                                                       removed_objects=sum(objs.values())), ctx.actor)
+            return moves.get(cp, rec.id)
+
+
+def _secs(a: str | None, b: str) -> float | None:
+    if not a:
+        return None
+    return round((datetime.fromisoformat(b) - datetime.fromisoformat(a)).total_seconds(), 3)

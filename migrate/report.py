@@ -1,0 +1,85 @@
+"""A move's report: per-table counts and checksums on both sides, objects, the fence duration,
+the total time, and (after cleanup) the deletion record. Text and JSON."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from residency.moves import MoveRecord
+
+from .progress import human_bytes, human_seconds
+
+
+def build(rec: MoveRecord) -> dict[str, Any]:
+    r = rec.report or {}
+    verify = r.get("verify") or {}
+    copy = r.get("copy") or {}
+    tables = []
+    for t in verify.get("tables", []):
+        c = (copy.get("tables") or {}).get(t["table"], {})
+        tables.append({**t, "bytes": c.get("bytes"), "copy_seconds": c.get("seconds")})
+    return {
+        "move_id": rec.id,
+        "workspace_id": rec.workspace_id,
+        "source": rec.source,
+        "target": rec.target,
+        "strategy": rec.strategy,
+        "state": rec.state,
+        "error": rec.error,
+        "resume_from": rec.resume_from,
+        "created_by": rec.created_by,
+        "created_at": rec.created_at.isoformat(),
+        "verified": bool(verify.get("ok")),
+        "tables": tables,
+        "objects": (verify.get("objects") or {}),
+        "objects_copied": copy.get("objects"),
+        "globals": copy.get("globals"),
+        "copy": {k: copy.get(k) for k in ("rows", "bytes", "seconds", "rows_per_second", "attempts")} if copy else None,
+        "fence": r.get("fence"),
+        "timing": r.get("timing"),
+        "cut_over": r.get("cut_over"),
+        "deletion": r.get("deletion"),
+        "rollback": r.get("rollback"),
+    }
+
+
+def render(d: dict[str, Any]) -> str:
+    lines = [
+        f"move {d['move_id']}: workspace {d['workspace_id']} {d['source']} → {d['target']} ({d['strategy']}), state {d['state']}",
+        f"started {d['created_at']} by {d['created_by']}",
+    ]
+    if d.get("error"):
+        lines.append(f"error (in {d.get('resume_from')}): {d['error']}")
+    if d["tables"]:
+        w = max(len(t["table"]) for t in d["tables"])
+        lines.append(f"{'table'.ljust(w)}  {'source rows':>11}  {'target rows':>11}  {'checksum (source = target)':<28}  ok")
+        for t in d["tables"]:
+            same = t["source_checksum"] if t["source_checksum"] == t["target_checksum"] else f"{t['source_checksum']} ≠ {t['target_checksum']}"
+            if t.get("kind") == "global":
+                same = "(global: presence of referenced rows)"
+            lines.append(f"{t['table'].ljust(w)}  {t['source_rows']:>11,}  {t['target_rows']:>11,}  {same:<28}  {'yes' if t['ok'] else 'NO'}")
+            for diff in t.get("differences") or []:
+                lines.append(f"    key {diff['key']}: {diff['kind']}")
+    objs = d.get("objects") or {}
+    for bucket, o in (objs.get("buckets") or {}).items():
+        lines.append(f"objects {bucket}: {o['source_objects']} ({human_bytes(o['source_bytes'])}) → {o['target_objects']} ({human_bytes(o['target_bytes'])}) {'ok' if o['ok'] else 'MISMATCH'}")
+    for p in objs.get("problems") or []:
+        lines.append(f"    {p}")
+    if d.get("copy"):
+        c = d["copy"]
+        rate = f", {c['rows_per_second']:,} rows/s" if c.get("rows_per_second") else ""
+        lines.append(f"copied {c['rows']:,} rows ({human_bytes(c['bytes'] or 0)}) in {human_seconds(c['seconds'])}{rate}, attempts {c['attempts']}")
+    if d.get("fence"):
+        f = d["fence"]
+        lines.append(f"fence: from {f.get('fenced_at')}; workspace not writable for {human_seconds(f.get('seconds'))}" if f.get("seconds") is not None else f"fence: since {f.get('fenced_at')}")
+    if d.get("timing"):
+        lines.append(f"total time to cut-over: {human_seconds(d['timing'].get('total_seconds'))}")
+    lines.append(f"verified: {'yes' if d['verified'] else 'no'}")
+    if d.get("deletion"):
+        x = d["deletion"]
+        lines.append(f"source copy deleted {x['deleted_at']} in {x['region']}: {x['rows']:,} rows, {x['object_count']} objects")
+        for t, v in x["tables"].items():
+            lines.append(f"    {t}: {v['rows']:,} rows, checksum {v['checksum']}")
+    if d.get("rollback"):
+        lines.append(f"rolled back {d['rollback']['at']}")
+    return "\n".join(lines)

@@ -1,0 +1,385 @@
+"""The one place SQL is composed. Identifiers only through ``psycopg.sql.Identifier``, values
+only as parameters (``%(ws)s`` is the workspace id), never string formatting.
+
+The heart is :meth:`Builder.belongs`: the predicate "this row of table T belongs to workspace W"
+for every reach kind (root, own key column, foreign-key path, configured reference path,
+polymorphic path), composed recursively through the graph. Its mirror :meth:`Builder.workspace_of`
+computes a single row's workspace (for the fence triggers, where it must be cheap per row).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any, Iterable, Sequence
+
+from psycopg import sql
+
+from .graph import Graph, Reach
+from .introspect import Table
+
+FENCE_SCHEMA = "residency_mover"
+FENCE_TABLE = "fence"
+BYPASS_SETTING = "residency.fence_bypass"
+
+WS = sql.Placeholder("ws")
+
+
+def _ident_list(names: Iterable[str], alias: sql.Composable | None = None) -> sql.Composed:
+    if alias is None:
+        return sql.SQL(", ").join(sql.Identifier(n) for n in names)
+    return sql.SQL(", ").join(sql.SQL("{}.{}").format(alias, sql.Identifier(n)) for n in names)
+
+
+def _tuple(names: Sequence[str], alias: sql.Composable) -> sql.Composable:
+    cols = _ident_list(names, alias)
+    return cols if len(names) == 1 else sql.SQL("({})").format(cols)
+
+
+class Builder:
+    """Composes every statement the mover runs against a region's database."""
+
+    def __init__(self, graph: Graph):
+        self.graph = graph
+        self.schema = graph.schema.name
+        self._type_params: dict[tuple[str, str], str] = {}
+        for name, r in graph.reach.items():
+            if r.kind == "polymorphic":
+                for i, link in enumerate(r.links):
+                    self._type_params[(name, link.type_value or "")] = f"tv_{len(self._type_params)}"
+
+    # ------------------------------------------------------------------ names and parameters
+    def qname(self, table: str) -> sql.Identifier:
+        return sql.Identifier(self.schema, table)
+
+    def params(self, workspace_id: object, **extra: Any) -> dict[str, Any]:
+        p: dict[str, Any] = {"ws": str(workspace_id)}
+        for (_, value), name in self._type_params.items():
+            p[name] = value
+        p.update(extra)
+        return p
+
+    # ------------------------------------------------------------------ rows of a workspace
+    def belongs(self, table: str, alias: sql.Composable, depth: int = 0) -> sql.Composable:
+        """The predicate: the row ``alias`` of ``table`` belongs to workspace ``%(ws)s``."""
+        r: Reach = self.graph.reach[table]
+        if r.kind in ("root", "key"):
+            return sql.SQL("{}.{} = {}").format(alias, sql.Identifier(r.key_column or ""), WS)
+        if r.kind in ("fk", "reference", "polymorphic"):
+            parts = []
+            for link in r.links:
+                p = sql.Identifier(f"p{depth}")
+                sub = sql.SQL("{lhs} IN (SELECT {rhs} FROM {parent} {p} WHERE {cond})").format(
+                    lhs=_tuple(link.columns, alias),
+                    rhs=_ident_list(link.parent_columns, p),
+                    parent=self.qname(link.parent),
+                    p=p,
+                    cond=self.belongs(link.parent, p, depth + 1),
+                )
+                if r.kind == "polymorphic":
+                    sub = sql.SQL("({}.{} = {} AND {})").format(
+                        alias,
+                        sql.Identifier(r.type_column or ""),
+                        sql.Placeholder(self._type_params[(table, link.type_value or "")]),
+                        sub,
+                    )
+                parts.append(sub)
+            return parts[0] if len(parts) == 1 else sql.SQL("({})").format(sql.SQL(" OR ").join(parts))
+        raise ValueError(f"table {table} does not belong to a workspace ({r.kind})")
+
+    def select_rows(self, table: str, columns: Sequence[str] | None = None, *, where: sql.Composable | None = None) -> sql.Composed:
+        t = self.graph.table(table)
+        a = sql.Identifier("t")
+        cols = columns if columns is not None else t.copy_columns
+        cond = self.belongs(table, a)
+        if where is not None:
+            cond = sql.SQL("{} AND {}").format(cond, where)
+        return sql.SQL("SELECT {cols} FROM {tbl} {a} WHERE {cond}").format(
+            cols=_ident_list(cols, a), tbl=self.qname(table), a=a, cond=cond
+        )
+
+    def delete_rows(self, table: str) -> sql.Composed:
+        a = sql.Identifier("t")
+        return sql.SQL("DELETE FROM {tbl} {a} WHERE {cond}").format(tbl=self.qname(table), a=a, cond=self.belongs(table, a))
+
+    def count_rows(self, table: str) -> sql.Composed:
+        """Rows and bytes (sum of pg_column_size of each row)."""
+        return sql.SQL("SELECT count(*), coalesce(sum(pg_column_size(x)), 0) FROM ({rows}) x").format(
+            rows=self.select_rows(table)
+        )
+
+    # ------------------------------------------------------------------ copy
+    def copy_out(self, table: str) -> sql.Composed:
+        return sql.SQL("COPY ({}) TO STDOUT (FORMAT BINARY)").format(self.select_rows(table))
+
+    def copy_in(self, table: str, columns: Sequence[str] | None = None, *, into: sql.Composable | None = None) -> sql.Composed:
+        cols = columns if columns is not None else self.graph.table(table).copy_columns
+        return sql.SQL("COPY {tbl} ({cols}) FROM STDIN (FORMAT BINARY)").format(
+            tbl=into if into is not None else self.qname(table), cols=_ident_list(cols)
+        )
+
+    # ------------------------------------------------------------------ global tables
+    def global_referenced(self, gtable: str, columns: Sequence[str] | None = None) -> sql.Composed:
+        """Rows of global table ``gtable`` that the workspace's moving rows reference."""
+        g = self.graph.table(gtable)
+        a = sql.Identifier("g")
+        cols = columns if columns is not None else g.copy_columns
+        parts = []
+        for i, fk in enumerate(self.graph.global_refs.get(gtable, [])):
+            m = sql.Identifier(f"m{i}")
+            parts.append(
+                sql.SQL("{lhs} IN (SELECT {rhs} FROM {tbl} {m} WHERE {cond})").format(
+                    lhs=_tuple(fk.ref_columns, a),
+                    rhs=_ident_list(fk.columns, m),
+                    tbl=self.qname(fk.table),
+                    m=m,
+                    cond=self.belongs(fk.table, m, 1),
+                )
+            )
+        cond = sql.SQL(" OR ").join(parts) if parts else sql.SQL("false")
+        return sql.SQL("SELECT {cols} FROM {tbl} {a} WHERE {cond}").format(
+            cols=_ident_list(cols, a), tbl=self.qname(gtable), a=a, cond=cond
+        )
+
+    def copy_out_global(self, gtable: str) -> sql.Composed:
+        return sql.SQL("COPY ({}) TO STDOUT (FORMAT BINARY)").format(self.global_referenced(gtable))
+
+    def temp_like(self, temp: str, table: str) -> sql.Composed:
+        return sql.SQL("CREATE TEMP TABLE {tmp} (LIKE {tbl}) ON COMMIT DROP").format(
+            tmp=sql.Identifier(temp), tbl=self.qname(table)
+        )
+
+    def insert_missing(self, table: str, temp: str) -> sql.Composed:
+        """Insert the temp table's rows that the target lacks; never overwrite an existing row."""
+        t = self.graph.table(table)
+        cols = _ident_list(t.copy_columns)
+        return sql.SQL("INSERT INTO {tbl} ({cols}) SELECT {cols} FROM {tmp} ON CONFLICT DO NOTHING").format(
+            tbl=self.qname(table), cols=cols, tmp=sql.Identifier(temp)
+        )
+
+    def count_present(self, table: str, temp: str, key: Sequence[str]) -> sql.Composed:
+        a, b = sql.Identifier("a"), sql.Identifier("b")
+        on = sql.SQL(" AND ").join(sql.SQL("{}.{} = {}.{}").format(a, sql.Identifier(k), b, sql.Identifier(k)) for k in key)
+        return sql.SQL("SELECT count(*) FROM {tmp} {b} WHERE EXISTS (SELECT 1 FROM {tbl} {a} WHERE {on})").format(
+            tmp=sql.Identifier(temp), b=b, tbl=self.qname(table), a=a, on=on
+        )
+
+    def present_keys(self, table: str, temp: str, key: Sequence[str], limit: int) -> sql.Composed:
+        a, b = sql.Identifier("a"), sql.Identifier("b")
+        on = sql.SQL(" AND ").join(sql.SQL("{}.{} = {}.{}").format(a, sql.Identifier(k), b, sql.Identifier(k)) for k in key)
+        return sql.SQL("SELECT {keys} FROM {tmp} {b} WHERE EXISTS (SELECT 1 FROM {tbl} {a} WHERE {on}) ORDER BY {keys} LIMIT {n}").format(
+            keys=_ident_list(key, b), tmp=sql.Identifier(temp), b=b, tbl=self.qname(table), a=a, on=on, n=sql.Placeholder("limit")
+        )
+
+    def temp_keys(self, temp: str, table: str, key: Sequence[str]) -> sql.Composed:
+        """A temp table with just ``key`` columns of ``table`` (same types)."""
+        a = sql.Identifier("t")
+        return sql.SQL("CREATE TEMP TABLE {tmp} ON COMMIT DROP AS SELECT {cols} FROM {tbl} {a} WITH NO DATA").format(
+            tmp=sql.Identifier(temp), cols=_ident_list(key, a), tbl=self.qname(table), a=a
+        )
+
+    def copy_out_keys(self, table: str, key: Sequence[str], *, global_: bool = False) -> sql.Composed:
+        rows = self.global_referenced(table, key) if global_ else self.select_rows(table, key)
+        return sql.SQL("COPY ({}) TO STDOUT (FORMAT BINARY)").format(rows)
+
+    def key_range(self, table: str, key: Sequence[str]) -> sql.Composed:
+        """min and max of the (single-column) key among the workspace's rows."""
+        a = sql.Identifier("x")
+        k = sql.Identifier(key[0])
+        return sql.SQL("SELECT min({a}.{k}), max({a}.{k}) FROM ({rows}) {a}").format(a=a, k=k, rows=self.select_rows(table, key))
+
+    def count_key_between(self, table: str, key: str) -> sql.Composed:
+        return sql.SQL("SELECT count(*) FROM {tbl} WHERE {k} BETWEEN {lo} AND {hi}").format(
+            tbl=self.qname(table), k=sql.Identifier(key), lo=sql.Placeholder("lo"), hi=sql.Placeholder("hi")
+        )
+
+    # ------------------------------------------------------------------ checksums
+    def _hash_columns(self, t: Table, a: sql.Composable) -> sql.Composed:
+        """The columns as hashed: as they are, or as text where the type has no hash function."""
+        parts = []
+        for c in t.columns:
+            if c.generated:
+                continue
+            ref = sql.SQL("{}.{}").format(a, sql.Identifier(c.name))
+            parts.append(ref if c.hashable else sql.SQL("{}::text AS {}").format(ref, sql.Identifier(c.name)))
+        return sql.SQL(", ").join(parts)
+
+    def _key_params(self, prefix: str, n: int) -> sql.Composed:
+        return sql.SQL(", ").join(sql.Placeholder(f"{prefix}{i}") for i in range(n))
+
+    def _range_cond(self, t: Table, a: sql.Composable, lo: bool, hi: bool) -> sql.Composable:
+        cond: list[sql.Composable] = []
+        if lo:
+            cond.append(sql.SQL("ROW({}) > ROW({})").format(_ident_list(t.primary_key, a), self._key_params("lo", len(t.primary_key))))
+        if hi:
+            cond.append(sql.SQL("ROW({}) <= ROW({})").format(_ident_list(t.primary_key, a), self._key_params("hi", len(t.primary_key))))
+        return sql.SQL(" AND ").join(cond) if cond else sql.SQL("true")
+
+    def _rows_for_hash(self, table: str, *, global_: bool, lo: bool = False, hi: bool = False) -> sql.Composed:
+        t = self.graph.table(table)
+        x = sql.Identifier("x")
+        inner = self.global_referenced(table) if global_ else self.select_rows(table)
+        return sql.SQL("SELECT {hc} FROM ({inner}) {x} WHERE {cond}").format(
+            hc=self._hash_columns(t, x), inner=inner, x=x, cond=self._range_cond(t, x, lo, hi)
+        )
+
+    def checksum(self, table: str, *, global_: bool = False, lo: bool = False, hi: bool = False) -> sql.Composed:
+        """count(*) and sum(hash_record_extended(row, 0)) of the workspace's rows (optionally in a key range)."""
+        h = sql.Identifier("h")
+        return sql.SQL("SELECT count(*), coalesce(sum(hash_record_extended({h}, 0)::numeric), 0) FROM ({rows}) {h}").format(
+            h=h, rows=self._rows_for_hash(table, global_=global_, lo=lo, hi=hi)
+        )
+
+    def key_hashes(self, table: str, *, lo: bool = False, hi: bool = False) -> sql.Composed:
+        """(key..., hash) of every row in a key range: the leaves of the bisection."""
+        t = self.graph.table(table)
+        h = sql.Identifier("h")
+        return sql.SQL("SELECT {keys}, hash_record_extended({h}, 0) FROM ({rows}) {h} ORDER BY {keys}").format(
+            keys=_ident_list(t.primary_key, h), h=h, rows=self._rows_for_hash(table, global_=False, lo=lo, hi=hi)
+        )
+
+    def median_key(self, table: str, *, lo: bool = False, hi: bool = False) -> sql.Composed:
+        t = self.graph.table(table)
+        x = sql.Identifier("x")
+        return sql.SQL("SELECT {keys} FROM ({rows}) {x} WHERE {cond} ORDER BY {keys} OFFSET {off} LIMIT 1").format(
+            keys=_ident_list(t.primary_key, x),
+            rows=self.select_rows(table),
+            x=x,
+            cond=self._range_cond(t, x, lo, hi),
+            off=sql.Placeholder("offset"),
+        )
+
+    # ------------------------------------------------------------------ sequences
+    def bump_sequence(self, table: str, column: str, seq_schema: str, seq_name: str) -> sql.Composed:
+        """Move the sequence past the table's largest value (never backwards)."""
+        seq = sql.Identifier(seq_schema, seq_name)
+        return sql.SQL(
+            "SELECT setval({seqname}::regclass, m) FROM (SELECT max({col}) AS m FROM {tbl}) x"
+            " WHERE m IS NOT NULL AND m >= (SELECT CASE WHEN is_called THEN last_value ELSE last_value - 1 END FROM {seq})"
+        ).format(seqname=sql.Literal(seq.as_string(None)), col=sql.Identifier(column), tbl=self.qname(table), seq=seq)
+
+    # ------------------------------------------------------------------ fence
+    def workspace_of(self, table: str, row: sql.Composable, depth: int = 0) -> sql.Composable:
+        """An expression giving the workspace id of one row (``row`` is an alias or NEW/OLD)."""
+        r = self.graph.reach[table]
+        if r.kind in ("root", "key"):
+            return sql.SQL("{}.{}").format(row, sql.Identifier(r.key_column or ""))
+        if r.kind in ("fk", "reference", "polymorphic"):
+            parts = []
+            for link in r.links:
+                p = sql.Identifier(f"f{depth}")
+                on = sql.SQL(" AND ").join(
+                    sql.SQL("{}.{} = {}.{}").format(p, sql.Identifier(pc), row, sql.Identifier(c))
+                    for c, pc in zip(link.columns, link.parent_columns)
+                )
+                sub = sql.SQL("(SELECT ({ws})::text FROM {parent} {p} WHERE {on})").format(
+                    ws=self.workspace_of(link.parent, p, depth + 1), parent=self.qname(link.parent), p=p, on=on
+                )
+                if r.kind == "polymorphic":
+                    sub = sql.SQL("CASE WHEN {row}.{tc} = {val} THEN {sub} END").format(
+                        row=row, tc=sql.Identifier(r.type_column or ""), val=sql.Literal(link.type_value), sub=sub
+                    )
+                parts.append(sub)
+            return parts[0] if len(parts) == 1 else sql.SQL("COALESCE({})").format(sql.SQL(", ").join(parts))
+        raise ValueError(table)
+
+    def fence_function_name(self, table: str) -> sql.Identifier:
+        name = f"fence_{table}"
+        if len(name) > 63:
+            name = f"fence_{table[:40]}_{hashlib.sha1(table.encode()).hexdigest()[:12]}"
+        return sql.Identifier(FENCE_SCHEMA, name)
+
+    def fence_setup(self) -> list[sql.Composable]:
+        fence = sql.Identifier(FENCE_SCHEMA, FENCE_TABLE)
+        check = sql.Identifier(FENCE_SCHEMA, "check_fence")
+        body = sql.SQL(
+            "BEGIN\n"
+            "  IF ws IS NOT NULL AND EXISTS (SELECT 1 FROM {fence} f WHERE f.workspace_id = ws\n"
+            "      AND f.token IS DISTINCT FROM current_setting({bypass}, true)) THEN\n"
+            "    RAISE EXCEPTION 'workspace % is fenced: it is moving to another region (% on % refused)', ws, op, tbl\n"
+            "      USING ERRCODE = 'object_not_in_prerequisite_state',\n"
+            "            HINT = 'route writes by the residency directory; the workspace is read-only while it moves';\n"
+            "  END IF;\n"
+            "END"
+        ).format(fence=fence, bypass=sql.Literal(BYPASS_SETTING))
+        trunc_body = sql.SQL(
+            "BEGIN\n"
+            "  IF EXISTS (SELECT 1 FROM {fence}) THEN\n"
+            "    RAISE EXCEPTION 'TRUNCATE of % refused: a workspace in it is fenced for a move', TG_TABLE_NAME\n"
+            "      USING ERRCODE = 'object_not_in_prerequisite_state';\n"
+            "  END IF;\n"
+            "  RETURN NULL;\n"
+            "END"
+        ).format(fence=fence)
+        return [
+            sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(FENCE_SCHEMA)),
+            sql.SQL(
+                "CREATE TABLE IF NOT EXISTS {} (workspace_id text PRIMARY KEY, move_id bigint NOT NULL,"
+                " token text NOT NULL, fenced_at timestamptz NOT NULL DEFAULT clock_timestamp())"
+            ).format(fence),
+            sql.SQL(
+                "CREATE OR REPLACE FUNCTION {fn}(ws text, op text, tbl text) RETURNS void LANGUAGE plpgsql AS {body}"
+            ).format(fn=check, body=sql.Literal(body.as_string(None))),
+            sql.SQL("CREATE OR REPLACE FUNCTION {fn}() RETURNS trigger LANGUAGE plpgsql AS {body}").format(
+                fn=sql.Identifier(FENCE_SCHEMA, "fence_truncate"), body=sql.Literal(trunc_body.as_string(None))
+            ),
+        ]
+
+    def fence_trigger(self, table: str) -> list[sql.Composable]:
+        """A function and triggers that refuse writes to a fenced workspace's rows of ``table``."""
+        fence = sql.Identifier(FENCE_SCHEMA, FENCE_TABLE)
+        check = sql.Identifier(FENCE_SCHEMA, "check_fence")
+        fn = self.fence_function_name(table)
+        new, old = sql.SQL("NEW"), sql.SQL("OLD")
+        body = sql.SQL(
+            "BEGIN\n"
+            "  IF EXISTS (SELECT 1 FROM {fence}) THEN\n"
+            "    IF TG_OP IN ('UPDATE', 'DELETE') THEN\n"
+            "      PERFORM {check}(({old_ws})::text, TG_OP, TG_TABLE_NAME);\n"
+            "    END IF;\n"
+            "    IF TG_OP IN ('INSERT', 'UPDATE') THEN\n"
+            "      PERFORM {check}(({new_ws})::text, TG_OP, TG_TABLE_NAME);\n"
+            "    END IF;\n"
+            "  END IF;\n"
+            "  IF TG_OP = 'DELETE' THEN RETURN OLD; END IF;\n"
+            "  RETURN NEW;\n"
+            "END"
+        ).format(
+            fence=fence,
+            check=check,
+            old_ws=self.workspace_of(table, old),
+            new_ws=self.workspace_of(table, new),
+        )
+        tbl = self.qname(table)
+        return [
+            sql.SQL("CREATE OR REPLACE FUNCTION {fn}() RETURNS trigger LANGUAGE plpgsql AS {body}").format(
+                fn=fn, body=sql.Literal(body.as_string(None))
+            ),
+            sql.SQL(
+                "CREATE OR REPLACE TRIGGER residency_fence BEFORE INSERT OR UPDATE OR DELETE ON {tbl}"
+                " FOR EACH ROW EXECUTE FUNCTION {fn}()"
+            ).format(tbl=tbl, fn=fn),
+            sql.SQL(
+                "CREATE OR REPLACE TRIGGER residency_fence_truncate BEFORE TRUNCATE ON {tbl}"
+                " FOR EACH STATEMENT EXECUTE FUNCTION {fn}()"
+            ).format(tbl=tbl, fn=sql.Identifier(FENCE_SCHEMA, "fence_truncate")),
+        ]
+
+    def fence_drop(self, table: str) -> list[sql.Composable]:
+        tbl = self.qname(table)
+        return [
+            sql.SQL("DROP TRIGGER IF EXISTS residency_fence ON {}").format(tbl),
+            sql.SQL("DROP TRIGGER IF EXISTS residency_fence_truncate ON {}").format(tbl),
+            sql.SQL("DROP FUNCTION IF EXISTS {}()").format(self.fence_function_name(table)),
+        ]
+
+    @staticmethod
+    def fence_table() -> sql.Identifier:
+        return sql.Identifier(FENCE_SCHEMA, FENCE_TABLE)
+
+    @staticmethod
+    def fence_schema() -> sql.Identifier:
+        return sql.Identifier(FENCE_SCHEMA)
+
+    @staticmethod
+    def bypass(token: str) -> tuple[sql.Composed, dict[str, Any]]:
+        return sql.SQL("SELECT set_config({}, %(token)s, true)").format(sql.Literal(BYPASS_SETTING)), {"token": token}

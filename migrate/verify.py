@@ -1,0 +1,192 @@
+"""Verify a workspace's copy: per table, row count and an order-independent checksum
+(``sum(hash_record_extended(row, 0))``) computed inside each database, both sides at once in
+parallel threads. On a mismatch, narrow down by primary-key ranges with the same checksum
+(bisection around the median key) and name the differing keys without pulling whole tables.
+Global tables: every referenced row must exist in the target (their content may legitimately
+differ: the target's rows are never overwritten). Objects: keys, sizes, checksums."""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from decimal import Decimal
+from typing import Any, Callable
+
+import psycopg
+
+from residency import db
+
+from .retry import transient
+from .sqlbuild import Builder
+
+LEAF_ROWS = 128  # below this many rows in a key range, compare (key, hash) pairs directly
+MAX_KEYS = 20  # differing keys named per table
+
+
+@dataclass
+class TableCheck:
+    table: str
+    source_rows: int
+    source_checksum: str
+    target_rows: int
+    target_checksum: str
+    ok: bool
+    differences: list[dict[str, Any]] = field(default_factory=list)
+    differing: int = 0
+    kind: str = "table"  # table | global
+
+
+@dataclass
+class VerifyResult:
+    workspace_id: str
+    a: str
+    b: str
+    ok: bool
+    tables: list[TableCheck]
+    objects: dict[str, Any] | None = None
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def problems(self) -> list[str]:
+        out = []
+        for t in self.tables:
+            if t.ok:
+                continue
+            if t.kind == "global":
+                out.append(f"{t.table}: {t.source_rows - t.target_rows} referenced rows missing in {self.b}")
+                continue
+            keys = ", ".join(_fmt_diff(d) for d in t.differences[:MAX_KEYS])
+            more = f" (+{t.differing - len(t.differences)} more)" if t.differing > len(t.differences) else ""
+            out.append(
+                f"{t.table}: {t.source_rows} rows/{t.source_checksum} in {self.a}, {t.target_rows} rows/{t.target_checksum} in {self.b}"
+                + (f"; differing keys: {keys}{more}" if keys else "")
+            )
+        if self.objects is not None and not self.objects.get("ok", True):
+            out.extend(f"objects: {p}" for p in self.objects.get("problems", []))
+        return out
+
+
+def _fmt_diff(d: dict[str, Any]) -> str:
+    key = d["key"]
+    k = key[0] if isinstance(key, (list, tuple)) and len(key) == 1 else tuple(key)
+    return f"{k} ({d['kind']})"
+
+
+def _checksums(dsn: str, b: Builder, ws: str, tables: list[str], globals_: list[str]) -> dict[str, tuple[int, Decimal]]:
+    params = b.params(ws)
+    out: dict[str, tuple[int, Decimal]] = {}
+    with db.connect(dsn, autocommit=True, application_name="residency-verify") as conn:
+        for t in tables:
+            n, s = conn.execute(b.checksum(t), params).fetchone()
+            out[t] = (int(n), Decimal(s))
+        for g in globals_:
+            n, s = conn.execute(b.checksum(g, global_=True), params).fetchone()
+            out["global:" + g] = (int(n), Decimal(s))
+    return out
+
+
+@transient
+def _global_present(src_dsn: str, dst_dsn: str, b: Builder, ws: str, gtable: str) -> tuple[int, int]:
+    from psycopg import sql
+
+    params = b.params(ws)
+    key = b.graph.table(gtable).primary_key
+    temp = "residency_verify_keys"
+    with db.connect(src_dsn, autocommit=True) as s, db.connect(dst_dsn) as d:
+        d.execute(b.temp_keys(temp, gtable, key))
+        with s.cursor().copy(b.copy_out_keys(gtable, key, global_=True), params) as out, d.cursor().copy(
+            b.copy_in(gtable, key, into=sql.Identifier(temp))
+        ) as into:
+            for chunk in out:
+                into.write(chunk)
+        (total,) = d.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(temp))).fetchone()
+        (present,) = d.execute(b.count_present(gtable, temp, key)).fetchone()
+        d.rollback()
+    return int(total), int(present)
+
+
+def verify_tables(a_dsn: str, b_dsn: str, b: Builder, ws: str, a_name: str = "source", b_name: str = "target", *, with_globals: bool = True, emit: Callable[[Any], None] | None = None) -> VerifyResult:
+    t0 = time.monotonic()
+    tables = list(b.graph.order)
+    globals_ = list(b.graph.global_order) if with_globals else []
+
+    @transient
+    def side(dsn: str) -> dict[str, tuple[int, Decimal]]:
+        return _checksums(dsn, b, ws, tables, [])
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        fa, fb = pool.submit(side, a_dsn), pool.submit(side, b_dsn)
+        ra, rb = fa.result(), fb.result()
+    checks: list[TableCheck] = []
+    for t in tables:
+        (na, sa), (nb, sb) = ra[t], rb[t]
+        ok = na == nb and sa == sb
+        tc = TableCheck(t, na, str(sa), nb, str(sb), ok)
+        if not ok:
+            diffs = narrow(a_dsn, b_dsn, b, ws, t)
+            tc.differing = len(diffs)
+            tc.differences = diffs[:MAX_KEYS]
+        checks.append(tc)
+    for g in globals_:
+        total, present = _global_present(a_dsn, b_dsn, b, ws, g)
+        checks.append(TableCheck(g, total, "", present, "", total == present, kind="global"))
+    ok = all(c.ok for c in checks)
+    return VerifyResult(ws, a_name, b_name, ok, checks, None, round(time.monotonic() - t0, 3))
+
+
+# ---------------------------------------------------------------------------- narrowing
+
+
+def _kp(prefix: str, key: tuple[Any, ...] | None) -> dict[str, Any]:
+    return {} if key is None else {f"{prefix}{i}": v for i, v in enumerate(key)}
+
+
+def narrow(a_dsn: str, b_dsn: str, b: Builder, ws: str, table: str, max_keys: int = 200) -> list[dict[str, Any]]:
+    """The keys whose rows differ between the two databases, found by bisecting key ranges."""
+    with db.connect(a_dsn, autocommit=True) as ca, db.connect(b_dsn, autocommit=True) as cb:
+        out: list[dict[str, Any]] = []
+
+        def checksum(conn: psycopg.Connection[Any], lo: Any, hi: Any) -> tuple[int, Decimal]:
+            p = b.params(ws, **_kp("lo", lo), **_kp("hi", hi))
+            n, s = conn.execute(b.checksum(table, lo=lo is not None, hi=hi is not None), p).fetchone()
+            return int(n), Decimal(s)
+
+        def leaves(conn: psycopg.Connection[Any], lo: Any, hi: Any) -> dict[tuple[Any, ...], int]:
+            p = b.params(ws, **_kp("lo", lo), **_kp("hi", hi))
+            return {tuple(r[:-1]): r[-1] for r in conn.execute(b.key_hashes(table, lo=lo is not None, hi=hi is not None), p)}
+
+        def median(conn: psycopg.Connection[Any], lo: Any, hi: Any, n: int) -> tuple[Any, ...]:
+            p = b.params(ws, offset=max(n // 2 - 1, 0), **_kp("lo", lo), **_kp("hi", hi))
+            return tuple(conn.execute(b.median_key(table, lo=lo is not None, hi=hi is not None), p).fetchone())
+
+        def walk(lo: Any, hi: Any, depth: int) -> None:
+            if len(out) >= max_keys:
+                return
+            (na, sa), (nb, sb) = checksum(ca, lo, hi), checksum(cb, lo, hi)
+            if na == nb and sa == sb:
+                return
+            if max(na, nb) <= LEAF_ROWS or depth > 60:
+                la, lb = leaves(ca, lo, hi), leaves(cb, lo, hi)
+                for k in sorted(set(la) | set(lb), key=repr):
+                    if k not in lb:
+                        out.append({"key": list(k), "kind": "missing in target"})
+                    elif k not in la:
+                        out.append({"key": list(k), "kind": "only in target"})
+                    elif la[k] != lb[k]:
+                        out.append({"key": list(k), "kind": "differs"})
+                return
+            mid = median(ca, lo, hi, na) if na >= nb else median(cb, lo, hi, nb)
+            walk(lo, mid, depth + 1)
+            walk(mid, hi, depth + 1)
+
+        walk(None, None, 0)
+        return [{"key": [_plain(v) for v in d["key"]], "kind": d["kind"]} for d in out]
+
+
+def _plain(v: Any) -> Any:
+    if isinstance(v, (int, float, str, bool)) or v is None:
+        return v
+    return str(v)
