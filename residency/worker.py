@@ -79,7 +79,10 @@ def mover() -> Mover:
         return Mover(unavailable, unavailable, unavailable)
 
     def plan(cat: Catalogue, conns: Any, ws: str, target: str, strategy: str) -> Any:
-        return plan_move(cat, conns, ws, target, strategy=strategy)
+        p = plan_move(cat, conns, ws, target, strategy=strategy)
+        if not getattr(p, "ok", True):  # the mover returns its refusals; a request needs a reason
+            raise OperationError("; ".join(p.refusals))
+        return p
 
     def start(cat: Catalogue, conns: Any, ws: str, target: str, *, strategy: str, actor: Actor, owner: str, progress: Any = None) -> moves.MoveRecord:
         return start_move(cat, conns, ws, target, strategy=strategy, actor=actor, progress=progress)
@@ -135,8 +138,12 @@ def plan_sizes(plan: Any) -> dict[str, Any]:
         tables[n] = {"rows": _num(t.get("rows")), "bytes": _num(t.get("bytes"))}
     objs = p.get("objects")
     objs = _as_dict(objs) if objs is not None and not isinstance(objs, (int, list, tuple)) else objs
-    if isinstance(objs, Mapping):
-        count, obytes = _num(objs.get("count")), _num(objs.get("bytes"))
+    if isinstance(objs, Mapping) and objs and all(isinstance(_as_dict(v), Mapping) for v in objs.values()):
+        per = [_as_dict(v) for v in objs.values()]  # per bucket: {objects, bytes}
+        count = sum(_num(v.get("objects", v.get("count"))) for v in per)
+        obytes = sum(_num(v.get("bytes")) for v in per)
+    elif isinstance(objs, Mapping):
+        count, obytes = _num(objs.get("count", objs.get("objects"))), _num(objs.get("bytes"))
     elif isinstance(objs, (list, tuple)):
         count = len(objs)
         obytes = sum(_num((_as_dict(o) or {}).get("size")) if isinstance(_as_dict(o), Mapping) else 0 for o in objs)
