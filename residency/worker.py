@@ -327,14 +327,6 @@ class Worker:
         if move is not None and move.state == "rolled_back":
             return self._finish(req, "failed", f"move {move.id} was rolled back", move)
         if move is not None:
-            if move.lease_owner and move.lease_until and move.lease_until > datetime.now(timezone.utc) and move.lease_owner != self.id:
-                # the mover's own lease is still held; give the request back until it expires
-                with conn.transaction():
-                    conn.execute(
-                        "UPDATE residency.requests SET lease_until = %s, worker = NULL WHERE id = %s AND worker = %s",
-                        (move.lease_until, req.id, self.id),
-                    )
-                return Outcome(req.id, req.workspace_id, "waiting", f"move {move.id} is leased by {move.lease_owner} until {move.lease_until.isoformat()}", move.id, True)
             ids: list[int] = []
             with conn.transaction():
                 req = rq.transition(conn, req.id, "running", expect=("running",), worker=self.id, extra={"move_id": move.id})
@@ -372,6 +364,22 @@ class Worker:
             resumed=False,
         )
 
+    def _give_back_if_leased(self, req: rq.Request, move: moves.MoveRecord | None) -> Outcome | None:
+        """The mover refused because another live process still holds the move's lease (the
+        previous worker may be slow, not dead): hand the request back until that lease ends."""
+        if move is None:
+            return None
+        with self.conn.transaction():
+            cur = moves.get(self.conn, move.id)
+            now = self.conn.execute("SELECT now()").fetchone()[0]  # type: ignore[index]
+            if not (cur.lease_owner and cur.lease_until and cur.lease_until > now):
+                return None
+            self.conn.execute(
+                "UPDATE residency.requests SET lease_until = %s, worker = NULL WHERE id = %s AND worker = %s",
+                (cur.lease_until, req.id, self.id),
+            )
+        return Outcome(req.id, req.workspace_id, "waiting", f"move {cur.id} is driven by {cur.lease_owner} until {cur.lease_until.isoformat()}", cur.id, True)
+
     def _execute(self, req: rq.Request, run: Callable[[Any], moves.MoveRecord], *, resumed: bool) -> Outcome:
         hb = _Heartbeat(self, req)
         hb.start()
@@ -380,6 +388,10 @@ class Worker:
         except ResidencyError as exc:
             hb.stop()
             move = hb.move()
+            if resumed:
+                waiting = self._give_back_if_leased(req, move)
+                if waiting is not None:
+                    return waiting
             first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             return self._finish(req, "failed", f"move: {first}", move)
         finally:
