@@ -524,5 +524,539 @@ def demo(c: Context, as_json: bool) -> None:
 # --------------------------------------------------------------------------- end of sandbox and demo (issue 3)
 
 
+# --------------------------------------------------------------------------- move, verify, audit (issue 4)
+
+
+def _conns(c: Context) -> Any:
+    from residency.connections import resolve
+
+    return resolve(c.catalogue)
+
+
+class _ProgressPrinter:
+    """Progress events on stderr: one updating line on a terminal, plain lines otherwise (CI)."""
+
+    def __init__(self, quiet: bool = False):
+        self.tty = sys.stderr.isatty() and not os.environ.get("CI")
+        self.quiet = quiet
+        self.last_plain: dict[str, float] = {}
+        self.width = 0
+
+    def __call__(self, event: Any) -> None:
+        import time
+
+        from migrate.progress import render
+
+        if self.quiet:
+            return
+        line = render(event)
+        if self.tty:
+            pad = " " * max(self.width - len(line), 0)
+            end = "\n" if event.finished or event.phase == "state" else ""
+            sys.stderr.write("\r" + line + pad + end)
+            sys.stderr.flush()
+            self.width = 0 if end else len(line)
+            return
+        now = time.monotonic()
+        key = f"{event.phase}:{event.item}"
+        if event.finished or event.phase == "state" or now - self.last_plain.get(key, 0) >= 5:
+            self.last_plain[key] = now
+            click.echo(line, err=True)
+
+
+def _parse_grace(text: str) -> Any:
+    import re
+    from datetime import timedelta
+
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*", text)
+    if not m:
+        raise InputError(f"--grace '{text}': give a number with a unit, such as 7d, 12h, 30m or 0")
+    n, unit = float(m.group(1)), m.group(2) or "s"
+    return timedelta(seconds=n * {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}[unit])
+
+
+def _move_row(m: Any) -> tuple[Any, ...]:
+    return (m.id, m.workspace_id, f"{m.source} → {m.target}", m.strategy, m.state + (f" (in {m.resume_from})" if m.resume_from else ""),
+            m.created_by, m.updated_at.strftime("%Y-%m-%d %H:%M:%S"), (m.error or "")[:80])
+
+
+@main.group(cls=ResidencyGroup)
+def move() -> None:
+    """Move a workspace to another region: plan, start, watch, resume, roll back, clean up."""
+
+
+@move.command("plan")
+@click.argument("workspace")
+@click.option("--to", "target", required=True, metavar="REGION", help="The region to move to.")
+@click.option("--strategy", default="snapshot", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pass_ctx
+def move_plan(c: Context, workspace: str, target: str, strategy: str, as_json: bool) -> None:
+    """Show what a move would do, or every reason it must not (exit 1 if refused). Changes nothing."""
+    from migrate import plan_move
+    from migrate.plan import render
+
+    p = plan_move(c.catalogue, _conns(c), workspace, target, strategy)
+    if as_json:
+        emit_json(p.to_dict())
+    else:
+        click.echo(render(p))
+    if not p.ok:
+        sys.exit(1)
+
+
+@move.command("start")
+@click.argument("workspace")
+@click.option("--to", "target", required=True, metavar="REGION", help="The region to move to.")
+@click.option("--strategy", default="snapshot", show_default=True)
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation (required without a terminal).")
+@click.option("--json", "as_json", is_flag=True, help="Print the final report as JSON.")
+@pass_ctx
+def move_start(c: Context, workspace: str, target: str, strategy: str, yes: bool, as_json: bool) -> None:
+    """Plan, fence, copy, verify and cut over a workspace (cleanup comes later, after a grace period)."""
+    from migrate import move_report, plan_move, start_move
+    from migrate.plan import render
+    from migrate.report import render as render_report
+
+    conns = _conns(c)
+    if not yes:
+        if not sys.stdin.isatty():
+            raise InputError("move start needs --yes when not run from a terminal")
+        p = plan_move(c.catalogue, conns, workspace, target, strategy)
+        click.echo(render(p))
+        if not p.ok:
+            sys.exit(1)
+        click.confirm(f"move workspace {workspace} from {p.source} to {target}? Writes to it are refused until cut-over", abort=True)
+    rec = start_move(c.catalogue, conns, workspace, target, strategy=strategy, progress=_ProgressPrinter(as_json))
+    rep = move_report(conns, rec.id)
+    emit_json(rep) if as_json else click.echo(render_report(rep))
+
+
+@move.command("status")
+@click.argument("move_id", required=False, type=int)
+@click.option("--all", "show_all", is_flag=True, help="Include closed moves.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pass_ctx
+def move_status_cmd(c: Context, move_id: int | None, show_all: bool, as_json: bool) -> None:
+    """Show one move, or the open moves (with --all, recent closed ones too)."""
+    from migrate import move_status
+
+    recs = move_status(_conns(c), move_id, open_only=not show_all and move_id is None)
+    if as_json:
+        emit_json([{k: v for k, v in _jsonable(r).items() if k not in ("plan",)} for r in recs] if move_id is None else _jsonable(recs[0]))
+        return
+    if not recs:
+        click.echo("no open moves" + ("" if show_all else " (--all shows closed ones)"))
+        return
+    click.echo(table(("ID", "WORKSPACE", "ROUTE", "STRATEGY", "STATE", "BY", "UPDATED", "ERROR"), [_move_row(r) for r in recs]))
+
+
+@move.command("resume")
+@click.argument("move_id", type=int)
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@pass_ctx
+def move_resume(c: Context, move_id: int, as_json: bool) -> None:
+    """Continue a move from its last recorded state (after a crash or a failure)."""
+    from migrate import move_report, resume_move
+    from migrate.report import render as render_report
+
+    conns = _conns(c)
+    rec = resume_move(c.catalogue, conns, move_id, progress=_ProgressPrinter(as_json))
+    rep = move_report(conns, rec.id)
+    emit_json(rep) if as_json else click.echo(render_report(rep))
+
+
+@move.command("rollback")
+@click.argument("move_id", type=int)
+@pass_ctx
+def move_rollback(c: Context, move_id: int) -> None:
+    """Before cut-over: remove the target copy and lift the fence."""
+    from migrate import rollback_move
+
+    rec = rollback_move(c.catalogue, _conns(c), move_id, progress=_ProgressPrinter())
+    click.echo(f"move {rec.id}: {rec.state}; workspace {rec.workspace_id} stays in {rec.source} and is writable again")
+
+
+@move.command("cleanup")
+@click.argument("move_id", type=int)
+@click.option("--grace", default="7d", show_default=True, help="Keep the source copy this long after cut-over (e.g. 7d, 12h, 0).")
+@click.option("--json", "as_json", is_flag=True, help="Print the deletion record as JSON.")
+@pass_ctx
+def move_cleanup(c: Context, move_id: int, grace: str, as_json: bool) -> None:
+    """After the grace period: delete the source copy and record what was deleted."""
+    from migrate import cleanup_move, move_report
+
+    conns = _conns(c)
+    rec = cleanup_move(c.catalogue, conns, move_id, grace=_parse_grace(grace), progress=_ProgressPrinter(as_json))
+    d = move_report(conns, rec.id)["deletion"] or {}
+    if as_json:
+        emit_json(d)
+        return
+    click.echo(f"move {rec.id}: {rec.state}; deleted from {d.get('region')} at {d.get('deleted_at')}: "
+               f"{d.get('rows', 0):,} rows, {d.get('object_count', 0)} objects")
+    for t, v in (d.get("tables") or {}).items():
+        click.echo(f"  {t}: {v['rows']:,} rows, checksum {v['checksum']}")
+
+
+@move.command("report")
+@click.argument("move_id", type=int)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pass_ctx
+def move_report_cmd(c: Context, move_id: int, as_json: bool) -> None:
+    """A move's report: counts and checksums on both sides, objects, fence duration, timings."""
+    from migrate import move_report
+    from migrate.report import render as render_report
+
+    rep = move_report(_conns(c), move_id)
+    emit_json(rep) if as_json else click.echo(render_report(rep))
+
+
+@main.command("verify")
+@click.argument("workspace")
+@click.option("--between", nargs=2, required=True, metavar="A B", help="The two regions to compare.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pass_ctx
+def verify_cmd(c: Context, workspace: str, between: tuple[str, str], as_json: bool) -> None:
+    """Compare a workspace's rows and objects in two regions (exit 1 on any difference)."""
+    from migrate import verify_workspace
+
+    a, b = between
+    res = verify_workspace(c.catalogue, _conns(c), workspace, a, b)
+    if as_json:
+        emit_json(res.to_dict())
+    else:
+        rows = [(t.table, t.source_rows, t.target_rows, t.source_checksum, t.target_checksum, "yes" if t.ok else "NO") for t in res.tables]
+        click.echo(table(("TABLE", f"{a} ROWS", f"{b} ROWS", f"{a} CHECKSUM", f"{b} CHECKSUM", "SAME"), rows))
+        for bucket, o in ((res.objects or {}).get("buckets") or {}).items():
+            click.echo(f"objects {bucket}: {o['source_objects']} in {a}, {o['target_objects']} in {b}: {'same' if o['ok'] else 'DIFFERENT'}")
+        for p in res.problems():
+            click.echo(f"difference: {p}")
+        click.echo(f"workspace {workspace}: {'identical' if res.ok else 'DIFFERENT'} in {a} and {b} ({res.seconds:.2f}s)")
+    if not res.ok:
+        sys.exit(1)
+
+
+@main.group(cls=ResidencyGroup)
+def audit() -> None:
+    """The hash-chained audit log."""
+
+
+@audit.command("verify")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pass_ctx
+def audit_verify(c: Context, as_json: bool) -> None:
+    """Walk the whole audit chain; exit 1 if any entry was edited or deleted."""
+    from residency import audit as audit_mod
+    from residency.db import connect
+
+    with connect(_conns(c).control_dsn) as conn:
+        res = audit_mod.verify(conn)
+    if as_json:
+        emit_json(res)
+    else:
+        for p in res.problems:
+            click.echo(f"broken: {p}")
+        click.echo(f"audit log: {res.entries} entries, {'chain intact' if res.ok else 'CHAIN BROKEN'}")
+    if not res.ok:
+        sys.exit(1)
+
+
+# --------------------------------------------------------------------------- end of move, verify, audit (issue 4)
+
+
+# --------------------------------------------------------------------------- requests, worker, playbooks (issue 7)
+
+
+def _control(c: Context) -> tuple[Any, Any]:
+    """(connections, control-plane connection with the schema ensured)."""
+    from residency.connections import resolve
+    from residency.controlplane import ensure_schema
+    from residency.db import connect
+
+    conns = resolve(c.catalogue)
+    conn = connect(conns.control_dsn)
+    ensure_schema(conn)
+    return conns, conn
+
+
+def _notifier(conns: Any) -> Any:
+    from residency.notify import Notifier
+
+    return Notifier.from_config(conns.control_dsn)
+
+
+def _request_row(r: Any) -> tuple[Any, ...]:
+    return (r.id, r.workspace_id, f"{r.source} → {r.target}", str(r.window), r.state, r.requested_by,
+            r.approved_by or "", r.move_id or "", (r.state_reason or "")[:70])
+
+
+_REQUEST_HEADERS = ("ID", "WORKSPACE", "MOVE", "WINDOW", "STATE", "REQUESTED BY", "APPROVED BY", "MOVE ID", "WHY")
+
+
+def _request_json(r: Any, notices: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    d = _jsonable(r)
+    d["window"] = str(r.window)
+    if notices is not None:
+        d["notices"] = _jsonable(notices)
+    return d
+
+
+@main.group(cls=ResidencyGroup)
+def request() -> None:
+    """Move requests from sales and support: create, approve, cancel, import a batch."""
+
+
+@request.command("create")
+@click.argument("workspace")
+@click.option("--to", "target", required=True, metavar="REGION", help="The region to move to.")
+@click.option("--window", required=True, metavar="START/DURATION", help="e.g. 2025-03-01T22:00Z/2h, now/90m, ...T22:00+01:00/PT2H")
+@click.option("--requested-by", required=True, metavar="EMAIL", help="Who asks for the move.")
+@click.option("--reason", default="", help="Why (kept with the request and in the audit log).")
+@click.option("--strategy", default="snapshot", show_default=True, type=click.Choice(["snapshot", "online"]))
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pass_ctx
+def request_create(c: Context, workspace: str, target: str, window: str, requested_by: str, reason: str, strategy: str, as_json: bool) -> None:
+    """Ask for a workspace to move; checked against policy and the plan now (exit 1 if refused)."""
+    from residency import requests as rq
+
+    conns, conn = _control(c)
+    n = _notifier(conns)
+    with conn:
+        r = rq.create(conn, c.catalogue, conns, workspace, target, window, requested_by, reason, strategy=strategy, notifier=n)
+    n.flush(5)
+    if as_json:
+        emit_json(_request_json(r))
+    elif r.state == "refused":
+        click.echo(f"request {r.id} refused: {r.state_reason}", err=True)
+    else:
+        est = rq.format_duration(r.estimate.get("seconds", 0))
+        click.echo(f"request {r.id} {r.state}: {r.workspace_id} {r.source} → {r.target} in {r.window} (estimated {est});"
+                   f" approve with `residency request approve {r.id}` (someone other than {r.requested_by})")
+    if r.state == "refused":
+        sys.exit(1)
+
+
+@request.command("list")
+@click.option("--state", "states", multiple=True, help="Only requests in this state (repeatable).")
+@click.option("--workspace", default=None)
+@click.option("--limit", default=200, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pass_ctx
+def request_list(c: Context, states: tuple[str, ...], workspace: str | None, limit: int, as_json: bool) -> None:
+    """List move requests, newest first."""
+    from residency import requests as rq
+
+    _, conn = _control(c)
+    with conn:
+        rows = rq.list_requests(conn, state=list(states) or None, workspace_id=workspace, limit=limit)
+    if as_json:
+        emit_json([_request_json(r) for r in rows])
+    else:
+        click.echo(table(_REQUEST_HEADERS, [_request_row(r) for r in rows]))
+
+
+@request.command("show")
+@click.argument("request_id")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pass_ctx
+def request_show(c: Context, request_id: str, as_json: bool) -> None:
+    """One request with its estimate, outcome and the notices kept with it."""
+    from residency import requests as rq
+
+    _, conn = _control(c)
+    with conn:
+        r = rq.get(conn, request_id)
+        ns = rq.notices(conn, r.id)
+    if as_json:
+        emit_json(_request_json(r, ns))
+        return
+    est = r.estimate or {}
+    lines = [
+        f"request       {r.id}",
+        f"workspace     {r.workspace_id}: {r.source} → {r.target} ({r.strategy})",
+        f"window        {r.window}",
+        f"state         {r.state}" + (f": {r.state_reason}" if r.state_reason else ""),
+        f"requested by  {r.requested_by}" + (f": {r.reason}" if r.reason else ""),
+        f"recorded by   {r.created_by} at {r.created_at:%Y-%m-%d %H:%M:%S %Z}",
+        f"approved by   {r.approved_by or '-'}" + (f" at {r.approved_at:%Y-%m-%d %H:%M:%S %Z}" if r.approved_at else ""),
+    ]
+    if est:
+        lines.append(f"estimate      {rq.format_duration(est.get('seconds', 0))} ({est.get('rows', 0):,} rows,"
+                     f" {est.get('bytes', 0) + est.get('object_bytes', 0):,} bytes), fenced {rq.format_duration(est.get('fence_seconds', 0))}")
+    if r.move_id:
+        lines.append(f"move          {r.move_id} (`residency move status {r.move_id}`)")
+    if r.worker:
+        lines.append(f"worker        {r.worker} (attempts {r.attempts})")
+    lines.append("notices")
+    for n in ns:
+        lines.append(f"  {n['created_at']:%Y-%m-%d %H:%M:%S}  {n['event']:<14} {n['delivery']:<9} {n['subject']}")
+    click.echo("\n".join(lines))
+
+
+@request.command("approve")
+@click.argument("request_id")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pass_ctx
+def request_approve(c: Context, request_id: str, as_json: bool) -> None:
+    """Approve a pending request (not your own); a worker runs it inside its window."""
+    from residency import requests as rq
+
+    conns, conn = _control(c)
+    n = _notifier(conns)
+    with conn:
+        r = rq.approve(conn, c.catalogue, request_id, notifier=n)
+    n.flush(5)
+    emit_json(_request_json(r)) if as_json else click.echo(f"request {r.id} approved by {r.approved_by}: runs in {r.window}")
+
+
+@request.command("cancel")
+@click.argument("request_id")
+@click.option("--reason", default="", help="Why it is cancelled.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pass_ctx
+def request_cancel(c: Context, request_id: str, reason: str, as_json: bool) -> None:
+    """Cancel a pending or approved request."""
+    from residency import requests as rq
+
+    conns, conn = _control(c)
+    n = _notifier(conns)
+    with conn:
+        r = rq.cancel(conn, request_id, reason, notifier=n)
+    n.flush(5)
+    emit_json(_request_json(r)) if as_json else click.echo(f"request {r.id} cancelled: {r.state_reason}")
+
+
+@request.command("import")
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pass_ctx
+def request_import(c: Context, file: str, as_json: bool) -> None:
+    """Create a request per CSV row (workspace,to,window,requested_by[,reason,strategy]).
+
+    Each row gets its own result line; exit 1 if any row was refused or wrong."""
+    from residency import requests as rq
+
+    conns, conn = _control(c)
+    n = _notifier(conns)
+    with conn:
+        results = rq.import_csv(conn, c.catalogue, conns, file, notifier=n)
+    n.flush(5)
+    if as_json:
+        emit_json(results)
+    else:
+        for r in results:
+            click.echo(r.message, err=not r.ok)
+        ok = sum(r.ok for r in results)
+        click.echo(f"{ok} of {len(results)} rows recorded as pending")
+    if any(not r.ok for r in results):
+        sys.exit(1)
+
+
+@main.command("worker")
+@click.option("--once", is_flag=True, help="Run what is due now, then exit.")
+@click.option("--concurrency", default=1, show_default=True, type=click.IntRange(1, 64), help="Moves run at the same time.")
+@click.option("--throughput", default=None, metavar="RATE", help="Bytes per second to estimate moves with, e.g. 50MB/s ($RESIDENCY_MOVE_THROUGHPUT).")
+@click.option("--lease", "lease_seconds", default=60.0, show_default=True, help="Seconds a silent worker keeps a request.")
+@click.option("--poll", "poll_seconds", default=10.0, show_default=True, help="Seconds between looks for due requests.")
+@click.option("--json", "as_json", is_flag=True, help="Print the outcomes as JSON.")
+@pass_ctx
+def worker_cmd(c: Context, once: bool, concurrency: int, throughput: str | None, lease_seconds: float, poll_seconds: float, as_json: bool) -> None:
+    """Claim due, approved move requests and run their moves inside their windows.
+
+    Run as many workers on as many machines as you like: each request runs once; a worker that
+    dies leaves its move to be resumed by another once its lease expires."""
+    import signal
+    import threading
+
+    from residency import requests as rq
+    from residency.connections import resolve
+    from residency.worker import WorkerConfig, run_workers
+
+    conns = resolve(c.catalogue)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    cfg = WorkerConfig(lease_seconds=lease_seconds, poll_seconds=poll_seconds, throughput=rq.Throughput.parse(throughput))
+    outcomes = run_workers(c.catalogue, conns, concurrency=concurrency, once=once, notifier=_notifier(conns), config=cfg, stop=stop)
+    if as_json:
+        emit_json(outcomes)
+    else:
+        for o in outcomes:
+            click.echo(f"request {o.request_id} ({o.workspace_id}): {o.state}" + (f" [move {o.move_id}]" if o.move_id else "")
+                       + (" (resumed)" if o.resumed else "") + (f": {o.reason}" if o.reason else ""))
+        if once and not outcomes:
+            click.echo("nothing due")
+    if any(o.state == "failed" for o in outcomes):
+        sys.exit(1)
+
+
+@main.group(cls=ResidencyGroup)
+def playbook() -> None:
+    """Runbooks and customer notices rendered from regions.yaml and a move's record."""
+
+
+@playbook.command("render")
+@click.argument("name")
+@click.option("--region", default=None, help="For new-region.")
+@click.option("--move", "move_id", default=None, type=int, help="A move (workspace-move and the notices).")
+@click.option("--request", "request_id", default=None, type=int, help="A move request (workspace-move, move-scheduled).")
+@click.option("--format", "fmt", default="md", show_default=True, type=click.Choice(["md", "html"]))
+@click.option("--check", is_flag=True, help="new-region: run the checkable steps and show their results.")
+@pass_ctx
+def playbook_render(c: Context, name: str, region: str | None, move_id: int | None, request_id: int | None, fmt: str, check: bool) -> None:
+    """Render NAME: new-region, workspace-move, move-scheduled, move-completed, source-deleted."""
+    import playbooks
+    from residency import moves
+    from residency import requests as rq
+
+    if name == "new-region":
+        checks = None
+        if check:
+            from residency.connections import resolve
+
+            checks = playbooks.check_new_region(c.catalogue, resolve(c.catalogue), region or "")
+        click.echo(playbooks.render(name, cat=c.catalogue, region=region, format=fmt, checks=checks), nl=False)
+        return
+    if name not in playbooks.PLAYBOOKS:
+        raise InputError(f"unknown playbook '{name}' (playbooks: {', '.join(playbooks.PLAYBOOKS)})")
+    if move_id is None and request_id is None:
+        raise InputError(f"playbook '{name}' needs --move ID or --request ID")
+    _, conn = _control(c)
+    with conn:
+        req = rq.get(conn, request_id) if request_id is not None else None
+        if move_id is None and req is not None and req.move_id:
+            move_id = req.move_id
+        mv = moves.get(conn, move_id) if move_id is not None else None
+        if req is None and mv is not None:
+            found = conn.execute("SELECT id FROM residency.requests WHERE move_id = %s ORDER BY id DESC LIMIT 1", (mv.id,)).fetchone()
+            req = rq.get(conn, found[0]) if found else None
+    click.echo(playbooks.render(name, cat=c.catalogue, move=mv, request=req, format=fmt), nl=False)
+
+
+@playbook.command("check")
+@click.argument("name", type=click.Choice(["new-region"]))
+@click.option("--region", required=True)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pass_ctx
+def playbook_check(c: Context, name: str, region: str, as_json: bool) -> None:
+    """Run the checkable steps of a playbook and mark each done or not (exit 1 if any is not)."""
+    import playbooks
+    from residency.connections import resolve
+
+    res = playbooks.check_new_region(c.catalogue, resolve(c.catalogue), region)
+    if as_json:
+        emit_json({"region": res.region, "ok": res.ok, "steps": res.steps})
+    else:
+        mark = {"done": "done    ", "not done": "NOT DONE", "manual": "manual  "}
+        for s in res.steps:
+            click.echo(f"[{mark[s.status]}] {s.title}: {s.detail}" + (f"\n           $ {s.command}" if s.command and s.status != "done" else ""))
+        n = sum(s.status == "not done" for s in res.steps)
+        click.echo(f"{region}: {'all checkable steps done' if res.ok else f'{n} checkable step(s) not done'}")
+    if not res.ok:
+        sys.exit(1)
+
+
+# --------------------------------------------------------------------------- end of requests, worker, playbooks (issue 7)
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()
