@@ -11,12 +11,14 @@ unprivileged account (``$RESIDENCY_SANDBOX_USER``, else ``postgres``, else ``nob
 directory must then be reachable by that account, which :func:`reachable_by` checks.
 
 Settings are sized for a laptop or a 2-core CI box (``shared_buffers=32MB``) and trade
-durability for speed (``fsync=off``, ``synchronous_commit=off``, ``full_page_writes=off``):
-a sandbox's data is disposable. Authentication is ``trust`` on loopback and the socket only.
+durability for speed (``fsync=off``, ``full_page_writes=off``): a sandbox's data is disposable
+and is lost only if the machine itself crashes. ``synchronous_commit`` stays on, so a killed
+server loses no committed transaction. Authentication is ``trust`` on loopback and the socket only.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import glob
 import os
@@ -52,9 +54,11 @@ SETTINGS: dict[str, str] = {
     "max_worker_processes": "16",
     "max_wal_size": "512MB",
     "checkpoint_timeout": "15min",
-    # a sandbox is disposable: trade durability for speed
+    # a sandbox is disposable: trade durability against an OS crash or power loss for speed.
+    # synchronous_commit stays on: with fsync off a commit costs only a write() to the page cache,
+    # and a killed server (tests do kill them) then loses nothing it reported as committed.
     "fsync": "off",
-    "synchronous_commit": "off",
+    "synchronous_commit": "on",
     "full_page_writes": "off",
     # quiet, small
     "log_min_messages": "warning",
@@ -379,13 +383,29 @@ class Server:
         return any(os.path.basename(a) in ("postgres", "postmaster") for a in args[:1]) and self.datadir in args
 
     def remove_stale_pidfile(self) -> bool:
-        """Remove postmaster.pid when it names a dead (or foreign) process; True if removed."""
+        """Remove postmaster.pid (and socket lock files) naming a dead or foreign process.
+
+        PostgreSQL itself treats a zombie (a killed postmaster nobody reaped, common in
+        containers) or an unrelated process that reused the pid as alive and refuses to start.
+        Returns True if the pid file was removed.
+        """
+        removed = False
         pid = self._pidfile_pid()
         path = os.path.join(self.datadir, "postmaster.pid")
         if os.path.exists(path) and not (pid and pid_alive(pid) and self._is_our_postmaster(pid)):
             os.unlink(path)
-            return True
-        return False
+            removed = True
+        if not os.path.exists(path):
+            for lock in glob.glob(os.path.join(self.datadir, ".s.PGSQL.*.lock")):
+                try:
+                    with open(lock) as f:
+                        lpid = int(f.readline().strip())
+                except (OSError, ValueError):
+                    lpid = 0
+                if not (pid_alive(lpid) and self._is_our_postmaster(lpid)):
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(lock)
+        return removed
 
     def start(self, *, timeout: float = 60) -> int:
         """Start the server (no-op if running); returns the postmaster pid."""
