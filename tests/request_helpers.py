@@ -130,29 +130,6 @@ def wait_for(predicate: Any, timeout: float = 20.0, interval: float = 0.05) -> A
 
 
 @pytest.fixture
-def cp(request: pytest.FixtureRequest) -> Any:
-    """The control plane of the ``env`` fixture; before tests/conftest.py existed, a fresh
-    database on the server named by $RESIDENCY_DEV_PG (a development bridge only)."""
-    try:
-        env = request.getfixturevalue("env")
-    except pytest.FixtureLookupError:
-        env = None
-    if env is not None:
-        yield control_plane(env)
-        return
-    dev = os.environ.get("RESIDENCY_DEV_PG")
-    if not dev:
-        pytest.skip("needs the env fixture from tests/conftest.py")
-    import uuid
-    from types import MappingProxyType
-
-    name = f"req_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(dev, autocommit=True) as c:
-        c.execute(psycopg.sql.SQL("CREATE DATABASE {}").format(psycopg.sql.Identifier(name)))
-    dsn = psycopg.conninfo.make_conninfo(dev, dbname=name)
-    with psycopg.connect(dsn) as c:
-        ensure_schema(c)
-    cat = catalogue.load(REPO / "regions.yaml")
-    yield ControlPlane(dsn, cat, Connections(dsn, MappingProxyType({})))
-    with psycopg.connect(dev, autocommit=True) as c:
-        c.execute(psycopg.sql.SQL("DROP DATABASE {} WITH (FORCE)").format(psycopg.sql.Identifier(name)))
+def cp(env: Any) -> ControlPlane:
+    """The control plane of the ``env`` fixture (tests/conftest.py), with its schema."""
+    return control_plane(env)
