@@ -51,7 +51,7 @@ def _stream(src: psycopg.Connection[Any], dst: psycopg.Connection[Any], out_q: A
                     messages = 0
                     buf = bytearray()
                     batches += 1
-                    if batches == 2:
+                    if batches == 1:
                         faults.point("copy_batch")
                     if should_stop():
                         raise InterruptedError("the move's lease was lost; stopping")

@@ -18,7 +18,7 @@ from residency.connections import Connections
 from residency.errors import InputError, OperationError, ResidencyError
 from residency.moves import MoveRecord
 
-from . import finish, objects, strategy as strategy_mod
+from . import faults, finish, objects, strategy as strategy_mod
 from .context import MoveContext, make_context
 from .lease import Lease
 from .phases import details, subject
@@ -67,6 +67,7 @@ def _drive(ctx: MoveContext, rec: MoveRecord, stop_after: str | None) -> MoveRec
                             audit.append(cp, "move.failed", subject(rec), details(rec, state=cur.state, error=reason), ctx.actor)
                 raise OperationError(f"move {rec.id} failed in {state}: {reason}; fix the cause, then `residency move resume {rec.id}` (or `move rollback {rec.id}`)") from exc
             ctx.emit(Progress("state", rec.state, message=f"move {rec.id}: {rec.state}"))
+            faults.point(rec.state)
     finally:
         lease.release()
     return rec
@@ -98,8 +99,6 @@ def start_move(
                 raise OperationError(f"move refused: {exc}") from None
             rec = moves.create(cp, plan.workspace_id, plan.source, target, strategy, plan.to_dict(), actor.who)
             audit.append(cp, "move.planned", subject(rec), details(rec, rows=plan.total_rows, bytes=plan.total_bytes, objects=plan.object_count), actor)
-    from . import faults
-
     faults.point("planned")
     ctx = make_context(cat, conns, plan.workspace_id, plan.source, target, actor=actor, progress=progress, move_id=rec.id)
     return _drive(ctx, rec, stop_after)

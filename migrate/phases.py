@@ -199,7 +199,6 @@ def cutover_phase(ctx: MoveContext, rec: MoveRecord) -> MoveRecord:
             moves.transition(cp, rec.id, "cut_over", expect=["verified"])
             audit.append(cp, "move.cut_over", subject(rec), details(rec, directory_version=entry.version, fence_seconds=fence_seconds), ctx.actor)
             rec = moves.get(cp, rec.id)
-    faults.point("cut_over")
     return rec
 
 

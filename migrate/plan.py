@@ -143,6 +143,31 @@ def _plan(cat: Catalogue, conns: Connections, ws: str, target: str, plan: MovePl
         plan.refusals.append(str(exc))
         return
 
+    try:
+        _plan_databases(cat, ws, source, target, src_ep, dst_ep, plan)
+    except psycopg.Error as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        plan.refusals.append(f"cannot read the databases of {source} or {target}: {first}")
+        return
+    if plan.refusals and not plan.tables:
+        return
+
+    try:
+        src_inv = inventory(src_ep, cat.environment.buckets, cat.workspace.prefix_for(ws))
+        dst_inv = inventory(dst_ep, cat.environment.buckets, cat.workspace.prefix_for(ws))
+    except Exception as exc:  # an unreachable object store is a refusal, not a crash
+        plan.refusals.append(f"cannot list objects: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+        return
+    for logical, objs in src_inv.items():
+        plan.objects[logical] = {"objects": len(objs), "bytes": sum(o.size for o in objs.values())}
+    for logical, objs in dst_inv.items():
+        if objs:
+            plan.refusals.append(
+                f"objects already present in target {target}: {len(objs)} under {cat.workspace.prefix_for(ws)} in bucket {dst_ep.bucket(logical)}"
+            )
+
+
+def _plan_databases(cat: Catalogue, ws: str, source: str, target: str, src_ep: Any, dst_ep: Any, plan: MovePlan) -> None:
     with db.connect(src_ep.dsn, autocommit=True) as sconn, db.connect(dst_ep.dsn, autocommit=False) as tconn:
         src_schema = introspect(sconn)
         dst_schema = introspect(tconn)
@@ -175,20 +200,6 @@ def _plan(cat: Catalogue, conns: Connections, ws: str, target: str, plan: MovePl
             n, missing = _global_missing(sconn, tconn, b, gname, params)
             plan.globals.append(GlobalPlan(gname, n, missing))
         tconn.rollback()
-
-    try:
-        src_inv = inventory(src_ep, cat.environment.buckets, cat.workspace.prefix_for(ws))
-        dst_inv = inventory(dst_ep, cat.environment.buckets, cat.workspace.prefix_for(ws))
-    except Exception as exc:  # an unreachable object store is a refusal, not a crash
-        plan.refusals.append(f"cannot list objects: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
-        return
-    for logical, objs in src_inv.items():
-        plan.objects[logical] = {"objects": len(objs), "bytes": sum(o.size for o in objs.values())}
-    for logical, objs in dst_inv.items():
-        if objs:
-            plan.refusals.append(
-                f"objects already present in target {target}: {len(objs)} under {cat.workspace.prefix_for(ws)} in bucket {dst_ep.bucket(logical)}"
-            )
 
 
 def _schema_differences(g: graph_mod.Graph, dst: Schema, target: str) -> list[str]:
