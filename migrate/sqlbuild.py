@@ -185,7 +185,11 @@ class Builder:
         """min and max of the (single-column) key among the workspace's rows."""
         a = sql.Identifier("x")
         k = sql.Identifier(key[0])
-        return sql.SQL("SELECT min({a}.{k}), max({a}.{k}) FROM ({rows}) {a}").format(a=a, k=k, rows=self.select_rows(table, key))
+        rows = self.select_rows(table, key)
+        # ORDER BY ... LIMIT 1 rather than min()/max(): works for every orderable type (uuid has no min)
+        return sql.SQL(
+            "SELECT (SELECT {a}.{k} FROM ({rows}) {a} ORDER BY 1 LIMIT 1), (SELECT {a}.{k} FROM ({rows}) {a} ORDER BY 1 DESC LIMIT 1)"
+        ).format(a=a, k=k, rows=rows)
 
     def count_key_between(self, table: str, key: str) -> sql.Composed:
         return sql.SQL("SELECT count(*) FROM {tbl} WHERE {k} BETWEEN {lo} AND {hi}").format(
