@@ -345,11 +345,20 @@ def _provision(state: dict[str, Any], numbers: dict[str, int], say: Progress) ->
 
         return fill
 
+    def control_refresh() -> None:
+        # the control-plane schema grows with the toolkit: bring existing databases up to date
+        # (ensure_schema is idempotent) so an old sandbox keeps working after an upgrade
+        srv = _server(state, state["control"])
+        for db in (CONTROL_TEMPLATE, CONTROL_DB):
+            with psycopg.connect(srv.dsn(db)) as c:
+                controlplane.ensure_schema(c)
+
     jobs = [(state["control"], CONTROL_TEMPLATE, CONTROL_DB, controlplane.ensure_schema)]
     jobs += [(e, APP_TEMPLATE, APP_DB, region_fill(numbers[name])) for name, e in state["regions"].items()]
     with ThreadPoolExecutor(max_workers=len(jobs)) as pool:
         for f in [pool.submit(ensure, *j) for j in jobs]:
             f.result()
+    control_refresh()
 
 
 # --------------------------------------------------------------------------- S3 (moto)
