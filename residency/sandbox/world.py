@@ -1,0 +1,151 @@
+"""A fresh, isolated "world" inside a running sandbox: its own databases and buckets.
+
+In every region server a new database made from the sample-schema template (``CREATE DATABASE
+... TEMPLATE``, fast), a new control-plane database with the control-plane schema, and bucket
+names of its own in the sandbox S3. ``World.connections`` points the whole toolkit at them, so
+tests and benchmarks can run moves side by side without seeing each other. ``drop()`` removes
+everything again (subscriptions and replication slots first, so no slot is left behind).
+
+Moved here from tests/conftest.py (whose ``env`` fixture is now a thin subclass) so the
+benchmarks in bench/ reuse the same machinery.
+"""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+from types import MappingProxyType
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from ..catalogue import Catalogue
+from .core import APP_TEMPLATE, CONTROL_TEMPLATE, ensure_buckets, read_state, s3_endpoint, server_dsn
+
+
+class World:
+    """Fresh databases (one per region server plus the control plane) and buckets named by ``token``."""
+
+    def __init__(self, catalogue: Catalogue, home: str | os.PathLike[str], token: str):
+        from ..connections import Connections, RegionEndpoints
+
+        self.home = str(home)
+        self.catalogue = catalogue
+        self.token = token
+        self.dbname = f"t_{token}"
+        self.state = read_state(home) or {}
+        self.regions = list(self.state.get("regions", {}))
+        self.s3_endpoint = s3_endpoint(home)
+        self.buckets: dict[str, dict[str, str]] = {
+            r: {b: f"t{token}-{r}-{b}" for b in catalogue.region(r).environment.buckets}
+            for r in self.regions
+            if r in catalogue.regions
+        }
+        self.control_dsn = server_dsn(home, "control", self.dbname)
+        eps = {
+            r: RegionEndpoints(
+                r, catalogue.region(r).aws_region, server_dsn(home, r, self.dbname),
+                self.s3_endpoint, MappingProxyType(dict(self.buckets[r])),
+            )
+            for r in self.buckets
+        }
+        self.connections = Connections(self.control_dsn, MappingProxyType(eps), f"sandbox:{self.home}")
+
+    def dsn(self, region: str) -> str:
+        return self.connections.region(region).dsn
+
+    def admin_dsn(self, name: str) -> str:
+        """The ``postgres`` maintenance database of a server ('control' or a region)."""
+        return server_dsn(self.home, name)
+
+    def s3(self, region: str) -> Any:
+        from ..connections import s3_client
+
+        return s3_client(self.connections.region(region))
+
+    def seed(self, workspaces: int = 6, rows: int = 3000, seed: int = 1, **kwargs: Any) -> Any:
+        from .seed import seed as do_seed
+
+        return do_seed(self.catalogue, self.connections, workspaces=workspaces, rows=rows, seed=seed, **kwargs)
+
+    # ---- lifecycle
+    def create_database(self, server: str, template: str | None = None) -> None:
+        """(Re)create this world's database on one server ('control' or a region) from its template."""
+        template = template or (CONTROL_TEMPLATE if server == "control" else APP_TEMPLATE)
+        with psycopg.connect(server_dsn(self.home, server), autocommit=True) as c:
+            c.execute(sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(sql.Identifier(self.dbname), sql.Identifier(template)))
+
+    def create(self) -> None:
+        jobs = ["control", *self.regions]
+        with ThreadPoolExecutor(max_workers=len(jobs)) as pool:
+            for f in [pool.submit(self.create_database, j) for j in jobs]:
+                f.result()
+        ensure_buckets(self.catalogue, self.state, names=self.buckets)
+
+    def _drop_subscriptions(self, server: str) -> list[str]:
+        problems: list[str] = []
+        try:
+            with psycopg.connect(server_dsn(self.home, server, self.dbname), autocommit=True) as c:
+                for (name,) in c.execute("SELECT subname FROM pg_subscription s JOIN pg_database d ON d.oid = s.subdbid WHERE d.datname = current_database()").fetchall():
+                    ident = sql.Identifier(name)
+                    c.execute(sql.SQL("ALTER SUBSCRIPTION {} DISABLE").format(ident))
+                    c.execute(sql.SQL("ALTER SUBSCRIPTION {} SET (slot_name = NONE)").format(ident))
+                    c.execute(sql.SQL("DROP SUBSCRIPTION {}").format(ident))
+        except psycopg.OperationalError:
+            pass  # database never created or already gone
+        except psycopg.Error as exc:
+            problems.append(f"{server}: subscriptions: {exc}")
+        return problems
+
+    def _drop_slots_and_database(self, server: str) -> list[str]:
+        problems: list[str] = []
+        try:
+            with psycopg.connect(server_dsn(self.home, server), autocommit=True) as c:
+                c.execute(
+                    "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE database = %s AND active_pid IS NOT NULL",
+                    (self.dbname,),
+                )
+                for (slot,) in c.execute("SELECT slot_name FROM pg_replication_slots WHERE database = %s", (self.dbname,)).fetchall():
+                    try:
+                        c.execute("SELECT pg_drop_replication_slot(%s)", (slot,))
+                    except psycopg.Error as exc:
+                        problems.append(f"{server}: slot {slot}: {exc}")
+                c.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(self.dbname)))
+        except psycopg.Error as exc:
+            problems.append(f"{server}: drop database {self.dbname}: {exc}")
+        return problems
+
+    def recreate_database(self, server: str, template: str | None = None) -> list[str]:
+        """Drop this world's database on one server (subscriptions and slots first) and create it
+        again, empty, from its template; returns problems met while dropping."""
+        problems = self._drop_subscriptions(server) + self._drop_slots_and_database(server)
+        self.create_database(server, template)
+        return problems
+
+    def drop(self) -> list[str]:
+        """Drop the world's databases (subscriptions and slots first) and buckets; returns problems."""
+        problems: list[str] = []
+        servers = ["control", *self.regions]
+        # 1. subscriptions in our databases: detach from their slots, then drop
+        for s in servers:
+            problems += self._drop_subscriptions(s)
+        # 2. replication slots on our databases, then the databases
+        for s in servers:
+            problems += self._drop_slots_and_database(s)
+        # 3. buckets
+        try:
+            for r, names in self.buckets.items():
+                client = self.s3(r)
+                for bucket in names.values():
+                    try:
+                        for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket):
+                            keys = [{"Key": o["Key"]} for o in page.get("Contents", [])]
+                            if keys:
+                                client.delete_objects(Bucket=bucket, Delete={"Objects": keys})
+                        client.delete_bucket(Bucket=bucket)
+                    except client.exceptions.NoSuchBucket:
+                        pass
+        except Exception as exc:  # noqa: BLE001 - report, don't mask the caller's own result
+            problems.append(f"s3: {exc}")
+        return problems
