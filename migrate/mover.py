@@ -91,6 +91,7 @@ def start_move(
     if not plan.ok:
         raise MoveRefused(plan)
     assert plan.source is not None
+    strategy = plan.strategy  # "auto" resolved by the plan
     with db.connect(conns.control_dsn) as cp:
         with cp.transaction():
             try:
@@ -157,6 +158,9 @@ def rollback_move(cat: Catalogue, conns: Connections, move_id: int, *, actor: Ac
     with Lease(conns.control_dsn, move_id) as lease:
         ctx.should_stop = lambda: lease.lost
         rec = _get(conns, move_id)
+        strat = strategy_mod.get(rec.strategy)
+        if strat.teardown is not None:  # e.g. online: publication, subscription and slot go first
+            strat.teardown(ctx, rec)
         return finish.rollback(ctx, rec)
 
 

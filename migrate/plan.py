@@ -33,6 +33,7 @@ class TablePlan:
     kind: str
     rows: int
     bytes: int
+    path: str = ""  # online: "replication, row filter ..." or "snapshot copy under the fence"
 
 
 @dataclass
@@ -56,6 +57,8 @@ class MovePlan:
     policy: str = ""
     planned_at: str = ""
     seconds: float = 0.0
+    strategy_reason: str = ""
+    preconditions: list[dict[str, Any]] = field(default_factory=list)  # online: each check, ok, detail, fix
 
     @property
     def ok(self) -> bool:
@@ -93,6 +96,8 @@ class MovePlan:
             policy=d.get("policy", ""),
             planned_at=d.get("planned_at", ""),
             seconds=d.get("seconds", 0.0),
+            strategy_reason=d.get("strategy_reason", ""),
+            preconditions=list(d.get("preconditions", [])),
         )
 
 
@@ -102,11 +107,16 @@ def plan_move(cat: Catalogue, conns: Connections, workspace_id: object, target: 
     ws = str(workspace_id)
     from .strategy import get as get_strategy
 
-    get_strategy(strategy)  # an unknown strategy is bad input
+    if strategy != "auto":  # auto: chosen by size (migrate.online.plan_strategy)
+        get_strategy(strategy)  # an unknown strategy is bad input
     cat.region(target)  # an unknown region name is bad input, not a refusal
-    plan = MovePlan(ws, None, target, strategy, planned_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    plan = MovePlan(ws, None, target, "snapshot" if strategy == "auto" else strategy, planned_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
     try:
         _plan(cat, conns, ws, target, plan)
+        if plan.tables and plan.source:
+            from .online import plan_strategy
+
+            plan_strategy(cat, conns, plan, strategy)
     finally:
         plan.seconds = round(time.monotonic() - t0, 3)
     return plan
@@ -290,11 +300,13 @@ def render(plan: MovePlan) -> str:
     lines = [f"move plan: workspace {plan.workspace_id}, {plan.source or '?'} → {plan.target} ({plan.strategy})"]
     if plan.policy:
         lines.append(f"policy: {plan.policy}")
+    if plan.strategy_reason:
+        lines.append(f"strategy: {plan.strategy}: {plan.strategy_reason}")
     if plan.tables:
         w = max(len(t.table) for t in plan.tables)
         lines.append("tables (copy order):")
         for t in plan.tables:
-            lines.append(f"  {t.table.ljust(w)}  {t.rows:>10,} rows  {human_bytes(t.bytes):>9}  {t.reach}")
+            lines.append(f"  {t.table.ljust(w)}  {t.rows:>10,} rows  {human_bytes(t.bytes):>9}  {t.reach}" + (f"  [{t.path}]" if t.path else ""))
         lines.append(f"  {'total'.ljust(w)}  {plan.total_rows:>10,} rows  {human_bytes(plan.total_bytes):>9}")
     for gp in plan.globals:
         lines.append(f"global {gp.table}: {gp.referenced_rows} referenced rows, {gp.missing_in_target} missing in {plan.target} (copied, never overwritten)")
@@ -302,6 +314,9 @@ def render(plan: MovePlan) -> str:
         lines.append(f"objects in {logical}: {o['objects']} ({human_bytes(o['bytes'])})")
     for n in plan.notes:
         lines.append(f"note: {n}")
+    if plan.preconditions:
+        good = sum(1 for p in plan.preconditions if p.get("ok"))
+        lines.append(f"online preconditions: {good}/{len(plan.preconditions)} met")
     if plan.refusals:
         lines.append(f"REFUSED ({len(plan.refusals)}):")
         lines.extend(f"  - {r}" for r in plan.refusals)

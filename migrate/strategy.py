@@ -21,6 +21,8 @@ class Strategy:
     name: str
     phases: dict[str, Phase] = field(default_factory=dict)
     """state → the component that takes a move out of that state (towards cut_over)."""
+    teardown: Callable[[MoveContext, MoveRecord], object] | None = None
+    """Removes what the strategy set up outside the target copy (e.g. replication); run before a rollback."""
 
 
 SNAPSHOT = Strategy(
@@ -41,7 +43,12 @@ def register(strategy: Strategy) -> None:
 
 
 def get(name: str) -> Strategy:
+    _load_builtin()
     try:
         return STRATEGIES[name]
     except KeyError:
         raise InputError(f"unknown strategy '{name}' (known: {', '.join(STRATEGIES)})") from None
+
+
+def _load_builtin() -> None:
+    from . import online  # noqa: F401 - registers the ``online`` strategy

@@ -1,0 +1,340 @@
+"""The ``online`` strategy: PostgreSQL logical replication keeps the workspace writable while it
+is copied; the fence only covers the last catch-up, the path tables and the verification.
+
+States (the same machine as ``snapshot``, different components):
+
+``planned`` → :func:`replicate_phase` → ``fenced``
+    TRUNCATE guard in the source; a publication with row filters on the workspace key for the
+    tables that carry it (root and key tables), a subscription in the target with
+    ``copy_data = true`` (the initial copy, then every change); objects and referenced global
+    rows copied ahead; wait until the initial copy is ready and the lag is small; then fence
+    (database-enforced, as in ``snapshot``), wait for older transactions, take the source's
+    ``pg_current_wal_lsn()`` and wait until the slot's ``confirmed_flush_lsn`` passes it: the
+    target now holds every committed change of the workspace's row-filtered tables.
+``fenced`` → :func:`finish_copy_phase` → ``copied``
+    (after a resume: catch up again) check for TRUNCATE, schema changes and apply errors, remove
+    subscription, slots, publication and guard, then the snapshot copy for the path tables only
+    (foreign-key and configured paths, which a row filter can't follow), globals, objects, sequences.
+    If replication is gone without having caught up (a crash, a failure), every table is copied
+    the snapshot way: the source is fenced and static, so that is correct, only slower.
+``copied`` → verify, ``verified`` → cut over: the snapshot components, unchanged.
+
+Any failure in an online phase removes the replication objects before the move is marked
+failed; rollback removes them first; a resumed ``planned`` move reuses intact replication or
+removes what is left and starts again. A move never leaves a slot behind.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from datetime import timezone
+from typing import Any, Callable
+
+import psycopg
+
+from residency.catalogue import Catalogue
+from residency.connections import Connections
+from residency.moves import MoveRecord
+
+from . import copy as copy_mod
+from . import faults, fence, objects, phases
+from . import replication as repl
+from .context import MoveContext
+from .phases import checkpoint, record
+from .progress import Progress
+from .strategy import Strategy, register
+
+# Default strategy by size: above this many bytes (rows' pg_column_size) a snapshot move would
+# keep the workspace read-only for too long, and online is chosen when its preconditions hold.
+ONLINE_THRESHOLD_BYTES = int(os.environ.get("RESIDENCY_ONLINE_THRESHOLD_BYTES", str(256 * 1024 * 1024)))
+SNAPSHOT_RATE_BYTES = 40 * 1024 * 1024  # rough copy+verify rate for the estimate in the plan's reason
+SYNC_TIMEOUT = float(os.environ.get("RESIDENCY_ONLINE_SYNC_TIMEOUT", "3600"))
+FENCED_CATCHUP_TIMEOUT = float(os.environ.get("RESIDENCY_ONLINE_FENCED_TIMEOUT", "60"))
+CLOSE_ENOUGH_SECONDS = 0.25  # catch up unfenced until one round trip takes less than this
+
+
+def _emit(ctx: MoveContext, msg: str) -> None:
+    ctx.emit(Progress("state", msg, message=msg))
+
+
+def _guarded(phase: Callable[[MoveContext, MoveRecord], MoveRecord]) -> Callable[[MoveContext, MoveRecord], MoveRecord]:
+    """Remove publication, subscription and slots when an online phase fails (not when the lease
+    is lost: then another process drives the move and owns its replication)."""
+
+    def run(ctx: MoveContext, rec: MoveRecord) -> MoveRecord:
+        try:
+            return phase(ctx, rec)
+        except InterruptedError:
+            raise
+        except BaseException:
+            try:
+                teardown(ctx, rec)
+            except Exception:  # the original failure matters more; status shows leftovers
+                pass
+            raise
+
+    run.__name__ = phase.__name__
+    run.__doc__ = phase.__doc__
+    return run
+
+
+def teardown(ctx: MoveContext, rec: MoveRecord) -> dict[str, Any]:
+    sub_oid = ((rec.checkpoints.get("online") or {}).get("subscription_oid"))
+    removed = repl.teardown(ctx.src.dsn, ctx.dst.dsn, ctx.builder, rec.id, sub_oid)
+    if any(removed.values()):
+        _emit(ctx, f"removed replication of move {rec.id}: " + ", ".join(f"{k}={v}" for k, v in removed.items() if v))
+    return removed
+
+
+# ------------------------------------------------------------------------------ checks
+
+
+def _checker(ctx: MoveContext, rec: MoveRecord, src: psycopg.Connection[Any], dst: psycopg.Connection[Any], fps: dict[str, str]) -> Callable[[], None]:
+    def check() -> None:
+        t = repl.truncations(src, ctx.builder, rec.id)
+        if t:
+            kinds = ", ".join(sorted({f"{k} {tbl}" for k, tbl, _ in t}))
+            raise repl.ReplicationStopped(
+                f"{kinds} in {rec.source} during the move: TRUNCATE is not replicated (it ignores row filters), so the target"
+                f" copy can't be trusted; replication removed, `residency move resume {rec.id}` copies again"
+            )
+        for side, conn in (("source", src), ("target", dst)):
+            if fps.get(side) and repl.fingerprint(conn, ctx.graph) != fps[side]:
+                raise repl.ReplicationStopped(
+                    f"the schema of the moving tables changed in the {side} ({rec.source if side == 'source' else rec.target}) during the move;"
+                    f" replication removed; make both schemas match, then `residency move resume {rec.id}` (it plans and copies again)"
+                )
+
+    return check
+
+
+# ------------------------------------------------------------------------------ planned → fenced
+
+
+def _start_replication(ctx: MoveContext, rec: MoveRecord, src: psycopg.Connection[Any], dst: psycopg.Connection[Any]) -> MoveRecord:
+    b = ctx.builder
+    st = rec.checkpoints.get("online") or {}
+    intact = (
+        st.get("subscription_oid") is not None
+        and repl.subscription_oid(dst, rec.id) == st.get("subscription_oid")
+        and repl.slot_exists(src, rec.id)
+        and repl.publication_exists(src, rec.id)
+        and not repl.truncations(src, b, rec.id)
+    )
+    if intact:
+        _emit(ctx, f"replication of move {rec.id} is intact; resuming the catch-up")
+        return rec
+    # a fresh start, or what a crashed/failed attempt left: remove it, then start clean
+    teardown(ctx, rec)
+    removed = copy_mod.clear_target(ctx.dst.dsn, b, ctx.workspace_id, list(ctx.graph.order))
+    if any(removed.values()):
+        _emit(ctx, "removed a previous attempt's rows from the target: " + ", ".join(f"{t} {n}" for t, n in removed.items() if n))
+    t0 = time.monotonic()
+    fps = {"source": repl.fingerprint(src, ctx.graph), "target": repl.fingerprint(dst, ctx.graph)}
+    repl.install_guard(src, b, rec.id)
+    repl.create_publication(src, b, rec.id, ctx.workspace_id)
+    conninfo = repl.source_conninfo(rec.source, ctx.src.dsn)
+    oid = repl.create_subscription(dst, b, rec.id, conninfo)
+    name = repl.name_for(rec.id)
+    _emit(ctx, f"replicating: publication {name} in {rec.source} ({len(repl.row_filtered(ctx.graph))} row-filtered tables), subscription {name} in {rec.target}")
+    return checkpoint(ctx, rec, {"online": {
+        "publication": name, "subscription": name, "slot": name, "subscription_oid": oid,
+        "fingerprints": fps, "started_at": phases.now_iso(), "setup_seconds": round(time.monotonic() - t0, 3),
+        "attempts": int(st.get("attempts", 0)) + 1,
+    }, "copy": {}})
+
+
+def replicate_phase(ctx: MoveContext, rec: MoveRecord) -> MoveRecord:
+    """Replicate the workspace while it stays writable, then fence and catch up to the source."""
+    b = ctx.builder
+    t_phase = time.monotonic()
+    with ctx.connect("source") as src, ctx.connect("target") as dst:
+        rec = _start_replication(ctx, rec, src, dst)
+        st = dict(rec.checkpoints.get("online") or {})
+        check = _checker(ctx, rec, src, dst, st.get("fingerprints") or {})
+
+        # objects and referenced global rows, ahead of the fence (both are idempotent; the
+        # fenced copy repeats them and then only moves what changed)
+        prefix = ctx.cat.workspace.prefix_for(ctx.workspace_id)
+        objects.copy_objects(ctx.src, ctx.dst, ctx.cat.environment.buckets, prefix, ctx.emit, ctx.should_stop)
+        for g in ctx.graph.global_order:
+            copy_mod.copy_global(ctx.src.dsn, ctx.dst.dsn, b, g, ctx.workspace_id, ctx.emit)
+
+        # the initial copy: every published table ready
+        t0 = time.monotonic()
+        last = -1
+        while True:
+            s = repl.sub_state(dst, rec.id)
+            if s.apply_errors or s.sync_errors:
+                raise repl.ReplicationStopped(repl._errors_line(rec.id, s))
+            if s.synced:
+                break
+            if s.ready != last:
+                last = s.ready
+                ctx.emit(Progress("copy", "initial copy (replication)", done=s.ready, total=s.tables, elapsed=time.monotonic() - t0,
+                                  message=f"initial copy: {s.ready}/{s.tables} tables ready"))
+            if ctx.should_stop():
+                raise InterruptedError("the move's lease was lost; stopping")
+            if time.monotonic() - t0 > SYNC_TIMEOUT:
+                raise repl.ReplicationStopped(f"the initial copy did not finish within {SYNC_TIMEOUT:.0f}s: {s.states}")
+            check()
+            time.sleep(0.1)
+        initial = round(time.monotonic() - t0, 3)
+        faults.point("online_synced")
+
+        # catch up unfenced until a round trip is short, so the fenced wait is short too
+        t0 = time.monotonic()
+        rounds = 0
+        while True:
+            rounds += 1
+            took = repl.wait_applied(src, dst, rec.id, repl.current_lsn(src), timeout=SYNC_TIMEOUT, should_stop=ctx.should_stop, check=check)
+            faults.point("online_catching_up")
+            check()
+            if took < CLOSE_ENOUGH_SECONDS or rounds >= 50:
+                break
+        catchup = round(time.monotonic() - t0, 3)
+        _, lag_bytes = repl.lag(src, rec.id)
+
+        # fence, then wait until everything committed before it has been applied in the target
+        token = rec.checkpoints.get("fence_token")
+        if not token:
+            token = fence.new_token()
+            rec = checkpoint(ctx, rec, {"fence_token": token})
+        _emit(ctx, f"fencing workspace {rec.workspace_id} in {rec.source} for the final catch-up")
+        f0 = time.monotonic()
+        fenced_at = fence.install(src, b, rec.workspace_id, rec.id, token)
+        faults.point("fence_installed")
+        fence.wait_for_older_transactions(src, fenced_at)
+        lsn = repl.current_lsn(src)
+        fenced_wait = repl.wait_applied(src, dst, rec.id, lsn, timeout=FENCED_CATCHUP_TIMEOUT, should_stop=ctx.should_stop, check=check)
+        check()
+        caught = round(time.monotonic() - f0, 3)
+    at = fenced_at.astimezone(timezone.utc).isoformat(timespec="milliseconds")
+    online = {**st, "initial_copy_seconds": initial, "catchup_seconds": catchup, "catchup_rounds": rounds,
+              "lag_bytes_before_fence": lag_bytes, "fenced_lsn": lsn, "caught_up_lsn": lsn,
+              "fenced_apply_wait_seconds": round(fenced_wait, 3), "fence_to_caught_up_seconds": caught}
+    return record(
+        ctx, rec, "move.fenced", to_state="fenced",
+        checkpoints={"fenced_at": at, "online": online},
+        report={"fence": {"fenced_at": at, "enforced_by": "source database triggers"},
+                "online": {"tables": _paths(ctx), **{k: v for k, v in online.items() if k not in ("fingerprints",)},
+                           "replicate_phase_seconds": round(time.monotonic() - t_phase, 3)}},
+        audit_details={"fenced_at": at, "tables": len(ctx.graph.order), "strategy": "online", "lsn": lsn},
+    )
+
+
+def _paths(ctx: MoveContext) -> dict[str, str]:
+    rf = set(repl.row_filtered(ctx.graph))
+    return {t: ("replication (row filter)" if t in rf else "snapshot copy under the fence") for t in ctx.graph.order}
+
+
+# ------------------------------------------------------------------------------ fenced → copied
+
+
+def finish_copy_phase(ctx: MoveContext, rec: MoveRecord) -> MoveRecord:
+    """Under the fence: confirm the catch-up, stop replication, copy what it can't carry."""
+    st = dict(rec.checkpoints.get("online") or {})
+    verify_failed = (rec.report.get("verify") or {}).get("ok") is False
+    replicated_ok = False
+    with ctx.connect("source") as src, ctx.connect("target") as dst:
+        alive = repl.subscription_oid(dst, rec.id) is not None and repl.slot_exists(src, rec.id)
+        if alive and not verify_failed:
+            check = _checker(ctx, rec, src, dst, st.get("fingerprints") or {})
+            lsn = repl.current_lsn(src)  # the source is fenced: nothing of the workspace moves any more
+            repl.wait_applied(src, dst, rec.id, lsn, timeout=FENCED_CATCHUP_TIMEOUT, should_stop=ctx.should_stop, check=check)
+            check()
+            st["caught_up_lsn"] = lsn
+            replicated_ok = True
+        elif st.get("replication_done") and not verify_failed:
+            replicated_ok = True  # caught up and stopped by an earlier attempt; the source is static since
+    faults.point("online_caught_up")
+    t0 = time.monotonic()
+    teardown(ctx, rec)
+    st["teardown_seconds"] = round(time.monotonic() - t0, 3)
+    cp = dict(rec.checkpoints.get("copy") or {})
+    done = dict(cp.get("tables") or {})
+    if replicated_ok:
+        st["replication_done"] = True
+        with ctx.connect("target") as dst:
+            for t in repl.row_filtered(ctx.graph):
+                if t not in done:
+                    (n, nbytes) = dst.execute(ctx.builder.count_rows(t), ctx.params()).fetchone()
+                    done[t] = {"rows": int(n), "bytes": int(nbytes), "seconds": 0.0, "via": "replication"}
+    else:
+        st["replication_done"] = False
+        done = {}
+        _emit(ctx, "replication did not finish (crash, failure or failed verification): copying every table under the fence")
+    rec = checkpoint(ctx, rec, {"online": st, "copy": {**cp, "tables": done}})
+    faults.point("online_replication_removed")
+    return phases.copy_phase(ctx, rec)
+
+
+ONLINE = Strategy(
+    "online",
+    {
+        "planned": _guarded(replicate_phase),
+        "fenced": _guarded(finish_copy_phase),
+        "copied": phases.verify_phase,
+        "verified": phases.cutover_phase,
+    },
+    teardown=teardown,
+)
+register(ONLINE)
+
+
+# ------------------------------------------------------------------------------ plan
+
+
+def plan_strategy(cat: Catalogue, conns: Connections, plan: Any, requested: str) -> None:
+    """Choose the strategy (``auto``: by size), say why, say which path every table takes, and
+    check the online preconditions (each failing one with the statement that fixes it)."""
+    from .context import load_graph
+    from .sqlbuild import Builder
+    from residency import db
+
+    big = plan.total_bytes >= ONLINE_THRESHOLD_BYTES
+    est = plan.total_bytes / SNAPSHOT_RATE_BYTES
+    if requested == "snapshot":
+        plan.strategy, plan.strategy_reason = "snapshot", "requested: the workspace stays fenced (read-only) for the whole copy"
+        return
+    if requested == "auto" and not big:
+        plan.strategy = "snapshot"
+        plan.strategy_reason = (
+            f"chosen by size: {plan.total_bytes / 1048576:.1f} MiB is under the {ONLINE_THRESHOLD_BYTES / 1048576:.0f} MiB threshold"
+            f" (a snapshot move keeps it read-only for roughly {max(est, 1):.0f} s); use --strategy online to keep it writable"
+        )
+        return
+    src_ep, dst_ep = conns.region(plan.source), conns.region(plan.target)
+    with db.connect(src_ep.dsn, autocommit=True) as c:
+        g = load_graph(c, cat)
+    b = Builder(g)
+    try:
+        pre = repl.preconditions(src_ep.dsn, dst_ep.dsn, repl.source_conninfo(plan.source, src_ep.dsn), g, b)
+    except Exception as exc:  # noqa: BLE001 - a failed check is a refusal, not a crash
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        pre = [repl.Precondition("checks", False, f"cannot check the online preconditions: {first}")]
+    plan.preconditions = [p.__dict__ for p in pre]
+    failing = [p for p in pre if not p.ok]
+    if requested == "auto" and failing:
+        plan.strategy = "snapshot"
+        plan.strategy_reason = (
+            f"chosen by size would be online ({plan.total_bytes / 1048576:.1f} MiB), but {len(failing)} online precondition(s)"
+            " fail (see notes): falling back to snapshot"
+        )
+        plan.notes.extend(p.line() for p in failing)
+        return
+    plan.strategy = "online"
+    plan.strategy_reason = (
+        "requested: logical replication keeps the workspace writable; the fence covers only the final catch-up" if requested == "online" else
+        f"chosen by size: {plan.total_bytes / 1048576:.1f} MiB is over the {ONLINE_THRESHOLD_BYTES / 1048576:.0f} MiB threshold"
+        f" (a snapshot move would keep it read-only for roughly {est:.0f} s); logical replication keeps it writable"
+    )
+    plan.refusals.extend(p.line() for p in failing)
+    rf = set(repl.row_filtered(g))
+    for t in plan.tables:
+        if t.table in rf:
+            key = g.reach[t.table].key_column
+            t.path = f"replication, row filter {key} = {plan.workspace_id}"
+        else:
+            t.path = "snapshot copy under the fence (no row filter can follow its path)"
