@@ -518,6 +518,12 @@ def demo(c: Context, as_json: bool) -> None:
     if res.seeded:
         s = res.seeded
         click.echo(f"biggest workspace: {s.biggest} in {s.biggest_region} ({s.rows_of(s.biggest):,} rows)")
+    if res.extra.get("move"):  # the mover's part (issue 4): the plan and the verified report
+        click.echo("")
+        click.echo(res.extra["move"]["plan_text"])
+        click.echo("")
+        click.echo(res.extra["move"]["report_text"])
+        click.echo("")
     click.echo(f"directory: {res.directory_entries} workspaces registered; done in {res.timings['total']:.1f}s")
 
 

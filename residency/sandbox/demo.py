@@ -85,6 +85,7 @@ def run_demo(
     workspaces: int = DEMO_WORKSPACES,
     rows: int = DEMO_ROWS,
     seed_value: int = DEMO_SEED,
+    move: bool = True,
 ) -> DemoResult:
     say = progress_callback or (lambda _: None)
     timings: dict[str, float] = {}
@@ -110,5 +111,55 @@ def run_demo(
     t = time.monotonic()
     regions, n = summarise(cat, conns)
     timings["summary"] = time.monotonic() - t
+    extra: dict[str, Any] = {}
+    if move:
+        t = time.monotonic()
+        extra["move"] = demo_move(cat, conns, say)
+        timings["move"] = time.monotonic() - t
+        m = extra["move"]
+        steps.append(m["summary"])
     timings["total"] = time.monotonic() - t0
-    return DemoResult(str(core._home(home)), st, seeded, regions, n, timings, steps)
+    return DemoResult(str(core._home(home)), st, seeded, regions, n, timings, steps, extra)
+
+
+def demo_move(cat: Catalogue, conns: Connections, say: Callable[[str], None], source: str = "us", target: str = "eu") -> dict[str, Any]:
+    """The mover's part of the demo: plan and move one workspace from ``source`` to ``target``
+    (the smallest one homed there that may move), verified, and return its report."""
+    from migrate import move_report, plan_move, start_move
+    from migrate.plan import render as render_plan
+    from migrate.progress import render as render_progress
+    from migrate.report import render as render_report
+
+    from .. import directory
+    from ..errors import OperationError
+
+    with connect(conns.control_dsn) as c:
+        candidates = [e.workspace_id for e in directory.list_entries(c, source) if e.status == "active"]
+    plans = []
+    for ws in candidates[:8]:
+        p = plan_move(cat, conns, ws, target)
+        if p.ok:
+            plans.append(p)
+    if not plans:
+        raise OperationError(f"demo: no workspace in {source} can move to {target} (all moved already? `residency sandbox reset`)")
+    plan = min(plans, key=lambda p: p.total_rows)
+    say(f"move: workspace {plan.workspace_id}, {plan.total_rows:,} rows, {plan.object_count} objects, {source} → {target}")
+
+    def progress(e: Any) -> None:
+        if e.finished or e.phase == "state":
+            say(render_progress(e))
+
+    rec = start_move(cat, conns, plan.workspace_id, target, progress=progress)
+    rep = move_report(conns, rec.id)
+    verified = "verified" if rep["verified"] else "NOT verified"
+    return {
+        "move_id": rec.id,
+        "workspace_id": plan.workspace_id,
+        "state": rec.state,
+        "plan": plan.to_dict(),
+        "plan_text": render_plan(plan),
+        "report": rep,
+        "report_text": render_report(rep),
+        "summary": f"moved workspace {plan.workspace_id} {source} → {target} (move {rec.id}, {rec.state}, {verified}, "
+                   f"{plan.total_rows:,} rows, {plan.object_count} objects)",
+    }
