@@ -594,7 +594,8 @@ def move() -> None:
 @move.command("plan")
 @click.argument("workspace")
 @click.option("--to", "target", required=True, metavar="REGION", help="The region to move to.")
-@click.option("--strategy", default="snapshot", show_default=True)
+@click.option("--strategy", default="auto", show_default=True, type=click.Choice(["auto", "online", "snapshot"]),
+              help="online: logical replication, writable until a short fence; snapshot: fenced for the whole copy; auto: by size.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @pass_ctx
 def move_plan(c: Context, workspace: str, target: str, strategy: str, as_json: bool) -> None:
@@ -614,7 +615,8 @@ def move_plan(c: Context, workspace: str, target: str, strategy: str, as_json: b
 @move.command("start")
 @click.argument("workspace")
 @click.option("--to", "target", required=True, metavar="REGION", help="The region to move to.")
-@click.option("--strategy", default="snapshot", show_default=True)
+@click.option("--strategy", default="auto", show_default=True, type=click.Choice(["auto", "online", "snapshot"]),
+              help="online: logical replication, writable until a short fence; snapshot: fenced for the whole copy; auto: by size.")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation (required without a terminal).")
 @click.option("--json", "as_json", is_flag=True, help="Print the final report as JSON.")
 @pass_ctx
@@ -649,12 +651,33 @@ def move_status_cmd(c: Context, move_id: int | None, show_all: bool, as_json: bo
 
     recs = move_status(_conns(c), move_id, open_only=not show_all and move_id is None)
     if as_json:
-        emit_json([{k: v for k, v in _jsonable(r).items() if k not in ("plan",)} for r in recs] if move_id is None else _jsonable(recs[0]))
+        if move_id is None:
+            emit_json([{k: v for k, v in _jsonable(r).items() if k not in ("plan",)} for r in recs])
+        else:
+            from migrate.replication import leftovers
+
+            emit_json({**_jsonable(recs[0]), "replication_leftovers": [x.to_dict() for x in leftovers(_conns(c)) if x.move_id == move_id]})
         return
     if not recs:
         click.echo("no open moves" + ("" if show_all else " (--all shows closed ones)"))
+    else:
+        click.echo(table(("ID", "WORKSPACE", "ROUTE", "STRATEGY", "STATE", "BY", "UPDATED", "ERROR"), [_move_row(r) for r in recs]))
+    _show_replication_leftovers(c, recs if move_id is not None else None)
+
+
+def _show_replication_leftovers(c: Context, only: Any) -> None:
+    """Publications, subscriptions and slots named after moves (online strategy) still present."""
+    from migrate.replication import leftovers
+
+    found = leftovers(_conns(c))
+    if only:
+        found = [x for x in found if x.move_id in {r.id for r in only}]
+    if not found:
         return
-    click.echo(table(("ID", "WORKSPACE", "ROUTE", "STRATEGY", "STATE", "BY", "UPDATED", "ERROR"), [_move_row(r) for r in recs]))
+    click.echo(f"replication leftovers ({len(found)}): removed by `move resume ID` / `move rollback ID`, or drop by hand:")
+    for x in found:
+        click.echo(f"  {x.region}: {x.kind} {x.name}" + (f" (move {x.move_id})" if x.move_id is not None else "")
+                   + (f", {x.detail}" if x.detail else "") + (f"  -- {x.drop}" if x.drop else ""))
 
 
 @move.command("resume")
