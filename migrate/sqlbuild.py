@@ -68,13 +68,28 @@ class Builder:
             parts = []
             for link in r.links:
                 p = sql.Identifier(f"p{depth}")
-                sub = sql.SQL("{lhs} IN (SELECT {rhs} FROM {parent} {p} WHERE {cond})").format(
-                    lhs=_tuple(link.columns, alias),
-                    rhs=_ident_list(link.parent_columns, p),
-                    parent=self.qname(link.parent),
-                    p=p,
-                    cond=self.belongs(link.parent, p, depth + 1),
-                )
+                if len(r.links) == 1:
+                    sub = sql.SQL("{lhs} IN (SELECT {rhs} FROM {parent} {p} WHERE {cond})").format(
+                        lhs=_tuple(link.columns, alias),
+                        rhs=_ident_list(link.parent_columns, p),
+                        parent=self.qname(link.parent),
+                        p=p,
+                        cond=self.belongs(link.parent, p, depth + 1),
+                    )
+                else:
+                    # OR'ed "x IN (SELECT ...)" cannot become a semi-join: each is a SubPlan, hashed only
+                    # while its keys fit in work_mem, else a materialised list rescanned for every row
+                    # (quadratic: minutes per statement on a 1M-row workspace once ANALYZEd). A correlated
+                    # EXISTS probes the parent's unique key instead; same rows in a WHERE clause.
+                    sub = sql.SQL("EXISTS (SELECT 1 FROM {parent} {p} WHERE {match} AND {cond})").format(
+                        parent=self.qname(link.parent),
+                        p=p,
+                        match=sql.SQL(" AND ").join(
+                            sql.SQL("{}.{} = {}.{}").format(p, sql.Identifier(pc), alias, sql.Identifier(c))
+                            for c, pc in zip(link.columns, link.parent_columns)
+                        ),
+                        cond=self.belongs(link.parent, p, depth + 1),
+                    )
                 if r.kind == "polymorphic":
                     sub = sql.SQL("({}.{} = {} AND {})").format(
                         alias,
