@@ -1,0 +1,107 @@
+"""Fence: how long a moving workspace cannot be written, at 1x and 10x, under a steady writer.
+
+1x is the demo's data set (``residency demo`` seeds 200,000 rows over 24 workspaces in every region)
+and its biggest workspace (about a third: ~66,700 rows) is the one moved, as in issue 5; 10x seeds
+ten times the rows. The same data set as ``bench/online_fence.py``, so the two strategies compare. For the snapshot
+strategy each size is a full move (plan, fence, copy, verify, cut over) in a child process while
+a :class:`~bench.writer.SteadyWriter` writes to the moving workspace and to a bystander workspace;
+the fence duration is the mover's own figure (fenced_at → cut_over_at in the move's report), with
+the writer's view beside it. The online strategy's figures come from ``bench/online_fence.py``
+(``measure_online_fence(scale) -> dict``), written by the online strategy's author; when that
+module does not exist yet they are reported as pending, never estimated.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import time
+from typing import Any
+
+from .common import Say, mb, run_child, vacuum_analyze
+from .sandbox import BenchSandbox
+from .writer import SteadyWriter
+
+SOURCE, TARGET = "us", "eu"
+
+
+DEMO_WORKSPACES = 24
+DEMO_ROWS = 200_000  # residency demo's data set; its biggest workspace (about a third) is 1x
+
+
+def snapshot(sbx: BenchSandbox, scales: list[int], rate: float, say: Say, demo_rows: int = DEMO_ROWS) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for scale in scales:
+        world = sbx.world("f")
+        try:
+            t = time.monotonic()
+            s = world.seed(workspaces=DEMO_WORKSPACES, rows=demo_rows * scale, seed=1)
+            seed_s = round(time.monotonic() - t, 1)
+            ws = str(s.biggest)
+            source = s.home[s.biggest]
+            target = TARGET if source != TARGET else SOURCE
+            bystander = str(s.smallest_in(source))
+            rows = s.rows_of(s.biggest)
+            vacuum_analyze(world.dsn(source))
+            say(f"fence: snapshot {scale}x: workspace {ws} with {rows:,} rows (demo data x{scale}, seeded in {seed_s}s), writer at {rate:g}/s")
+            w = SteadyWriter(world, ws, bystander, rate)
+            w.start()
+            time.sleep(1.0)  # the writer is steady before the move starts
+            try:
+                r = run_child(sbx, world, ws, target)
+                time.sleep(1.0)  # and it carries on in the new home
+            finally:
+                seen = w.stop()
+            fence = r.get("fence") or {}
+            out[f"{scale}x"] = {
+                "scale": scale,
+                "rows": rows,
+                "state": r["state"],
+                "fence_seconds": fence.get("seconds"),
+                "move_seconds": r["wall_seconds"],
+                "phases": r["phases"],
+                "writer": seen,
+                "peak_rss_mb": mb(r.get("vmhwm_kb")),
+            }
+            say(f"fence: snapshot {scale}x: fence {fence.get('seconds')}s; writer: {seen['refused']} refused, "
+                f"longest unwritable {seen['longest_unwritable_seconds']}s, bystander refused {seen['bystander_refused']}")
+        finally:
+            world.drop()
+    return out
+
+
+def online(sbx: BenchSandbox, scales: list[int], say: Say) -> dict[str, Any]:
+    """The online strategy's fence via bench/online_fence.py, or 'pending' if it is not there."""
+    if importlib.util.find_spec("bench.online_fence") is None:
+        say("fence: online: bench/online_fence.py does not exist yet -- pending")
+        return {"status": "pending", "reason": "bench/online_fence.py (measure_online_fence) does not exist yet"}
+    mod = importlib.import_module("bench.online_fence")
+    fn = getattr(mod, "measure_online_fence", None)
+    if fn is None:
+        return {"status": "pending", "reason": "bench/online_fence.py has no measure_online_fence"}
+    out: dict[str, Any] = {"status": "measured"}
+    for scale in scales:
+        say(f"fence: online {scale}x via bench.online_fence.measure_online_fence({scale})")
+        t = time.monotonic()
+        try:
+            res = fn(scale, sandbox=sbx, say=lambda m: say(f"fence: online {scale}x: {m}"))
+        except Exception as exc:  # noqa: BLE001 - report it, don't lose the other sections
+            out[f"{scale}x"] = {"scale": scale, "error": f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"}
+            out["status"] = "error"
+            continue
+        res = dict(res) if isinstance(res, dict) else {"result": res}
+        res.setdefault("scale", scale)
+        res["bench_seconds"] = round(time.monotonic() - t, 2)
+        out[f"{scale}x"] = res
+    return out
+
+
+def online_fence_seconds(entry: dict[str, Any]) -> float | None:
+    """The fence duration out of measure_online_fence's dict, whatever its exact key."""
+    for k in ("fence_seconds", "fence", "seconds"):
+        v = entry.get(k)
+        if isinstance(v, (int, float)):
+            return float(v)
+        if isinstance(v, dict) and isinstance(v.get("seconds"), (int, float)):
+            return float(v["seconds"])
+    return None
