@@ -43,6 +43,7 @@ from . import replication as repl
 from .context import MoveContext
 from .phases import checkpoint, record
 from .progress import Progress
+from .retry import transient as retry_transient
 from .strategy import Strategy, register
 
 # Default strategy by size: above this many bytes (rows' pg_column_size) a snapshot move would
@@ -133,6 +134,7 @@ def _start_replication(ctx: MoveContext, rec: MoveRecord, src: psycopg.Connectio
     t0 = time.monotonic()
     fps = {"source": repl.fingerprint(src, ctx.graph), "target": repl.fingerprint(dst, ctx.graph)}
     repl.install_guard(src, b, rec.id)
+    repl.install_change_log(src, b, rec.id, ctx.workspace_id)
     repl.create_publication(src, b, rec.id, ctx.workspace_id)
     conninfo = repl.source_conninfo(rec.source, ctx.src.dsn)
     oid = repl.create_subscription(dst, b, rec.id, conninfo)
@@ -182,6 +184,12 @@ def replicate_phase(ctx: MoveContext, rec: MoveRecord) -> MoveRecord:
             time.sleep(0.1)
         initial = round(time.monotonic() - t0, 3)
         faults.point("online_synced")
+
+        # path tables: copied ahead too; their change log (installed before) says which rows to
+        # copy again under the fence
+        if not st.get("path_precopied"):
+            st["path_precopied"] = {t: _precopy(ctx, t) for t in repl.path_tables(ctx.graph)}
+            rec = checkpoint(ctx, rec, {"online": st})
 
         # catch up unfenced until a round trip is short, so the fenced wait is short too
         t0 = time.monotonic()
@@ -249,6 +257,12 @@ def finish_copy_phase(ctx: MoveContext, rec: MoveRecord) -> MoveRecord:
         elif st.get("replication_done") and not verify_failed:
             replicated_ok = True  # caught up and stopped by an earlier attempt; the source is static since
     faults.point("online_caught_up")
+    delta: dict[str, Any] | None = None
+    if replicated_ok and st.get("path_precopied"):
+        t0 = time.monotonic()
+        delta = _apply_changes(ctx, rec)
+        st["path_changes"] = delta
+        st["path_changes_seconds"] = round(time.monotonic() - t0, 3)
     t0 = time.monotonic()
     teardown(ctx, rec)
     st["teardown_seconds"] = round(time.monotonic() - t0, 3)
@@ -261,6 +275,11 @@ def finish_copy_phase(ctx: MoveContext, rec: MoveRecord) -> MoveRecord:
                 if t not in done:
                     (n, nbytes) = dst.execute(ctx.builder.count_rows(t), ctx.params()).fetchone()
                     done[t] = {"rows": int(n), "bytes": int(nbytes), "seconds": 0.0, "via": "replication"}
+            for t in repl.path_tables(ctx.graph) if delta is not None else []:
+                if t not in done:
+                    (n, nbytes) = dst.execute(ctx.builder.count_rows(t), ctx.params()).fetchone()
+                    done[t] = {"rows": int(n), "bytes": int(nbytes), "seconds": 0.0, "via": "copied ahead + changed rows under the fence",
+                               "changed_rows": delta[t]}
     else:
         st["replication_done"] = False
         done = {}
@@ -268,6 +287,63 @@ def finish_copy_phase(ctx: MoveContext, rec: MoveRecord) -> MoveRecord:
     rec = checkpoint(ctx, rec, {"online": st, "copy": {**cp, "tables": done}})
     faults.point("online_replication_removed")
     return phases.copy_phase(ctx, rec)
+
+
+@retry_transient
+def _precopy(ctx: MoveContext, table: str) -> int:
+    """Copy a path table's rows ahead of the fence. The target checks no foreign keys in this
+    transaction (``session_replication_role = replica``, as the subscription's own apply does):
+    a parent row may still be on its way through replication. The fenced catch-up, the changed
+    rows and verification make the result exact."""
+    from residency import db
+
+    from .progress import Meter
+
+    b = ctx.builder
+    params = ctx.params()
+    meter = Meter(ctx.emit, "copy", f"{table} (ahead of the fence)", None)
+    with ctx.connect("source") as src, db.connect(ctx.dst.dsn, application_name="residency-online") as dst:
+        with dst.transaction():
+            dst.execute("SET LOCAL session_replication_role = replica")
+            dst.execute(b.delete_rows(table), params)
+            rows = copy_mod._stream(src, dst, b.copy_out(table), b.copy_in(table), params, meter, ctx.should_stop)
+    meter.finish(rows)
+    return rows
+
+
+def _apply_changes(ctx: MoveContext, rec: MoveRecord) -> dict[str, int]:
+    """Under the fence: copy again the path-table rows whose keys the change log recorded since
+    their copy ahead of the fence (upsert parents first, then delete what the source no longer
+    has, children first), in one target transaction."""
+    from psycopg import sql
+    from psycopg.types.json import Jsonb
+
+    from residency import db
+
+    b = ctx.builder
+    tables = repl.path_tables(ctx.graph)
+    out: dict[str, int] = {}
+    with ctx.connect("source") as src, db.connect(ctx.dst.dsn, application_name="residency-online") as dst:
+        keys = {t: [Jsonb(k) for k in repl.changed_keys(src, b, rec.id, t)] for t in tables}
+        with dst.transaction():
+            temps: dict[str, str] = {}
+            for i, t in enumerate(tables):
+                if not keys[t]:
+                    out[t] = 0
+                    continue
+                temps[t] = f"residency_changed_{i}"
+                dst.execute(b.temp_like(temps[t], t))
+                params = ctx.params(keys=keys[t])
+                with src.cursor().copy(b.copy_out_keys_rows(t), params) as cout, dst.cursor().copy(
+                    b.copy_in(t, into=sql.Identifier(temps[t]))
+                ) as cin:
+                    for chunk in cout:
+                        cin.write(chunk)
+                out[t] = dst.execute(b.upsert_from(t, temps[t])).rowcount
+            for t in reversed(tables):
+                if t in temps:
+                    out[t] += dst.execute(b.delete_keys_absent(t, temps[t]), {"keys": keys[t]}).rowcount
+    return out
 
 
 ONLINE = Strategy(

@@ -89,6 +89,23 @@ def install_guard(conn: psycopg.Connection[Any], b: Builder, move_id: int) -> No
             conn.execute(b.truncate_guard(t, move_id))
 
 
+def install_change_log(conn: psycopg.Connection[Any], b: Builder, move_id: int, workspace_id: str) -> None:
+    """Row triggers on the path tables recording the keys of every changed row (all workspaces:
+    cheap, and a row can change workspace); committed before their copy ahead of the fence."""
+    with conn.transaction():
+        conn.execute("SELECT set_config('lock_timeout', '10s', true)")
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (_GUARD_LOCK,))
+        for stmt in b.truncate_guard_setup() + b.change_log_setup():
+            conn.execute(stmt)
+        for t in path_tables(b.graph):
+            for stmt in b.change_log_trigger(t, move_id, workspace_id):
+                conn.execute(stmt)
+
+
+def changed_keys(conn: psycopg.Connection[Any], b: Builder, move_id: int, table: str) -> list[Any]:
+    return [r[0] for r in conn.execute(b.changed_keys(table), {"move_id": int(move_id), "table": table})]
+
+
 def truncations(conn: psycopg.Connection[Any], b: Builder, move_id: int) -> list[tuple[str, str, Any]]:
     try:
         return [tuple(r) for r in conn.execute(b.truncate_events(), {"move_id": int(move_id)})]  # type: ignore[misc]
@@ -106,11 +123,17 @@ def drop_guard(conn: psycopg.Connection[Any], b: Builder, move_id: int) -> bool:
         for t in list(b.graph.order) + list(b.graph.global_order):
             if b.graph.schema.table(t) is not None:
                 conn.execute(b.truncate_guard_drop(t, move_id))
-        conn.execute(b.truncate_events_clear(), {"move_id": int(move_id)})
+                conn.execute(b.change_log_drop(t, move_id))
+        for q in (b.truncate_events_clear(), b.change_log_clear()):
+            try:
+                with conn.transaction():
+                    conn.execute(q, {"move_id": int(move_id)})
+            except psycopg.errors.UndefinedTable:
+                pass
         (users,) = conn.execute(
             "SELECT count(*) FROM pg_trigger tg JOIN pg_proc p ON p.oid = tg.tgfoid JOIN pg_namespace n ON n.oid = p.pronamespace"
-            " WHERE n.nspname = %s AND p.proname = %s",
-            (ONLINE_SCHEMA, ONLINE_GUARD_FN),
+            " WHERE n.nspname = %s",
+            (ONLINE_SCHEMA,),
         ).fetchone()
         if users == 0:
             conn.execute(b.online_schema_drop())
@@ -349,10 +372,10 @@ def leftovers(conns: Connections, regions: list[str] | None = None) -> list[Left
                     out.append(Leftover(region, "slot", slot, _move_of(slot), f"{'active' if active else 'inactive'}, retains {retained} of WAL",
                                         Builder.slot_drop(slot).as_string(c)))
                 for (tg,) in c.execute(
-                    "SELECT DISTINCT tgname FROM pg_trigger WHERE tgname LIKE 'residency_online_truncate_%%' AND NOT tgisinternal"
+                    "SELECT DISTINCT tgname FROM pg_trigger WHERE tgname LIKE 'residency_online_%%' AND NOT tgisinternal"
                 ):
                     mid = tg.rsplit("_", 1)[-1]
-                    out.append(Leftover(region, "truncate-guard", tg, int(mid) if mid.isdigit() else None))
+                    out.append(Leftover(region, "trigger", tg, int(mid) if mid.isdigit() else None))
         except (OperationError, psycopg.Error) as exc:
             out.append(Leftover(region, "unreachable", redact(conns.region(region).dsn), None, str(exc).splitlines()[0] if str(exc) else ""))
     return out

@@ -495,6 +495,107 @@ class Builder:
     def truncate_guard_drop(self, table: str, move_id: int) -> sql.Composed:
         return sql.SQL("DROP TRIGGER IF EXISTS {trg} ON {tbl}").format(trg=self.truncate_guard_name(move_id), tbl=self.qname(table))
 
+    # change log of the path tables (no row filter can follow them): which keys changed since
+    # their copy ahead of the fence, so only those rows are copied again under it
+    def change_log_setup(self) -> list[sql.Composable]:
+        changes = sql.Identifier(ONLINE_SCHEMA, ONLINE_CHANGES)
+        return [
+            sql.SQL("CREATE TABLE IF NOT EXISTS {} (move_id bigint NOT NULL, table_name text NOT NULL, key jsonb NOT NULL)").format(changes),
+        ]
+
+    def change_log_function(self, table: str) -> sql.Identifier:
+        name = f"changes_{table}"
+        if len(name) > 63:
+            name = f"changes_{table[:40]}_{hashlib.sha1(table.encode()).hexdigest()[:12]}"
+        return sql.Identifier(ONLINE_SCHEMA, name)
+
+    @staticmethod
+    def change_log_name(move_id: int) -> sql.Identifier:
+        return sql.Identifier(f"residency_online_changes_{int(move_id)}")
+
+    def change_log_trigger(self, table: str, move_id: int, workspace_id: str) -> list[sql.Composable]:
+        """A row trigger recording the key of every changed row of ``table`` that belongs (or,
+        when its parent is already gone, may belong) to the workspace, before or after the change."""
+        changes = sql.Identifier(ONLINE_SCHEMA, ONLINE_CHANGES)
+        new, old = sql.SQL("NEW"), sql.SQL("OLD")
+        body = sql.SQL(
+            "DECLARE r jsonb;\n"
+            "BEGIN\n"
+            "  IF TG_OP IN ('UPDATE', 'DELETE') AND coalesce(({old_ws})::text = TG_ARGV[1], true) THEN\n"
+            "    r := to_jsonb(OLD);\n"
+            "    INSERT INTO {changes} (move_id, table_name, key)\n"
+            "      SELECT TG_ARGV[0]::bigint, TG_TABLE_NAME, jsonb_object_agg(k, r -> k) FROM unnest(TG_ARGV[2:]) k;\n"
+            "  END IF;\n"
+            "  IF TG_OP IN ('INSERT', 'UPDATE') AND coalesce(({new_ws})::text = TG_ARGV[1], true) THEN\n"
+            "    r := to_jsonb(NEW);\n"
+            "    INSERT INTO {changes} (move_id, table_name, key)\n"
+            "      SELECT TG_ARGV[0]::bigint, TG_TABLE_NAME, jsonb_object_agg(k, r -> k) FROM unnest(TG_ARGV[2:]) k;\n"
+            "  END IF;\n"
+            "  RETURN NULL;\n"
+            "END"
+        ).format(changes=changes, old_ws=self.workspace_of(table, old), new_ws=self.workspace_of(table, new))
+        fn = self.change_log_function(table)
+        args = [str(int(move_id)), str(workspace_id), *self.graph.table(table).primary_key]
+        return [
+            sql.SQL("CREATE OR REPLACE FUNCTION {fn}() RETURNS trigger LANGUAGE plpgsql AS {body}").format(
+                fn=fn, body=sql.Literal(body.as_string(None))
+            ),
+            sql.SQL(
+                "CREATE OR REPLACE TRIGGER {trg} AFTER INSERT OR UPDATE OR DELETE ON {tbl} FOR EACH ROW EXECUTE FUNCTION {fn}({args})"
+            ).format(trg=self.change_log_name(move_id), tbl=self.qname(table), fn=fn,
+                     args=sql.SQL(", ").join(sql.Literal(a) for a in args)),
+        ]
+
+    def change_log_drop(self, table: str, move_id: int) -> sql.Composed:
+        return sql.SQL("DROP TRIGGER IF EXISTS {trg} ON {tbl}").format(trg=self.change_log_name(move_id), tbl=self.qname(table))
+
+    def _key_json(self, table: str, a: sql.Composable) -> sql.Composed:
+        key = self.graph.table(table).primary_key
+        return sql.SQL("jsonb_build_object({})").format(
+            sql.SQL(", ").join(sql.SQL("{}, {}.{}").format(sql.Literal(k), a, sql.Identifier(k)) for k in key)
+        )
+
+    def changed_keys(self, table: str) -> sql.Composed:
+        return sql.SQL("SELECT DISTINCT key FROM {} WHERE move_id = %(move_id)s AND table_name = %(table)s").format(
+            sql.Identifier(ONLINE_SCHEMA, ONLINE_CHANGES)
+        )
+
+    def delete_keys(self, table: str) -> sql.Composed:
+        """Delete rows of ``table`` whose key is in ``%(keys)s`` (a jsonb[] of key objects)."""
+        a = sql.Identifier("t")
+        return sql.SQL("DELETE FROM {tbl} {a} WHERE {k} = ANY(%(keys)s::jsonb[])").format(tbl=self.qname(table), a=a, k=self._key_json(table, a))
+
+    def copy_out_keys_rows(self, table: str) -> sql.Composed:
+        """The workspace's rows of ``table`` whose key is in ``%(keys)s``, as binary COPY."""
+        a = sql.Identifier("t")
+        return sql.SQL("COPY ({}) TO STDOUT (FORMAT BINARY)").format(
+            self.select_rows(table, where=sql.SQL("{} = ANY(%(keys)s::jsonb[])").format(self._key_json(table, a)))
+        )
+
+    def upsert_from(self, table: str, temp: str) -> sql.Composed:
+        """Insert the temp table's rows into ``table``, replacing rows with the same key."""
+        t = self.graph.table(table)
+        cols = [c for c in t.copy_columns]
+        rest = [c for c in cols if c not in t.primary_key]
+        action = (sql.SQL("DO UPDATE SET {}").format(sql.SQL(", ").join(
+            sql.SQL("{c} = EXCLUDED.{c}").format(c=sql.Identifier(c)) for c in rest)) if rest else sql.SQL("DO NOTHING"))
+        return sql.SQL("INSERT INTO {tbl} ({cols}) SELECT {cols} FROM {tmp} ON CONFLICT ({key}) {action}").format(
+            tbl=self.qname(table), cols=_ident_list(cols), tmp=sql.Identifier(temp), key=_ident_list(t.primary_key), action=action
+        )
+
+    def delete_keys_absent(self, table: str, temp: str) -> sql.Composed:
+        """Delete rows of ``table`` whose key is in ``%(keys)s`` but not among the temp table's rows."""
+        a, x = sql.Identifier("t"), sql.Identifier("x")
+        key = self.graph.table(table).primary_key
+        on = sql.SQL(" AND ").join(sql.SQL("{}.{} = {}.{}").format(x, sql.Identifier(k), a, sql.Identifier(k)) for k in key)
+        return sql.SQL("DELETE FROM {tbl} {a} WHERE {k} = ANY(%(keys)s::jsonb[]) AND NOT EXISTS (SELECT 1 FROM {tmp} {x} WHERE {on})").format(
+            tbl=self.qname(table), a=a, k=self._key_json(table, a), tmp=sql.Identifier(temp), x=x, on=on
+        )
+
+    @staticmethod
+    def change_log_clear() -> sql.Composed:
+        return sql.SQL("DELETE FROM {} WHERE move_id = %(move_id)s").format(sql.Identifier(ONLINE_SCHEMA, ONLINE_CHANGES))
+
     @staticmethod
     def truncate_events() -> sql.Composed:
         return sql.SQL("SELECT kind, table_name, at FROM {} WHERE move_id = %(move_id)s ORDER BY at").format(
@@ -541,3 +642,4 @@ class Builder:
 ONLINE_SCHEMA = "residency_online"
 ONLINE_EVENTS = "events"
 ONLINE_GUARD_FN = "note_truncate"
+ONLINE_CHANGES = "changes"
