@@ -159,6 +159,7 @@ def measure_online_fence(scale: float = 1, *, sandbox: Any = None, rate: float =
             "fence_breakdown": {
                 "fenced_to_caught_up": online.get("fence_to_caught_up_seconds"),
                 "teardown": (cp.get("online") or {}).get("teardown_seconds"),
+                "path_changes": (cp.get("online") or {}).get("path_changes_seconds"),
                 "path_tables_copy": (rep.get("copy") or {}).get("seconds"),
                 "verify": (rec.report.get("verify") or {}).get("seconds"),
                 "fenced_at": fence.get("fenced_at"),
