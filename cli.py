@@ -841,7 +841,8 @@ def request() -> None:
 @click.option("--window", required=True, metavar="START/DURATION", help="e.g. 2025-03-01T22:00Z/2h, now/90m, ...T22:00+01:00/PT2H")
 @click.option("--requested-by", required=True, metavar="EMAIL", help="Who asks for the move.")
 @click.option("--reason", default="", help="Why (kept with the request and in the audit log).")
-@click.option("--strategy", default="snapshot", show_default=True, type=click.Choice(["snapshot", "online"]))
+@click.option("--strategy", default="auto", show_default=True, type=click.Choice(["auto", "snapshot", "online"]),
+              help="auto: online for large workspaces when the preconditions hold, else snapshot.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @pass_ctx
 def request_create(c: Context, workspace: str, target: str, window: str, requested_by: str, reason: str, strategy: str, as_json: bool) -> None:

@@ -37,7 +37,9 @@ from .errors import InputError, OperationError, ResidencyError
 STATES = ("pending", "approved", "running", "done", "failed", "skipped", "refused", "cancelled")
 LIVE = ("pending", "approved", "running")
 TERMINAL = ("done", "failed", "skipped", "refused", "cancelled")
-STRATEGIES = ("snapshot", "online")
+STRATEGIES = ("auto", "snapshot", "online")
+"""``auto`` lets the plan choose by size (see migrate.online.plan_strategy); the request records
+the strategy the plan chose."""
 
 # --------------------------------------------------------------------------- windows, durations, emails
 
@@ -141,7 +143,7 @@ def _parse_rate(text: str) -> float:
 
 DEFAULT_THROUGHPUT = 20 * 1024**2  # bytes per second through copy + verify, end to end
 DEFAULT_OVERHEAD = 30.0            # seconds: plan, fence, schema checks, cut-over
-ONLINE_FENCE = 15.0                # seconds an online move stays fenced (catch-up and cut-over)
+ONLINE_FENCE = 5.0                 # seconds an online move stays fenced: measured < 1 s (bench/online_fence.py), with margin
 
 
 @dataclass(frozen=True)
@@ -408,6 +410,8 @@ def create(
             from .worker import plan_sizes
 
             plan = (planner or _default_planner())(cat, conns, ws, target, strategy)
+            if strategy == "auto":
+                strategy = getattr(plan, "strategy", None) or "snapshot"
             est = estimate(plan_sizes(plan), strategy, throughput)
         except ResidencyError as exc:
             refusal = f"plan: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
@@ -570,7 +574,7 @@ def import_csv(
                     raise InputError(f"'{c}' is empty")
             req = create(
                 conn, cat, conns, ws, vals["to"], vals["window"], vals["requested_by"], vals.get("reason", ""),
-                strategy=vals.get("strategy") or "snapshot", actor=actor, planner=planner, throughput=throughput,
+                strategy=vals.get("strategy") or "auto", actor=actor, planner=planner, throughput=throughput,
                 notifier=notifier, now=now,
             )
         except ResidencyError as exc:

@@ -27,6 +27,8 @@ def _request(env, cp, ws, target="eu"):
     with cp.connect() as c:
         r = rq.create(c, env.catalogue, env.connections, str(ws), target, _window(), "sales@example.com", "GDPR", actor=ALICE)
         assert r.state == "pending", r.state_reason
+        # the request asked for no strategy: the plan chose one by size and the request records it
+        assert r.strategy == "snapshot" and r.estimate["strategy"] == "snapshot"
         return rq.approve(c, env.catalogue, r.id, actor=BOB)
 
 
