@@ -103,7 +103,7 @@ def run(sbx: BenchSandbox, rows: int, runs: int, say: Say) -> dict[str, Any]:
                 if r["state"] != "verified" or not r.get("verify_ok"):
                     raise RuntimeError(f"benchmark move ended in {r['state']} (verified: {r.get('verify_ok')})")
                 ours.append(r)
-                say(f"copy run {n}/{len(order)} ours: copy {r['phases'].get('fenced')}s, verify {r['phases'].get('copied')}s, peak RSS {mb(r['maxrss_kb'])} MB")
+                say(f"copy run {n}/{len(order)} ours: copy {r['phases'].get('fenced')}s, verify {r['phases'].get('copied')}s, peak RSS {mb(r['vmhwm_kb'])} MB")
                 rollback_move(world.catalogue, world.connections, r["move_id"])
             else:
                 secs, counts = run_pipe(psql, world.dsn(SOURCE), world.dsn(TARGET), commands)
@@ -143,8 +143,8 @@ def run(sbx: BenchSandbox, rows: int, runs: int, say: Say) -> dict[str, Any]:
             "verify_seconds": ours_verify,
             "median_verify_seconds": m_verify,
             "verify_over_copy": round(m_verify / m_ours, 3) if m_verify and m_ours else None,
-            "peak_rss_mb": [mb(r["maxrss_kb"]) for r in ours],
-            "vmhwm_mb": [mb(r["vmhwm_kb"]) for r in ours],
+            "peak_rss_mb": [mb(r["vmhwm_kb"]) for r in ours],
+            "ru_maxrss_mb": [mb(r["maxrss_kb"]) for r in ours],
             "rss_before_move_mb": [mb(r["rss_before_move_kb"]) for r in ours],
             "seed_seconds": seed_s,
         }
