@@ -9,7 +9,11 @@ attachments, reactions) and moves it to ``eu`` with ``--strategy online``. Retur
 
     scale, rows_total, workspace, workspace_rows, workspace_bytes,
     fence_seconds            how long the workspace could not be written (fence → directory flip)
-    fence_breakdown          fence → caught up, teardown, path-table copy, verify, cut-over (seconds)
+    fence_breakdown          fence → caught up, stop replication, path-table changes, copy phase (globals,
+                             objects, sequences), verify, cut-over (seconds)
+    verify_modes             per table: "incremental" (buckets) or "full" (see migrate/incremental.py)
+    verify_prepared          the bucket checksums taken before the fence (C0, buckets, fallbacks, timings)
+    teardown_after_cut_over  dropping subscription, slot, publication, triggers (outside the fence)
     move_seconds             start → cut-over
     initial_copy_seconds, catchup_seconds, lag_bytes_before_fence
     writer                   {"ok": committed ops, "refused": ops refused by the fence, "ops_per_second"}
@@ -158,13 +162,18 @@ def measure_online_fence(scale: float = 1, *, sandbox: Any = None, rate: float =
             "fence_seconds": fence.get("seconds"),
             "fence_breakdown": {
                 "fenced_to_caught_up": online.get("fence_to_caught_up_seconds"),
-                "teardown": (cp.get("online") or {}).get("teardown_seconds"),
+                "stop_replication": (cp.get("online") or {}).get("stop_replication_seconds"),
+                "teardown_under_fence": (cp.get("online") or {}).get("teardown_seconds"),
                 "path_changes": (cp.get("online") or {}).get("path_changes_seconds"),
                 "path_tables_copy": (rep.get("copy") or {}).get("seconds"),
                 "verify": (rec.report.get("verify") or {}).get("seconds"),
+                **{f"step_{k}": v for k, v in ((cp.get("online") or {}).get("fenced_steps") or {}).items()},
                 "fenced_at": fence.get("fenced_at"),
                 "cut_over_at": fence.get("cut_over_at"),
             },
+            "verify_modes": {t["table"]: t.get("verify_mode") for t in rep["tables"] if t.get("kind") != "global"},
+            "verify_prepared": online.get("verify_prepared"),
+            "teardown_after_cut_over": (cp.get("online") or {}).get("teardown_after_cut_over_seconds"),
             "move_seconds": move_seconds,
             "initial_copy_seconds": online.get("initial_copy_seconds"),
             "catchup_seconds": online.get("catchup_seconds"),
@@ -189,6 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         print(f"scale {r['scale']}: workspace {r['workspace']} ({r['workspace_rows']:,} rows of {r['rows_total']:,}), {r['route']}")
         print(f"fence {r['fence_seconds']} s  breakdown {r['fence_breakdown']}")
+        print(f"verify modes {r['verify_modes']}")
         print(f"move {r['move_seconds']} s (initial copy {r['initial_copy_seconds']} s, catch-up {r['catchup_seconds']} s)")
         print(f"writer {r['writer']}  verified {r['verified']}  leftovers {len(r['leftovers'])}")
     return 0 if r["verified"] and not r["leftovers"] else 1

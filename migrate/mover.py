@@ -138,7 +138,12 @@ def resume_move(
             with cp.transaction():
                 audit.append(cp, "move.resumed", subject(rec), details(rec, state=rec.state), actor)
     elif rec.state == "cut_over":
-        return rec  # already done up to cut-over; cleanup waits for its grace period
+        # already done up to cut-over; cleanup waits for its grace period. What the strategy set up
+        # and removes after cut-over (online: replication) goes now if a crash left it behind.
+        strat = strategy_mod.get(rec.strategy)
+        if strat.teardown is not None:
+            strat.teardown(ctx, rec)
+        return rec
     return _drive(ctx, rec, stop_after)
 
 
@@ -193,6 +198,9 @@ def cleanup_move(
                     audit.append(cp, "move.resumed", subject(rec), details(rec, state="cut_over"), actor)
         if _resume and rec.checkpoints.get("deletion"):
             grace = timedelta(0)  # the grace period was already checked when the cleanup began
+        strat = strategy_mod.get(rec.strategy)
+        if strat.teardown is not None:  # e.g. online replication left by a crash after cut-over
+            strat.teardown(ctx, rec)
         try:
             return finish.cleanup(ctx, rec, grace)
         except OperationError as exc:

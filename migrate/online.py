@@ -38,7 +38,7 @@ from residency.connections import Connections
 from residency.moves import MoveRecord
 
 from . import copy as copy_mod
-from . import faults, fence, objects, phases
+from . import faults, fence, incremental, objects, phases
 from . import replication as repl
 from .context import MoveContext
 from .phases import checkpoint, record
@@ -151,6 +151,7 @@ def replicate_phase(ctx: MoveContext, rec: MoveRecord) -> MoveRecord:
     """Replicate the workspace while it stays writable, then fence and catch up to the source."""
     b = ctx.builder
     t_phase = time.monotonic()
+    incremental.PREPARED.pop(rec.id, None)
     with ctx.connect("source") as src, ctx.connect("target") as dst:
         rec = _start_replication(ctx, rec, src, dst)
         st = dict(rec.checkpoints.get("online") or {})
@@ -202,6 +203,12 @@ def replicate_phase(ctx: MoveContext, rec: MoveRecord) -> MoveRecord:
             if took < CLOSE_ENOUGH_SECONDS or rounds >= 50:
                 break
         catchup = round(time.monotonic() - t0, 3)
+
+        # incremental verification: per key-range bucket checksums on both sides while the
+        # workspace is still writable; under the fence only buckets that changed are checked again
+        prep = _prepare_verify(ctx, rec, src, dst, check)
+        if prep is not None:
+            repl.wait_applied(src, dst, rec.id, repl.current_lsn(src), timeout=SYNC_TIMEOUT, should_stop=ctx.should_stop, check=check)
         _, lag_bytes = repl.lag(src, rec.id)
 
         # fence, then wait until everything committed before it has been applied in the target
@@ -211,7 +218,7 @@ def replicate_phase(ctx: MoveContext, rec: MoveRecord) -> MoveRecord:
             rec = checkpoint(ctx, rec, {"fence_token": token})
         _emit(ctx, f"fencing workspace {rec.workspace_id} in {rec.source} for the final catch-up")
         f0 = time.monotonic()
-        fenced_at = fence.install(src, b, rec.workspace_id, rec.id, token)
+        fenced_at = _install_fence(src, b, rec, token)
         faults.point("fence_installed")
         fence.wait_for_older_transactions(src, fenced_at)
         lsn = repl.current_lsn(src)
@@ -220,6 +227,7 @@ def replicate_phase(ctx: MoveContext, rec: MoveRecord) -> MoveRecord:
         caught = round(time.monotonic() - f0, 3)
     at = fenced_at.astimezone(timezone.utc).isoformat(timespec="milliseconds")
     online = {**st, "initial_copy_seconds": initial, "catchup_seconds": catchup, "catchup_rounds": rounds,
+              "verify_prepared": prep.summary() if prep is not None else None,
               "lag_bytes_before_fence": lag_bytes, "fenced_lsn": lsn, "caught_up_lsn": lsn,
               "fenced_apply_wait_seconds": round(fenced_wait, 3), "fence_to_caught_up_seconds": caught}
     return record(
@@ -230,6 +238,40 @@ def replicate_phase(ctx: MoveContext, rec: MoveRecord) -> MoveRecord:
                            "replicate_phase_seconds": round(time.monotonic() - t_phase, 3)}},
         audit_details={"fenced_at": at, "tables": len(ctx.graph.order), "strategy": "online", "lsn": lsn},
     )
+
+
+def _install_fence(src: psycopg.Connection[Any], b: Any, rec: MoveRecord, token: str) -> Any:
+    """fence.install, again after a deadlock with a writer (its trigger DDL locks the tables one by
+    one while a writer's transaction may hold one and want the next); the install is one
+    transaction, rolled back whole by the deadlock."""
+    for attempt in range(6):
+        try:
+            return fence.install(src, b, rec.workspace_id, rec.id, token)
+        except psycopg.errors.DeadlockDetected:
+            if attempt == 5:
+                raise
+            time.sleep(0.02 * (attempt + 1))
+
+
+def _prepare_verify(ctx: MoveContext, rec: MoveRecord, src: psycopg.Connection[Any], dst: psycopg.Connection[Any], check: Callable[[], None]) -> incremental.Prepared | None:
+    """Before the fence: boundaries, C0, catch-up and bucket checksums (migrate.incremental).
+    None when not possible: the fenced verification then checks every row, as snapshot does."""
+    b = ctx.builder
+    if not repl.change_log_present(src, b, rec.id):
+        return None
+    try:
+        prep = incremental.prepare(
+            src, ctx.src.dsn, ctx.dst.dsn, b, ctx.workspace_id, rec.id,
+            lambda lsn: repl.wait_applied(src, dst, rec.id, lsn, timeout=SYNC_TIMEOUT, should_stop=ctx.should_stop, check=check),
+        )
+    except (incremental.Skip, psycopg.errors.QueryCanceled, psycopg.errors.LockNotAvailable) as exc:
+        _emit(ctx, f"incremental verification not prepared ({(str(exc).splitlines() or [''])[0]}); the fenced verification checks every row")
+        return None
+    check()
+    incremental.PREPARED[rec.id] = prep
+    inc = sorted(prep.tables)
+    _emit(ctx, f"verification prepared before the fence: {len(inc)} tables bucketed ({', '.join(inc)}), C0 = {prep.c0}")
+    return prep
 
 
 def _paths(ctx: MoveContext) -> dict[str, str]:
@@ -249,23 +291,38 @@ def finish_copy_phase(ctx: MoveContext, rec: MoveRecord) -> MoveRecord:
         alive = repl.subscription_oid(dst, rec.id) is not None and repl.slot_exists(src, rec.id)
         if alive and not verify_failed:
             check = _checker(ctx, rec, src, dst, st.get("fingerprints") or {})
+            if repl.subscription_enabled(dst, rec.id) is False:
+                repl.enable_subscription(dst, rec.id)  # disabled by an interrupted attempt: catch up again
             lsn = repl.current_lsn(src)  # the source is fenced: nothing of the workspace moves any more
             repl.wait_applied(src, dst, rec.id, lsn, timeout=FENCED_CATCHUP_TIMEOUT, should_stop=ctx.should_stop, check=check)
             check()
             st["caught_up_lsn"] = lsn
             replicated_ok = True
+            faults.point("online_caught_up")
+            # stop applying: a catalogue flag, cheap under the fence; subscription, slot,
+            # publication and triggers are dropped after cut-over (or on failure/rollback/resume)
+            t0 = time.monotonic()
+            repl.disable_subscription(dst, rec.id)
+            st["stop_replication_seconds"] = round(time.monotonic() - t0, 3)
         elif st.get("replication_done") and not verify_failed:
             replicated_ok = True  # caught up and stopped by an earlier attempt; the source is static since
-    faults.point("online_caught_up")
+            faults.point("online_caught_up")
+        else:
+            faults.point("online_caught_up")
     delta: dict[str, Any] | None = None
     if replicated_ok and st.get("path_precopied"):
         t0 = time.monotonic()
         delta = _apply_changes(ctx, rec)
         st["path_changes"] = delta
         st["path_changes_seconds"] = round(time.monotonic() - t0, 3)
-    t0 = time.monotonic()
-    teardown(ctx, rec)
-    st["teardown_seconds"] = round(time.monotonic() - t0, 3)
+    prep = incremental.PREPARED.get(rec.id)
+    if not replicated_ok:
+        incremental.PREPARED.pop(rec.id, None)
+        t0 = time.monotonic()
+        teardown(ctx, rec)
+        st["teardown_seconds"] = round(time.monotonic() - t0, 3)
+    elif prep is not None and (delta is not None or not repl.path_tables(ctx.graph)):
+        prep.usable = True
     cp = dict(rec.checkpoints.get("copy") or {})
     done = dict(cp.get("tables") or {})
     if replicated_ok:
@@ -286,7 +343,11 @@ def finish_copy_phase(ctx: MoveContext, rec: MoveRecord) -> MoveRecord:
         _emit(ctx, "replication did not finish (crash, failure or failed verification): copying every table under the fence")
     rec = checkpoint(ctx, rec, {"online": st, "copy": {**cp, "tables": done}})
     faults.point("online_replication_removed")
-    return phases.copy_phase(ctx, rec)
+    t0 = time.monotonic()
+    try:
+        return phases.copy_phase(ctx, rec)
+    finally:
+        _FENCED_STEPS.setdefault(rec.id, {})["copy_phase"] = round(time.monotonic() - t0, 3)
 
 
 @retry_transient
@@ -346,13 +407,61 @@ def _apply_changes(ctx: MoveContext, rec: MoveRecord) -> dict[str, int]:
     return out
 
 
+# Seconds each fenced step took in this process (move id → step → seconds), written to the
+# move's checkpoints after cut-over (outside the fence) as ``online.fenced_steps``.
+_FENCED_STEPS: dict[int, dict[str, float]] = {}
+
+
+def _timed(name: str, phase: Callable[[MoveContext, MoveRecord], MoveRecord]) -> Callable[[MoveContext, MoveRecord], MoveRecord]:
+    def run(ctx: MoveContext, rec: MoveRecord) -> MoveRecord:
+        t0 = time.monotonic()
+        try:
+            return phase(ctx, rec)
+        finally:
+            _FENCED_STEPS.setdefault(rec.id, {})[name] = round(time.monotonic() - t0, 3)
+
+    run.__name__ = phase.__name__
+    run.__doc__ = phase.__doc__
+    return run
+
+
+def verify_phase(ctx: MoveContext, rec: MoveRecord) -> MoveRecord:
+    """Incremental verification when this process prepared it before the fence and the fenced copy
+    went the replicated way; else the full verification (snapshot's)."""
+    prep = incremental.PREPARED.pop(rec.id, None)
+    st = rec.checkpoints.get("online") or {}
+    if prep is None or not prep.usable or not st.get("replication_done"):
+        return phases.verify_phase(ctx, rec)
+    return phases.verify_phase(ctx, rec, verifier=lambda: incremental.verify(
+        ctx.src.dsn, ctx.dst.dsn, ctx.builder, ctx.workspace_id, rec.id, prep, rec.source, rec.target))
+
+
+def cutover_phase(ctx: MoveContext, rec: MoveRecord) -> MoveRecord:
+    """Cut over (snapshot's component), then remove the replication: outside the fence. A failure
+    to remove it leaves the move cut over; `move status` lists the leftovers and `move resume`
+    removes them."""
+    t0 = time.monotonic()
+    rec = phases.cutover_phase(ctx, rec)
+    steps = {**_FENCED_STEPS.pop(rec.id, {}), "cut_over": round(time.monotonic() - t0, 3)}
+    faults.point("online_cut_over")
+    t0 = time.monotonic()
+    try:
+        teardown(ctx, rec)
+    except Exception as exc:  # noqa: BLE001 - the move is cut over; the leftovers are reported
+        _emit(ctx, f"cut over, but removing the replication of move {rec.id} failed ({(str(exc).splitlines() or [''])[0]});"
+                   f" `residency move resume {rec.id}` removes it")
+        return rec
+    return checkpoint(ctx, rec, {"online": {**(rec.checkpoints.get("online") or {}), "fenced_steps": steps,
+                                            "teardown_after_cut_over_seconds": round(time.monotonic() - t0, 3)}})
+
+
 ONLINE = Strategy(
     "online",
     {
         "planned": _guarded(replicate_phase),
-        "fenced": _guarded(finish_copy_phase),
-        "copied": phases.verify_phase,
-        "verified": phases.cutover_phase,
+        "fenced": _timed("replicated_copy", _guarded(finish_copy_phase)),
+        "copied": _timed("verify", _guarded(verify_phase)),
+        "verified": cutover_phase,
     },
     teardown=teardown,
 )

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, Callable
 
 from residency import audit, directory, moves
 from residency.errors import OperationError
@@ -20,7 +20,7 @@ from . import copy as copy_mod
 from . import faults, fence, objects
 from .context import MoveContext
 from .progress import Progress
-from .verify import verify_tables
+from .verify import VerifyResult, verify_tables
 
 
 def now_iso() -> str:
@@ -148,9 +148,14 @@ def copy_phase(ctx: MoveContext, rec: MoveRecord) -> MoveRecord:
 # ----------------------------------------------------------------------------------- verify
 
 
-def verify_phase(ctx: MoveContext, rec: MoveRecord) -> MoveRecord:
+def verify_phase(ctx: MoveContext, rec: MoveRecord, verifier: Callable[[], VerifyResult] | None = None) -> MoveRecord:
+    """Tables (``verifier``: another strategy's way of computing the same result, e.g. online's
+    incremental verification; default: full counts and checksums), then objects."""
     _state(ctx, f"verifying {len(ctx.graph.order)} tables in {rec.source} and {rec.target}")
-    res = verify_tables(ctx.src.dsn, ctx.dst.dsn, ctx.builder, ctx.workspace_id, rec.source, rec.target)
+    if verifier is not None:
+        res = verifier()
+    else:
+        res = verify_tables(ctx.src.dsn, ctx.dst.dsn, ctx.builder, ctx.workspace_id, rec.source, rec.target)
     oc = objects.compare(ctx.src, ctx.dst, ctx.cat.environment.buckets, ctx.cat.workspace.prefix_for(ctx.workspace_id))
     res.objects = {"ok": oc.ok, "buckets": oc.buckets, "problems": oc.problems}
     res.ok = res.ok and oc.ok

@@ -90,20 +90,32 @@ def install_guard(conn: psycopg.Connection[Any], b: Builder, move_id: int) -> No
 
 
 def install_change_log(conn: psycopg.Connection[Any], b: Builder, move_id: int, workspace_id: str) -> None:
-    """Row triggers on the path tables recording the keys of every changed row (all workspaces:
-    cheap, and a row can change workspace); committed before their copy ahead of the fence."""
+    """Row triggers on every moving table recording the key of every changed row of the workspace
+    (before and after the change: a row can change workspace), committed before the path tables'
+    copy ahead of the fence. Path tables: which rows to copy again under the fence. All tables:
+    which key ranges incremental verification must check again (:mod:`migrate.incremental`)."""
     with conn.transaction():
         conn.execute("SELECT set_config('lock_timeout', '10s', true)")
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (_GUARD_LOCK,))
         for stmt in b.truncate_guard_setup() + b.change_log_setup():
             conn.execute(stmt)
-        for t in path_tables(b.graph):
+        for t in b.graph.order:
             for stmt in b.change_log_trigger(t, move_id, workspace_id):
                 conn.execute(stmt)
 
 
-def changed_keys(conn: psycopg.Connection[Any], b: Builder, move_id: int, table: str) -> list[Any]:
-    return [r[0] for r in conn.execute(b.changed_keys(table), {"move_id": int(move_id), "table": table})]
+def changed_keys(conn: psycopg.Connection[Any], b: Builder, move_id: int, table: str, since: int = 0) -> list[Any]:
+    """Keys of ``table`` changed (committed or not yet) with a change id above ``since``."""
+    return [r[0] for r in conn.execute(b.changed_keys(table), {"move_id": int(move_id), "table": table, "since": int(since)})]
+
+
+def change_log_present(conn: psycopg.Connection[Any], b: Builder, move_id: int) -> bool:
+    """Every moving table still carries this move's change-log trigger."""
+    n = conn.execute(
+        "SELECT count(DISTINCT tgrelid) FROM pg_trigger WHERE tgname = %s AND NOT tgisinternal",
+        (f"residency_online_changes_{int(move_id)}",),
+    ).fetchone()[0]
+    return int(n) == len(b.graph.order)
 
 
 def truncations(conn: psycopg.Connection[Any], b: Builder, move_id: int) -> list[tuple[str, str, Any]]:
@@ -156,6 +168,25 @@ def create_subscription(conn: psycopg.Connection[Any], b: Builder, move_id: int,
     oid = subscription_oid(conn, move_id)
     assert oid is not None
     return oid
+
+
+def subscription_enabled(conn: psycopg.Connection[Any], move_id: int) -> bool | None:
+    row = conn.execute(
+        "SELECT s.subenabled FROM pg_subscription s JOIN pg_database d ON d.oid = s.subdbid"
+        " WHERE s.subname = %s AND d.datname = current_database()",
+        (name_for(move_id),),
+    ).fetchone()
+    return None if row is None else bool(row[0])
+
+
+def disable_subscription(conn: psycopg.Connection[Any], move_id: int) -> None:
+    """Stop applying (a catalogue flag; the apply worker exits on its own): cheap enough for the
+    fence. Subscription, slot and publication are dropped by :func:`teardown` afterwards."""
+    conn.execute(Builder.subscription_disable(name_for(move_id)))
+
+
+def enable_subscription(conn: psycopg.Connection[Any], move_id: int) -> None:
+    conn.execute(Builder.subscription_enable(name_for(move_id)))
 
 
 def subscription_oid(conn: psycopg.Connection[Any], move_id: int) -> int | None:

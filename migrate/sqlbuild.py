@@ -267,6 +267,83 @@ class Builder:
             off=sql.Placeholder("offset"),
         )
 
+    # ------------------------------------------------------------------ bucketed checksums (incremental verify)
+    # A table with a one-column primary key is cut into key-range buckets by boundaries sampled
+    # from the source (a jsonb array of key values, ``%(bounds)s``, typed back into the key's own
+    # type through ``jsonb_populate_record(NULL::table, ...)``, so no type name is ever spelled
+    # out). Bucket 0 is below the first boundary, bucket i (1..n) is [bounds[i], bounds[i+1]).
+    def _bounds_array(self, table: str) -> sql.Composed:
+        (pk,) = self.graph.table(table).primary_key
+        e, j, r = sql.Identifier("e"), sql.Identifier("j"), sql.Identifier("r")
+        return sql.SQL(
+            "ARRAY(SELECT {r}.{pk} FROM jsonb_array_elements(%(bounds)s::jsonb) WITH ORDINALITY {j}({e}, n)"
+            " CROSS JOIN LATERAL jsonb_populate_record(NULL::{tbl}, jsonb_build_object({name}, {j}.{e})) {r} ORDER BY {j}.n)"
+        ).format(r=r, pk=sql.Identifier(pk), j=j, e=e, tbl=self.qname(table), name=sql.Literal(pk))
+
+    def _typed_key(self, table: str, param: str) -> sql.Composed:
+        """The key value in ``%(param)s`` (a jsonb key object), typed as the key column."""
+        (pk,) = self.graph.table(table).primary_key
+        return sql.SQL("(jsonb_populate_record(NULL::{tbl}, {p}::jsonb)).{pk}").format(
+            tbl=self.qname(table), p=sql.Placeholder(param), pk=sql.Identifier(pk)
+        )
+
+    def bucket_bounds(self, table: str) -> sql.Composed:
+        """Every ``%(every)s``-th key of the workspace's rows, in key order, as a jsonb array."""
+        (pk,) = self.graph.table(table).primary_key
+        x, k = sql.Identifier("x"), sql.Identifier(pk)
+        return sql.SQL(
+            "SELECT coalesce(jsonb_agg(to_jsonb({x}.{k}) ORDER BY {x}.{k}), '[]'::jsonb) FROM"
+            " (SELECT {x}.{k}, row_number() OVER (ORDER BY {x}.{k}) AS rn FROM ({rows}) {x}) {x} WHERE {x}.rn %% %(every)s = 0"
+        ).format(x=x, k=k, rows=self.select_rows(table, [pk]))
+
+    def bucket_checksums(self, table: str) -> sql.Composed:
+        """(bucket, count, sum of row hashes) of the workspace's rows, one pass, every bucket."""
+        (pk,) = self.graph.table(table).primary_key
+        h = sql.Identifier("h")
+        return sql.SQL(
+            "SELECT width_bucket({h}.{pk}, {bounds}) AS b, count(*), coalesce(sum(hash_record_extended({h}, 0)::numeric), 0)"
+            " FROM ({rows}) {h} GROUP BY 1"
+        ).format(h=h, pk=sql.Identifier(pk), bounds=self._bounds_array(table), rows=self._rows_for_hash(table, global_=False))
+
+    def bucket_checksum(self, table: str, *, lo: bool, hi: bool) -> sql.Composed:
+        """count and sum of row hashes of the workspace's rows with ``%(lo)s <= key < %(hi)s``
+        (either bound optional): an index range scan on the primary key."""
+        t = self.graph.table(table)
+        (pk,) = t.primary_key
+        x, h = sql.Identifier("x"), sql.Identifier("h")
+        cond: list[sql.Composable] = []
+        if lo:
+            cond.append(sql.SQL("{x}.{pk} >= {v}").format(x=x, pk=sql.Identifier(pk), v=self._typed_key(table, "lo")))
+        if hi:
+            cond.append(sql.SQL("{x}.{pk} < {v}").format(x=x, pk=sql.Identifier(pk), v=self._typed_key(table, "hi")))
+        rows = sql.SQL("SELECT {hc} FROM ({inner}) {x} WHERE {cond}").format(
+            hc=self._hash_columns(t, x), inner=self.select_rows(table), x=x,
+            cond=sql.SQL(" AND ").join(cond) if cond else sql.SQL("true"),
+        )
+        return sql.SQL("SELECT count(*), coalesce(sum(hash_record_extended({h}, 0)::numeric), 0) FROM ({rows}) {h}").format(h=h, rows=rows)
+
+    def buckets_of_keys(self, table: str) -> sql.Composed:
+        """The buckets holding the keys in ``%(keys)s`` (jsonb key objects)."""
+        (pk,) = self.graph.table(table).primary_key
+        k, r = sql.Identifier("k"), sql.Identifier("r")
+        return sql.SQL(
+            "SELECT DISTINCT width_bucket({r}.{pk}, {bounds}) FROM unnest(%(keys)s::jsonb[]) {k}"
+            " CROSS JOIN LATERAL jsonb_populate_record(NULL::{tbl}, {k}) {r}"
+        ).format(r=r, pk=sql.Identifier(pk), bounds=self._bounds_array(table), k=k, tbl=self.qname(table))
+
+    def children_of_keys(self, table: str, link_index: int) -> sql.Composed:
+        """Keys (jsonb) of the rows of ``table`` whose link ``link_index`` points at a parent key in
+        ``%(keys)s`` (whatever their workspace): the rows whose membership a parent's change can move."""
+        r_ = self.graph.reach[table]
+        link = r_.links[link_index]
+        c, k, p = sql.Identifier("c"), sql.Identifier("k"), sql.Identifier("p")
+        cond = sql.SQL("{lhs} IN (SELECT {rhs} FROM unnest(%(keys)s::jsonb[]) {k} CROSS JOIN LATERAL jsonb_populate_record(NULL::{ptbl}, {k}) {p})").format(
+            lhs=_tuple(link.columns, c), rhs=_ident_list(link.parent_columns, p), k=k, ptbl=self.qname(link.parent), p=p
+        )
+        if r_.kind == "polymorphic":
+            cond = sql.SQL("{c}.{tc} = {val} AND {cond}").format(c=c, tc=sql.Identifier(r_.type_column or ""), val=sql.Literal(link.type_value), cond=cond)
+        return sql.SQL("SELECT {kj} FROM {tbl} {c} WHERE {cond}").format(kj=self._key_json(table, c), tbl=self.qname(table), c=c, cond=cond)
+
     # ------------------------------------------------------------------ sequences
     def bump_sequence(self, table: str, column: str, seq_schema: str, seq_name: str) -> sql.Composed:
         """Move the sequence past the table's largest value (never backwards)."""
@@ -449,6 +526,10 @@ class Builder:
         return sql.SQL("ALTER SUBSCRIPTION {} DISABLE").format(sql.Identifier(name))
 
     @staticmethod
+    def subscription_enable(name: str) -> sql.Composed:
+        return sql.SQL("ALTER SUBSCRIPTION {} ENABLE").format(sql.Identifier(name))
+
+    @staticmethod
     def subscription_detach_slot(name: str) -> sql.Composed:
         return sql.SQL("ALTER SUBSCRIPTION {} SET (slot_name = NONE)").format(sql.Identifier(name))
 
@@ -498,10 +579,25 @@ class Builder:
     # change log of the path tables (no row filter can follow them): which keys changed since
     # their copy ahead of the fence, so only those rows are copied again under it
     def change_log_setup(self) -> list[sql.Composable]:
+        """The change log: ``id`` from one sequence (CACHE 1), taken by an AFTER ROW trigger, so by
+        a transaction that already holds its xid (see :func:`migrate.incremental.watermark`)."""
         changes = sql.Identifier(ONLINE_SCHEMA, ONLINE_CHANGES)
+        seq = sql.Identifier(ONLINE_SCHEMA, ONLINE_CHANGE_IDS)
         return [
-            sql.SQL("CREATE TABLE IF NOT EXISTS {} (move_id bigint NOT NULL, table_name text NOT NULL, key jsonb NOT NULL)").format(changes),
+            sql.SQL("CREATE SEQUENCE IF NOT EXISTS {} CACHE 1").format(seq),
+            sql.SQL(
+                "CREATE TABLE IF NOT EXISTS {} (id bigint NOT NULL DEFAULT nextval({}), move_id bigint NOT NULL,"
+                " table_name text NOT NULL, key jsonb NOT NULL)"
+            ).format(changes, sql.Literal(seq.as_string(None))),
+            sql.SQL("CREATE INDEX IF NOT EXISTS {} ON {} (move_id, table_name, id)").format(sql.Identifier(ONLINE_CHANGES + "_move"), changes),
         ]
+
+    @staticmethod
+    def change_log_watermark() -> sql.Composed:
+        """The last change id handed out (0 before the first): read outside any snapshot."""
+        return sql.SQL("SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM {}").format(
+            sql.Identifier(ONLINE_SCHEMA, ONLINE_CHANGE_IDS)
+        )
 
     def change_log_function(self, table: str) -> sql.Identifier:
         name = f"changes_{table}"
@@ -556,20 +652,30 @@ class Builder:
         )
 
     def changed_keys(self, table: str) -> sql.Composed:
-        return sql.SQL("SELECT DISTINCT key FROM {} WHERE move_id = %(move_id)s AND table_name = %(table)s").format(
+        """Keys of ``table`` the change log recorded for the move with an id above ``%(since)s``."""
+        return sql.SQL("SELECT DISTINCT key FROM {} WHERE move_id = %(move_id)s AND table_name = %(table)s AND id > %(since)s").format(
             sql.Identifier(ONLINE_SCHEMA, ONLINE_CHANGES)
+        )
+
+    def _keys_match(self, table: str, a: sql.Composable) -> sql.Composed:
+        """``(a.pk...) IN (the keys in %(keys)s, a jsonb[] of key objects, typed as the table's
+        columns)``: a semi-join the primary key's index serves (no per-row jsonb building)."""
+        key = self.graph.table(table).primary_key
+        r, k = sql.Identifier("r"), sql.Identifier("k")
+        return sql.SQL("{lhs} IN (SELECT {rhs} FROM unnest(%(keys)s::jsonb[]) {k} CROSS JOIN LATERAL jsonb_populate_record(NULL::{tbl}, {k}) {r})").format(
+            lhs=_tuple(key, a), rhs=_ident_list(key, r), k=k, tbl=self.qname(table), r=r
         )
 
     def delete_keys(self, table: str) -> sql.Composed:
         """Delete rows of ``table`` whose key is in ``%(keys)s`` (a jsonb[] of key objects)."""
         a = sql.Identifier("t")
-        return sql.SQL("DELETE FROM {tbl} {a} WHERE {k} = ANY(%(keys)s::jsonb[])").format(tbl=self.qname(table), a=a, k=self._key_json(table, a))
+        return sql.SQL("DELETE FROM {tbl} {a} WHERE {m}").format(tbl=self.qname(table), a=a, m=self._keys_match(table, a))
 
     def copy_out_keys_rows(self, table: str) -> sql.Composed:
         """The workspace's rows of ``table`` whose key is in ``%(keys)s``, as binary COPY."""
         a = sql.Identifier("t")
         return sql.SQL("COPY ({}) TO STDOUT (FORMAT BINARY)").format(
-            self.select_rows(table, where=sql.SQL("{} = ANY(%(keys)s::jsonb[])").format(self._key_json(table, a)))
+            self.select_rows(table, where=self._keys_match(table, a))
         )
 
     def upsert_from(self, table: str, temp: str) -> sql.Composed:
@@ -588,8 +694,8 @@ class Builder:
         a, x = sql.Identifier("t"), sql.Identifier("x")
         key = self.graph.table(table).primary_key
         on = sql.SQL(" AND ").join(sql.SQL("{}.{} = {}.{}").format(x, sql.Identifier(k), a, sql.Identifier(k)) for k in key)
-        return sql.SQL("DELETE FROM {tbl} {a} WHERE {k} = ANY(%(keys)s::jsonb[]) AND NOT EXISTS (SELECT 1 FROM {tmp} {x} WHERE {on})").format(
-            tbl=self.qname(table), a=a, k=self._key_json(table, a), tmp=sql.Identifier(temp), x=x, on=on
+        return sql.SQL("DELETE FROM {tbl} {a} WHERE {m} AND NOT EXISTS (SELECT 1 FROM {tmp} {x} WHERE {on})").format(
+            tbl=self.qname(table), a=a, m=self._keys_match(table, a), tmp=sql.Identifier(temp), x=x, on=on
         )
 
     @staticmethod
@@ -643,3 +749,4 @@ ONLINE_SCHEMA = "residency_online"
 ONLINE_EVENTS = "events"
 ONLINE_GUARD_FN = "note_truncate"
 ONLINE_CHANGES = "changes"
+ONLINE_CHANGE_IDS = "change_ids"

@@ -35,6 +35,8 @@ class TableCheck:
     differences: list[dict[str, Any]] = field(default_factory=list)
     differing: int = 0
     kind: str = "table"  # table | global
+    verify_mode: str = "full"  # full | incremental (see migrate.incremental)
+    verify_detail: str = ""
 
 
 @dataclass

@@ -1,0 +1,294 @@
+"""Incremental verification for online moves: checksum the workspace per key-range bucket on both
+sides *before* the fence, then under the fence check again only the buckets that may have changed.
+
+Before the fence (the workspace still writable), :func:`prepare`:
+
+1. samples bucket boundaries from the source: every ``BUCKET_ROWS``-th primary key of the
+   workspace's rows of each eligible table (one-column primary key of a plain sortable type);
+2. reads ``C0``, the change log's high-water mark (the sequence its ids come from), then the
+   source's snapshot ``xmax``, and waits until ``pg_snapshot_xmin`` passes that ``xmax``: every
+   transaction that had taken a change id ≤ C0 has ended. (A change id is taken by an AFTER ROW
+   trigger, i.e. by a transaction that already holds its xid, and xids below a later snapshot's
+   xmax are exactly those assigned before it.) From here on every change of the workspace is
+   committed with an id ≤ C0 or gets an id > C0;
+3. waits until the target has applied the source's WAL up to a position taken after that;
+4. checksums every bucket (count, sum of ``hash_record_extended``) on both sides in parallel, one
+   ``GROUP BY width_bucket(pk, boundaries)`` pass per table and side. Buckets that differ are dirty.
+
+Under the fence, after the final catch-up, :func:`verify`: a bucket is also dirty when it holds a
+key the change log recorded since C0 (row-filtered tables) or at all (path tables: the fenced
+copy of their changed rows rewrites exactly those keys in the target), or a row whose membership of
+the workspace a change of a parent row can have moved (children of changed parent keys, found by
+index lookups on both sides). Dirty buckets are checksummed again on both sides (index range
+scans); the per-table totals are the pre-fence sums with the dirty buckets replaced.
+
+Soundness: a clean bucket had no change of its rows since C0 in the source, and no change of the
+membership of its rows; the target had applied every change up to C0 before its checksum, and
+after it the target's rows are only written by replication (of source changes, all logged: the
+trigger records the old and the new key) and by the fenced copy of logged path-table keys. So a
+clean bucket that matched before the fence still matches. This needs the one assumption the whole
+online strategy makes: nothing but the mover writes the workspace's rows in the target before
+cut-over (the directory still routes the workspace to the source).
+
+A table falls back to the full count and checksum (:mod:`migrate.verify`) when its key does not
+qualify, when a link towards the workspace is not by the parent's primary key (changed parents
+could not be followed to their children), when it has too few rows to bucket, or when more than
+``MAX_DIRTY_FRACTION`` of its buckets are dirty. The report says which mode each table got.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any, Callable
+
+import psycopg
+from psycopg.types.json import Jsonb
+
+from residency import db
+
+from . import replication as repl
+from .graph import Graph
+from .sqlbuild import Builder
+from .verify import MAX_KEYS, TableCheck, VerifyResult, _checksums, _global_present, narrow
+
+BUCKET_ROWS = int(os.environ.get("RESIDENCY_VERIFY_BUCKET_ROWS", "256"))
+MAX_DIRTY_FRACTION = float(os.environ.get("RESIDENCY_VERIFY_MAX_DIRTY", "0.2"))
+XMIN_TIMEOUT = 30.0
+_KEY_TYPES = ("smallint", "integer", "bigint", "text", "uuid")
+
+
+class Skip(Exception):
+    """Incremental verification is not possible this time (the full verification runs)."""
+
+
+@dataclass
+class Buckets:
+    bounds: list[Any]
+    source: dict[int, tuple[int, Decimal]]
+    mismatched: set[int]
+
+    @property
+    def count(self) -> int:
+        return len(self.bounds) + 1
+
+
+@dataclass
+class Prepared:
+    move_id: int
+    c0: int
+    tables: dict[str, Buckets]
+    fallback: dict[str, str]
+    seconds: dict[str, float] = field(default_factory=dict)
+    usable: bool = False  # set when the fenced copy finished the replicated way in this process
+
+    def summary(self) -> dict[str, Any]:
+        return {"c0": self.c0, "bucket_rows": BUCKET_ROWS, "tables": {t: {"buckets": b.count, "differed_before_fence": len(b.mismatched)}
+                                                                     for t, b in self.tables.items()},
+                "fallback": self.fallback, "seconds": self.seconds}
+
+
+# Pre-fence checksums live in this process only: a resumed move (another process) has none and
+# verifies in full, which is always sound.
+PREPARED: dict[int, Prepared] = {}
+
+
+# ---------------------------------------------------------------------------- eligibility
+
+
+def _link_reason(g: Graph, table: str, seen: tuple[str, ...] = ()) -> str | None:
+    for link in g.reach[table].links:
+        if link.parent in seen or link.parent == table:
+            continue
+        if set(link.parent_columns) != set(g.table(link.parent).primary_key):
+            return f"its path goes through {link.parent} by columns other than its primary key"
+        r = _link_reason(g, link.parent, seen + (table,))
+        if r:
+            return r
+    return None
+
+
+def fallback_reason(b: Builder, table: str) -> str | None:
+    """Why ``table`` can't be verified incrementally (None: it can)."""
+    t = b.graph.table(table)
+    if len(t.primary_key) != 1:
+        return "composite primary key" if t.primary_key else "no primary key"
+    col = next(c for c in t.columns if c.name == t.primary_key[0])
+    if not (col.type in _KEY_TYPES or col.type.startswith("character varying")) or not col.hashable or col.generated:
+        return f"primary key of type {col.type}"
+    return _link_reason(b.graph, table)
+
+
+# ---------------------------------------------------------------------------- before the fence
+
+
+def watermark(src: psycopg.Connection[Any], b: Builder, timeout: float = XMIN_TIMEOUT) -> int:
+    """C0, once every transaction that may hold a change id ≤ C0 has ended (autocommit ``src``)."""
+    (c0,) = src.execute(b.change_log_watermark()).fetchone()
+    (xmax,) = src.execute("SELECT pg_snapshot_xmax(pg_current_snapshot())::text::bigint").fetchone()
+    deadline = time.monotonic() + timeout
+    while True:
+        (xmin,) = src.execute("SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint").fetchone()
+        if int(xmin) >= int(xmax):
+            return int(c0)
+        if time.monotonic() > deadline:
+            raise Skip(f"transactions older than xid {xmax} still running in the source after {timeout:.0f}s")
+        time.sleep(0.005)
+
+
+def _bucket_sums(dsn: str, b: Builder, ws: str, bounds: dict[str, list[Any]]) -> dict[str, dict[int, tuple[int, Decimal]]]:
+    out: dict[str, dict[int, tuple[int, Decimal]]] = {}
+    with db.connect(dsn, autocommit=True, application_name="residency-verify") as conn:
+        for t, bs in bounds.items():
+            out[t] = {int(k): (int(n), Decimal(s)) for k, n, s in conn.execute(b.bucket_checksums(t), b.params(ws, bounds=Jsonb(bs)))}
+    return out
+
+
+def prepare(src: psycopg.Connection[Any], src_dsn: str, dst_dsn: str, b: Builder, ws: str, move_id: int,
+            catch_up: Callable[[str], None]) -> Prepared:
+    """Boundaries, C0, catch-up, then bucket checksums on both sides (see the module's doc)."""
+    t0 = time.monotonic()
+    fallback: dict[str, str] = {}
+    bounds: dict[str, list[Any]] = {}
+    for t in b.graph.order:
+        why = fallback_reason(b, t)
+        if why is None:
+            bs = src.execute(b.bucket_bounds(t), b.params(ws, every=BUCKET_ROWS)).fetchone()[0]
+            if not bs:
+                why = f"fewer than {BUCKET_ROWS} rows"
+            else:
+                bounds[t] = list(bs)
+        if why is not None:
+            fallback[t] = why
+    seconds = {"bounds": round(time.monotonic() - t0, 3)}
+    t1 = time.monotonic()
+    c0 = watermark(src, b)
+    seconds["watermark"] = round(time.monotonic() - t1, 3)
+    t1 = time.monotonic()
+    catch_up(repl.current_lsn(src))
+    seconds["catch_up"] = round(time.monotonic() - t1, 3)
+    t1 = time.monotonic()
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        fa, fb = pool.submit(_bucket_sums, src_dsn, b, ws, bounds), pool.submit(_bucket_sums, dst_dsn, b, ws, bounds)
+        sa, sb = fa.result(), fb.result()
+    seconds["checksums"] = round(time.monotonic() - t1, 3)
+    tables = {}
+    for t, bs in bounds.items():
+        a, z = sa[t], sb[t]
+        tables[t] = Buckets(bs, a, {k for k in set(a) | set(z) if a.get(k) != z.get(k)})
+    return Prepared(move_id, c0, tables, fallback, seconds)
+
+
+# ---------------------------------------------------------------------------- under the fence
+
+
+def _touched(src: psycopg.Connection[Any], dst: psycopg.Connection[Any], b: Builder, move_id: int, c0: int) -> dict[str, set[str] | None]:
+    """Per table, the keys (canonical JSON) whose rows or membership may have changed since C0:
+    logged keys (row-filtered tables: id > C0; path tables: every logged key, as the fenced copy
+    rewrote them), plus the rows of both sides whose link points at a touched parent key.
+    None: can't tell (a parent that could not be followed)."""
+    g = b.graph
+    rf = set(repl.row_filtered(g))
+    out: dict[str, set[str] | None] = {}
+    for t in g.order:
+        keys: set[str] | None = {json.dumps(k, sort_keys=True) for k in repl.changed_keys(src, b, move_id, t, c0 if t in rf else 0)}
+        for i, link in enumerate(g.reach[t].links):
+            if link.parent == t:
+                continue
+            parent = out.get(link.parent, None) if link.parent in out else None
+            if link.parent not in out or parent is None or keys is None:
+                keys = None
+                break
+            if parent:
+                params = {"keys": [Jsonb(json.loads(k)) for k in parent]}
+                for conn in (src, dst):
+                    keys |= {json.dumps(r[0], sort_keys=True) for r in conn.execute(b.children_of_keys(t, i), params)}
+        out[t] = keys
+    return out
+
+
+def _recheck(dsn: str, b: Builder, ws: str, work: dict[str, tuple[list[Any], list[int]]], full: list[str]) -> tuple[dict[str, dict[int, tuple[int, Decimal]]], dict[str, tuple[int, Decimal]]]:
+    """Checksums of the given buckets (pipelined index range scans) and full checksums of ``full``."""
+    out: dict[str, dict[int, tuple[int, Decimal]]] = {}
+    with db.connect(dsn, autocommit=True, application_name="residency-verify") as conn:
+        pending = []
+        with conn.pipeline():
+            for t, (bounds, dirty) in work.items():
+                (pk,) = b.graph.table(t).primary_key
+                n = len(bounds)
+                for k in dirty:
+                    lo, hi = k >= 1, k < n
+                    p = b.params(ws, **({"lo": Jsonb({pk: bounds[k - 1]})} if lo else {}), **({"hi": Jsonb({pk: bounds[k]})} if hi else {}))
+                    cur = conn.cursor()
+                    cur.execute(b.bucket_checksum(t, lo=lo, hi=hi), p)
+                    pending.append((t, k, cur))
+        for t, k, cur in pending:
+            n_, s = cur.fetchone()
+            out.setdefault(t, {})[k] = (int(n_), Decimal(s))
+    fulls = _checksums(dsn, b, ws, full, []) if full else {}
+    return out, fulls
+
+
+def verify(a_dsn: str, b_dsn: str, b: Builder, ws: str, move_id: int, prep: Prepared, a_name: str = "source", b_name: str = "target") -> VerifyResult:
+    """Under the fence: recheck the dirty buckets, verify the other tables in full, globals as usual."""
+    t0 = time.monotonic()
+    g = b.graph
+    fallback = dict(prep.fallback)
+    with db.connect(a_dsn, autocommit=True) as src, db.connect(b_dsn, autocommit=True) as dst:
+        touched = _touched(src, dst, b, move_id, prep.c0)
+        work: dict[str, tuple[list[Any], list[int]]] = {}
+        for t, bk in prep.tables.items():
+            keys = touched.get(t)
+            if keys is None:
+                fallback[t] = "a changed parent could not be followed to its rows"
+                continue
+            dirty = set(bk.mismatched)
+            if keys:
+                params = b.params(ws, keys=[Jsonb(json.loads(k)) for k in keys], bounds=Jsonb(bk.bounds))
+                dirty |= {int(r[0]) for r in src.execute(b.buckets_of_keys(t), params)}
+            if len(dirty) > MAX_DIRTY_FRACTION * bk.count:
+                fallback[t] = f"{len(dirty)} of {bk.count} buckets changed"
+                continue
+            work[t] = (bk.bounds, sorted(dirty))
+    t_touched = time.monotonic() - t0
+    full = [t for t in g.order if t in fallback]
+    with ThreadPoolExecutor(max_workers=2 + len(g.global_order)) as pool:
+        fa = pool.submit(_recheck, a_dsn, b, ws, work, full)
+        fb = pool.submit(_recheck, b_dsn, b, ws, work, full)
+        fg = {gt: pool.submit(_global_present, a_dsn, b_dsn, b, ws, gt) for gt in g.global_order}
+        (ra, fulla), (rb, fullb) = fa.result(), fb.result()
+        globals_ = {gt: f.result() for gt, f in fg.items()}
+    checks: list[TableCheck] = []
+    for t in g.order:
+        if t in work:
+            bk = prep.tables[t]
+            bounds, dirty = work[t]
+            sa, sb = dict(bk.source), dict(bk.source)  # clean buckets: equal on both sides (see above)
+            for k in dirty:
+                sa[k] = ra.get(t, {}).get(k, (0, Decimal(0)))
+                sb[k] = rb.get(t, {}).get(k, (0, Decimal(0)))
+            ok = all(sa[k] == sb[k] for k in dirty)
+            na, nb = sum(v[0] for v in sa.values()), sum(v[0] for v in sb.values())
+            xa, xb = sum((v[1] for v in sa.values()), Decimal(0)), sum((v[1] for v in sb.values()), Decimal(0))
+            tc = TableCheck(t, na, str(xa), nb, str(xb), ok, verify_mode="incremental",
+                            verify_detail=f"{len(dirty)} of {bk.count} key-range buckets checked again under the fence"
+                                          f" ({len(bk.mismatched)} differed before it)")
+        else:
+            (na, xa), (nb, xb) = fulla[t], fullb[t]
+            ok = na == nb and xa == xb
+            tc = TableCheck(t, na, str(xa), nb, str(xb), ok, verify_mode="full", verify_detail=fallback.get(t, ""))
+        if not tc.ok:
+            diffs = narrow(a_dsn, b_dsn, b, ws, t)
+            tc.differing = len(diffs)
+            tc.differences = diffs[:MAX_KEYS]
+        checks.append(tc)
+    for gt, (total, present) in globals_.items():
+        checks.append(TableCheck(gt, total, "", present, "", total == present, kind="global"))
+    res = VerifyResult(ws, a_name, b_name, all(c.ok for c in checks), checks, None, round(time.monotonic() - t0, 3))
+    res_extra = {"touched_seconds": round(t_touched, 3)}
+    prep.seconds.update(res_extra)
+    return res
