@@ -138,18 +138,24 @@ class Builder:
         g = self.graph.table(gtable)
         a = sql.Identifier("g")
         cols = columns if columns is not None else g.copy_columns
-        parts = []
+        # One "key IN (SELECT ... UNION ALL SELECT ...)" per referenced key rather than OR'ed INs:
+        # PostgreSQL turns it into one hashed semi-join, while OR'ed INs become SubPlans that are
+        # rescanned per global row once they outgrow work_mem (quadratic on big workspaces).
+        groups: dict[tuple[str, ...], list[sql.Composable]] = {}
         for i, fk in enumerate(self.graph.global_refs.get(gtable, [])):
             m = sql.Identifier(f"m{i}")
-            parts.append(
-                sql.SQL("{lhs} IN (SELECT {rhs} FROM {tbl} {m} WHERE {cond})").format(
-                    lhs=_tuple(fk.ref_columns, a),
+            groups.setdefault(tuple(fk.ref_columns), []).append(
+                sql.SQL("SELECT {rhs} FROM {tbl} {m} WHERE {cond}").format(
                     rhs=_ident_list(fk.columns, m),
                     tbl=self.qname(fk.table),
                     m=m,
                     cond=self.belongs(fk.table, m, 1),
                 )
             )
+        parts = [
+            sql.SQL("{lhs} IN ({subs})").format(lhs=_tuple(ref, a), subs=sql.SQL(" UNION ALL ").join(subs))
+            for ref, subs in groups.items()
+        ]
         cond = sql.SQL(" OR ").join(parts) if parts else sql.SQL("false")
         return sql.SQL("SELECT {cols} FROM {tbl} {a} WHERE {cond}").format(
             cols=_ident_list(cols, a), tbl=self.qname(gtable), a=a, cond=cond
