@@ -51,6 +51,7 @@ from psycopg.types.json import Jsonb
 
 from residency import db
 
+from . import copy as copy_mod
 from . import replication as repl
 from .graph import Graph
 from .sqlbuild import Builder
@@ -85,6 +86,9 @@ class Prepared:
     fallback: dict[str, str]
     seconds: dict[str, float] = field(default_factory=dict)
     usable: bool = False  # set when the fenced copy finished the replicated way in this process
+    globals: dict[str, list[Any]] = field(default_factory=dict)  # global table → referenced keys after C0
+    touched: dict[str, set[str] | None] | None = None  # computed under the fence (see _touched)
+    fenced_globals: dict[str, dict[str, Any]] | None = None
 
     def summary(self) -> dict[str, Any]:
         return {"c0": self.c0, "bucket_rows": BUCKET_ROWS, "tables": {t: {"buckets": b.count, "differed_before_fence": len(b.mismatched)}
@@ -180,7 +184,49 @@ def prepare(src: psycopg.Connection[Any], src_dsn: str, dst_dsn: str, b: Builder
     for t, bs in bounds.items():
         a, z = sa[t], sb[t]
         tables[t] = Buckets(bs, a, {k for k in set(a) | set(z) if a.get(k) != z.get(k)})
-    return Prepared(move_id, c0, tables, fallback, seconds)
+    # referenced global rows: copied now (after C0), their keys kept; under the fence only the
+    # rows referenced by rows touched since C0 are copied, and all of them checked by key
+    t1 = time.monotonic()
+    refs: dict[str, list[Any]] = {}
+    for g in b.graph.global_order:
+        copy_mod.copy_global(src_dsn, dst_dsn, b, g, ws, lambda _e: None)
+        refs[g] = [r[0] for r in src.execute(b.global_referenced_keys(g), b.params(ws))]
+    seconds["globals"] = round(time.monotonic() - t1, 3)
+    return Prepared(move_id, c0, tables, fallback, seconds, globals=refs)
+
+
+def fenced_globals(a_dsn: str, b_dsn: str, b: Builder, ws: str, move_id: int, prep: Prepared) -> dict[str, dict[str, Any]] | None:
+    """Under the fence, after the changed path rows: compute the touched keys (kept for
+    :func:`verify`), copy the global rows that touched rows reference and the target lacks, and
+    count how many of all referenced keys (after C0, plus these) the target has. Every global row
+    referenced now is among them: a row referencing it either is touched or was unchanged, and in
+    the workspace, when the keys were read after C0. None: not possible (full copy and check)."""
+    from psycopg import sql
+
+    t0 = time.monotonic()
+    with db.connect(a_dsn, autocommit=True) as src, db.connect(b_dsn, autocommit=True) as dst_r, db.connect(b_dsn) as dst:
+        prep.touched = _touched(src, dst_r, b, move_id, prep.c0)
+        if any(v is None for v in prep.touched.values()):
+            return None
+        out: dict[str, dict[str, Any]] = {}
+        temp = "residency_global_touched"
+        for g in b.graph.global_order:
+            params = b.params(ws, **{f"keys_{i}": [Jsonb(json.loads(k)) for k in sorted(prep.touched.get(fk.table) or ())]
+                                     for i, fk in enumerate(b.graph.global_refs.get(g, []))})
+            with dst.transaction():
+                dst.execute(b.temp_like(temp, g))
+                with src.cursor().copy(b.global_referenced_by(g), params) as cout, dst.cursor().copy(b.copy_in(g, into=sql.Identifier(temp))) as cin:
+                    for chunk in cout:
+                        cin.write(chunk)
+                new = [r[0] for r in dst.execute(b.temp_key_json(g, temp))]
+                inserted = dst.execute(b.insert_missing(g, temp)).rowcount
+                keys = {json.dumps(k, sort_keys=True) for k in prep.globals.get(g, [])} | {json.dumps(k, sort_keys=True) for k in new}
+                (present,) = dst.execute(b.count_keys_present(g), {"keys": [Jsonb(json.loads(k)) for k in sorted(keys)]}).fetchone()
+            out[g] = {"referenced": len(keys), "inserted": inserted, "present": int(present), "referenced_by_touched_rows": len(new),
+                      "incremental": True}
+    prep.fenced_globals = out
+    prep.seconds["fenced_globals"] = round(time.monotonic() - t0, 3)
+    return out
 
 
 # ---------------------------------------------------------------------------- under the fence
@@ -239,7 +285,7 @@ def verify(a_dsn: str, b_dsn: str, b: Builder, ws: str, move_id: int, prep: Prep
     g = b.graph
     fallback = dict(prep.fallback)
     with db.connect(a_dsn, autocommit=True) as src, db.connect(b_dsn, autocommit=True) as dst:
-        touched = _touched(src, dst, b, move_id, prep.c0)
+        touched = prep.touched if prep.touched is not None else _touched(src, dst, b, move_id, prep.c0)
         work: dict[str, tuple[list[Any], list[int]]] = {}
         for t, bk in prep.tables.items():
             keys = touched.get(t)
@@ -256,10 +302,11 @@ def verify(a_dsn: str, b_dsn: str, b: Builder, ws: str, move_id: int, prep: Prep
             work[t] = (bk.bounds, sorted(dirty))
     t_touched = time.monotonic() - t0
     full = [t for t in g.order if t in fallback]
+    fenced = prep.fenced_globals or {}
     with ThreadPoolExecutor(max_workers=2 + len(g.global_order)) as pool:
         fa = pool.submit(_recheck, a_dsn, b, ws, work, full)
         fb = pool.submit(_recheck, b_dsn, b, ws, work, full)
-        fg = {gt: pool.submit(_global_present, a_dsn, b_dsn, b, ws, gt) for gt in g.global_order}
+        fg = {gt: pool.submit(_global_present, a_dsn, b_dsn, b, ws, gt) for gt in g.global_order if gt not in fenced}
         (ra, fulla), (rb, fullb) = fa.result(), fb.result()
         globals_ = {gt: f.result() for gt, f in fg.items()}
     checks: list[TableCheck] = []
@@ -286,8 +333,16 @@ def verify(a_dsn: str, b_dsn: str, b: Builder, ws: str, move_id: int, prep: Prep
             tc.differing = len(diffs)
             tc.differences = diffs[:MAX_KEYS]
         checks.append(tc)
-    for gt, (total, present) in globals_.items():
-        checks.append(TableCheck(gt, total, "", present, "", total == present, kind="global"))
+    for gt in g.global_order:
+        if gt in fenced:
+            x = fenced[gt]
+            checks.append(TableCheck(gt, x["referenced"], "", x["present"], "", x["referenced"] == x["present"], kind="global",
+                                     verify_mode="incremental",
+                                     verify_detail=f"keys referenced after C0 plus {x['referenced_by_touched_rows']} rows referenced by"
+                                                   " rows changed since, checked by key under the fence"))
+        else:
+            total, present = globals_[gt]
+            checks.append(TableCheck(gt, total, "", present, "", total == present, kind="global"))
     res = VerifyResult(ws, a_name, b_name, all(c.ok for c in checks), checks, None, round(time.monotonic() - t0, 3))
     res_extra = {"touched_seconds": round(t_touched, 3)}
     prep.seconds.update(res_extra)

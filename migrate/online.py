@@ -324,6 +324,14 @@ def finish_copy_phase(ctx: MoveContext, rec: MoveRecord) -> MoveRecord:
     elif prep is not None and (delta is not None or not repl.path_tables(ctx.graph)):
         prep.usable = True
     cp = dict(rec.checkpoints.get("copy") or {})
+    if prep is not None and prep.usable:
+        # referenced global rows: only those of rows touched since C0 (the rest was copied, and
+        # their keys kept, before the fence); copy_phase then skips the globals
+        t0 = time.monotonic()
+        fg = incremental.fenced_globals(ctx.src.dsn, ctx.dst.dsn, ctx.builder, ctx.workspace_id, rec.id, prep)
+        st["fenced_globals_seconds"] = round(time.monotonic() - t0, 3)
+        if fg is not None:
+            cp["globals"] = fg
     done = dict(cp.get("tables") or {})
     if replicated_ok:
         # no counting under the fence (a scan of the workspace): rows as planned; verify reports exact counts

@@ -101,11 +101,41 @@ class Builder:
             return parts[0] if len(parts) == 1 else sql.SQL("({})").format(sql.SQL(" OR ").join(parts))
         raise ValueError(f"table {table} does not belong to a workspace ({r.kind})")
 
-    def select_rows(self, table: str, columns: Sequence[str] | None = None, *, where: sql.Composable | None = None) -> sql.Composed:
+    def belongs_rowwise(self, table: str, alias: sql.Composable, depth: int = 0) -> sql.Composable:
+        """The same predicate as :meth:`belongs`, evaluated row by row: each link is a scalar
+        subquery probing the parent's (unique, hence indexed) key, which PostgreSQL never turns
+        into a join. For a few rows picked by key (a bucket, changed keys) it is a handful of
+        index probes, where the set form may hash every row of the workspace's parent tables
+        (it does whenever the statistics underestimate the workspace)."""
+        r: Reach = self.graph.reach[table]
+        if r.kind in ("root", "key"):
+            return sql.SQL("{}.{} = {}").format(alias, sql.Identifier(r.key_column or ""), WS)
+        if r.kind in ("fk", "reference", "polymorphic"):
+            parts = []
+            for link in r.links:
+                p = sql.Identifier(f"q{depth}")
+                sub = sql.SQL("coalesce((SELECT true FROM {parent} {p} WHERE {match} AND {cond} LIMIT 1), false)").format(
+                    parent=self.qname(link.parent),
+                    p=p,
+                    match=sql.SQL(" AND ").join(
+                        sql.SQL("{}.{} = {}.{}").format(p, sql.Identifier(pc), alias, sql.Identifier(c))
+                        for c, pc in zip(link.columns, link.parent_columns)
+                    ),
+                    cond=self.belongs_rowwise(link.parent, p, depth + 1),
+                )
+                if r.kind == "polymorphic":
+                    sub = sql.SQL("({}.{} = {} AND {})").format(
+                        alias, sql.Identifier(r.type_column or ""), sql.Placeholder(self._type_params[(table, link.type_value or "")]), sub
+                    )
+                parts.append(sub)
+            return parts[0] if len(parts) == 1 else sql.SQL("({})").format(sql.SQL(" OR ").join(parts))
+        raise ValueError(f"table {table} does not belong to a workspace ({r.kind})")
+
+    def select_rows(self, table: str, columns: Sequence[str] | None = None, *, where: sql.Composable | None = None, rowwise: bool = False) -> sql.Composed:
         t = self.graph.table(table)
         a = sql.Identifier("t")
         cols = columns if columns is not None else t.copy_columns
-        cond = self.belongs(table, a)
+        cond = self.belongs_rowwise(table, a) if rowwise else self.belongs(table, a)
         if where is not None:
             cond = sql.SQL("{} AND {}").format(cond, where)
         return sql.SQL("SELECT {cols} FROM {tbl} {a} WHERE {cond}").format(
@@ -323,7 +353,7 @@ class Builder:
         if hi:
             cond.append(sql.SQL("{x}.{pk} < {v}").format(x=x, pk=sql.Identifier(pk), v=self._typed_key(table, "hi")))
         rows = sql.SQL("SELECT {hc} FROM ({inner}) {x} WHERE {cond}").format(
-            hc=self._hash_columns(t, x), inner=self.select_rows(table), x=x,
+            hc=self._hash_columns(t, x), inner=self.select_rows(table, rowwise=True), x=x,
             cond=sql.SQL(" AND ").join(cond) if cond else sql.SQL("true"),
         )
         return sql.SQL("SELECT count(*), coalesce(sum(hash_record_extended({h}, 0)::numeric), 0) FROM ({rows}) {h}").format(h=h, rows=rows)
@@ -663,14 +693,49 @@ class Builder:
             sql.Identifier(ONLINE_SCHEMA, ONLINE_CHANGES)
         )
 
-    def _keys_match(self, table: str, a: sql.Composable) -> sql.Composed:
+    def _keys_match(self, table: str, a: sql.Composable, param: str = "keys") -> sql.Composed:
         """``(a.pk...) IN (the keys in %(keys)s, a jsonb[] of key objects, typed as the table's
         columns)``: a semi-join the primary key's index serves (no per-row jsonb building)."""
         key = self.graph.table(table).primary_key
         r, k = sql.Identifier("r"), sql.Identifier("k")
-        return sql.SQL("{lhs} IN (SELECT {rhs} FROM unnest(%(keys)s::jsonb[]) {k} CROSS JOIN LATERAL jsonb_populate_record(NULL::{tbl}, {k}) {r})").format(
-            lhs=_tuple(key, a), rhs=_ident_list(key, r), k=k, tbl=self.qname(table), r=r
+        return sql.SQL("{lhs} IN (SELECT {rhs} FROM unnest({p}::jsonb[]) {k} CROSS JOIN LATERAL jsonb_populate_record(NULL::{tbl}, {k}) {r})").format(
+            lhs=_tuple(key, a), rhs=_ident_list(key, r), p=sql.Placeholder(param), k=k, tbl=self.qname(table), r=r
         )
+
+    def global_referenced_by(self, gtable: str) -> sql.Composed:
+        """Rows of global ``gtable`` referenced by the workspace's rows whose keys are in
+        ``%(keys_<i>)s`` (i: the i-th foreign key into ``gtable``): index lookups, no scan."""
+        g = self.graph.table(gtable)
+        a = sql.Identifier("g")
+        parts = []
+        for i, fk in enumerate(self.graph.global_refs.get(gtable, [])):
+            m = sql.Identifier(f"m{i}")
+            parts.append(
+                sql.SQL("{lhs} IN (SELECT {rhs} FROM {tbl} {m} WHERE {keys} AND {cond})").format(
+                    lhs=_tuple(fk.ref_columns, a), rhs=_ident_list(fk.columns, m), tbl=self.qname(fk.table), m=m,
+                    keys=self._keys_match(fk.table, m, f"keys_{i}"), cond=self.belongs_rowwise(fk.table, m, 1),
+                )
+            )
+        cond = sql.SQL(" OR ").join(parts) if parts else sql.SQL("false")
+        return sql.SQL("COPY (SELECT {cols} FROM {tbl} {a} WHERE {cond}) TO STDOUT (FORMAT BINARY)").format(
+            cols=_ident_list(g.copy_columns, a), tbl=self.qname(gtable), a=a, cond=cond
+        )
+
+    def global_referenced_keys(self, gtable: str) -> sql.Composed:
+        """Keys (jsonb) of the rows of global ``gtable`` the workspace's rows reference."""
+        x = sql.Identifier("x")
+        return sql.SQL("SELECT {kj} FROM ({rows}) {x}").format(
+            kj=self._key_json(gtable, x), rows=self.global_referenced(gtable, self.graph.table(gtable).primary_key), x=x
+        )
+
+    def temp_key_json(self, table: str, temp: str) -> sql.Composed:
+        x = sql.Identifier("x")
+        return sql.SQL("SELECT {kj} FROM {tmp} {x}").format(kj=self._key_json(table, x), tmp=sql.Identifier(temp), x=x)
+
+    def count_keys_present(self, table: str) -> sql.Composed:
+        """How many of the keys in ``%(keys)s`` ``table`` has."""
+        t = sql.Identifier("t")
+        return sql.SQL("SELECT count(*) FROM {tbl} {t} WHERE {m}").format(tbl=self.qname(table), t=t, m=self._keys_match(table, t))
 
     def delete_keys(self, table: str) -> sql.Composed:
         """Delete rows of ``table`` whose key is in ``%(keys)s`` (a jsonb[] of key objects)."""
@@ -681,7 +746,7 @@ class Builder:
         """The workspace's rows of ``table`` whose key is in ``%(keys)s``, as binary COPY."""
         a = sql.Identifier("t")
         return sql.SQL("COPY ({}) TO STDOUT (FORMAT BINARY)").format(
-            self.select_rows(table, where=self._keys_match(table, a))
+            self.select_rows(table, where=self._keys_match(table, a), rowwise=True)
         )
 
     def upsert_from(self, table: str, temp: str) -> sql.Composed:

@@ -84,7 +84,43 @@ def test_a_clean_move_verifies_incrementally(world):
     for t in rec.report["verify"]["tables"]:
         assert (t["source_rows"], t["source_checksum"]) == (by[t["table"]].source_rows, by[t["table"]].source_checksum), t["table"]
     assert rec.report["online"]["verify_prepared"]["tables"]["messages"]["buckets"] > 10
+    users = _table(rec.report, "users")
+    assert users["kind"] == "global" and users["verify_mode"] == "incremental" and users["ok"]
     _no_replication_left(env)
+
+
+def test_a_global_row_referenced_after_c0_is_copied_under_the_fence(world, monkeypatch):
+    env, ws = world
+    (uid,) = _sql(env.dsn("us"), "INSERT INTO users (email, display_name) VALUES ('late@example.com', 'Late') RETURNING id")[0]
+    assert _sql(env.dsn("eu"), "SELECT 1 FROM users WHERE id = %s", (uid,)) == []
+
+    def after(prep):
+        assert {"id": uid} not in prep.globals["users"]
+        _sql(env.dsn("us"), "INSERT INTO memberships (workspace_id, user_id, role, joined_at) VALUES (%s, %s, 'guest', now())", (ws, uid))
+
+    _around_prepare(monkeypatch, after=after)
+    rec = start_move(env.catalogue, env.connections, ws, "eu", strategy="online")
+    assert rec.state == "cut_over"
+    assert _sql(env.dsn("eu"), "SELECT 1 FROM users WHERE id = %s", (uid,)) == [(1,)]
+    assert rec.report["copy"]["globals"]["users"]["referenced_by_touched_rows"] >= 1
+    assert verify_workspace(env.catalogue, env.connections, ws, "us", "eu").ok
+
+
+def test_a_referenced_global_row_lost_in_the_target_after_the_prefence_check_is_caught(world, monkeypatch):
+    env, ws = world
+
+    def after(prep):
+        uid = prep.globals["users"][0]["id"]
+        with psycopg.connect(env.dsn("eu"), autocommit=True) as c:  # behind the foreign keys' back
+            with c.transaction():
+                c.execute("SET LOCAL session_replication_role = replica")
+                c.execute("DELETE FROM users WHERE id = %s", (uid,))
+
+    _around_prepare(monkeypatch, after=after)
+    with pytest.raises(OperationError) as exc:
+        start_move(env.catalogue, env.connections, ws, "eu", strategy="online")
+    assert "users: 1 referenced rows missing in eu" in str(exc.value)
+    assert home(env, ws)[0] == "us"
 
 
 def test_target_corrupted_before_the_prefence_checksum_is_caught(world, monkeypatch):
