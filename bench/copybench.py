@@ -88,6 +88,8 @@ def run(sbx: BenchSandbox, rows: int, runs: int, say: Say) -> dict[str, Any]:
         vacuum_analyze(world.dsn(SOURCE))
         say(f"copy: seeded workspace {ws} with {ws_rows:,} rows in {seed_s}s")
         commands = pipe_commands(world, ws)
+        with psycopg.connect(world.dsn(TARGET)) as c:  # the mover skips per-row FK triggers only as superuser
+            target_superuser = c.execute("SELECT current_setting('is_superuser')").fetchone()[0] == "on"
         psql = psql_binary(sbx)
         ours: list[dict[str, Any]] = []
         pipe: list[dict[str, Any]] = []
@@ -147,6 +149,7 @@ def run(sbx: BenchSandbox, rows: int, runs: int, say: Say) -> dict[str, Any]:
             "ru_maxrss_mb": [mb(r["maxrss_kb"]) for r in ours],
             "rss_before_move_mb": [mb(r["rss_before_move_kb"]) for r in ours],
             "seed_seconds": seed_s,
+            "target_superuser": target_superuser,
         }
     finally:
         world.drop()

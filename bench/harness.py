@@ -158,7 +158,8 @@ def rows(results: dict[str, Any], cfg: Config) -> list[dict[str, str]]:
             add("copy / verify", f"error: {c['error']}", "", "ERROR")
         else:
             n = f"{c['moved_rows']:,} rows, {c['tables']} tables + referenced global rows"
-            add(f"copy: mover (snapshot copy phase), {n}", f"{_fmt_s(c['median_ours_seconds'])} median of {len(c['ours_copy_seconds'])} "
+            fk = "per-row FK triggers off, verify checks" if c.get("target_superuser") else "per-row FK checks on"
+            add(f"copy: mover (snapshot copy phase, {fk}), {n}", f"{_fmt_s(c['median_ours_seconds'])} median of {len(c['ours_copy_seconds'])} "
                 f"({c['ours_rows_per_second']:,} rows/s) {c['ours_copy_seconds']}")
             add("copy: psql \\copy | psql \\copy pipe, same rows and target state", f"{_fmt_s(c['median_pipe_seconds'])} median of "
                 f"{len(c['pipe_seconds'])} {c['pipe_seconds']}")
@@ -195,6 +196,7 @@ def rows(results: dict[str, Any], cfg: Config) -> list[dict[str, str]]:
                 for s in cfg.fence_scales:
                     add(f"fence, online, {s}x", f"{onl['status']}: {onl.get('reason', '')}", f"< {TARGETS['online_fence_seconds']:.0f} s", onl["status"])
             else:
+                from . import fencebench
                 from .fencebench import online_fence_seconds
 
                 for k, v in onl.items():
@@ -206,7 +208,9 @@ def rows(results: dict[str, Any], cfg: Config) -> list[dict[str, str]]:
                     secs = online_fence_seconds(v)
                     wr = v.get("writer") or {}
                     rows_ = v.get("workspace_rows")
-                    label = f"fence, online, {v.get('scale', k)}x" + (f" ({rows_:,} rows)" if isinstance(rows_, int) else "")
+                    sc = v.get("scale")
+                    label = f"fence, online, {sc * fencebench.DEMO_ROWS / cfg.fence_demo_rows:g}x" if isinstance(sc, (int, float)) else f"fence, online, {k}"
+                    label += f" ({rows_:,} rows)" if isinstance(rows_, int) else ""
                     extra = f" (writer: {wr.get('ok')} ok, {wr.get('refused')} refused; verified {v.get('verified')})" if wr else ""
                     add(label, _fmt_s(secs) + extra, f"< {TARGETS['online_fence_seconds']:.0f} s",
                         _status(None if secs is None else secs < TARGETS["online_fence_seconds"]))
