@@ -257,25 +257,30 @@ def _touched(src: psycopg.Connection[Any], dst: psycopg.Connection[Any], b: Buil
     return out
 
 
-def _recheck(dsn: str, b: Builder, ws: str, work: dict[str, tuple[list[Any], list[int]]], full: list[str]) -> tuple[dict[str, dict[int, tuple[int, Decimal]]], dict[str, tuple[int, Decimal]]]:
+def _recheck(dsn: str, b: Builder, ws: str, work: dict[str, tuple[list[Any], list[int]]], full: list[str], timings: dict[str, float], side: str) -> tuple[dict[str, dict[int, tuple[int, Decimal]]], dict[str, tuple[int, Decimal]]]:
     """Checksums of the given buckets (pipelined index range scans) and full checksums of ``full``."""
     out: dict[str, dict[int, tuple[int, Decimal]]] = {}
+    t0 = time.monotonic()
     with db.connect(dsn, autocommit=True, application_name="residency-verify") as conn:
+        conn.prepare_threshold = None  # custom plans: each bucket's bounds are seen by the planner
+        timings[f"{side}_connect"] = round(time.monotonic() - t0, 3)
         pending = []
         with conn.pipeline():
             for t, (bounds, dirty) in work.items():
-                (pk,) = b.graph.table(t).primary_key
                 n = len(bounds)
                 for k in dirty:
                     lo, hi = k >= 1, k < n
-                    p = b.params(ws, **({"lo": Jsonb({pk: bounds[k - 1]})} if lo else {}), **({"hi": Jsonb({pk: bounds[k]})} if hi else {}))
+                    p = b.params(ws, **({"lo": bounds[k - 1]} if lo else {}), **({"hi": bounds[k]} if hi else {}))
                     cur = conn.cursor()
                     cur.execute(b.bucket_checksum(t, lo=lo, hi=hi), p)
                     pending.append((t, k, cur))
         for t, k, cur in pending:
             n_, s = cur.fetchone()
             out.setdefault(t, {})[k] = (int(n_), Decimal(s))
+    timings[f"{side}_buckets"] = round(time.monotonic() - t0, 3)
+    t0 = time.monotonic()
     fulls = _checksums(dsn, b, ws, full, []) if full else {}
+    timings[f"{side}_full"] = round(time.monotonic() - t0, 3)
     return out, fulls
 
 
@@ -300,15 +305,18 @@ def verify(a_dsn: str, b_dsn: str, b: Builder, ws: str, move_id: int, prep: Prep
                 fallback[t] = f"{len(dirty)} of {bk.count} buckets changed"
                 continue
             work[t] = (bk.bounds, sorted(dirty))
-    t_touched = time.monotonic() - t0
+    timings: dict[str, float] = {"dirty_buckets": round(time.monotonic() - t0, 3)}
     full = [t for t in g.order if t in fallback]
     fenced = prep.fenced_globals or {}
+    t1 = time.monotonic()
     with ThreadPoolExecutor(max_workers=2 + len(g.global_order)) as pool:
-        fa = pool.submit(_recheck, a_dsn, b, ws, work, full)
-        fb = pool.submit(_recheck, b_dsn, b, ws, work, full)
+        fa = pool.submit(_recheck, a_dsn, b, ws, work, full, timings, "source")
+        fb = pool.submit(_recheck, b_dsn, b, ws, work, full, timings, "target")
         fg = {gt: pool.submit(_global_present, a_dsn, b_dsn, b, ws, gt) for gt in g.global_order if gt not in fenced}
         (ra, fulla), (rb, fullb) = fa.result(), fb.result()
         globals_ = {gt: f.result() for gt, f in fg.items()}
+    timings["recheck"] = round(time.monotonic() - t1, 3)
+    timings["rechecked_buckets"] = sum(len(d) for _, d in work.values())
     checks: list[TableCheck] = []
     for t in g.order:
         if t in work:
@@ -343,7 +351,4 @@ def verify(a_dsn: str, b_dsn: str, b: Builder, ws: str, move_id: int, prep: Prep
         else:
             total, present = globals_[gt]
             checks.append(TableCheck(gt, total, "", present, "", total == present, kind="global"))
-    res = VerifyResult(ws, a_name, b_name, all(c.ok for c in checks), checks, None, round(time.monotonic() - t0, 3))
-    res_extra = {"touched_seconds": round(t_touched, 3)}
-    prep.seconds.update(res_extra)
-    return res
+    return VerifyResult(ws, a_name, b_name, all(c.ok for c in checks), checks, None, round(time.monotonic() - t0, 3), timings=timings)

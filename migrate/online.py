@@ -453,14 +453,32 @@ def cutover_phase(ctx: MoveContext, rec: MoveRecord) -> MoveRecord:
     steps = {**_FENCED_STEPS.pop(rec.id, {}), "cut_over": round(time.monotonic() - t0, 3)}
     faults.point("online_cut_over")
     t0 = time.monotonic()
+    removed: float | None = None
     try:
         teardown(ctx, rec)
+        removed = round(time.monotonic() - t0, 3)
     except Exception as exc:  # noqa: BLE001 - the move is cut over; the leftovers are reported
         _emit(ctx, f"cut over, but removing the replication of move {rec.id} failed ({(str(exc).splitlines() or [''])[0]});"
                    f" `residency move resume {rec.id}` removes it")
-        return rec
-    return checkpoint(ctx, rec, {"online": {**(rec.checkpoints.get("online") or {}), "fenced_steps": steps,
-                                            "teardown_after_cut_over_seconds": round(time.monotonic() - t0, 3)}})
+    st = rec.checkpoints.get("online") or {}
+    breakdown = {
+        "fenced_to_caught_up": st.get("fence_to_caught_up_seconds"),
+        "stop_replication": st.get("stop_replication_seconds"),
+        "path_changes": st.get("path_changes_seconds"),
+        "globals_and_touched_keys": st.get("fenced_globals_seconds"),
+        "copy_phase": steps.get("copy_phase"),
+        "replicated_copy_total": steps.get("replicated_copy"),
+        "verify": steps.get("verify"),
+        "cut_over": steps.get("cut_over"),
+    }
+    from residency import moves
+
+    with ctx.connect("control", autocommit=False) as cp:
+        with cp.transaction():
+            moves.checkpoint(cp, rec.id, {"online": {**st, "fenced_steps": steps, "teardown_after_cut_over_seconds": removed}})
+            moves.update_report(cp, rec.id, {"online": {**(rec.report.get("online") or {}), "fence_breakdown": breakdown,
+                                                        "teardown_after_cut_over_seconds": removed}})
+            return moves.get(cp, rec.id)
 
 
 ONLINE = Strategy(

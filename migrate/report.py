@@ -40,6 +40,7 @@ def build(rec: MoveRecord) -> dict[str, Any]:
         "cut_over": r.get("cut_over"),
         "deletion": r.get("deletion"),
         "rollback": r.get("rollback"),
+        "fence_breakdown": (r.get("online") or {}).get("fence_breakdown"),
     }
 
 
@@ -60,6 +61,12 @@ def render(d: dict[str, Any]) -> str:
             lines.append(f"{t['table'].ljust(w)}  {t['source_rows']:>11,}  {t['target_rows']:>11,}  {same:<28}  {'yes' if t['ok'] else 'NO'}")
             for diff in t.get("differences") or []:
                 lines.append(f"    key {diff['key']}: {diff['kind']}")
+    modes = [t for t in d["tables"] if t.get("verify_mode") == "incremental"]
+    if modes:
+        full = [t for t in d["tables"] if t.get("verify_mode", "full") == "full"]
+        lines.append("verified incrementally (key ranges changed since the pre-fence checksums): " + ", ".join(t["table"] for t in modes))
+        if full:
+            lines.append("verified in full: " + ", ".join(t["table"] + (f" ({t['verify_detail']})" if t.get("verify_detail") else "") for t in full))
     objs = d.get("objects") or {}
     for bucket, o in (objs.get("buckets") or {}).items():
         lines.append(f"objects {bucket}: {o['source_objects']} ({human_bytes(o['source_bytes'])}) → {o['target_objects']} ({human_bytes(o['target_bytes'])}) {'ok' if o['ok'] else 'MISMATCH'}")
@@ -72,6 +79,8 @@ def render(d: dict[str, Any]) -> str:
     if d.get("fence"):
         f = d["fence"]
         lines.append(f"fence: from {f.get('fenced_at')}; workspace not writable for {human_seconds(f.get('seconds'))}" if f.get("seconds") is not None else f"fence: since {f.get('fenced_at')}")
+    if d.get("fence_breakdown"):
+        lines.append("fence breakdown: " + ", ".join(f"{k.replace('_', ' ')} {v:.3f} s" for k, v in d["fence_breakdown"].items() if v is not None))
     if d.get("timing"):
         lines.append(f"total time to cut-over: {human_seconds(d['timing'].get('total_seconds'))}")
     lines.append(f"verified: {'yes' if d['verified'] else 'no'}")

@@ -48,6 +48,7 @@ class VerifyResult:
     tables: list[TableCheck]
     objects: dict[str, Any] | None = None
     seconds: float = 0.0
+    timings: dict[str, float] | None = None  # seconds per step, when the verifier measures them
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
