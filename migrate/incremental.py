@@ -58,6 +58,7 @@ from .sqlbuild import Builder
 from .verify import MAX_KEYS, TableCheck, VerifyResult, _checksums, _global_present, narrow
 
 BUCKET_ROWS = int(os.environ.get("RESIDENCY_VERIFY_BUCKET_ROWS", "256"))
+GAP_BUCKETS = 4  # more than this many buckets' worth of other rows between two keys: a boundary each side
 MAX_DIRTY_FRACTION = float(os.environ.get("RESIDENCY_VERIFY_MAX_DIRTY", "0.2"))
 XMIN_TIMEOUT = 30.0
 _KEY_TYPES = ("smallint", "integer", "bigint", "text", "uuid")
@@ -72,6 +73,13 @@ class Buckets:
     bounds: list[Any]
     source: dict[int, tuple[int, Decimal]]
     mismatched: set[int]
+    # the smallest and largest key of the workspace's rows on either side before the fence: the
+    # outer buckets (0: below the first boundary, n: from the last one) are rechecked as the
+    # ranges [lo_key, bounds[0]) and [bounds[-1], hi_key] plus the touched keys beyond them (a
+    # key beyond them in the workspace at the fence was inserted or moved in since, so touched),
+    # never as an open-ended scan through other workspaces' rows
+    lo_key: Any = None
+    hi_key: Any = None
 
     @property
     def count(self) -> int:
@@ -144,11 +152,13 @@ def watermark(src: psycopg.Connection[Any], b: Builder, timeout: float = XMIN_TI
         time.sleep(0.005)
 
 
-def _bucket_sums(dsn: str, b: Builder, ws: str, bounds: dict[str, list[Any]]) -> dict[str, dict[int, tuple[int, Decimal]]]:
-    out: dict[str, dict[int, tuple[int, Decimal]]] = {}
+def _bucket_sums(dsn: str, b: Builder, ws: str, bounds: dict[str, list[Any]]) -> dict[str, tuple[dict[int, tuple[int, Decimal]], tuple[Any, Any]]]:
+    out: dict[str, tuple[dict[int, tuple[int, Decimal]], tuple[Any, Any]]] = {}
     with db.connect(dsn, autocommit=True, application_name="residency-verify") as conn:
         for t, bs in bounds.items():
-            out[t] = {int(k): (int(n), Decimal(s)) for k, n, s in conn.execute(b.bucket_checksums(t), b.params(ws, bounds=Jsonb(bs)))}
+            sums = {int(k): (int(n), Decimal(s)) for k, n, s in conn.execute(b.bucket_checksums(t), b.params(ws, bounds=Jsonb(bs)))}
+            lo, hi = conn.execute(b.key_extremes(t), b.params(ws)).fetchone()
+            out[t] = (sums, (lo, hi))
     return out
 
 
@@ -161,7 +171,7 @@ def prepare(src: psycopg.Connection[Any], src_dsn: str, dst_dsn: str, b: Builder
     for t in b.graph.order:
         why = fallback_reason(b, t)
         if why is None:
-            bs = src.execute(b.bucket_bounds(t), b.params(ws, every=BUCKET_ROWS)).fetchone()[0]
+            bs = src.execute(b.bucket_bounds(t), b.params(ws, every=BUCKET_ROWS, gap=GAP_BUCKETS * BUCKET_ROWS)).fetchone()[0]
             if not bs:
                 why = f"fewer than {BUCKET_ROWS} rows"
             else:
@@ -182,8 +192,10 @@ def prepare(src: psycopg.Connection[Any], src_dsn: str, dst_dsn: str, b: Builder
     seconds["checksums"] = round(time.monotonic() - t1, 3)
     tables = {}
     for t, bs in bounds.items():
-        a, z = sa[t], sb[t]
-        tables[t] = Buckets(bs, a, {k for k in set(a) | set(z) if a.get(k) != z.get(k)})
+        (a, (alo, ahi)), (z, (zlo, zhi)) = sa[t], sb[t]
+        los, his = [v for v in (alo, zlo) if v is not None], [v for v in (ahi, zhi) if v is not None]
+        tables[t] = Buckets(bs, a, {k for k in set(a) | set(z) if a.get(k) != z.get(k)},
+                            min(los) if los else None, max(his) if his else None)
     # referenced global rows: copied now (after C0), their keys kept; under the fence only the
     # rows referenced by rows touched since C0 are copied, and all of them checked by key
     t1 = time.monotonic()
@@ -257,7 +269,7 @@ def _touched(src: psycopg.Connection[Any], dst: psycopg.Connection[Any], b: Buil
     return out
 
 
-def _recheck(dsn: str, b: Builder, ws: str, work: dict[str, tuple[list[Any], list[int]]], full: list[str], timings: dict[str, float], side: str) -> tuple[dict[str, dict[int, tuple[int, Decimal]]], dict[str, tuple[int, Decimal]]]:
+def _recheck(dsn: str, b: Builder, ws: str, work: dict[str, tuple[Buckets, list[int], list[Any]]], full: list[str], timings: dict[str, float], side: str) -> tuple[dict[str, dict[int, tuple[int, Decimal]]], dict[str, tuple[int, Decimal]]]:
     """Checksums of the given buckets (pipelined index range scans) and full checksums of ``full``."""
     out: dict[str, dict[int, tuple[int, Decimal]]] = {}
     t0 = time.monotonic()
@@ -266,17 +278,30 @@ def _recheck(dsn: str, b: Builder, ws: str, work: dict[str, tuple[list[Any], lis
         timings[f"{side}_connect"] = round(time.monotonic() - t0, 3)
         pending = []
         with conn.pipeline():
-            for t, (bounds, dirty) in work.items():
-                n = len(bounds)
+            for t, (bk, dirty, keys) in work.items():
+                bounds, n = bk.bounds, len(bk.bounds)
+                lo_key = bk.lo_key if bk.lo_key is not None else bounds[0]
+                hi_key = bk.hi_key if bk.hi_key is not None else bounds[-1]
                 for k in dirty:
-                    lo, hi = k >= 1, k < n
-                    p = b.params(ws, **({"lo": bounds[k - 1]} if lo else {}), **({"hi": bounds[k]} if hi else {}))
-                    cur = conn.cursor()
-                    cur.execute(b.bucket_checksum(t, lo=lo, hi=hi), p)
-                    pending.append((t, k, cur))
+                    q: list[tuple[Any, dict[str, Any]]] = []
+                    if k == 0:
+                        q.append((b.bucket_checksum(t, lo=True, hi=True), b.params(ws, lo=lo_key, hi=bounds[0])))
+                        if keys:
+                            q.append((b.bucket_checksum(t, keys_below=True), b.params(ws, lo=lo_key, keys=keys)))
+                    elif k == n:
+                        q.append((b.bucket_checksum(t, lo=True, hi=True, hi_inclusive=True), b.params(ws, lo=bounds[-1], hi=hi_key)))
+                        if keys:
+                            q.append((b.bucket_checksum(t, keys_above=True), b.params(ws, hi=hi_key, keys=keys)))
+                    else:
+                        q.append((b.bucket_checksum(t, lo=True, hi=True), b.params(ws, lo=bounds[k - 1], hi=bounds[k])))
+                    for stmt, p in q:
+                        cur = conn.cursor()
+                        cur.execute(stmt, p)
+                        pending.append((t, k, cur))
         for t, k, cur in pending:
             n_, s = cur.fetchone()
-            out.setdefault(t, {})[k] = (int(n_), Decimal(s))
+            n0, s0 = out.setdefault(t, {}).get(k, (0, Decimal(0)))
+            out[t][k] = (n0 + int(n_), s0 + Decimal(s))
     timings[f"{side}_buckets"] = round(time.monotonic() - t0, 3)
     t0 = time.monotonic()
     fulls = _checksums(dsn, b, ws, full, []) if full else {}
@@ -304,7 +329,7 @@ def verify(a_dsn: str, b_dsn: str, b: Builder, ws: str, move_id: int, prep: Prep
             if len(dirty) > MAX_DIRTY_FRACTION * bk.count:
                 fallback[t] = f"{len(dirty)} of {bk.count} buckets changed"
                 continue
-            work[t] = (bk.bounds, sorted(dirty))
+            work[t] = (bk, sorted(dirty), [Jsonb(json.loads(k)) for k in sorted(keys or ())])
     timings: dict[str, float] = {"dirty_buckets": round(time.monotonic() - t0, 3)}
     full = [t for t in g.order if t in fallback]
     fenced = prep.fenced_globals or {}
@@ -316,12 +341,11 @@ def verify(a_dsn: str, b_dsn: str, b: Builder, ws: str, move_id: int, prep: Prep
         (ra, fulla), (rb, fullb) = fa.result(), fb.result()
         globals_ = {gt: f.result() for gt, f in fg.items()}
     timings["recheck"] = round(time.monotonic() - t1, 3)
-    timings["rechecked_buckets"] = sum(len(d) for _, d in work.values())
+    timings["rechecked_buckets"] = sum(len(d) for _, d, _k in work.values())
     checks: list[TableCheck] = []
     for t in g.order:
         if t in work:
-            bk = prep.tables[t]
-            bounds, dirty = work[t]
+            bk, dirty, _keys = work[t]
             sa, sb = dict(bk.source), dict(bk.source)  # clean buckets: equal on both sides (see above)
             for k in dirty:
                 sa[k] = ra.get(t, {}).get(k, (0, Decimal(0)))

@@ -114,19 +114,17 @@ class Builder:
             parts = []
             for link in r.links:
                 p = sql.Identifier(f"q{depth}")
+                match = [sql.SQL("{}.{} = {}.{}").format(p, sql.Identifier(pc), alias, sql.Identifier(c))
+                         for c, pc in zip(link.columns, link.parent_columns)]
+                if r.kind == "polymorphic":
+                    # inside the subquery: in the outer WHERE the planner would OR the type tests
+                    # into a bitmap scan of every row of that type
+                    match.insert(0, sql.SQL("{}.{} = {}").format(
+                        alias, sql.Identifier(r.type_column or ""), sql.Placeholder(self._type_params[(table, link.type_value or "")])))
                 sub = sql.SQL("coalesce((SELECT true FROM {parent} {p} WHERE {match} AND {cond} LIMIT 1), false)").format(
-                    parent=self.qname(link.parent),
-                    p=p,
-                    match=sql.SQL(" AND ").join(
-                        sql.SQL("{}.{} = {}.{}").format(p, sql.Identifier(pc), alias, sql.Identifier(c))
-                        for c, pc in zip(link.columns, link.parent_columns)
-                    ),
+                    parent=self.qname(link.parent), p=p, match=sql.SQL(" AND ").join(match),
                     cond=self.belongs_rowwise(link.parent, p, depth + 1),
                 )
-                if r.kind == "polymorphic":
-                    sub = sql.SQL("({}.{} = {} AND {})").format(
-                        alias, sql.Identifier(r.type_column or ""), sql.Placeholder(self._type_params[(table, link.type_value or "")]), sub
-                    )
                 parts.append(sub)
             return parts[0] if len(parts) == 1 else sql.SQL("({})").format(sql.SQL(" OR ").join(parts))
         raise ValueError(f"table {table} does not belong to a workspace ({r.kind})")
@@ -317,13 +315,28 @@ class Builder:
         ).format(r=r, pk=sql.Identifier(pk), j=j, e=e, tbl=self.qname(table), name=sql.Literal(pk))
 
     def bucket_bounds(self, table: str) -> sql.Composed:
-        """Every ``%(every)s``-th key of the workspace's rows, in key order, as a jsonb array."""
+        """Bucket boundaries, in key order, as a jsonb array: every ``%(every)s``-th key of the
+        workspace's rows, and around every run of more than ``%(gap)s`` other rows between two of
+        the workspace's keys (other workspaces' rows, say, between its old rows and those written
+        during the move) a boundary at the first key of the run and at the workspace's next key:
+        no bucket then makes a check under the fence walk through many rows that are not the
+        workspace's. One pass over the table in key order (before the fence)."""
         (pk,) = self.graph.table(table).primary_key
-        x, k = sql.Identifier("x"), sql.Identifier(pk)
+        t, a, w, k = sql.Identifier("t"), sql.Identifier("a"), sql.Identifier("w"), sql.Identifier(pk)
         return sql.SQL(
-            "SELECT coalesce(jsonb_agg(to_jsonb({x}.{k}) ORDER BY {x}.{k}), '[]'::jsonb) FROM"
-            " (SELECT {x}.{k}, row_number() OVER (ORDER BY {x}.{k}) AS rn FROM ({rows}) {x}) {x} WHERE {x}.rn %% %(every)s = 0"
-        ).format(x=x, k=k, rows=self.select_rows(table, [pk]))
+            "SELECT coalesce(jsonb_agg(to_jsonb(b) ORDER BY b), '[]'::jsonb) FROM (SELECT DISTINCT b FROM ("
+            " SELECT CASE WHEN {w}.rn %% %(every)s = 0 OR {w}.pos - {w}.prev_pos > %(gap)s THEN {w}.{k} END AS b1,"
+            "        CASE WHEN {w}.next_pos - {w}.pos > %(gap)s THEN {w}.next_key END AS b2 FROM ("
+            "  SELECT {a}.{k}, {a}.pos, {a}.next_key, row_number() OVER (ORDER BY {a}.{k}) AS rn,"
+            "         lag({a}.pos) OVER (ORDER BY {a}.{k}) AS prev_pos, lead({a}.pos) OVER (ORDER BY {a}.{k}) AS next_pos FROM ("
+            "   SELECT {t}.{k}, row_number() OVER (ORDER BY {t}.{k}) AS pos, lead({t}.{k}) OVER (ORDER BY {t}.{k}) AS next_key,"
+            "          ({mine}) AS mine FROM {tbl} {t}) {a} WHERE {a}.mine) {w}"
+            " ) x CROSS JOIN LATERAL (VALUES (x.b1), (x.b2)) v(b) WHERE b IS NOT NULL) y"
+        ).format(t=t, a=a, w=w, k=k, tbl=self.qname(table), mine=self.belongs(table, t))
+
+    def key_extremes(self, table: str) -> sql.Composed:
+        """The smallest and largest key of the workspace's rows (index probes from both ends)."""
+        return self.key_range(table, self.graph.table(table).primary_key)
 
     def bucket_checksums(self, table: str) -> sql.Composed:
         """(bucket, count, sum of row hashes) of the workspace's rows, one pass, every bucket."""
@@ -334,7 +347,8 @@ class Builder:
             " FROM ({rows}) {h} GROUP BY 1"
         ).format(h=h, pk=sql.Identifier(pk), bounds=self._bounds_array(table), rows=self._rows_for_hash(table, global_=False))
 
-    def bucket_checksum(self, table: str, *, lo: bool, hi: bool) -> sql.Composed:
+    def bucket_checksum(self, table: str, *, lo: bool = False, hi: bool = False, hi_inclusive: bool = False,
+                        keys_below: bool = False, keys_above: bool = False) -> sql.Composed:
         """count and sum of row hashes of the workspace's rows with ``%(lo)s <= key < %(hi)s``
         (either bound optional; the key values as JSON gives them): an index range scan."""
         t = self.graph.table(table)
@@ -346,7 +360,12 @@ class Builder:
         if lo:
             cond.append(sql.SQL("{x}.{pk} >= {v}").format(x=x, pk=sql.Identifier(pk), v=sql.Placeholder("lo")))
         if hi:
-            cond.append(sql.SQL("{x}.{pk} < {v}").format(x=x, pk=sql.Identifier(pk), v=sql.Placeholder("hi")))
+            op = sql.SQL("<=") if hi_inclusive else sql.SQL("<")
+            cond.append(sql.SQL("{x}.{pk} {op} {v}").format(x=x, pk=sql.Identifier(pk), op=op, v=sql.Placeholder("hi")))
+        # rows by key (``%(keys)s``) beyond the bounds: below ``%(lo)s`` or above ``%(hi)s``
+        if keys_below or keys_above:
+            cond = [self._keys_match(table, x), sql.SQL("{x}.{pk} {op} {v}").format(
+                x=x, pk=sql.Identifier(pk), op=sql.SQL("<") if keys_below else sql.SQL(">"), v=sql.Placeholder("lo" if keys_below else "hi"))]
         rows = sql.SQL("SELECT {hc} FROM ({inner}) {x} WHERE {cond}").format(
             hc=self._hash_columns(t, x), inner=self.select_rows(table, rowwise=True), x=x,
             cond=sql.SQL(" AND ").join(cond) if cond else sql.SQL("true"),
