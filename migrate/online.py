@@ -11,13 +11,18 @@ States (the same machine as ``snapshot``, different components):
     (database-enforced, as in ``snapshot``), wait for older transactions, take the source's
     ``pg_current_wal_lsn()`` and wait until the slot's ``confirmed_flush_lsn`` passes it: the
     target now holds every committed change of the workspace's row-filtered tables.
+    Just before the fence, with the workspace still writable, :mod:`migrate.incremental` takes
+    per key-range bucket checksums of both sides (after the change log's high-water mark C0).
 ``fenced`` → :func:`finish_copy_phase` → ``copied``
-    (after a resume: catch up again) check for TRUNCATE, schema changes and apply errors, remove
-    subscription, slots, publication and guard, then the snapshot copy for the path tables only
-    (foreign-key and configured paths, which a row filter can't follow), globals, objects, sequences.
-    If replication is gone without having caught up (a crash, a failure), every table is copied
-    the snapshot way: the source is fenced and static, so that is correct, only slower.
-``copied`` → verify, ``verified`` → cut over: the snapshot components, unchanged.
+    (after a resume: catch up again) check for TRUNCATE, schema changes and apply errors, disable
+    the subscription (cheap; it is dropped after cut-over), copy again the path-table rows the
+    change log names, the global rows referenced by rows touched since C0, then objects and
+    sequences. If replication is gone without having caught up (a crash, a failure), every table
+    is copied the snapshot way: the source is fenced and static, so that is correct, only slower.
+``copied`` → :func:`verify_phase`: incremental (only buckets touched since C0, or that differed
+    before the fence, are checked again) when this process prepared it, else the full one.
+``verified`` → :func:`cutover_phase`: snapshot's cut-over, then publication, subscription, slots
+    and triggers are dropped, outside the fence (a crash in between: `move resume` drops them).
 
 Any failure in an online phase removes the replication objects before the move is marked
 failed; rollback removes them first; a resumed ``planned`` move reuses intact replication or
@@ -241,16 +246,16 @@ def replicate_phase(ctx: MoveContext, rec: MoveRecord) -> MoveRecord:
 
 
 def _install_fence(src: psycopg.Connection[Any], b: Any, rec: MoveRecord, token: str) -> Any:
-    """fence.install, again after a deadlock with a writer (its trigger DDL locks the tables one by
-    one while a writer's transaction may hold one and want the next); the install is one
-    transaction, rolled back whole by the deadlock."""
-    for attempt in range(6):
+    """fence.install, giving way to writers (see replication._again_after_deadlock): its trigger
+    DDL locks the tables one by one while a writer's transaction may hold one and want the next.
+    The install is one transaction, rolled back whole; the fence starts when one commits."""
+    for attempt in range(repl.DDL_ATTEMPTS):
         try:
-            return fence.install(src, b, rec.workspace_id, rec.id, token)
-        except psycopg.errors.DeadlockDetected:
-            if attempt == 5:
+            return fence.install(src, b, rec.workspace_id, rec.id, token, lock_timeout=repl.DDL_LOCK_TIMEOUT)
+        except (psycopg.errors.DeadlockDetected, psycopg.errors.LockNotAvailable):
+            if attempt == repl.DDL_ATTEMPTS - 1:
                 raise
-            time.sleep(0.02 * (attempt + 1))
+            time.sleep(0.01 * (1 + attempt % 5))
 
 
 def _prepare_verify(ctx: MoveContext, rec: MoveRecord, src: psycopg.Connection[Any], dst: psycopg.Connection[Any], check: Callable[[], None]) -> incremental.Prepared | None:

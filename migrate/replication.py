@@ -79,9 +79,33 @@ def fingerprint(conn: psycopg.Connection[Any], g: Graph) -> str:
 # ------------------------------------------------------------------------------ truncate guard
 
 
+DDL_LOCK_TIMEOUT = "250ms"  # below deadlock_timeout (1s): we give way before a writer is chosen as a deadlock's victim
+DDL_ATTEMPTS = 80
+
+
+def _again_after_deadlock(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Trigger DDL takes each table's lock in turn while a writer's transaction may hold one and
+    want the next. It waits at most DDL_LOCK_TIMEOUT per lock, so it gives way (rolled back whole)
+    before the deadlock detector would pick a victim, possibly the application's transaction; then
+    it runs again."""
+
+    def run(*a: Any, **k: Any) -> Any:
+        for attempt in range(DDL_ATTEMPTS):
+            try:
+                return fn(*a, **k)
+            except (psycopg.errors.DeadlockDetected, psycopg.errors.LockNotAvailable):
+                if attempt == DDL_ATTEMPTS - 1:
+                    raise
+                time.sleep(0.01 * (1 + attempt % 5))
+
+    run.__name__, run.__doc__ = fn.__name__, fn.__doc__
+    return run
+
+
+@_again_after_deadlock
 def install_guard(conn: psycopg.Connection[Any], b: Builder, move_id: int) -> None:
     with conn.transaction():
-        conn.execute("SELECT set_config('lock_timeout', '10s', true)")
+        conn.execute("SELECT set_config('lock_timeout', %s, true)", (DDL_LOCK_TIMEOUT,))
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (_GUARD_LOCK,))
         for stmt in b.truncate_guard_setup():
             conn.execute(stmt)
@@ -89,13 +113,14 @@ def install_guard(conn: psycopg.Connection[Any], b: Builder, move_id: int) -> No
             conn.execute(b.truncate_guard(t, move_id))
 
 
+@_again_after_deadlock
 def install_change_log(conn: psycopg.Connection[Any], b: Builder, move_id: int, workspace_id: str) -> None:
     """Row triggers on every moving table recording the key of every changed row of the workspace
     (before and after the change: a row can change workspace), committed before the path tables'
     copy ahead of the fence. Path tables: which rows to copy again under the fence. All tables:
     which key ranges incremental verification must check again (:mod:`migrate.incremental`)."""
     with conn.transaction():
-        conn.execute("SELECT set_config('lock_timeout', '10s', true)")
+        conn.execute("SELECT set_config('lock_timeout', %s, true)", (DDL_LOCK_TIMEOUT,))
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (_GUARD_LOCK,))
         for stmt in b.truncate_guard_setup() + b.change_log_setup():
             conn.execute(stmt)
@@ -125,10 +150,11 @@ def truncations(conn: psycopg.Connection[Any], b: Builder, move_id: int) -> list
         return []
 
 
+@_again_after_deadlock
 def drop_guard(conn: psycopg.Connection[Any], b: Builder, move_id: int) -> bool:
     """Remove this move's triggers and events; the schema goes when no move uses it."""
     with conn.transaction():
-        conn.execute("SELECT set_config('lock_timeout', '10s', true)")
+        conn.execute("SELECT set_config('lock_timeout', %s, true)", (DDL_LOCK_TIMEOUT,))
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (_GUARD_LOCK,))
         if not conn.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", (ONLINE_SCHEMA,)).fetchone():
             return False

@@ -79,7 +79,7 @@ def test_online_move_under_a_writer_equals_the_source(world):
     _nothing_left(env)
 
 
-@pytest.mark.parametrize("point", ["online_catching_up", "fence_installed", "online_caught_up"])
+@pytest.mark.parametrize("point", ["online_catching_up", "fence_installed", "online_caught_up", "online_cut_over"])
 def test_kill9_during_catchup_then_resume(world, point):
     env, ws = world
     w = Writer(env.dsn("us"), ws, rate=200)
