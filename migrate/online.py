@@ -298,7 +298,10 @@ def finish_copy_phase(ctx: MoveContext, rec: MoveRecord) -> MoveRecord:
             check = _checker(ctx, rec, src, dst, st.get("fingerprints") or {})
             if repl.subscription_enabled(dst, rec.id) is False:
                 repl.enable_subscription(dst, rec.id)  # disabled by an interrupted attempt: catch up again
-            lsn = repl.current_lsn(src)  # the source is fenced: nothing of the workspace moves any more
+            # the fenced catch-up's position (taken after the fence and the older transactions):
+            # nothing of the workspace was written after it, so having applied up to it is enough
+            # (normally already confirmed: one query); current_lsn only for older records
+            lsn = st.get("fenced_lsn") or repl.current_lsn(src)
             repl.wait_applied(src, dst, rec.id, lsn, timeout=FENCED_CATCHUP_TIMEOUT, should_stop=ctx.should_stop, check=check)
             check()
             st["caught_up_lsn"] = lsn
