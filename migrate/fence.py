@@ -67,6 +67,17 @@ def token_of(conn: psycopg.Connection[Any], b: Builder, workspace_id: str) -> st
     return row[0] if row else None
 
 
+def state(conn: psycopg.Connection[Any], b: Builder, workspace_id: str) -> tuple[str, str] | None:
+    """(token, fenced_at as ISO text) of the workspace's fence, or None when it is not fenced."""
+    try:
+        row = conn.execute(b.fence_state(), {"ws": workspace_id}).fetchone()
+    except psycopg.errors.UndefinedTable:
+        if not conn.autocommit:
+            conn.rollback()
+        return None
+    return (row[0], row[1].isoformat()) if row else None
+
+
 def is_fenced(conn: psycopg.Connection[Any], b: Builder, workspace_id: str) -> bool:
     return token_of(conn, b, workspace_id) is not None
 

@@ -8,8 +8,10 @@ reuse or replace any of them; see :mod:`migrate.strategy`.
 
 from __future__ import annotations
 
+import threading
 import time
 from datetime import datetime, timezone
+from decimal import Decimal
 from typing import Any, Callable
 
 from residency import audit, directory, moves
@@ -20,7 +22,7 @@ from . import copy as copy_mod
 from . import faults, fence, objects
 from .context import MoveContext
 from .progress import Progress
-from .verify import VerifyResult, verify_tables
+from .verify import VerifyResult, checksum_tables, verify_tables
 
 
 def now_iso() -> str:
@@ -84,7 +86,92 @@ def fence_phase(ctx: MoveContext, rec: MoveRecord) -> MoveRecord:
 # ----------------------------------------------------------------------------------- copy
 
 
-def copy_phase(ctx: MoveContext, rec: MoveRecord) -> MoveRecord:
+class SourceChecksums:
+    """The snapshot's source-side counts and checksums, computed while the copy runs (a thread with
+    its own source connection). Sound only because the source is fenced before the copy starts
+    (its rows cannot change): the result carries the fence's (token, fenced_at), read before and
+    after the checksums, and :func:`usable_source_checksums` uses it only while that same fence is
+    still in place. Any failure here only means the verify phase computes the source itself."""
+
+    def __init__(self, ctx: MoveContext, rec: MoveRecord) -> None:
+        self.ctx, self.token = ctx, rec.checkpoints.get("fence_token")
+        self.sizes = {t["table"]: int(t.get("rows") or 0) for t in rec.plan.get("tables", [])}
+        self.result: dict[str, Any] | None = None
+        self.error: str | None = None
+        self._stop = False
+        self._thread = threading.Thread(target=self._run, name="residency-source-checksums", daemon=True)
+
+    def start(self) -> "SourceChecksums":
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        ctx = self.ctx
+        try:
+            t0 = time.monotonic()
+            with ctx.connect("source") as conn:
+                before = fence.state(conn, ctx.builder, ctx.workspace_id)
+            if before is None or before[0] != self.token:
+                self.error = "the source is not fenced by this move"
+                return
+            sums = checksum_tables(ctx.src.dsn, ctx.builder, ctx.workspace_id, list(ctx.graph.order), sizes=self.sizes,
+                                   stop=lambda: self._stop, application_name="residency-mover-source-checksums")
+            with ctx.connect("source") as conn:
+                after = fence.state(conn, ctx.builder, ctx.workspace_id)
+            if after != before:
+                self.error = "the source's fence changed while its checksums were computed"
+                return
+            self.result = {"fence_token": before[0], "fenced_at": before[1], "seconds": round(time.monotonic() - t0, 3),
+                           "tables": {t: [n, str(s)] for t, (n, s) in sums.items()}}
+        except BaseException as e:  # noqa: BLE001 - the verify phase computes them instead
+            self.error = f"{type(e).__name__}: {e}"
+
+    def stop(self) -> None:
+        self._stop = True
+
+    def join(self) -> dict[str, Any] | None:
+        self._thread.join()
+        return self.result
+
+
+def usable_source_checksums(ctx: MoveContext, rec: MoveRecord) -> tuple[dict[str, tuple[int, Decimal]] | None, str]:
+    """The source checksums the copy phase recorded, if they still hold: computed under this
+    move's fence, and that very fence (same token, same fenced_at: never lifted and installed
+    again) still in place now, so no row of the workspace changed in the source since."""
+    stored = rec.checkpoints.get("source_checksums")
+    if not stored:
+        return None, "none recorded during the copy"
+    if stored.get("fence_token") != rec.checkpoints.get("fence_token"):
+        return None, "recorded under another fence"
+    with ctx.connect("source") as conn:
+        now = fence.state(conn, ctx.builder, ctx.workspace_id)
+    if now is None or list(now) != [stored.get("fence_token"), stored.get("fenced_at")]:
+        return None, "the fence they were computed under is no longer in place"
+    tables = stored.get("tables") or {}
+    if any(t not in tables for t in ctx.graph.order):
+        return None, "not every table"
+    return {t: (int(v[0]), Decimal(v[1])) for t, v in tables.items()}, "computed during the copy under the fence (still in place)"
+
+
+def snapshot_copy_phase(ctx: MoveContext, rec: MoveRecord) -> MoveRecord:
+    """The snapshot's copy: the source is fenced, so its checksums are computed meanwhile."""
+    return copy_phase(ctx, rec, source_checksums=True)
+
+
+def copy_phase(ctx: MoveContext, rec: MoveRecord, *, source_checksums: bool = False) -> MoveRecord:
+    sums: SourceChecksums | None = None
+    if source_checksums and usable_source_checksums(ctx, rec)[0] is None:
+        sums = SourceChecksums(ctx, rec).start()
+    try:
+        rec = _copy(ctx, rec, sums)
+    finally:
+        if sums is not None:
+            sums.stop()
+            sums.join()
+    return rec
+
+
+def _copy(ctx: MoveContext, rec: MoveRecord, sums: SourceChecksums | None) -> MoveRecord:
     cp = dict(rec.checkpoints.get("copy") or {})
     done: dict[str, Any] = dict(cp.get("tables") or {})
     attempts = int(cp.get("attempts", 0))
@@ -117,6 +204,18 @@ def copy_phase(ctx: MoveContext, rec: MoveRecord) -> MoveRecord:
         done[table] = {"rows": tc.rows, "bytes": tc.bytes, "seconds": tc.seconds, "removed_first": tc.deleted_first}
         rec = checkpoint(ctx, rec, {"copy": {**cp, "tables": done, "globals": globals_done}})
     faults.point("rows_copied")
+    extra: dict[str, Any] = {}
+    if sums is not None:
+        # the target is complete; the source's checksums (on their own connection since the
+        # start) are normally done by now
+        t1 = time.monotonic()
+        res = sums.join()
+        wait = round(time.monotonic() - t1, 3)
+        if res is not None:
+            extra["source_checksums"] = res
+            _state(ctx, f"source checksums computed during the copy in {res['seconds']} s (waited {wait} s)")
+        else:
+            _state(ctx, f"source checksums not computed during the copy ({sums.error}); verify computes them")
 
     prefix = ctx.cat.workspace.prefix_for(ctx.workspace_id)
     obj = objects.copy_objects(src, dst, ctx.cat.environment.buckets, prefix, ctx.emit, ctx.should_stop)
@@ -139,7 +238,7 @@ def copy_phase(ctx: MoveContext, rec: MoveRecord) -> MoveRecord:
     }
     return record(
         ctx, rec, "move.copied", to_state="copied",
-        checkpoints={"copy": {**cp, "tables": done, "globals": globals_done, "objects": obj, "complete": True}},
+        checkpoints={"copy": {**cp, "tables": done, "globals": globals_done, "objects": obj, "complete": True}, **extra},
         report={"copy": summary},
         audit_details={"rows": rows, "bytes": nbytes, "objects": sum(b["objects"] for b in obj["buckets"].values())},
     )
@@ -148,12 +247,35 @@ def copy_phase(ctx: MoveContext, rec: MoveRecord) -> MoveRecord:
 # ----------------------------------------------------------------------------------- verify
 
 
-def verify_phase(ctx: MoveContext, rec: MoveRecord, verifier: Callable[[], VerifyResult] | None = None) -> MoveRecord:
+def snapshot_verify_phase(ctx: MoveContext, rec: MoveRecord) -> MoveRecord:
+    """The snapshot's verify: the source's checksums from the copy phase when its fence held
+    throughout (else computed again), the target's computed now over two connections."""
+    return verify_phase(ctx, rec, source_checksums=True)
+
+
+TARGET_WORKERS = 2  # connections checksumming the target at once (the machines here: 2 cores)
+
+
+def verify_phase(ctx: MoveContext, rec: MoveRecord, verifier: Callable[[], VerifyResult] | None = None, *, source_checksums: bool = False) -> MoveRecord:
     """Tables (``verifier``: another strategy's way of computing the same result, e.g. online's
     incremental verification; default: full counts and checksums), then objects."""
     _state(ctx, f"verifying {len(ctx.graph.order)} tables in {rec.source} and {rec.target}")
     if verifier is not None:
         res = verifier()
+    elif source_checksums:
+        t0 = time.monotonic()
+        a_sums, why = usable_source_checksums(ctx, rec)
+        check_s = round(time.monotonic() - t0, 3)
+        sizes = {t["table"]: int(t.get("rows") or 0) for t in rec.plan.get("tables", [])}
+        res = verify_tables(ctx.src.dsn, ctx.dst.dsn, ctx.builder, ctx.workspace_id, rec.source, rec.target,
+                            a_sums=a_sums, b_workers=TARGET_WORKERS, sizes=sizes)
+        res.timings = dict(res.timings or {})
+        if a_sums is not None:
+            res.source_checksums = why
+            res.timings["source_checksums_during_copy"] = float((rec.checkpoints.get("source_checksums") or {}).get("seconds") or 0.0)
+            res.timings["source_fence_check"] = check_s
+        else:
+            res.source_checksums = f"computed in verify ({why})"
     else:
         res = verify_tables(ctx.src.dsn, ctx.dst.dsn, ctx.builder, ctx.workspace_id, rec.source, rec.target)
     oc = objects.compare(ctx.src, ctx.dst, ctx.cat.environment.buckets, ctx.cat.workspace.prefix_for(ctx.workspace_id))

@@ -41,6 +41,8 @@ def build(rec: MoveRecord) -> dict[str, Any]:
         "deletion": r.get("deletion"),
         "rollback": r.get("rollback"),
         "fence_breakdown": (r.get("online") or {}).get("fence_breakdown"),
+        "verify_timings": verify.get("timings"),
+        "verify_source_checksums": verify.get("source_checksums"),
     }
 
 
@@ -83,6 +85,9 @@ def render(d: dict[str, Any]) -> str:
         lines.append("fence breakdown: " + ", ".join(f"{k.replace('_', ' ')} {v:.3f} s" for k, v in d["fence_breakdown"].items() if v is not None))
     if d.get("timing"):
         lines.append(f"total time to cut-over: {human_seconds(d['timing'].get('total_seconds'))}")
+    if d.get("verify_timings"):
+        lines.append("verify timings: " + ", ".join(f"{k.replace('_', ' ')} {v:.3f} s" for k, v in d["verify_timings"].items() if v is not None)
+                     + (f" (source checksums: {d['verify_source_checksums']})" if d.get("verify_source_checksums") else ""))
     lines.append(f"verified: {'yes' if d['verified'] else 'no'}")
     if d.get("deletion"):
         x = d["deletion"]

@@ -527,6 +527,12 @@ class Builder:
         return sql.Identifier(FENCE_SCHEMA)
 
     @staticmethod
+    def fence_state() -> sql.Composed:
+        """(token, fenced_at) of a workspace's fence row (``%(ws)s``): a fence lifted and installed
+        again has another fenced_at."""
+        return sql.SQL("SELECT token, fenced_at FROM {} WHERE workspace_id = %(ws)s").format(sql.Identifier(FENCE_SCHEMA, FENCE_TABLE))
+
+    @staticmethod
     def bypass(token: str) -> tuple[sql.Composed, dict[str, Any]]:
         return sql.SQL("SELECT set_config({}, %(token)s, true)").format(sql.Literal(BYPASS_SETTING)), {"token": token}
 

@@ -29,8 +29,8 @@ SNAPSHOT = Strategy(
     "snapshot",
     {
         "planned": phases.fence_phase,
-        "fenced": phases.copy_phase,
-        "copied": phases.verify_phase,
+        "fenced": phases.snapshot_copy_phase,
+        "copied": phases.snapshot_verify_phase,
         "verified": phases.cutover_phase,
     },
 )

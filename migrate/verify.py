@@ -49,6 +49,7 @@ class VerifyResult:
     objects: dict[str, Any] | None = None
     seconds: float = 0.0
     timings: dict[str, float] | None = None  # seconds per step, when the verifier measures them
+    source_checksums: str = ""  # where the source side's counts/checksums came from (snapshot: see checksum_tables)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -91,6 +92,46 @@ def _checksums(dsn: str, b: Builder, ws: str, tables: list[str], globals_: list[
     return out
 
 
+def checksum_tables(dsn: str, b: Builder, ws: str, tables: list[str], *, workers: int = 1, sizes: dict[str, int] | None = None, stop: Callable[[], bool] = lambda: False, application_name: str = "residency-verify") -> dict[str, tuple[int, Decimal]]:
+    """Count and checksum each of ``tables`` in one database over ``workers`` connections at once,
+    biggest first (``sizes``: expected rows), so that several server processes work. ``stop``
+    (checked between tables) raises InterruptedError."""
+    todo = sorted(tables, key=lambda t: -(sizes or {}).get(t, 0))
+    out: dict[str, tuple[int, Decimal]] = {}
+    params = b.params(ws)
+
+    @transient
+    def worker() -> None:
+        with db.connect(dsn, autocommit=True, application_name=application_name) as conn:
+            while True:
+                with lock:
+                    if not todo:
+                        return
+                    t = todo.pop(0)
+                if stop():
+                    raise InterruptedError("checksums stopped")
+                try:
+                    n, s = conn.execute(b.checksum(t), params).fetchone()
+                except BaseException:
+                    with lock:
+                        todo.insert(0, t)  # a retried worker takes it again
+                    raise
+                with lock:
+                    out[t] = (int(n), Decimal(s))
+
+    import threading
+
+    lock = threading.Lock()
+    n = max(1, min(workers, len(todo)))
+    if n == 1:
+        worker()
+    else:
+        with ThreadPoolExecutor(max_workers=n) as pool:
+            for f in [pool.submit(worker) for _ in range(n)]:
+                f.result()
+    return out
+
+
 @transient
 def _global_present(src_dsn: str, dst_dsn: str, b: Builder, ws: str, gtable: str) -> tuple[int, int]:
     from psycopg import sql
@@ -111,18 +152,33 @@ def _global_present(src_dsn: str, dst_dsn: str, b: Builder, ws: str, gtable: str
     return int(total), int(present)
 
 
-def verify_tables(a_dsn: str, b_dsn: str, b: Builder, ws: str, a_name: str = "source", b_name: str = "target", *, with_globals: bool = True, emit: Callable[[Any], None] | None = None) -> VerifyResult:
+def verify_tables(a_dsn: str, b_dsn: str, b: Builder, ws: str, a_name: str = "source", b_name: str = "target", *, with_globals: bool = True, emit: Callable[[Any], None] | None = None, a_sums: dict[str, tuple[int, Decimal]] | None = None, b_workers: int = 1, sizes: dict[str, int] | None = None) -> VerifyResult:
+    """Counts and checksums of every table on both sides, compared; differing tables narrowed
+    down to their keys. ``a_sums``: side a's counts and checksums already known (the caller
+    proves they still hold, e.g. the snapshot's source computed under a fence that is still in
+    place); then only side b is computed, over ``b_workers`` connections, biggest table first."""
     t0 = time.monotonic()
     tables = list(b.graph.order)
     globals_ = list(b.graph.global_order) if with_globals else []
+    timings: dict[str, float] = {}
 
     @transient
-    def side(dsn: str) -> dict[str, tuple[int, Decimal]]:
-        return _checksums(dsn, b, ws, tables, [])
+    def side(dsn: str) -> tuple[dict[str, tuple[int, Decimal]], float]:
+        ts = time.monotonic()
+        return _checksums(dsn, b, ws, tables, []), round(time.monotonic() - ts, 3)
 
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        fa, fb = pool.submit(side, a_dsn), pool.submit(side, b_dsn)
-        ra, rb = fa.result(), fb.result()
+    if a_sums is not None and all(t in a_sums for t in tables):
+        ra = a_sums
+        ts = time.monotonic()
+        rb = checksum_tables(b_dsn, b, ws, tables, workers=b_workers, sizes=sizes)
+        timings["target_checksums"] = round(time.monotonic() - ts, 3)
+        origin = "given"
+    else:
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            fa, fb = pool.submit(side, a_dsn), pool.submit(side, b_dsn)
+            (ra, timings["source_checksums"]), (rb, timings["target_checksums"]) = fa.result(), fb.result()
+        origin = "computed in verify"
+    tn = time.monotonic()
     checks: list[TableCheck] = []
     for t in tables:
         (na, sa), (nb, sb) = ra[t], rb[t]
@@ -133,11 +189,14 @@ def verify_tables(a_dsn: str, b_dsn: str, b: Builder, ws: str, a_name: str = "so
             tc.differing = len(diffs)
             tc.differences = diffs[:MAX_KEYS]
         checks.append(tc)
+    timings["narrowing"] = round(time.monotonic() - tn, 3)
+    tg = time.monotonic()
     for g in globals_:
         total, present = _global_present(a_dsn, b_dsn, b, ws, g)
         checks.append(TableCheck(g, total, "", present, "", total == present, kind="global"))
+    timings["globals"] = round(time.monotonic() - tg, 3)
     ok = all(c.ok for c in checks)
-    return VerifyResult(ws, a_name, b_name, ok, checks, None, round(time.monotonic() - t0, 3))
+    return VerifyResult(ws, a_name, b_name, ok, checks, None, round(time.monotonic() - t0, 3), timings=timings, source_checksums=origin)
 
 
 # ---------------------------------------------------------------------------- narrowing
