@@ -10,6 +10,7 @@ import jinja2
 import pytest
 
 import playbooks
+from residency import requests as rq
 from request_helpers import REPO
 from residency import catalogue, moves
 from residency.requests import Request
@@ -70,7 +71,7 @@ def test_move_playbooks_and_notices_render_for_every_region(source, target, fmt)
     assert f"residency move rollback {m.id}" in wm and "messages" in wm and "12,000" in wm
     assert "Expected fence" in wm and "snapshot" in wm
     sched = playbooks.render("move-scheduled", cat=CAT, request=fake_request(source, target), format=fmt)
-    assert "2030-05-01T12:00Z/2h" in sched and target.upper() in sched and "Read-only period: about 15s" in sched
+    assert "2030-05-01T12:00Z/2h" in sched and target.upper() in sched and f"Read-only period: about {rq.ONLINE_FENCE:.0f}s" in sched  # an online request's expected fence
     done = playbooks.render("move-completed", cat=CAT, move=m, format=fmt)
     assert "98765" in done and "42s" in done and "users" not in done  # global tables are not the customer's
     deleted = playbooks.render("source-deleted", cat=CAT, move=m, format=fmt)
