@@ -8,10 +8,9 @@ import logging
 import os
 
 import psycopg
-from tenacity import before_sleep_log, retry, retry_if_exception, stop_after_attempt, stop_after_delay, wait_random_exponential
-
 from residency import db
 from residency.errors import OperationError
+from residency.retrying import bounded_retry
 
 log = logging.getLogger("residency.migrate")
 
@@ -41,10 +40,4 @@ def is_transient(exc: BaseException) -> bool:
 
 _ATTEMPTS = int(os.environ.get("RESIDENCY_MOVE_RETRIES", "5"))
 
-transient = retry(
-    retry=retry_if_exception(is_transient),
-    wait=wait_random_exponential(multiplier=0.2, max=5),
-    stop=stop_after_attempt(_ATTEMPTS) | stop_after_delay(120),
-    before_sleep=before_sleep_log(log, logging.WARNING),
-    reraise=True,
-)
+transient = bounded_retry(is_transient, attempts=_ATTEMPTS, within=120, log=log)

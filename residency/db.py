@@ -11,16 +11,8 @@ import logging
 from typing import Any
 
 import psycopg
-from tenacity import (
-    before_sleep_log,
-    retry,
-    retry_if_exception,
-    stop_after_attempt,
-    stop_after_delay,
-    wait_random_exponential,
-)
-
 from .errors import OperationError
+from .retrying import bounded_retry
 
 log = logging.getLogger("residency.db")
 
@@ -39,13 +31,7 @@ def is_transient(exc: BaseException) -> bool:
     return False
 
 
-transient_retry = retry(
-    retry=retry_if_exception(is_transient),
-    wait=wait_random_exponential(multiplier=0.2, max=5),
-    stop=stop_after_attempt(6) | stop_after_delay(60),
-    before_sleep=before_sleep_log(log, logging.WARNING),
-    reraise=True,
-)
+transient_retry = bounded_retry(is_transient, attempts=6, within=60, log=log)
 """Bounded, jittered retry for transient database faults. Use on idempotent units of work."""
 
 

@@ -27,7 +27,9 @@ from typing import Any, Iterable, Mapping
 
 import psycopg
 from psycopg.types.json import Jsonb
-from tenacity import RetryError, retry, retry_if_exception, stop_after_attempt, stop_after_delay, wait_random_exponential
+from tenacity import RetryError
+
+from .retrying import bounded_retry
 
 log = logging.getLogger("residency.notify")
 
@@ -251,12 +253,8 @@ class Notifier:
                 payload["notice_id"] = nid
                 tries = {"n": 0}
 
-                @retry(
-                    retry=retry_if_exception(lambda e: isinstance(e, DeliveryError) and e.transient),
-                    wait=wait_random_exponential(multiplier=0.2, max=2),
-                    stop=stop_after_attempt(self.attempts) | stop_after_delay(self.budget),
-                    reraise=True,
-                )
+                @bounded_retry(lambda e: isinstance(e, DeliveryError) and e.transient,
+                               attempts=self.attempts, within=self.budget, max_wait=2)
                 def send() -> None:
                     tries["n"] += 1
                     _post(self.webhook_url, payload, self.timeout)  # type: ignore[arg-type]
