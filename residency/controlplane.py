@@ -125,9 +125,16 @@ BEGIN
     RAISE EXCEPTION 'residency.audit is append-only (% refused)', TG_OP
         USING ERRCODE = 'insufficient_privilege';
 END $$;
-DROP TRIGGER IF EXISTS audit_append_only ON residency.audit;
-CREATE TRIGGER audit_append_only BEFORE UPDATE OR DELETE OR TRUNCATE ON residency.audit
-    FOR EACH STATEMENT EXECUTE FUNCTION residency.audit_append_only();
+-- Created only when missing: DROP/CREATE TRIGGER would take an exclusive lock on the audit log
+-- every time a command ensures the schema.
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_trigger
+                   WHERE tgrelid = 'residency.audit'::regclass AND tgname = 'audit_append_only') THEN
+        CREATE TRIGGER audit_append_only BEFORE UPDATE OR DELETE OR TRUNCATE ON residency.audit
+            FOR EACH STATEMENT EXECUTE FUNCTION residency.audit_append_only();
+    END IF;
+END $$;
 """
 
 # Any constant will do: it names the lock that serialises schema creation.

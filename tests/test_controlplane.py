@@ -116,3 +116,16 @@ def test_audit_detects_an_edit_even_with_a_recomputed_link(env, cp):
     _superuser_edit(env.control_dsn, ("UPDATE residency.audit SET actor = 'mallory' WHERE seq = 2", ()))
     res = audit.verify(cp)
     assert res.problems == ["entry 2 (test.step thing/1): content does not match its hash (edited?)"]
+
+
+def test_ensuring_the_schema_never_waits_for_an_open_audit_transaction(env, cp):
+    from residency import controlplane
+
+    with cp.transaction():  # an appender holds its transaction open (a move step, say)
+        audit.append(cp, "test.step", "thing/1", {}, WHO)
+        with psycopg.connect(env.control_dsn) as other:
+            other.execute("SET lock_timeout = '1s'")
+            controlplane.ensure_schema(other)  # every CLI command does this
+    with pytest.raises(psycopg.errors.InsufficientPrivilege):  # and the guard is still in place
+        with cp.transaction():
+            cp.execute("DELETE FROM residency.audit")
