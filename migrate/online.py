@@ -246,16 +246,10 @@ def replicate_phase(ctx: MoveContext, rec: MoveRecord) -> MoveRecord:
 
 
 def _install_fence(src: psycopg.Connection[Any], b: Any, rec: MoveRecord, token: str) -> Any:
-    """fence.install, giving way to writers (see replication._again_after_deadlock): its trigger
+    """fence.install, giving way to writers (replication.again_after_deadlock): its trigger
     DDL locks the tables one by one while a writer's transaction may hold one and want the next.
     The install is one transaction, rolled back whole; the fence starts when one commits."""
-    for attempt in range(repl.DDL_ATTEMPTS):
-        try:
-            return fence.install(src, b, rec.workspace_id, rec.id, token, lock_timeout=repl.DDL_LOCK_TIMEOUT)
-        except (psycopg.errors.DeadlockDetected, psycopg.errors.LockNotAvailable):
-            if attempt == repl.DDL_ATTEMPTS - 1:
-                raise
-            time.sleep(0.01 * (1 + attempt % 5))
+    return repl.again_after_deadlock(fence.install)(src, b, rec.workspace_id, rec.id, token, lock_timeout=repl.DDL_LOCK_TIMEOUT)
 
 
 def _prepare_verify(ctx: MoveContext, rec: MoveRecord, src: psycopg.Connection[Any], dst: psycopg.Connection[Any], check: Callable[[], None]) -> incremental.Prepared | None:

@@ -83,7 +83,7 @@ DDL_LOCK_TIMEOUT = "250ms"  # below deadlock_timeout (1s): we give way before a 
 DDL_ATTEMPTS = 80
 
 
-def _again_after_deadlock(fn: Callable[..., Any]) -> Callable[..., Any]:
+def again_after_deadlock(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Trigger DDL takes each table's lock in turn while a writer's transaction may hold one and
     want the next. It waits at most DDL_LOCK_TIMEOUT per lock, so it gives way (rolled back whole)
     before the deadlock detector would pick a victim, possibly the application's transaction; then
@@ -102,7 +102,7 @@ def _again_after_deadlock(fn: Callable[..., Any]) -> Callable[..., Any]:
     return run
 
 
-@_again_after_deadlock
+@again_after_deadlock
 def install_guard(conn: psycopg.Connection[Any], b: Builder, move_id: int) -> None:
     with conn.transaction():
         conn.execute("SELECT set_config('lock_timeout', %s, true)", (DDL_LOCK_TIMEOUT,))
@@ -113,7 +113,7 @@ def install_guard(conn: psycopg.Connection[Any], b: Builder, move_id: int) -> No
             conn.execute(b.truncate_guard(t, move_id))
 
 
-@_again_after_deadlock
+@again_after_deadlock
 def install_change_log(conn: psycopg.Connection[Any], b: Builder, move_id: int, workspace_id: str) -> None:
     """Row triggers on every moving table recording the key of every changed row of the workspace
     (before and after the change: a row can change workspace), committed before the path tables'
@@ -150,7 +150,7 @@ def truncations(conn: psycopg.Connection[Any], b: Builder, move_id: int) -> list
         return []
 
 
-@_again_after_deadlock
+@again_after_deadlock
 def drop_guard(conn: psycopg.Connection[Any], b: Builder, move_id: int) -> bool:
     """Remove this move's triggers and events; the schema goes when no move uses it."""
     with conn.transaction():
