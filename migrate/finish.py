@@ -17,6 +17,11 @@ from .progress import Progress
 from .retry import transient
 
 
+class CleanupRefused(OperationError):
+    """Cleanup declined to delete the source copy (grace period not over, or the workspace is not
+    safely homed in the target). Nothing was attempted, so the move is not failed."""
+
+
 def _source_evidence(ctx: MoveContext) -> dict[str, Any]:
     """What is about to be deleted: per table rows and checksum; objects per bucket."""
     b = ctx.builder
@@ -53,19 +58,19 @@ def cleanup(ctx: MoveContext, rec: MoveRecord, grace: timedelta, now: datetime |
         raise OperationError(f"move {rec.id} has no cut-over time; it cannot be cleaned up")
     ends = datetime.fromisoformat(cut_at) + grace
     if now < ends:
-        raise OperationError(
+        raise CleanupRefused(
             f"move {rec.id}: the grace period ends {ends:%Y-%m-%d %H:%M:%S %Z} (cut over {cut_at}, grace {grace});"
             " the source copy is kept until then (use --grace to shorten it)"
         )
     with ctx.connect("control") as cp:
         entry = directory.require(cp, rec.workspace_id)
     if entry.region != rec.target:
-        raise OperationError(f"workspace {rec.workspace_id} is homed in {entry.region}, not {rec.target}: refusing to delete the source copy")
+        raise CleanupRefused(f"workspace {rec.workspace_id} is homed in {entry.region}, not {rec.target}: refusing to delete the source copy")
     with ctx.connect("target") as t:
         root = ctx.cat.workspace.root_table
         (n,) = t.execute(ctx.builder.count_rows(root), ctx.params()).fetchone()[:1]
     if not n:
-        raise OperationError(f"workspace {rec.workspace_id} has no row in {root} of {rec.target}: refusing to delete the source copy")
+        raise CleanupRefused(f"workspace {rec.workspace_id} has no row in {root} of {rec.target}: refusing to delete the source copy")
 
     evidence = rec.checkpoints.get("deletion")
     if not evidence:

@@ -203,9 +203,9 @@ def cleanup_move(
             strat.teardown(ctx, rec)
         try:
             return finish.cleanup(ctx, rec, grace)
+        except finish.CleanupRefused:
+            raise
         except OperationError as exc:
-            if "grace period" in str(exc) or "refusing" in str(exc):
-                raise
             _fail(conns, rec, exc, actor)
             raise
         except Exception as exc:
