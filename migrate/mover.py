@@ -124,11 +124,12 @@ def resume_move(
     rec = _get(conns, move_id)
     if rec.state in ("cleaned", "rolled_back"):
         raise OperationError(f"move {move_id} is {rec.state}; nothing to resume")
+    if (rec.state == "failed" and (rec.resume_from or "planned") == "cut_over") or (rec.state == "cut_over" and rec.checkpoints.get("deletion")):
+        # a cleanup that began, or a move that failed after cut-over: finish it without a grace period
+        return cleanup_move(cat, conns, move_id, grace=timedelta(0), actor=actor, progress=progress)
     ctx = make_context(cat, conns, rec.workspace_id, rec.source, rec.target, actor=actor, progress=progress, move_id=rec.id)
-    if rec.state == "failed" or (rec.state == "cut_over" and rec.checkpoints.get("deletion")):
+    if rec.state == "failed":
         was = rec.resume_from or "planned"
-        if was == "cut_over" or rec.state == "cut_over":
-            return cleanup_move(cat, conns, move_id, grace=timedelta(0), actor=actor, progress=progress, _resume=True)
         with db.connect(conns.control_dsn) as cp:
             with cp.transaction():
                 rec = moves.transition(cp, move_id, was, expect=["failed"])
@@ -177,7 +178,6 @@ def cleanup_move(
     grace: timedelta = timedelta(days=7),
     actor: Actor | None = None,
     progress: ProgressFn | None = None,
-    _resume: bool = False,
 ) -> MoveRecord:
     """After the grace period: delete the source copy and record the deletion in the report."""
     actor = actor or Actor.current()
@@ -196,8 +196,6 @@ def cleanup_move(
                 with cp.transaction():
                     rec = moves.transition(cp, move_id, "cut_over", expect=["failed"])
                     audit.append(cp, "move.resumed", subject(rec), details(rec, state="cut_over"), actor)
-        if _resume and rec.checkpoints.get("deletion"):
-            grace = timedelta(0)  # the grace period was already checked when the cleanup began
         strat = strategy_mod.get(rec.strategy)
         if strat.teardown is not None:  # e.g. online replication left by a crash after cut-over
             strat.teardown(ctx, rec)
