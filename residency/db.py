@@ -7,10 +7,12 @@ and wrap it with :data:`transient_retry` themselves.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from typing import Any
 
 import psycopg
+from psycopg import sql
 from .errors import OperationError
 from .retrying import bounded_retry
 
@@ -50,3 +52,9 @@ def connect(dsn: str, *, autocommit: bool = False, application_name: str = "resi
     except psycopg.OperationalError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise OperationError(f"cannot connect to {redact(dsn)}: {first}") from exc
+
+
+def columns(record: type) -> sql.Composed:
+    """The column list of a dataclass whose fields mirror a table's columns, in field order,
+    so a row fetched with it builds the record with ``record(*row)``."""
+    return sql.SQL(", ").join(sql.Identifier(f.name) for f in dataclasses.fields(record))

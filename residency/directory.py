@@ -11,7 +11,9 @@ from datetime import datetime
 from typing import Any
 
 import psycopg
+from psycopg import sql
 
+from .db import columns
 from .errors import InputError, OperationError
 
 STATUSES = ("active", "frozen", "moving")
@@ -26,13 +28,13 @@ class DirectoryEntry:
     updated_at: datetime
 
 
-_COLS = "workspace_id, region, status, version, updated_at"
+_COLS = columns(DirectoryEntry)
 
 
 def get(conn: psycopg.Connection[Any], workspace_id: object, *, for_update: bool = False) -> DirectoryEntry | None:
-    q = f"SELECT {_COLS} FROM residency.directory WHERE workspace_id = %s"
-    if for_update:
-        q += " FOR UPDATE"
+    q = sql.SQL("SELECT {} FROM residency.directory WHERE workspace_id = %s{}").format(
+        _COLS, sql.SQL(" FOR UPDATE" if for_update else "")
+    )
     row = conn.execute(q, (str(workspace_id),)).fetchone()
     return DirectoryEntry(*row) if row else None
 
@@ -47,8 +49,10 @@ def require(conn: psycopg.Connection[Any], workspace_id: object, *, for_update: 
 def register(conn: psycopg.Connection[Any], workspace_id: object, region: str) -> DirectoryEntry:
     """Record a workspace's home; registering it again in the same region is a no-op."""
     row = conn.execute(
-        f"INSERT INTO residency.directory (workspace_id, region) VALUES (%s, %s)"
-        f" ON CONFLICT (workspace_id) DO NOTHING RETURNING {_COLS}",
+        sql.SQL(
+            "INSERT INTO residency.directory (workspace_id, region) VALUES (%s, %s)"
+            " ON CONFLICT (workspace_id) DO NOTHING RETURNING {}"
+        ).format(_COLS),
         (str(workspace_id), region),
     ).fetchone()
     if row:
@@ -62,12 +66,14 @@ def register(conn: psycopg.Connection[Any], workspace_id: object, region: str) -
 def set_status(conn: psycopg.Connection[Any], workspace_id: object, status: str, *, expect: tuple[str, ...] | None = None) -> DirectoryEntry:
     if status not in STATUSES:
         raise ValueError(status)
-    q = f"UPDATE residency.directory SET status = %s, version = version + 1, updated_at = now() WHERE workspace_id = %s"
     params: list[Any] = [status, str(workspace_id)]
     if expect:
-        q += " AND status = ANY(%s)"
         params.append(list(expect))
-    row = conn.execute(q + f" RETURNING {_COLS}", params).fetchone()
+    q = sql.SQL(
+        "UPDATE residency.directory SET status = %s, version = version + 1, updated_at = now()"
+        " WHERE workspace_id = %s{} RETURNING {}"
+    ).format(sql.SQL(" AND status = ANY(%s)" if expect else ""), _COLS)
+    row = conn.execute(q, params).fetchone()
     if row is None:
         e = require(conn, workspace_id)
         raise OperationError(f"workspace '{workspace_id}' is {e.status}, expected {' or '.join(expect or ())}")
@@ -80,8 +86,10 @@ def move_home(conn: psycopg.Connection[Any], workspace_id: object, source: str, 
     Refuses (and changes nothing) unless the workspace's home is still ``source``.
     """
     row = conn.execute(
-        f"UPDATE residency.directory SET region = %s, status = 'active', version = version + 1, updated_at = now()"
-        f" WHERE workspace_id = %s AND region = %s RETURNING {_COLS}",
+        sql.SQL(
+            "UPDATE residency.directory SET region = %s, status = 'active', version = version + 1, updated_at = now()"
+            " WHERE workspace_id = %s AND region = %s RETURNING {}"
+        ).format(_COLS),
         (target, str(workspace_id), source),
     ).fetchone()
     if row is None:
@@ -91,9 +99,8 @@ def move_home(conn: psycopg.Connection[Any], workspace_id: object, source: str, 
 
 
 def list_entries(conn: psycopg.Connection[Any], region: str | None = None) -> list[DirectoryEntry]:
-    q = f"SELECT {_COLS} FROM residency.directory"
-    params: list[Any] = []
-    if region:
-        q += " WHERE region = %s"
-        params.append(region)
-    return [DirectoryEntry(*r) for r in conn.execute(q + " ORDER BY region, workspace_id", params)]
+    params: list[Any] = [region] if region else []
+    q = sql.SQL("SELECT {} FROM residency.directory{} ORDER BY region, workspace_id").format(
+        _COLS, sql.SQL(" WHERE region = %s" if region else "")
+    )
+    return [DirectoryEntry(*r) for r in conn.execute(q, params)]

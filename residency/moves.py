@@ -14,8 +14,10 @@ from datetime import datetime
 from typing import Any, Iterable
 
 import psycopg
+from psycopg import sql
 from psycopg.types.json import Jsonb
 
+from .db import columns
 from .errors import InputError, OperationError
 
 STATES = ("planned", "fenced", "copied", "verified", "cut_over", "cleaned", "rolled_back", "failed")
@@ -46,10 +48,7 @@ class MoveRecord:
         return self.state not in CLOSED
 
 
-_COLS = (
-    "id, workspace_id, source, target, strategy, state, resume_from, error, created_by, created_at,"
-    " updated_at, plan, checkpoints, report, lease_owner, lease_until"
-)
+_COLS = columns(MoveRecord)
 
 
 def create(conn: psycopg.Connection[Any], workspace_id: object, source: str, target: str, strategy: str, plan: dict[str, Any], created_by: str) -> MoveRecord:
@@ -57,8 +56,10 @@ def create(conn: psycopg.Connection[Any], workspace_id: object, source: str, tar
     try:
         with conn.transaction():  # a savepoint, so the caller's transaction survives a refusal
             row = conn.execute(
-                f"INSERT INTO residency.moves (workspace_id, source, target, strategy, state, plan, created_by)"
-                f" VALUES (%s, %s, %s, %s, 'planned', %s, %s) RETURNING {_COLS}",
+                sql.SQL(
+                    "INSERT INTO residency.moves (workspace_id, source, target, strategy, state, plan, created_by)"
+                    " VALUES (%s, %s, %s, %s, 'planned', %s, %s) RETURNING {}"
+                ).format(_COLS),
                 (str(workspace_id), source, target, strategy, Jsonb(plan), created_by),
             ).fetchone()
     except psycopg.errors.UniqueViolation:
@@ -70,7 +71,7 @@ def create(conn: psycopg.Connection[Any], workspace_id: object, source: str, tar
 
 
 def get(conn: psycopg.Connection[Any], move_id: int, *, for_update: bool = False) -> MoveRecord:
-    q = f"SELECT {_COLS} FROM residency.moves WHERE id = %s" + (" FOR UPDATE" if for_update else "")
+    q = sql.SQL("SELECT {} FROM residency.moves WHERE id = %s{}").format(_COLS, sql.SQL(" FOR UPDATE" if for_update else ""))
     row = conn.execute(q, (int(move_id),)).fetchone()
     if row is None:
         raise InputError(f"unknown move {move_id}")
@@ -79,23 +80,23 @@ def get(conn: psycopg.Connection[Any], move_id: int, *, for_update: bool = False
 
 def open_move_for(conn: psycopg.Connection[Any], workspace_id: object) -> MoveRecord | None:
     row = conn.execute(
-        f"SELECT {_COLS} FROM residency.moves WHERE workspace_id = %s AND state <> ALL(%s) ORDER BY id DESC LIMIT 1",
+        sql.SQL("SELECT {} FROM residency.moves WHERE workspace_id = %s AND state <> ALL(%s) ORDER BY id DESC LIMIT 1").format(_COLS),
         (str(workspace_id), list(CLOSED)),
     ).fetchone()
     return MoveRecord(*row) if row else None
 
 
 def list_moves(conn: psycopg.Connection[Any], *, workspace_id: object | None = None, open_only: bool = False, limit: int = 100) -> list[MoveRecord]:
-    q = f"SELECT {_COLS} FROM residency.moves WHERE true"
+    where: list[sql.Composable] = [sql.SQL("true")]
     params: list[Any] = []
     if workspace_id is not None:
-        q += " AND workspace_id = %s"
+        where.append(sql.SQL("workspace_id = %s"))
         params.append(str(workspace_id))
     if open_only:
-        q += " AND state <> ALL(%s)"
+        where.append(sql.SQL("state <> ALL(%s)"))
         params.append(list(CLOSED))
-    q += " ORDER BY id DESC LIMIT %s"
     params.append(limit)
+    q = sql.SQL("SELECT {} FROM residency.moves WHERE {} ORDER BY id DESC LIMIT %s").format(_COLS, sql.SQL(" AND ").join(where))
     return [MoveRecord(*r) for r in conn.execute(q, params)]
 
 
@@ -109,10 +110,12 @@ def transition(conn: psycopg.Connection[Any], move_id: int, to_state: str, *, ex
         raise ValueError(to_state)
     expect = list(expect)
     row = conn.execute(
-        f"UPDATE residency.moves SET state = %s,"
-        f" resume_from = CASE WHEN %s = 'failed' THEN (CASE WHEN state = 'failed' THEN resume_from ELSE state END) ELSE NULL END,"
-        f" error = %s, updated_at = now()"
-        f" WHERE id = %s AND state = ANY(%s) RETURNING {_COLS}",
+        sql.SQL(
+            "UPDATE residency.moves SET state = %s,"
+            " resume_from = CASE WHEN %s = 'failed' THEN (CASE WHEN state = 'failed' THEN resume_from ELSE state END) ELSE NULL END,"
+            " error = %s, updated_at = now()"
+            " WHERE id = %s AND state = ANY(%s) RETURNING {}"
+        ).format(_COLS),
         (to_state, to_state, error if to_state == "failed" else None, int(move_id), expect),
     ).fetchone()
     if row is None:
@@ -122,8 +125,6 @@ def transition(conn: psycopg.Connection[Any], move_id: int, to_state: str, *, ex
 
 
 def _merge(conn: psycopg.Connection[Any], move_id: int, column: str, patch: dict[str, Any]) -> None:
-    from psycopg import sql
-
     conn.execute(
         sql.SQL("UPDATE residency.moves SET {col} = {col} || %s, updated_at = now() WHERE id = %s").format(col=sql.Identifier(column)),
         (Jsonb(patch), int(move_id)),
