@@ -28,6 +28,12 @@ POINTS = (
     "cleanup_rows_deleted",  # source rows deleted, objects not yet
     "cleanup_objects_deleted",  # source objects deleted, state not yet cleaned
     "rollback_target_cleared",  # rollback: target rows removed, fence still there
+    # online strategy (migrate.online)
+    "online_synced",  # the subscription's initial copy finished, before the unfenced catch-up
+    "online_catching_up",  # after a round of the unfenced catch-up
+    "online_caught_up",  # fenced: the replication's catch-up settled (applied, or found unfinished), subscription not yet stopped
+    "online_replication_removed",  # fenced: replication stopped or removed, its copy checkpoint recorded, copy_phase not yet run
+    "online_cut_over",  # cut over, replication not yet removed
 )
 
 _counts: dict[str, int] = {}

@@ -78,10 +78,6 @@ def state(conn: psycopg.Connection[Any], b: Builder, workspace_id: str) -> tuple
     return (row[0], row[1].isoformat()) if row else None
 
 
-def is_fenced(conn: psycopg.Connection[Any], b: Builder, workspace_id: str) -> bool:
-    return token_of(conn, b, workspace_id) is not None
-
-
 def wait_for_older_transactions(conn: psycopg.Connection[Any], since: datetime, timeout: float = 60.0) -> None:
     """Wait until no transaction that began before the fence is still running in this database:
     such a transaction (REPEATABLE READ, say) could still see the workspace unfenced."""

@@ -304,7 +304,7 @@ def _recheck(dsn: str, b: Builder, ws: str, work: dict[str, tuple[Buckets, list[
             out[t][k] = (n0 + int(n_), s0 + Decimal(s))
     timings[f"{side}_buckets"] = round(time.monotonic() - t0, 3)
     t0 = time.monotonic()
-    fulls = _checksums(dsn, b, ws, full, []) if full else {}
+    fulls = _checksums(dsn, b, ws, full) if full else {}
     timings[f"{side}_full"] = round(time.monotonic() - t0, 3)
     return out, fulls
 

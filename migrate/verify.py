@@ -79,16 +79,13 @@ def _fmt_diff(d: dict[str, Any]) -> str:
     return f"{k} ({d['kind']})"
 
 
-def _checksums(dsn: str, b: Builder, ws: str, tables: list[str], globals_: list[str]) -> dict[str, tuple[int, Decimal]]:
+def _checksums(dsn: str, b: Builder, ws: str, tables: list[str]) -> dict[str, tuple[int, Decimal]]:
     params = b.params(ws)
     out: dict[str, tuple[int, Decimal]] = {}
     with db.connect(dsn, autocommit=True, application_name="residency-verify") as conn:
         for t in tables:
             n, s = conn.execute(b.checksum(t), params).fetchone()
             out[t] = (int(n), Decimal(s))
-        for g in globals_:
-            n, s = conn.execute(b.checksum(g, global_=True), params).fetchone()
-            out["global:" + g] = (int(n), Decimal(s))
     return out
 
 
@@ -165,7 +162,7 @@ def verify_tables(a_dsn: str, b_dsn: str, b: Builder, ws: str, a_name: str = "so
     @transient
     def side(dsn: str) -> tuple[dict[str, tuple[int, Decimal]], float]:
         ts = time.monotonic()
-        return _checksums(dsn, b, ws, tables, []), round(time.monotonic() - ts, 3)
+        return _checksums(dsn, b, ws, tables), round(time.monotonic() - ts, 3)
 
     if a_sums is not None and all(t in a_sums for t in tables):
         ra = a_sums
