@@ -60,10 +60,6 @@ FENCED_CATCHUP_TIMEOUT = float(os.environ.get("RESIDENCY_ONLINE_FENCED_TIMEOUT",
 CLOSE_ENOUGH_SECONDS = 0.25  # catch up unfenced until one round trip takes less than this
 
 
-def _emit(ctx: MoveContext, msg: str) -> None:
-    ctx.emit(Progress("state", msg, message=msg))
-
-
 def _guarded(phase: Callable[[MoveContext, MoveRecord], MoveRecord]) -> Callable[[MoveContext, MoveRecord], MoveRecord]:
     """Remove publication, subscription and slots when an online phase fails (not when the lease
     is lost: then another process drives the move and owns its replication)."""
@@ -89,7 +85,7 @@ def teardown(ctx: MoveContext, rec: MoveRecord) -> dict[str, Any]:
     sub_oid = ((rec.checkpoints.get("online") or {}).get("subscription_oid"))
     removed = repl.teardown(ctx.src.dsn, ctx.dst.dsn, ctx.builder, rec.id, sub_oid)
     if any(removed.values()):
-        _emit(ctx, f"removed replication of move {rec.id}: " + ", ".join(f"{k}={v}" for k, v in removed.items() if v))
+        phases.emit_state(ctx, f"removed replication of move {rec.id}: " + ", ".join(f"{k}={v}" for k, v in removed.items() if v))
     return removed
 
 
@@ -129,13 +125,13 @@ def _start_replication(ctx: MoveContext, rec: MoveRecord, src: psycopg.Connectio
         and not repl.truncations(src, b, rec.id)
     )
     if intact:
-        _emit(ctx, f"replication of move {rec.id} is intact; resuming the catch-up")
+        phases.emit_state(ctx, f"replication of move {rec.id} is intact; resuming the catch-up")
         return rec
     # a fresh start, or what a crashed/failed attempt left: remove it, then start clean
     teardown(ctx, rec)
     removed = copy_mod.clear_target(ctx.dst.dsn, b, ctx.workspace_id, list(ctx.graph.order))
     if any(removed.values()):
-        _emit(ctx, "removed a previous attempt's rows from the target: " + ", ".join(f"{t} {n}" for t, n in removed.items() if n))
+        phases.emit_state(ctx, "removed a previous attempt's rows from the target: " + ", ".join(f"{t} {n}" for t, n in removed.items() if n))
     t0 = time.monotonic()
     fps = {"source": repl.fingerprint(src, ctx.graph), "target": repl.fingerprint(dst, ctx.graph)}
     repl.install_guard(src, b, rec.id)
@@ -144,7 +140,7 @@ def _start_replication(ctx: MoveContext, rec: MoveRecord, src: psycopg.Connectio
     conninfo = repl.source_conninfo(rec.source, ctx.src.dsn)
     oid = repl.create_subscription(dst, b, rec.id, conninfo)
     name = repl.name_for(rec.id)
-    _emit(ctx, f"replicating: publication {name} in {rec.source} ({len(repl.row_filtered(ctx.graph))} row-filtered tables), subscription {name} in {rec.target}")
+    phases.emit_state(ctx, f"replicating: publication {name} in {rec.source} ({len(repl.row_filtered(ctx.graph))} row-filtered tables), subscription {name} in {rec.target}")
     return checkpoint(ctx, rec, {"online": {
         "publication": name, "subscription": name, "slot": name, "subscription_oid": oid,
         "fingerprints": fps, "started_at": phases.now_iso(), "setup_seconds": round(time.monotonic() - t0, 3),
@@ -221,7 +217,7 @@ def replicate_phase(ctx: MoveContext, rec: MoveRecord) -> MoveRecord:
         if not token:
             token = fence.new_token()
             rec = checkpoint(ctx, rec, {"fence_token": token})
-        _emit(ctx, f"fencing workspace {rec.workspace_id} in {rec.source} for the final catch-up")
+        phases.emit_state(ctx, f"fencing workspace {rec.workspace_id} in {rec.source} for the final catch-up")
         f0 = time.monotonic()
         fenced_at = _install_fence(src, b, rec, token)
         faults.point("fence_installed")
@@ -264,12 +260,12 @@ def _prepare_verify(ctx: MoveContext, rec: MoveRecord, src: psycopg.Connection[A
             lambda lsn: repl.wait_applied(src, dst, rec.id, lsn, timeout=SYNC_TIMEOUT, should_stop=ctx.should_stop, check=check),
         )
     except (incremental.Skip, psycopg.errors.QueryCanceled, psycopg.errors.LockNotAvailable) as exc:
-        _emit(ctx, f"incremental verification not prepared ({(str(exc).splitlines() or [''])[0]}); the fenced verification checks every row")
+        phases.emit_state(ctx, f"incremental verification not prepared ({(str(exc).splitlines() or [''])[0]}); the fenced verification checks every row")
         return None
     check()
     incremental.PREPARED[rec.id] = prep
     inc = sorted(prep.tables)
-    _emit(ctx, f"verification prepared before the fence: {len(inc)} tables bucketed ({', '.join(inc)}), C0 = {prep.c0}")
+    phases.emit_state(ctx, f"verification prepared before the fence: {len(inc)} tables bucketed ({', '.join(inc)}), C0 = {prep.c0}")
     return prep
 
 
@@ -350,7 +346,7 @@ def finish_copy_phase(ctx: MoveContext, rec: MoveRecord) -> MoveRecord:
     else:
         st["replication_done"] = False
         done = {}
-        _emit(ctx, "replication did not finish (crash, failure or failed verification): copying every table under the fence")
+        phases.emit_state(ctx, "replication did not finish (crash, failure or failed verification): copying every table under the fence")
     rec = checkpoint(ctx, rec, {"online": st, "copy": {**cp, "tables": done}})
     faults.point("online_replication_removed")
     t0 = time.monotonic()
@@ -460,7 +456,7 @@ def cutover_phase(ctx: MoveContext, rec: MoveRecord) -> MoveRecord:
         teardown(ctx, rec)
         removed = round(time.monotonic() - t0, 3)
     except Exception as exc:  # noqa: BLE001 - the move is cut over; the leftovers are reported
-        _emit(ctx, f"cut over, but removing the replication of move {rec.id} failed ({(str(exc).splitlines() or [''])[0]});"
+        phases.emit_state(ctx, f"cut over, but removing the replication of move {rec.id} failed ({(str(exc).splitlines() or [''])[0]});"
                    f" `residency move resume {rec.id}` removes it")
     st = rec.checkpoints.get("online") or {}
     breakdown = {

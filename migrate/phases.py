@@ -58,7 +58,7 @@ def checkpoint(ctx: MoveContext, rec: MoveRecord, patch: dict[str, Any]) -> Move
             return moves.get(cp, rec.id)
 
 
-def _state(ctx: MoveContext, message: str) -> None:
+def emit_state(ctx: MoveContext, message: str) -> None:
     ctx.emit(Progress("state", message, message=message))
 
 
@@ -70,7 +70,7 @@ def fence_phase(ctx: MoveContext, rec: MoveRecord) -> MoveRecord:
     if not token:
         token = fence.new_token()
         rec = checkpoint(ctx, rec, {"fence_token": token})
-    _state(ctx, f"fencing workspace {rec.workspace_id} in {rec.source}")
+    emit_state(ctx, f"fencing workspace {rec.workspace_id} in {rec.source}")
     with ctx.connect("source") as conn:
         fenced_at = fence.install(conn, ctx.builder, rec.workspace_id, rec.id, token)
         faults.point("fence_installed")
@@ -183,7 +183,7 @@ def _copy(ctx: MoveContext, rec: MoveRecord, sums: SourceChecksums | None) -> Mo
         left = [t for t in ctx.graph.order if t not in done]
         removed = copy_mod.clear_target(dst.dsn, ctx.builder, ctx.workspace_id, left)
         if any(removed.values()):
-            _state(ctx, "removed a previous attempt's partial rows: " + ", ".join(f"{t} {n}" for t, n in removed.items() if n))
+            emit_state(ctx, "removed a previous attempt's partial rows: " + ", ".join(f"{t} {n}" for t, n in removed.items() if n))
     cp["attempts"] = attempts + 1
     rec = checkpoint(ctx, rec, {"copy": {**cp, "tables": done}})
     expected = {t["table"]: t["rows"] for t in rec.plan.get("tables", [])}
@@ -213,9 +213,9 @@ def _copy(ctx: MoveContext, rec: MoveRecord, sums: SourceChecksums | None) -> Mo
         wait = round(time.monotonic() - t1, 3)
         if res is not None:
             extra["source_checksums"] = res
-            _state(ctx, f"source checksums computed during the copy in {res['seconds']} s (waited {wait} s)")
+            emit_state(ctx, f"source checksums computed during the copy in {res['seconds']} s (waited {wait} s)")
         else:
-            _state(ctx, f"source checksums not computed during the copy ({sums.error}); verify computes them")
+            emit_state(ctx, f"source checksums not computed during the copy ({sums.error}); verify computes them")
 
     prefix = ctx.cat.workspace.prefix_for(ctx.workspace_id)
     obj = objects.copy_objects(src, dst, ctx.cat.environment.buckets, prefix, ctx.emit, ctx.should_stop)
@@ -259,7 +259,7 @@ TARGET_WORKERS = 2  # connections checksumming the target at once (the machines 
 def verify_phase(ctx: MoveContext, rec: MoveRecord, verifier: Callable[[], VerifyResult] | None = None, *, source_checksums: bool = False) -> MoveRecord:
     """Tables (``verifier``: another strategy's way of computing the same result, e.g. online's
     incremental verification; default: full counts and checksums), then objects."""
-    _state(ctx, f"verifying {len(ctx.graph.order)} tables in {rec.source} and {rec.target}")
+    emit_state(ctx, f"verifying {len(ctx.graph.order)} tables in {rec.source} and {rec.target}")
     if verifier is not None:
         res = verifier()
     elif source_checksums:
