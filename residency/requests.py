@@ -27,11 +27,13 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 import psycopg
+from psycopg import sql
 from psycopg.types.json import Jsonb
 
 from . import audit, directory, moves, policy
 from .audit import Actor
 from .catalogue import Catalogue
+from .db import columns
 from .errors import InputError, OperationError, ResidencyError
 
 STATES = ("pending", "approved", "running", "done", "failed", "skipped", "refused", "cancelled")
@@ -230,11 +232,12 @@ class Request:
         return f"request:{self.id}"
 
 
-_COLS = (
-    "id, workspace_id, source, target, strategy, window_start, window_end, requested_by, reason, state,"
-    " state_reason, created_by, created_at, updated_at, approved_by, approved_at, estimate, move_id, worker,"
-    " lease_until, attempts, result"
-)
+_COLS = columns(Request)
+_INSERT = sql.SQL(
+    "INSERT INTO residency.requests (workspace_id, source, target, strategy, window_start, window_end,"
+    " requested_by, reason, state, state_reason, created_by, estimate)"
+    " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING {}"
+).format(_COLS)
 
 
 def get(conn: psycopg.Connection[Any], request_id: int | str, *, for_update: bool = False) -> Request:
@@ -242,27 +245,28 @@ def get(conn: psycopg.Connection[Any], request_id: int | str, *, for_update: boo
         rid = int(request_id)
     except (TypeError, ValueError):
         raise InputError(f"request id '{request_id}' is not a number") from None
-    row = conn.execute(f"SELECT {_COLS} FROM residency.requests WHERE id = %s" + (" FOR UPDATE" if for_update else ""), (rid,)).fetchone()
+    q = sql.SQL("SELECT {} FROM residency.requests WHERE id = %s{}").format(_COLS, sql.SQL(" FOR UPDATE" if for_update else ""))
+    row = conn.execute(q, (rid,)).fetchone()
     if row is None:
         raise InputError(f"unknown request {request_id}")
     return Request(*row)
 
 
 def list_requests(conn: psycopg.Connection[Any], *, state: str | Iterable[str] | None = None, workspace_id: str | None = None, limit: int = 200) -> list[Request]:
-    q = f"SELECT {_COLS} FROM residency.requests WHERE true"
+    where: list[sql.Composable] = [sql.SQL("true")]
     params: list[Any] = []
     if state:
         states = [state] if isinstance(state, str) else list(state)
         bad = [s for s in states if s not in STATES]
         if bad:
             raise InputError(f"unknown request state '{bad[0]}' (states: {', '.join(STATES)})")
-        q += " AND state = ANY(%s)"
+        where.append(sql.SQL("state = ANY(%s)"))
         params.append(states)
     if workspace_id:
-        q += " AND workspace_id = %s"
+        where.append(sql.SQL("workspace_id = %s"))
         params.append(str(workspace_id))
-    q += " ORDER BY id DESC LIMIT %s"
     params.append(limit)
+    q = sql.SQL("SELECT {} FROM residency.requests WHERE {} ORDER BY id DESC LIMIT %s").format(_COLS, sql.SQL(" AND ").join(where))
     return [Request(*r) for r in conn.execute(q, params)]
 
 
@@ -292,8 +296,6 @@ def transition(
 ) -> Request:
     """Move a request to ``to_state`` only if it is in one of ``expect`` (and, with ``worker``,
     only while that worker holds it); OperationError otherwise. Runs in the caller's transaction."""
-    from psycopg import sql
-
     expect = list(expect)
     sets = [sql.SQL("state = %s, state_reason = %s, updated_at = now()")]
     params: list[Any] = [to_state, reason]
@@ -307,7 +309,7 @@ def transition(
     if worker is not None:
         where = where + sql.SQL(" AND worker = %s")
         params.append(worker)
-    q = sql.SQL("UPDATE residency.requests SET {} WHERE {} RETURNING " + _COLS).format(sql.SQL(", ").join(sets), where)
+    q = sql.SQL("UPDATE residency.requests SET {} WHERE {} RETURNING {}").format(sql.SQL(", ").join(sets), where, _COLS)
     row = conn.execute(q, params).fetchone()
     if row is None:
         cur = get(conn, request_id)
@@ -429,19 +431,13 @@ def create(
         try:
             with conn.transaction():
                 row = conn.execute(
-                    f"INSERT INTO residency.requests (workspace_id, source, target, strategy, window_start, window_end,"
-                    f" requested_by, reason, state, state_reason, created_by, estimate)"
-                    f" VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING {_COLS}",
-                    (ws, home.region, target, strategy, win.start, win.end, email, reason, state, refusal, actor.who, Jsonb(est)),
+                    _INSERT, (ws, home.region, target, strategy, win.start, win.end, email, reason, state, refusal, actor.who, Jsonb(est))
                 ).fetchone()
         except psycopg.errors.UniqueViolation:
             # another request for this workspace was recorded between our check and now
             row = conn.execute(
-                f"INSERT INTO residency.requests (workspace_id, source, target, strategy, window_start, window_end,"
-                f" requested_by, reason, state, state_reason, created_by, estimate)"
-                f" VALUES (%s, %s, %s, %s, %s, %s, %s, %s, 'refused', %s, %s, %s) RETURNING {_COLS}",
-                (ws, home.region, target, strategy, win.start, win.end, email, reason,
-                 f"workspace '{ws}' already has a live request", actor.who, Jsonb(est)),
+                _INSERT, (ws, home.region, target, strategy, win.start, win.end, email, reason,
+                          "refused", f"workspace '{ws}' already has a live request", actor.who, Jsonb(est)),
             ).fetchone()
         assert row is not None
         req = Request(*row)
