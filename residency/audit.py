@@ -21,6 +21,9 @@ from datetime import datetime, timezone
 from typing import Any, Iterator
 
 import psycopg
+from psycopg import sql
+
+from .db import columns
 
 GENESIS = "0" * 64
 _APPEND_LOCK = 0x6175_6469_74  # serialises appends so the chain never forks
@@ -120,15 +123,10 @@ def record(dsn_or_conn: Any, action: str, subject: str, details: dict[str, Any] 
 
 
 def entries(conn: psycopg.Connection[Any], subject: str | None = None, limit: int | None = None) -> Iterator[Entry]:
-    q = "SELECT seq, at, actor, origin, action, subject, details, prev_hash, hash FROM residency.audit"
-    params: list[Any] = []
-    if subject is not None:
-        q += " WHERE subject = %s"
-        params.append(subject)
-    q += " ORDER BY seq"
-    if limit is not None:
-        q += " LIMIT %s"
-        params.append(limit)
+    params: list[Any] = ([subject] if subject is not None else []) + [limit]  # LIMIT NULL: no limit
+    q = sql.SQL("SELECT {} FROM residency.audit{} ORDER BY seq LIMIT %s").format(
+        columns(Entry), sql.SQL(" WHERE subject = %s" if subject is not None else "")
+    )
     with conn.cursor(name="audit_entries") if not conn.autocommit else conn.cursor() as cur:
         cur.execute(q, params)
         for r in cur:
