@@ -28,12 +28,22 @@ class Context:
         self.regions_path = regions_path
         self.debug = debug
         self._cat: catalogue_mod.Catalogue | None = None
+        self._conns: Any = None
 
     @property
     def catalogue(self) -> catalogue_mod.Catalogue:
         if self._cat is None:
             self._cat = catalogue_mod.load(self.regions_path)
         return self._cat
+
+    @property
+    def connections(self) -> Any:
+        """Where each region's database and object store are (resolved once per command)."""
+        if self._conns is None:
+            from residency.connections import resolve
+
+            self._conns = resolve(self.catalogue)
+        return self._conns
 
 
 pass_ctx = click.make_pass_decorator(Context)
@@ -534,9 +544,7 @@ def demo(c: Context, as_json: bool) -> None:
 
 
 def _conns(c: Context) -> Any:
-    from residency.connections import resolve
-
-    return resolve(c.catalogue)
+    return c.connections
 
 
 class _ProgressPrinter:
@@ -798,11 +806,10 @@ def audit_verify(c: Context, as_json: bool) -> None:
 
 def _control(c: Context) -> tuple[Any, Any]:
     """(connections, control-plane connection with the schema ensured)."""
-    from residency.connections import resolve
     from residency.controlplane import ensure_schema
     from residency.db import connect
 
-    conns = resolve(c.catalogue)
+    conns = c.connections
     conn = connect(conns.control_dsn)
     ensure_schema(conn)
     return conns, conn
@@ -999,10 +1006,9 @@ def worker_cmd(c: Context, once: bool, concurrency: int, throughput: str | None,
     import threading
 
     from residency import requests as rq
-    from residency.connections import resolve
     from residency.worker import WorkerConfig, run_workers
 
-    conns = resolve(c.catalogue)
+    conns = c.connections
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     cfg = WorkerConfig(lease_seconds=lease_seconds, poll_seconds=poll_seconds, throughput=rq.Throughput.parse(throughput))
@@ -1035,15 +1041,12 @@ def playbook() -> None:
 def playbook_render(c: Context, name: str, region: str | None, move_id: int | None, request_id: int | None, fmt: str, check: bool) -> None:
     """Render NAME: new-region, workspace-move, move-scheduled, move-completed, source-deleted."""
     import playbooks
-    from residency import moves
     from residency import requests as rq
 
     if name == "new-region":
         checks = None
         if check:
-            from residency.connections import resolve
-
-            checks = playbooks.check_new_region(c.catalogue, resolve(c.catalogue), region or "")
+            checks = playbooks.check_new_region(c.catalogue, c.connections, region or "")
         click.echo(playbooks.render(name, cat=c.catalogue, region=region, format=fmt, checks=checks), nl=False)
         return
     if name not in playbooks.PLAYBOOKS:
@@ -1052,13 +1055,7 @@ def playbook_render(c: Context, name: str, region: str | None, move_id: int | No
         raise InputError(f"playbook '{name}' needs --move ID or --request ID")
     _, conn = _control(c)
     with conn:
-        req = rq.get(conn, request_id) if request_id is not None else None
-        if move_id is None and req is not None and req.move_id:
-            move_id = req.move_id
-        mv = moves.get(conn, move_id) if move_id is not None else None
-        if req is None and mv is not None:
-            found = conn.execute("SELECT id FROM residency.requests WHERE move_id = %s ORDER BY id DESC LIMIT 1", (mv.id,)).fetchone()
-            req = rq.get(conn, found[0]) if found else None
+        mv, req = rq.move_and_request(conn, move_id=move_id, request_id=request_id)
     click.echo(playbooks.render(name, cat=c.catalogue, move=mv, request=req, format=fmt), nl=False)
 
 
@@ -1070,9 +1067,8 @@ def playbook_render(c: Context, name: str, region: str | None, move_id: int | No
 def playbook_check(c: Context, name: str, region: str, as_json: bool) -> None:
     """Run the checkable steps of a playbook and mark each done or not (exit 1 if any is not)."""
     import playbooks
-    from residency.connections import resolve
 
-    res = playbooks.check_new_region(c.catalogue, resolve(c.catalogue), region)
+    res = playbooks.check_new_region(c.catalogue, c.connections, region)
     if as_json:
         emit_json({"region": res.region, "ok": res.ok, "steps": res.steps})
     else:

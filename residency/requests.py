@@ -252,6 +252,18 @@ def get(conn: psycopg.Connection[Any], request_id: int | str, *, for_update: boo
     return Request(*row)
 
 
+def move_and_request(conn: psycopg.Connection[Any], *, move_id: int | None = None, request_id: int | str | None = None) -> tuple[moves.MoveRecord | None, Request | None]:
+    """A move and the request behind it, from either one: a request leads to its move; a move
+    leads to the newest request that ran it."""
+    req = get(conn, request_id) if request_id is not None else None
+    if move_id is None and req is not None and req.move_id:
+        move_id = req.move_id
+    mv = moves.get(conn, move_id) if move_id is not None else None
+    if req is None and mv is not None:
+        found = conn.execute("SELECT id FROM residency.requests WHERE move_id = %s ORDER BY id DESC LIMIT 1", (mv.id,)).fetchone()
+        req = get(conn, found[0]) if found else None
+    return mv, req
+
 def list_requests(conn: psycopg.Connection[Any], *, state: str | Iterable[str] | None = None, workspace_id: str | None = None, limit: int = 200) -> list[Request]:
     where: list[sql.Composable] = [sql.SQL("true")]
     params: list[Any] = []

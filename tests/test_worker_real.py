@@ -49,6 +49,9 @@ def test_a_request_runs_a_real_move_and_its_playbooks_render(env):
         r = rq.get(c, req.id)
         m = moves.get(c, r.move_id)
         assert r.state == "done" and m.state == "cut_over" and directory.require(c, ws).region == "eu"
+        # a playbook can start from either record: the move leads to its request and back
+        assert [x.id for x in rq.move_and_request(c, move_id=m.id)] == [m.id, r.id]
+        assert [x.id for x in rq.move_and_request(c, request_id=r.id)] == [m.id, r.id]
         events = [n["event"] for n in rq.notices(c, r.id)]
         assert events[:3] == ["created", "approved", "started"] and events[-1] == "done" and "move.cut_over" in events
         assert audit.verify(c).ok
