@@ -86,6 +86,17 @@ def open_move_for(conn: psycopg.Connection[Any], workspace_id: object) -> MoveRe
     return MoveRecord(*row) if row else None
 
 
+def latest_since(conn: psycopg.Connection[Any], workspace_id: object, target: str, since: datetime) -> MoveRecord | None:
+    """The workspace's newest move to ``target`` created at or after ``since`` (a request's move)."""
+    row = conn.execute(
+        sql.SQL(
+            "SELECT {} FROM residency.moves WHERE workspace_id = %s AND target = %s AND created_at >= %s ORDER BY id DESC LIMIT 1"
+        ).format(_COLS),
+        (str(workspace_id), target, since),
+    ).fetchone()
+    return MoveRecord(*row) if row else None
+
+
 def list_moves(conn: psycopg.Connection[Any], *, workspace_id: object | None = None, open_only: bool = False, limit: int = 100) -> list[MoveRecord]:
     where: list[sql.Composable] = [sql.SQL("true")]
     params: list[Any] = []

@@ -312,11 +312,7 @@ class Worker:
         target created since the request was claimed for the first time."""
         if req.move_id:
             return moves.get(self.conn, req.move_id)
-        row = self.conn.execute(
-            "SELECT id FROM residency.moves WHERE workspace_id = %s AND target = %s AND created_at >= %s ORDER BY id DESC LIMIT 1",
-            (req.workspace_id, req.target, req.created_at),
-        ).fetchone()
-        return moves.get(self.conn, row[0]) if row else None
+        return moves.latest_since(self.conn, req.workspace_id, req.target, req.created_at)
 
     def _run(self, req: rq.Request, resuming: bool) -> Outcome:
         conn = self.conn
@@ -478,12 +474,9 @@ class _Heartbeat:
                 self.lost = True
                 log.warning("request %s: lease lost (another worker took it over)", self.req.id)
             if self._move_id is None:
-                m = c.execute(
-                    "SELECT id FROM residency.moves WHERE workspace_id = %s AND target = %s AND created_at >= %s ORDER BY id DESC LIMIT 1",
-                    (self.req.workspace_id, self.req.target, self.req.created_at),
-                ).fetchone()
+                m = moves.latest_since(c, self.req.workspace_id, self.req.target, self.req.created_at)
                 if m:
-                    self._move_id = int(m[0])
+                    self._move_id = m.id
                     c.execute("UPDATE residency.requests SET move_id = %s WHERE id = %s AND worker = %s", (self._move_id, self.req.id, self.w.id))
             if self._move_id is not None:
                 self.notice_state(moves.get(c, self._move_id), c)
