@@ -82,13 +82,24 @@ class Summary:
                 "results": [asdict(r) for r in self.results]}
 
 
+def deployable(cat: Catalogue) -> list[str]:
+    """Every region that is not retired, in regions.yaml order."""
+    return [r.name for r in cat.regions.values() if r.status != "retired"]
+
+
+def default_canary(cat: Catalogue, names: list[str]) -> str:
+    """The canary among ``names`` when none is given: the first active region, else the first."""
+    active = [n for n in names if cat.region(n).status == "active"]
+    return (active or names)[0]
+
+
 def select_regions(cat: Catalogue, regions: list[str] | tuple[str, ...] | None, all_regions: bool) -> list[str]:
     """The regions an operation covers, in regions.yaml order: the named ones, or with ``all``
     every region that is not retired."""
     if regions and all_regions:
         raise InputError("give either --region R (one or more) or --all, not both")
     if all_regions:
-        names = [r.name for r in cat.regions.values() if r.status != "retired"]
+        names = deployable(cat)
         if not names:
             raise InputError(f"{cat.path} has no region that is not retired")
         return names
@@ -107,8 +118,7 @@ def order(cat: Catalogue, regions: list[str], canary: str | None = None, paralle
     if not regions:
         raise InputError("no regions to run")
     if canary is None:
-        active = [r for r in regions if cat.region(r).status == "active"]
-        canary = (active or regions)[0]
+        canary = default_canary(cat, regions)
     else:
         cat.region(canary)
         if canary not in regions:

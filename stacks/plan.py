@@ -28,6 +28,8 @@ from pulumi.runtime.sync_await import _sync_await
 from residency import policy
 from residency.catalogue import Catalogue, Region
 
+from .orchestrate import deployable
+
 ACCOUNT = "123456789012"
 PROJECT = "residency"
 
@@ -202,7 +204,7 @@ class Plan:
 
 def plan(cat: Catalogue, regions: list[str] | None = None) -> Plan:
     """Plan every region (default: every region that is not retired) and compare them."""
-    names = regions or [r.name for r in cat.regions.values() if r.status != "retired"]
+    names = regions or deployable(cat)
     plans = {n: plan_region(cat, n) for n in names}
     types = sorted({r.type for p in plans.values() for r in p.resources})
     return Plan(plans, types, compare(cat, plans))
