@@ -30,16 +30,21 @@ def canary_of(cat: Catalogue, canary: str | None = None) -> str:
     return default_canary(cat, names)
 
 
-_SETUP = """\
+_PY_SETUP = """\
       - uses: actions/checkout@v4
       - uses: actions/setup-python@v5
         with:
           python-version: "3.11"
       - name: Install residency
         run: python -m pip install -e .
+"""
+
+_PULUMI_SETUP = """\
       - name: Install the pulumi CLI
         uses: pulumi/actions@v6
 """
+
+_SETUP = _PY_SETUP + _PULUMI_SETUP
 
 _ENV = """\
 env:
@@ -66,8 +71,7 @@ def render(cat: Catalogue, canary: str | None = None) -> str:
            "concurrency:\n  group: deploy-${{ github.ref }}\n  cancel-in-progress: false\n\n", _ENV, "\njobs:\n"]
     # pull requests: plan offline, then preview each region (canary first in the list)
     out.append("  plan:\n    if: github.event_name == 'pull_request'\n    runs-on: ubuntu-latest\n    steps:\n")
-    out.append("      - uses: actions/checkout@v4\n      - uses: actions/setup-python@v5\n        with:\n          python-version: \"3.11\"\n")
-    out.append("      - name: Install residency\n        run: python -m pip install -e .\n")
+    out.append(_PY_SETUP)
     out.append("      - name: Offline plan (every region side by side)\n        run: residency stacks plan\n\n")
     ordered = [first] + [n for n in names if n != first]
     for n in ordered:
