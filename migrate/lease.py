@@ -12,22 +12,10 @@ from typing import Any
 
 from residency import db, moves
 from residency.errors import OperationError
+from residency.processes import pid_alive
 
 LEASE_SECONDS = float(os.environ.get("RESIDENCY_MOVE_LEASE_SECONDS", "60"))
 
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie (killed, not yet reaped) is dead for our purposes
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(") ")[-1].split()[0] != "Z"
-    except OSError:
-        return True
 
 
 def _dead_local_owner(owner: str | None) -> bool:
@@ -37,7 +25,7 @@ def _dead_local_owner(owner: str | None) -> bool:
     if len(parts) != 3 or parts[0] != socket.gethostname():
         return False
     try:
-        return not _pid_alive(int(parts[1]))
+        return not pid_alive(int(parts[1]))
     except ValueError:
         return False
 

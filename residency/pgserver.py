@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import OperationError
+from .processes import pid_alive  # noqa: F401  (callers also use it as pgserver.pid_alive)
 
 SUPERUSER = "residency"
 """The bootstrap superuser every sandbox server is initialised with."""
@@ -253,21 +254,6 @@ def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
     return False
 
 
-def pid_alive(pid: int | None) -> bool:
-    if not pid or pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass
-    # a zombie is dead for our purposes
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return True
 
 
 def cmdline(pid: int) -> list[str]:
@@ -286,6 +272,11 @@ def proc_uid(pid: int) -> int | None:
 
 
 # --------------------------------------------------------------------------- one server
+
+
+def local_dsn(port: int, dbname: str = "postgres") -> str:
+    """The DSN of database ``dbname`` on a server of ours listening on loopback ``port``."""
+    return f"postgresql://{SUPERUSER}@127.0.0.1:{port}/{dbname}"
 
 
 @dataclass
@@ -322,7 +313,7 @@ class Server:
         return f"postgresql://{SUPERUSER}@127.0.0.1:{self.port}"
 
     def dsn(self, dbname: str = "postgres") -> str:
-        return f"{self.dsn_base}/{dbname}"
+        return local_dsn(self.port, dbname)
 
     @property
     def initialised(self) -> bool:

@@ -646,10 +646,10 @@ def sandbox_connections(cat: Catalogue, home: str | os.PathLike[str] | None = No
             continue
         buckets = {b: default_bucket_name(name, b) for b in region.environment.buckets}
         regions[name] = RegionEndpoints(
-            name, region.aws_region, f"postgresql://{pgserver.SUPERUSER}@127.0.0.1:{e['port']}/{APP_DB}",
+            name, region.aws_region, pgserver.local_dsn(e["port"], APP_DB),
             endpoint, MappingProxyType(buckets),
         )
-    control = f"postgresql://{pgserver.SUPERUSER}@127.0.0.1:{ctl['port']}/{CONTROL_DB}"
+    control = pgserver.local_dsn(ctl["port"], CONTROL_DB)
     return Connections(control, MappingProxyType(regions), f"sandbox:{h}")
 
 
@@ -668,7 +668,7 @@ def server_dsn(home: str | os.PathLike[str] | None, name: str, dbname: str = "po
     e = state["control"] if name == "control" else state.get("regions", {}).get(name)
     if not e:
         raise OperationError(f"no sandbox server for '{name}'")
-    return f"postgresql://{pgserver.SUPERUSER}@127.0.0.1:{e['port']}/{dbname}"
+    return pgserver.local_dsn(e["port"], dbname)
 
 
 def s3_endpoint(home: str | os.PathLike[str] | None = None) -> str:
