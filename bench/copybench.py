@@ -109,7 +109,6 @@ def run(sbx: BenchSandbox, rows: int, runs: int, say: Say) -> dict[str, Any]:
                 rollback_move(world.catalogue, world.connections, r["move_id"])
             else:
                 secs, counts = run_pipe(psql, world.dsn(SOURCE), world.dsn(TARGET), commands)
-                expected = ours[-1]["copy"]["rows"] if ours else None
                 pipe.append({"seconds": secs, "rows": counts})
                 say(f"copy run {n}/{len(order)} pipe: {secs}s ({sum(v for t, v in counts.items()) :,} rows incl. global)")
                 if pipe_checked is None:  # once: the pipe's target equals the source, like the mover's
@@ -118,7 +117,6 @@ def run(sbx: BenchSandbox, rows: int, runs: int, say: Say) -> dict[str, Any]:
                     pipe_checked = {"ok": v.ok, "rows": sum(t.target_rows for t in v.tables if t.kind == "table")}
                     if not v.ok:
                         raise RuntimeError("the baseline pipe's target differs from the source: " + "; ".join(v.problems()[:3]))
-                del expected
         _reset_target(world)
         ours_copy = [r["phases"].get("fenced") for r in ours]
         ours_verify = [r["phases"].get("copied") for r in ours]

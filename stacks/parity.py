@@ -19,7 +19,6 @@ from residency import policy
 from residency.catalogue import Catalogue, Region
 from residency.errors import OperationError
 
-from .component import tags_for
 from .plan import RegionPlan, plan_region
 
 TAG = "residency:region"
@@ -239,4 +238,4 @@ def check(cat: Catalogue, client: ClientFactory, regions: list[str] | None = Non
     return Parity(out)
 
 
-__all__ = ["Drift", "Parity", "RegionParity", "boto3_clients", "check", "compare", "declared", "live", "tags_for"]
+__all__ = ["Drift", "Parity", "RegionParity", "boto3_clients", "check", "compare", "declared", "live"]

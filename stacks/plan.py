@@ -237,16 +237,13 @@ def compare(cat: Catalogue, plans: dict[str, RegionPlan]) -> list[Difference]:
         for res in p.resources:
             props = dict(res.props)
             props.pop("tags", None)  # tags name the region by design
-            flat = _flatten(norm.value(props))
-            if not flat:
-                flat = {"": {}}
-            for prop, val in flat.items():
+            for prop, val in _flatten(norm.value(props)).items():
                 t[(res.key, prop)] = (res.type, val)
         tables[n] = t
     keys = sorted({k for t in tables.values() for k in t})
     out: list[Difference] = []
     for key in keys:
-        values = {n: tables[n].get(key, (None, None))[1] if key in tables[n] else None for n in plans}
+        values = {n: tables[n].get(key, (None, None))[1] for n in plans}
         present = {n: key in tables[n] for n in plans}
         distinct = {repr(v) for v in values.values()}
         if len(distinct) <= 1 and all(present.values()):
