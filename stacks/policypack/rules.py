@@ -8,19 +8,18 @@ to is the stack's name, read from the resource's URN (``urn:pulumi:<stack>::<pro
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from residency import catalogue, policy
 
 NAME = "residency-guardrails"
-REPO = Path(__file__).resolve().parents[2]
 UNKNOWN = "<unknown during preview>"
 
 
 def load_catalogue() -> catalogue.Catalogue:
-    return catalogue.load(os.environ.get(catalogue.ENV_VAR) or str(REPO / catalogue.DEFAULT_PATH))
+    from stacks.program import regions_path  # lazily: the program imports pulumi
+
+    return catalogue.load(regions_path())
 
 
 def stack_of(urn: str) -> str:
