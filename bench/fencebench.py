@@ -7,26 +7,22 @@ strategy each size is a full move (plan, fence, copy, verify, cut over) in a chi
 a :class:`~bench.writer.SteadyWriter` writes to the moving workspace and to a bystander workspace;
 the fence duration is the mover's own figure (fenced_at → cut_over_at in the move's report), with
 the writer's view beside it. The online strategy's figures come from ``bench/online_fence.py``
-(``measure_online_fence(scale) -> dict``), written by the online strategy's author; when that
-module does not exist yet they are reported as pending, never estimated.
+(``measure_online_fence(scale) -> dict``), never estimated.
 """
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import time
 from typing import Any
 
+from residency.sandbox.demo import DEMO_ROWS, DEMO_SEED, DEMO_WORKSPACES  # the demo's data set; its biggest workspace (about a third) is 1x
+
 from .common import Say, mb, run_child, vacuum_analyze
+from .online_fence import measure_online_fence
 from .sandbox import BenchSandbox
 from .writer import SteadyWriter
 
 SOURCE, TARGET = "us", "eu"
-
-
-DEMO_WORKSPACES = 24
-DEMO_ROWS = 200_000  # residency demo's data set; its biggest workspace (about a third) is 1x
 
 
 def snapshot(sbx: BenchSandbox, scales: list[int], rate: float, say: Say, demo_rows: int = DEMO_ROWS) -> dict[str, Any]:
@@ -35,7 +31,7 @@ def snapshot(sbx: BenchSandbox, scales: list[int], rate: float, say: Say, demo_r
         world = sbx.world("f")
         try:
             t = time.monotonic()
-            s = world.seed(workspaces=DEMO_WORKSPACES, rows=demo_rows * scale, seed=1)
+            s = world.seed(workspaces=DEMO_WORKSPACES, rows=demo_rows * scale, seed=DEMO_SEED)
             seed_s = round(time.monotonic() - t, 1)
             ws = str(s.biggest)
             source = s.home[s.biggest]
@@ -71,20 +67,13 @@ def snapshot(sbx: BenchSandbox, scales: list[int], rate: float, say: Say, demo_r
 
 
 def online(sbx: BenchSandbox, scales: list[int], say: Say) -> dict[str, Any]:
-    """The online strategy's fence via bench/online_fence.py, or 'pending' if it is not there."""
-    if importlib.util.find_spec("bench.online_fence") is None:
-        say("fence: online: bench/online_fence.py does not exist yet -- pending")
-        return {"status": "pending", "reason": "bench/online_fence.py (measure_online_fence) does not exist yet"}
-    mod = importlib.import_module("bench.online_fence")
-    fn = getattr(mod, "measure_online_fence", None)
-    if fn is None:
-        return {"status": "pending", "reason": "bench/online_fence.py has no measure_online_fence"}
+    """The online strategy's fence via bench/online_fence.py."""
     out: dict[str, Any] = {"status": "measured"}
     for scale in scales:
         say(f"fence: online {scale}x via bench.online_fence.measure_online_fence({scale})")
         t = time.monotonic()
         try:
-            res = fn(scale, sandbox=sbx, say=lambda m: say(f"fence: online {scale}x: {m}"))
+            res = measure_online_fence(scale, sandbox=sbx, say=lambda m: say(f"fence: online {scale}x: {m}"))
         except Exception as exc:  # noqa: BLE001 - report it, don't lose the other sections
             out[f"{scale}x"] = {"scale": scale, "error": f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"}
             out["status"] = "error"
@@ -97,11 +86,6 @@ def online(sbx: BenchSandbox, scales: list[int], say: Say) -> dict[str, Any]:
 
 
 def online_fence_seconds(entry: dict[str, Any]) -> float | None:
-    """The fence duration out of measure_online_fence's dict, whatever its exact key."""
-    for k in ("fence_seconds", "fence", "seconds"):
-        v = entry.get(k)
-        if isinstance(v, (int, float)):
-            return float(v)
-        if isinstance(v, dict) and isinstance(v.get("seconds"), (int, float)):
-            return float(v["seconds"])
-    return None
+    """The fence duration out of measure_online_fence's dict."""
+    v = entry.get("fence_seconds")
+    return float(v) if isinstance(v, (int, float)) else None

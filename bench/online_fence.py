@@ -40,8 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import psycopg  # noqa: E402
 
-DEMO_WORKSPACES = 24
-DEMO_ROWS = 200_000
+from residency.sandbox.demo import DEMO_ROWS, DEMO_SEED, DEMO_WORKSPACES  # noqa: E402
 
 
 class Writer(threading.Thread):
@@ -134,7 +133,7 @@ def measure_online_fence(scale: float = 1, *, sandbox: Any = None, rate: float =
     try:
         t = time.monotonic()
         rows = int(DEMO_ROWS * scale)
-        s = w.seed(workspaces=DEMO_WORKSPACES, rows=rows, seed=1)
+        s = w.seed(workspaces=DEMO_WORKSPACES, rows=rows, seed=DEMO_SEED)
         say(f"seeded {s.total_rows:,} rows in {time.monotonic() - t:.1f}s")
         ws = s.biggest
         src = s.home[ws]
