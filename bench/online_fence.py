@@ -118,7 +118,7 @@ def measure_online_fence(scale: float = 1, *, sandbox: Any = None, rate: float =
     """One online move of the biggest demo workspace (rows × ``scale``) under a steady writer."""
     say = say or (lambda _m: None)
     if sandbox is None:
-        from sandbox import temporary_sandbox  # bench/sandbox.py
+        from bench.sandbox import temporary_sandbox  # the repository root is on sys.path (above), as a script too
 
         with temporary_sandbox(say) as sb:
             return measure_online_fence(scale, sandbox=sb, rate=rate, say=say)
