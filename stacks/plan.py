@@ -55,7 +55,7 @@ class RecordingMocks(pulumi.runtime.Mocks):
         self.provider_regions: dict[str, str] = {}
 
     def new_resource(self, args: _mocks.MockResourceArgs) -> tuple[str | None, dict]:
-        inputs = dict(args.inputs)
+        inputs = _whole_numbers(dict(args.inputs))
         rid = f"{args.name}-id"
         if args.typ.startswith("pulumi:providers:"):
             self.provider_regions[rid] = str(inputs.get("region", ""))
@@ -210,6 +210,18 @@ def plan(cat: Catalogue, regions: list[str] | None = None) -> Plan:
     return Plan(plans, types, compare(cat, plans))
 
 
+def _whole_numbers(v: Any) -> Any:
+    """Inputs as declared: the engine sends numbers as doubles, but not always (7 and 7.0 both
+    arrive for the same declared ``7``), so whole floats become ints before anything compares them."""
+    if isinstance(v, dict):
+        return {k: _whole_numbers(x) for k, x in v.items()}
+    if isinstance(v, list):
+        return [_whole_numbers(x) for x in v]
+    if isinstance(v, float) and v.is_integer():
+        return int(v)
+    return v
+
+
 def _flatten(v: Any, path: str = "") -> dict[str, Any]:
     if isinstance(v, dict):
         out: dict[str, Any] = {}
@@ -230,15 +242,17 @@ def _override_leaves(v: Any, path: str = "") -> dict[str, Any]:
 
 def compare(cat: Catalogue, plans: dict[str, RegionPlan]) -> list[Difference]:
     """Every (resource, property) whose region-generalised value is not the same in all regions."""
-    tables: dict[str, dict[tuple[str, str], tuple[str, Any]]] = {}
+    # keyed by (name, type, property): resources of different types may share a name (a bucket and
+    # its lifecycle configuration), and their properties must not overwrite each other
+    tables: dict[str, dict[tuple[str, str, str], tuple[str, Any]]] = {}
     for n, p in plans.items():
         norm = _Normaliser(cat, cat.region(n))
-        t: dict[tuple[str, str], tuple[str, Any]] = {}
+        t: dict[tuple[str, str, str], tuple[str, Any]] = {}
         for res in p.resources:
             props = dict(res.props)
             props.pop("tags", None)  # tags name the region by design
             for prop, val in _flatten(norm.value(props)).items():
-                t[(res.key, prop)] = (res.type, val)
+                t[(res.key, res.type, prop)] = (res.type, val)
         tables[n] = t
     keys = sorted({k for t in tables.values() for k in t})
     out: list[Difference] = []
@@ -258,5 +272,5 @@ def compare(cat: Catalogue, plans: dict[str, RegionPlan]) -> list[Difference]:
                 if leaf == v or str(leaf) == str(v):
                     explained_by[n] = path
         odd = [n for n, v in values.items() if repr(v) != modal or not present[n]]
-        out.append(Difference(key[0], rtype, key[1] or "(resource)", values, explained_by, all(n in explained_by for n in odd)))
+        out.append(Difference(key[0], rtype, key[2] or "(resource)", values, explained_by, all(n in explained_by for n in odd)))
     return out

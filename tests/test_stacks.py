@@ -247,3 +247,19 @@ def test_pulumi_project_files_exist():
     assert proj["name"] == "residency" and proj["runtime"]["name"] == "python"
     assert not [f for f in os.listdir(os.path.join(ROOT, "stacks")) if f.startswith("Pulumi.") and f != "Pulumi.yaml"]
     assert shutil.os.path.isfile(os.path.join(ROOT, "stacks", "policypack", "PulumiPolicy.yaml"))
+
+
+def test_resources_sharing_a_name_are_compared_type_by_type(cat):
+    """A bucket's configurations share its name; registration order differs between runs, so their
+    equally named properties must never stand in for each other."""
+    from stacks.plan import PlannedResource, RegionPlan, compare
+
+    sse = ("aws:s3/bucketServerSideEncryptionConfiguration:BucketServerSideEncryptionConfiguration", {"rules": [{"sse": "aws:kms"}]})
+    life = ("aws:s3/bucketLifecycleConfiguration:BucketLifecycleConfiguration", {"rules": [{"id": "retention"}]})
+
+    def region_plan(name: str, aws_region: str, order: list) -> RegionPlan:
+        res = [PlannedResource(t, f"{name}-attachments", "<region>-attachments", aws_region, props) for t, props in order]
+        return RegionPlan(name, aws_region, cat.region(name).backup_region, res, [])
+
+    plans = {"us": region_plan("us", "us-east-1", [sse, life]), "eu": region_plan("eu", "eu-west-1", [life, sse])}
+    assert compare(cat, plans) == []
