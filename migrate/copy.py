@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 import psycopg
+from psycopg import sql
 
 from residency import db
 
@@ -84,9 +85,19 @@ def copy_table(src_dsn: str, dst_dsn: str, b: Builder, table: str, workspace_id:
         dst_dsn, application_name="residency-mover-copy"
     ) as dst:
         with dst.transaction():
-            deleted = dst.execute(b.delete_rows(table), params).rowcount
-            _skip_row_triggers(dst)
-            rows = _stream(src, dst, b.copy_out(table), b.copy_in(table), params, meter, should_stop)
+            if b.graph.reach[table].kind == "owned":
+                # owned rows are found through their owners, which the target doesn't have yet: a
+                # previous attempt's rows are found by key instead (the plan refused keys the target
+                # already held for another reason)
+                _skip_row_triggers(dst)
+                dst.execute(b.temp_like(OWNED_TEMP, table))
+                rows = _stream(src, dst, b.copy_out(table), b.copy_in(table, into=sql.Identifier(OWNED_TEMP)), params, meter, should_stop)
+                deleted = dst.execute(b.delete_by_temp_keys(table, OWNED_TEMP)).rowcount
+                dst.execute(b.insert_from_temp(table, OWNED_TEMP))
+            else:
+                deleted = dst.execute(b.delete_rows(table), params).rowcount
+                _skip_row_triggers(dst)
+                rows = _stream(src, dst, b.copy_out(table), b.copy_in(table), params, meter, should_stop)
     meter.finish(rows)
     return TableCopy(table, rows, meter.bytes, round(time.monotonic() - t0, 3), deleted)
 
@@ -112,12 +123,29 @@ def copy_global(src_dsn: str, dst_dsn: str, b: Builder, table: str, workspace_id
 def clear_target(dst_dsn: str, b: Builder, workspace_id: str, tables: list[str]) -> dict[str, int]:
     """Delete the workspace's rows from ``tables`` (children first) in one transaction."""
     params = b.params(workspace_id)
-    out: dict[str, int] = {}
     with db.connect(dst_dsn) as dst:
         with dst.transaction():
-            for table in reversed(b.graph.order):
-                if table in tables:
-                    out[table] = dst.execute(b.delete_rows(table), params).rowcount
+            return delete_workspace_rows(dst, b, params, tables)
+
+
+OWNED_TEMP = "residency_owned_rows"
+
+
+def delete_workspace_rows(conn: psycopg.Connection[Any], b: Builder, params: dict[str, Any], tables: list[str]) -> dict[str, int]:
+    """Delete the workspace's rows of ``tables``, children first, inside the caller's transaction.
+    Owned rows (``workspace.owned_through``) are found before their owners go, and deleted only
+    where no row is left pointing at them: a blob another tenant also uses stays."""
+    out: dict[str, int] = {}
+    owned = [t for t in b.graph.order if t in tables and b.graph.reach[t].kind == "owned"]
+    for i, t in enumerate(owned):
+        conn.execute(b.owned_keys_temp(t, f"{OWNED_TEMP}_{i}"), params)
+    for table in reversed(b.graph.order):
+        if table not in tables:
+            continue
+        if table in owned:
+            out[table] = conn.execute(b.delete_owned_unreferenced(table, f"{OWNED_TEMP}_{owned.index(table)}")).rowcount
+        else:
+            out[table] = conn.execute(b.delete_rows(table), params).rowcount
     return out
 
 
@@ -125,7 +153,7 @@ def clear_target(dst_dsn: str, b: Builder, workspace_id: str, tables: list[str])
 def bump_sequences(dst_dsn: str, b: Builder) -> list[dict[str, Any]]:
     """Move every sequence behind a moving (or global) table's column past its largest value."""
     out = []
-    names = list(b.graph.order) + list(b.graph.global_order)
+    names = b.graph.target_tables
     with db.connect(dst_dsn, autocommit=True) as dst:
         for name in names:
             for s in b.graph.table(name).sequences:

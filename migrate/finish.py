@@ -46,8 +46,7 @@ def _delete_source_rows(ctx: MoveContext, token: str | None) -> dict[str, int]:
         with conn.transaction():
             if token:
                 fence.bypass(conn, b, token)
-            for t in reversed(ctx.graph.order):
-                out[t] = conn.execute(b.delete_rows(t), params).rowcount
+            out = copy_mod.delete_workspace_rows(conn, b, params, list(ctx.graph.order))
     return out
 
 

@@ -9,8 +9,16 @@ else. A table reaches the workspace in exactly one of these ways:
                   path are followed; a row belongs if any of them leads to the workspace)
 * ``reference``   a configured path: a column pointing at another table's primary key
 * ``polymorphic`` a configured path: (type column, id column) pointing at one of several tables
+* ``owned``       ``workspace.owned_through``: a workspace row points at it (blobs ← attachments.blob_id)
 * ``global``      declared global: shared, never moved wholesale
 * ``none``        none of the above: the plan refuses to move anything while such a table exists
+
+Besides its own rows, a table may hold *shared rows* the workspace needs in the target so that
+nothing it points at dangles (see :attr:`Graph.shared`): the referenced rows of a global table, the
+rows of a keyed table whose key is a shared value (``workspace.shared_key_values``: NULL or ''
+meaning "every tenant"), and rows that hang off a shared row (an attachment of a global user, the
+blob of such an attachment). Shared rows are inserted where the target lacks them, compared by
+content, and never deleted from the source.
 """
 
 from __future__ import annotations
@@ -22,7 +30,8 @@ from residency.catalogue import WorkspaceSpec
 
 from .introspect import ForeignKey, Schema, Table
 
-MOVING_KINDS = ("root", "key", "fk", "reference", "polymorphic")
+MOVING_KINDS = ("root", "key", "fk", "reference", "polymorphic", "owned")
+LINK_KINDS = ("fk", "reference", "polymorphic", "owned")
 
 
 @dataclass(frozen=True)
@@ -65,10 +74,23 @@ class Reach:
 
 
 @dataclass(frozen=True)
-class GlobalRef:
-    """A foreign key from a moving table into a global table."""
+class Ref:
+    """Rows of ``table`` point at rows of ``ref_table``: a foreign key, a reference declared in
+    ``workspace.references`` (by id or by a unique name, possibly polymorphic), or a path."""
 
-    fk: ForeignKey
+    table: str
+    columns: tuple[str, ...]
+    ref_table: str
+    ref_columns: tuple[str, ...]
+    origin: str = "foreign key"  # "foreign key" | "declared reference" | "path"
+    name: str = ""
+    type_column: str | None = None
+    type_value: str | None = None
+
+    def describe(self) -> str:
+        cols = ",".join(self.columns)
+        where = f" where {self.type_column} = '{self.type_value}'" if self.type_column else ""
+        return f"{self.table}.{cols} → {self.ref_table}.{','.join(self.ref_columns)}{where} ({self.origin}{' ' + self.name if self.name and self.origin == 'foreign key' else ''})"
 
 
 @dataclass
@@ -77,9 +99,13 @@ class Graph:
     spec: WorkspaceSpec
     reach: dict[str, Reach]
     order: list[str]  # moving tables, parents before children
-    global_order: list[str]  # global tables referenced by moving tables, parents first
-    global_refs: dict[str, list[ForeignKey]]  # global table -> FKs from moving tables into it
+    global_order: list[str]  # tables holding shared rows the workspace needs, parents first
+    global_refs: dict[str, list[Ref]]  # such a table -> references into it from rows that go to the target
     problems: list[str] = field(default_factory=list)
+    refs: list[Ref] = field(default_factory=list)  # every reference from a moving or shared table
+    shared: dict[str, str] = field(default_factory=dict)  # table -> why it can hold shared rows
+    dependents: dict[str, list[Ref]] = field(default_factory=dict)  # table -> its rows needed with a shared parent
+    unfollowed: list[Ref] = field(default_factory=list)  # links whose rows with an empty value reach no workspace
 
     def table(self, name: str) -> Table:
         return self.schema.tables[name]
@@ -88,8 +114,13 @@ class Graph:
     def moving(self) -> list[str]:
         return list(self.order)
 
-    def reverse_order(self) -> list[str]:
-        return list(reversed(self.order))
+    @property
+    def target_tables(self) -> list[str]:
+        """Every table rows go to in the target (moving or shared), each once, parents first."""
+        return list(dict.fromkeys(list(self.global_order) + list(self.order)))
+
+    def shared_values(self) -> tuple[object, ...]:
+        return tuple(self.spec.shared_key_values)
 
 
 def build(schema: Schema, spec: WorkspaceSpec) -> Graph:
@@ -140,11 +171,32 @@ def build(schema: Schema, spec: WorkspaceSpec) -> Graph:
         for name, t in tables.items():
             if name in reach:
                 continue
+            o = spec.owned_through.get(name)
+            if o is not None:
+                if o.via_table not in tables or len(t.primary_key) != 1:
+                    continue
+                if o.via_table in reach and not reach[o.via_table].moves:
+                    problems.append(f"workspace.owned_through.{name}: '{o.via_table}' does not reach the workspace")
+                    reach[name] = Reach(name, "none")
+                    changed = True
+                    continue
+                if o.via_table not in reach:
+                    continue
+                links = (Link(t.primary_key, o.via_table, (o.via_column,)),)
+                reach[name] = Reach(name, "owned", reach[o.via_table].depth + 1, links=links)
+                changed = True
+                continue
             p = spec.paths.get(name)
             if p is not None:
                 parents = [p.references] if p.references else list(p.targets.values())
                 if any(x not in tables or len(tables[x].primary_key) != 1 for x in parents):
                     continue
+                if p.targets and not all(x in reach for x in parents):
+                    continue
+                if p.targets and any(reach[x].moves for x in parents):
+                    # a polymorphic pair may also point at global rows (an avatar of a user): those
+                    # rows are shared rows, needed when their target is (Graph.dependents)
+                    parents = [x for x in parents if reach[x].moves]
                 if any(x in reach and not reach[x].moves for x in parents):
                     problems.append(f"workspace.paths.{name}: it points at a table that does not reach the workspace ({', '.join(parents)})")
                     reach[name] = Reach(name, "none")
@@ -158,7 +210,8 @@ def build(schema: Schema, spec: WorkspaceSpec) -> Graph:
                     reach[name] = Reach(name, "reference", depth, links=links)
                 else:
                     links = tuple(
-                        Link((p.column,), tgt, tables[tgt].primary_key, type_value=val) for val, tgt in p.targets.items()
+                        Link((p.column,), tgt, tables[tgt].primary_key, type_value=val)
+                        for val, tgt in p.targets.items() if reach[tgt].moves
                     )
                     reach[name] = Reach(name, "polymorphic", depth, links=links, type_column=p.type_column)
                 changed = True
@@ -172,6 +225,15 @@ def build(schema: Schema, spec: WorkspaceSpec) -> Graph:
                 reach[name] = Reach(name, "fk", best + 1, links=links)
                 changed = True
 
+    for name, o in spec.owned_through.items():
+        if name not in tables:
+            problems.append(f"workspace.owned_through.{name}: table '{name}' does not exist in schema {schema.name}")
+        elif o.via_table not in tables or tables[o.via_table].column(o.via_column) is None:
+            problems.append(f"workspace.owned_through.{name}: column {o.via_table}.{o.via_column} does not exist")
+        elif len(tables[name].primary_key) != 1:
+            problems.append(f"workspace.owned_through.{name}: '{name}' needs a single-column primary key")
+        elif name in spec.paths or name in spec.global_tables or tables[name].column(spec.key_column) is not None:
+            problems.append(f"workspace.owned_through.{name}: '{name}' already reaches the workspace another way")
     for name in tables:
         if name not in reach:
             reach[name] = Reach(name, "none")
@@ -190,6 +252,8 @@ def build(schema: Schema, spec: WorkspaceSpec) -> Graph:
         for fk in t.foreign_keys:
             if fk.ref_table != n and fk.ref_table in deps:
                 deps[n].add(fk.ref_table)
+        if reach[n].kind == "owned":
+            continue  # its owner points at it: the owner depends on it, not the other way
         for link in reach[n].links:
             if link.parent != n and link.parent in deps:
                 deps[n].add(link.parent)
@@ -197,23 +261,92 @@ def build(schema: Schema, spec: WorkspaceSpec) -> Graph:
     if cycle:
         problems.append(f"foreign keys form a cycle between tables {', '.join(sorted(cycle))}: no copy order exists")
 
-    global_refs: dict[str, list[ForeignKey]] = {}
-    for n in moving:
-        for fk in tables[n].foreign_keys:
-            if reach.get(fk.ref_table) and reach[fk.ref_table].kind == "global":
-                global_refs.setdefault(fk.ref_table, []).append(fk)
-    gdeps: dict[str, set[str]] = {g: set() for g in global_refs}
-    for g in global_refs:
-        for fk in tables[g].foreign_keys:
-            if fk.ref_table in gdeps and fk.ref_table != g:
-                gdeps[g].add(fk.ref_table)
+    refs, ref_problems = _references(schema, spec, reach)
+    problems.extend(ref_problems)
+    shared = _shared_tables(schema, spec, reach)
+    dependents: dict[str, list[Ref]] = {}
+    for name, p in spec.paths.items():
+        if name in tables and p.targets and reach.get(name) and reach[name].moves:
+            for val, tgt in p.targets.items():
+                if tgt in tables and tgt in shared and not reach[tgt].moves:
+                    dependents.setdefault(name, []).append(
+                        Ref(name, (p.column,), tgt, tables[tgt].primary_key, "path", f"{name}.{p.column}", p.type_column, val)
+                    )
+    for name in dependents:
+        shared.setdefault(name, "rows hanging off shared rows")
+    carriers = set(moving) | set(shared)
+    global_refs: dict[str, list[Ref]] = {}
+    for r in refs:
+        if r.ref_table in shared and r.table != r.ref_table and r.table in carriers:
+            global_refs.setdefault(r.ref_table, []).append(r)
+    # rows reached from a shared row are shared too (the blob of a global user's avatar)
+    needed = set(global_refs) | set(dependents)
+    gdeps: dict[str, set[str]] = {g: set() for g in needed}
+    for g in needed:
+        for r in refs:
+            if r.table == g and r.ref_table in gdeps and r.ref_table != g:
+                gdeps[g].add(r.ref_table)
+        for d in dependents.get(g, []):
+            if d.ref_table in gdeps:
+                gdeps[g].add(d.ref_table)
     global_order, gcycle = _toposort(gdeps)
     if gcycle:
-        problems.append(f"global tables {', '.join(sorted(gcycle))} reference each other in a cycle")
-    for g in global_refs:
-        if not tables[g].primary_key:
-            problems.append(f"global table '{g}' has no primary key: missing rows cannot be told apart")
-    return Graph(schema, spec, reach, order, global_order, global_refs, problems)
+        problems.append(f"shared rows of tables {', '.join(sorted(gcycle))} reference each other in a cycle: no copy order exists")
+    for g in needed:
+        if len(tables[g].primary_key) == 0:
+            problems.append(f"table '{g}' holds shared rows but has no primary key: missing rows cannot be told apart")
+    unfollowed = [Ref(n, l.columns, l.parent, l.parent_columns, "path" if reach[n].kind != "fk" else "foreign key", "", reach[n].type_column, l.type_value)
+                  for n in moving if reach[n].kind in ("fk", "reference", "polymorphic") for l in reach[n].links]
+    graph = Graph(schema, spec, reach, order, global_order, global_refs, problems, refs, shared, dependents, unfollowed)
+    return graph
+
+
+def _references(schema: Schema, spec: WorkspaceSpec, reach: Mapping[str, Reach]) -> tuple[list[Ref], list[str]]:
+    """Every reference a moved row can carry: foreign keys and declared references."""
+    tables = schema.tables
+    out: list[Ref] = []
+    problems: list[str] = []
+    for name, t in tables.items():
+        for fk in t.foreign_keys:
+            out.append(Ref(name, fk.columns, fk.ref_table, fk.ref_columns, "foreign key", fk.name))
+    for rs in spec.references:
+        where = f"workspace.references.{rs.table}.{rs.column}"
+        t = tables.get(rs.table)
+        if t is None or t.column(rs.column) is None:
+            problems.append(f"{where}: column {rs.table}.{rs.column} does not exist in schema {schema.name}")
+            continue
+        if rs.type_column and t.column(rs.type_column) is None:
+            problems.append(f"{where}: type column {rs.table}.{rs.type_column} does not exist")
+            continue
+        targets = dict(rs.targets) if rs.type_column else {None: rs.target}
+        for val, tgt in targets.items():
+            tt = tables.get(tgt or "")
+            if tt is None:
+                problems.append(f"{where}: target table '{tgt}' does not exist")
+                continue
+            cols = (rs.target_column,) if rs.target_column else tt.primary_key
+            if rs.target_column and tt.column(rs.target_column) is None:
+                problems.append(f"{where}: target column {tgt}.{rs.target_column} does not exist")
+                continue
+            if len(cols) != 1:
+                problems.append(f"{where}: target table '{tgt}' needs a single-column primary key, or name a unique column")
+                continue
+            out.append(Ref(rs.table, (rs.column,), tgt or "", cols, "declared reference", f"{rs.table}.{rs.column}", rs.type_column, val))
+    return out, problems
+
+
+def _shared_tables(schema: Schema, spec: WorkspaceSpec, reach: Mapping[str, Reach]) -> dict[str, str]:
+    """Tables that can hold rows a workspace needs without owning them, and why."""
+    out: dict[str, str] = {}
+    for name, r in reach.items():
+        if r.kind == "global":
+            out[name] = "global"
+        elif r.kind == "key" and spec.shared_key_values:
+            out[name] = "shared key value"
+        elif r.kind == "owned":
+            out[name] = "owned through a reference"
+    return out
+
 
 
 def _toposort(deps: Mapping[str, set[str]]) -> tuple[list[str], set[str]]:

@@ -55,7 +55,7 @@ from . import copy as copy_mod
 from . import replication as repl
 from .graph import Graph
 from .sqlbuild import Builder
-from .verify import MAX_KEYS, TableCheck, VerifyResult, _checksums, _global_present, narrow
+from .verify import MAX_KEYS, TableCheck, VerifyResult, _checksums, _global_present, check_references, narrow
 
 BUCKET_ROWS = int(os.environ.get("RESIDENCY_VERIFY_BUCKET_ROWS", "256"))
 GAP_BUCKETS = 4  # more than this many buckets' worth of other rows between two keys: a boundary each side
@@ -220,6 +220,9 @@ def fenced_globals(a_dsn: str, b_dsn: str, b: Builder, ws: str, move_id: int, pr
         prep.touched = _touched(src, dst_r, b, move_id, prep.c0)
         if any(v is None for v in prep.touched.values()):
             return None
+        g_ = b.graph
+        if any(g_.dependents.get(g) or any(not g_.reach[r.table].moves for r in g_.global_refs.get(g, [])) for g in g_.global_order):
+            return None  # shared rows reached through other shared rows: the full copy and check
         out: dict[str, dict[str, Any]] = {}
         temp = "residency_global_touched"
         for g in b.graph.global_order:
@@ -375,4 +378,8 @@ def verify(a_dsn: str, b_dsn: str, b: Builder, ws: str, move_id: int, prep: Prep
         else:
             total, present = globals_[gt]
             checks.append(TableCheck(gt, total, "", present, "", total == present, kind="global"))
-    return VerifyResult(ws, a_name, b_name, all(c.ok for c in checks), checks, None, round(time.monotonic() - t0, 3), timings=timings)
+    tr = time.monotonic()
+    refs = check_references(a_dsn, b_dsn, b, ws, a_name, b_name)
+    timings["references"] = round(time.monotonic() - tr, 3)
+    ok = all(c.ok for c in checks) and not refs["problems"]
+    return VerifyResult(ws, a_name, b_name, ok, checks, None, round(time.monotonic() - t0, 3), timings=timings, references=refs)

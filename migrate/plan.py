@@ -20,6 +20,7 @@ from residency.connections import Connections, redact
 from residency.errors import InputError, ResidencyError
 
 from . import graph as graph_mod
+from . import references as refs_mod
 from .introspect import Schema, introspect
 from .objects import inventory
 from .sqlbuild import Builder
@@ -41,6 +42,7 @@ class GlobalPlan:
     table: str
     referenced_rows: int
     missing_in_target: int
+    why: str = ""  # global | shared key value | owned through a reference | rows hanging off shared rows
 
 
 @dataclass
@@ -54,6 +56,7 @@ class MovePlan:
     objects: dict[str, dict[str, int]] = field(default_factory=dict)
     refusals: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    references: list[str] = field(default_factory=list)  # every reference the moved rows carry, checked by verify
     policy: str = ""
     planned_at: str = ""
     seconds: float = 0.0
@@ -90,6 +93,7 @@ class MovePlan:
             strategy=d.get("strategy", "snapshot"),
             tables=[TablePlan(**t) for t in d.get("tables", [])],
             globals=[GlobalPlan(**g) for g in d.get("globals", [])],
+            references=list(d.get("references", [])),
             objects=d.get("objects", {}),
             refusals=list(d.get("refusals", [])),
             notes=list(d.get("notes", [])),
@@ -208,8 +212,45 @@ def _plan_databases(cat: Catalogue, ws: str, source: str, target: str, src_ep: A
                     plan.refusals.append(line)
         for gname in g.global_order:
             n, missing = _global_missing(sconn, tconn, b, gname, params)
-            plan.globals.append(GlobalPlan(gname, n, missing))
+            plan.globals.append(GlobalPlan(gname, n, missing, g.shared.get(gname, "")))
+            if n > missing:
+                try:
+                    for c in refs_mod.shared_collisions(sconn, tconn, b, gname, params, source, target):
+                        plan.refusals.append(c.line(source, target))
+                finally:
+                    tconn.rollback()
         tconn.rollback()
+        _plan_references(sconn, b, params, plan, source)
+
+
+def _plan_references(sconn: psycopg.Connection[Any], b: Builder, params: dict[str, Any], plan: MovePlan, source: str) -> None:
+    """What the workspace's rows point at, listed; references the source itself can't resolve,
+    and links whose empty value leaves rows reaching no workspace, named (they are not moved)."""
+    for r in refs_mod.checked_refs(b):
+        plan.references.append(r.describe())
+    for d in refs_mod.dangling(sconn, b, params):
+        plan.notes.append(d.line(source) + "; already so in the source, so verify tolerates these")
+    for r in b.graph.unfollowed:
+        if r.origin != "path" and len(r.columns) == 1:
+            continue  # a foreign key with a NULL: the row simply has no parent
+        n, sample = sconn.execute(_unfollowed_query(b, r)).fetchone()
+        if n:
+            shown = ", ".join(str(x) for x in sample or [])
+            plan.notes.append(f"{r.table}: {n} rows have no value in {','.join(r.columns)}{' for ' + r.type_column + ' ' + repr(r.type_value) if r.type_column else ''},"
+                              f" so they reach no workspace and stay where they are (e.g. {shown})")
+
+
+def _unfollowed_query(b: Builder, r: Any) -> Any:
+    from psycopg import sql
+
+    t = b.graph.table(r.table)
+    a = sql.Identifier("u")
+    key = t.primary_key or t.copy_columns[:1]
+    empty = sql.SQL(" AND ").join(sql.SQL("NULLIF({}.{}::text, '') IS NULL").format(a, sql.Identifier(c)) for c in r.columns)
+    if r.type_column:
+        empty = sql.SQL("{}.{} = {} AND {}").format(a, sql.Identifier(r.type_column), sql.Literal(r.type_value), empty)
+    return sql.SQL("SELECT count(*), (array_agg({k}::text))[1:5] FROM {tbl} {a} WHERE {empty}").format(
+        k=sql.SQL("{}.{}").format(a, sql.Identifier(key[0])), tbl=b.qname(r.table), a=a, empty=empty)
 
 
 def _schema_differences(g: graph_mod.Graph, dst: Schema, target: str) -> list[str]:
@@ -309,7 +350,10 @@ def render(plan: MovePlan) -> str:
             lines.append(f"  {t.table.ljust(w)}  {t.rows:>10,} rows  {human_bytes(t.bytes):>9}  {t.reach}" + (f"  [{t.path}]" if t.path else ""))
         lines.append(f"  {'total'.ljust(w)}  {plan.total_rows:>10,} rows  {human_bytes(plan.total_bytes):>9}")
     for gp in plan.globals:
-        lines.append(f"global {gp.table}: {gp.referenced_rows} referenced rows, {gp.missing_in_target} missing in {plan.target} (copied, never overwritten)")
+        what = f"global {gp.table}" if gp.why in ("", "global") else f"shared rows of {gp.table} ({gp.why})"
+        lines.append(f"{what}: {gp.referenced_rows} referenced rows, {gp.missing_in_target} missing in {plan.target} (copied, never overwritten)")
+    if plan.references:
+        lines.append(f"references checked after the copy: {len(plan.references)}")
     for logical, o in plan.objects.items():
         lines.append(f"objects in {logical}: {o['objects']} ({human_bytes(o['bytes'])})")
     for n in plan.notes:

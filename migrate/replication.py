@@ -70,7 +70,7 @@ def fingerprint(conn: psycopg.Connection[Any], g: Graph) -> str:
     """Columns, types and keys of the moving and global tables: changes iff their schema does."""
     s = introspect(conn, g.schema.name)
     out = {}
-    for name in sorted(list(g.order) + list(g.global_order)):
+    for name in sorted(g.target_tables):
         t = s.table(name)
         out[name] = None if t is None else [[(c.name, c.type, c.generated) for c in t.columns], list(t.primary_key)]
     return hashlib.sha256(json.dumps(out, sort_keys=True, default=str).encode()).hexdigest()[:16]
@@ -109,7 +109,7 @@ def install_guard(conn: psycopg.Connection[Any], b: Builder, move_id: int) -> No
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (_GUARD_LOCK,))
         for stmt in b.truncate_guard_setup():
             conn.execute(stmt)
-        for t in list(b.graph.order) + list(b.graph.global_order):
+        for t in b.graph.target_tables:
             conn.execute(b.truncate_guard(t, move_id))
 
 
@@ -158,7 +158,7 @@ def drop_guard(conn: psycopg.Connection[Any], b: Builder, move_id: int) -> bool:
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (_GUARD_LOCK,))
         if not conn.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", (ONLINE_SCHEMA,)).fetchone():
             return False
-        for t in list(b.graph.order) + list(b.graph.global_order):
+        for t in b.graph.target_tables:
             if b.graph.schema.table(t) is not None:
                 conn.execute(b.truncate_guard_drop(t, move_id))
                 conn.execute(b.change_log_drop(t, move_id))
@@ -487,7 +487,7 @@ def preconditions(src_dsn: str, dst_dsn: str, conninfo: str, g: Graph, b: Builde
             if not s.execute("SELECT has_database_privilege(current_database(), 'CREATE')").fetchone()[0]:
                 out.append(Precondition("source CREATE on database", False, f"role {role} cannot create a publication in {dbname}",
                                         b.fix_grant_create(dbname, role).as_string(s)))
-            for tname in list(g.order) + list(g.global_order):
+            for tname in g.target_tables:
                 owner = s.execute(
                     "SELECT pg_has_role(c.relowner, 'USAGE') FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
                     " WHERE n.nspname = %s AND c.relname = %s",

@@ -14,7 +14,7 @@ from typing import Any, Iterable, Sequence
 
 from psycopg import sql
 
-from .graph import Graph, Reach
+from .graph import LINK_KINDS, Graph, Reach
 from .introspect import Table
 
 FENCE_SCHEMA = "residency_mover"
@@ -64,7 +64,7 @@ class Builder:
         r: Reach = self.graph.reach[table]
         if r.kind in ("root", "key"):
             return sql.SQL("{}.{} = {}").format(alias, sql.Identifier(r.key_column or ""), WS)
-        if r.kind in ("fk", "reference", "polymorphic"):
+        if r.kind in LINK_KINDS:
             parts = []
             for link in r.links:
                 p = sql.Identifier(f"p{depth}")
@@ -110,7 +110,7 @@ class Builder:
         r: Reach = self.graph.reach[table]
         if r.kind in ("root", "key"):
             return sql.SQL("{}.{} = {}").format(alias, sql.Identifier(r.key_column or ""), WS)
-        if r.kind in ("fk", "reference", "polymorphic"):
+        if r.kind in LINK_KINDS:
             parts = []
             for link in r.links:
                 p = sql.Identifier(f"q{depth}")
@@ -144,6 +144,33 @@ class Builder:
         a = sql.Identifier("t")
         return sql.SQL("DELETE FROM {tbl} {a} WHERE {cond}").format(tbl=self.qname(table), a=a, cond=self.belongs(table, a))
 
+    def owned_keys_temp(self, table: str, temp: str) -> sql.Composed:
+        """A temp table of the keys of the workspace's owned rows of ``table``, taken while their owners exist."""
+        a = sql.Identifier("t")
+        (pk,) = self.graph.table(table).primary_key
+        return sql.SQL("CREATE TEMP TABLE {tmp} ON COMMIT DROP AS SELECT {a}.{pk} FROM {tbl} {a} WHERE {cond}").format(
+            tmp=sql.Identifier(temp), a=a, pk=sql.Identifier(pk), tbl=self.qname(table), cond=self.belongs(table, a))
+
+    def delete_owned_unreferenced(self, table: str, temp: str) -> sql.Composed:
+        """Delete the rows keyed in ``temp`` that no row of the owning table points at any more."""
+        a, x = sql.Identifier("t"), sql.Identifier("x")
+        (pk,) = self.graph.table(table).primary_key
+        (link,) = self.graph.reach[table].links
+        return sql.SQL("DELETE FROM {tbl} {a} WHERE {a}.{pk} IN (SELECT {pk} FROM {tmp})"
+                       " AND NOT EXISTS (SELECT 1 FROM {owner} {x} WHERE {x}.{col} = {a}.{pk})").format(
+            tbl=self.qname(table), a=a, pk=sql.Identifier(pk), tmp=sql.Identifier(temp), owner=self.qname(link.parent),
+            x=x, col=sql.Identifier(link.parent_columns[0]))
+
+    def delete_by_temp_keys(self, table: str, temp: str) -> sql.Composed:
+        a = sql.Identifier("t")
+        key = self.graph.table(table).primary_key
+        return sql.SQL("DELETE FROM {tbl} {a} WHERE {lhs} IN (SELECT {cols} FROM {tmp})").format(
+            tbl=self.qname(table), a=a, lhs=_tuple(key, a), cols=_ident_list(key), tmp=sql.Identifier(temp))
+
+    def insert_from_temp(self, table: str, temp: str) -> sql.Composed:
+        cols = _ident_list(self.graph.table(table).copy_columns)
+        return sql.SQL("INSERT INTO {tbl} ({cols}) SELECT {cols} FROM {tmp}").format(tbl=self.qname(table), cols=cols, tmp=sql.Identifier(temp))
+
     def count_rows(self, table: str) -> sql.Composed:
         """Rows and bytes (sum of pg_column_size of each row)."""
         return sql.SQL("SELECT count(*), coalesce(sum(pg_column_size(x)), 0) FROM ({rows}) x").format(
@@ -162,32 +189,78 @@ class Builder:
 
     # ------------------------------------------------------------------ global tables
     def global_referenced(self, gtable: str, columns: Sequence[str] | None = None) -> sql.Composed:
-        """Rows of global table ``gtable`` that the workspace's moving rows reference."""
+        """The shared rows of ``gtable`` the workspace needs in the target (:class:`~migrate.graph.Graph`):
+        rows its moving rows (or other needed shared rows) reference, by foreign key or declared
+        reference, and rows hanging off a needed shared row; never the workspace's own rows."""
         g = self.graph.table(gtable)
         a = sql.Identifier("g")
         cols = columns if columns is not None else g.copy_columns
+        return sql.SQL("SELECT {cols} FROM {tbl} {a} WHERE {cond}").format(
+            cols=_ident_list(cols, a), tbl=self.qname(gtable), a=a, cond=self.shared_needed(gtable, a, 0, frozenset())
+        )
+
+    def carried(self, table: str, alias: sql.Composable, depth: int, visiting: frozenset[str]) -> sql.Composable:
+        """Row ``alias`` of ``table`` goes to the target: it belongs to the workspace or is a needed shared row."""
+        parts: list[sql.Composable] = []
+        if self.graph.reach[table].moves:
+            parts.append(self.belongs(table, alias, depth))
+        if table in self.graph.shared and table not in visiting:
+            parts.append(self.shared_needed(table, alias, depth, visiting))
+        if not parts:
+            return sql.SQL("false")
+        return parts[0] if len(parts) == 1 else sql.SQL("({})").format(sql.SQL(" OR ").join(parts))
+
+    def shared_needed(self, table: str, a: sql.Composable, depth: int, visiting: frozenset[str]) -> sql.Composable:
+        g = self.graph
+        visiting = visiting | {table}
+        if depth > 12:  # shared rows pointing at shared rows pointing at ...: far beyond any schema seen
+            return sql.SQL("false")
         # One "key IN (SELECT ... UNION ALL SELECT ...)" per referenced key rather than OR'ed INs:
         # PostgreSQL turns it into one hashed semi-join, while OR'ed INs become SubPlans that are
-        # rescanned per global row once they outgrow work_mem (quadratic on big workspaces).
+        # rescanned per row once they outgrow work_mem (quadratic on big workspaces).
         groups: dict[tuple[str, ...], list[sql.Composable]] = {}
-        for i, fk in enumerate(self.graph.global_refs.get(gtable, [])):
-            m = sql.Identifier(f"m{i}")
-            groups.setdefault(tuple(fk.ref_columns), []).append(
+        for i, r in enumerate(g.global_refs.get(table, [])):
+            if r.table in visiting and not g.reach[r.table].moves:
+                continue
+            m = sql.Identifier(f"m{depth}_{i}")
+            cond = self.carried(r.table, m, depth + 1, visiting)
+            if r.type_column:
+                cond = sql.SQL("{}.{} = {} AND {}").format(m, sql.Identifier(r.type_column), sql.Literal(r.type_value), cond)
+            groups.setdefault(tuple(r.ref_columns), []).append(
                 sql.SQL("SELECT {rhs} FROM {tbl} {m} WHERE {cond}").format(
-                    rhs=_ident_list(fk.columns, m),
-                    tbl=self.qname(fk.table),
-                    m=m,
-                    cond=self.belongs(fk.table, m, 1),
+                    rhs=_ident_list(r.columns, m), tbl=self.qname(r.table), m=m, cond=cond
                 )
             )
-        parts = [
+        parts: list[sql.Composable] = [
             sql.SQL("{lhs} IN ({subs})").format(lhs=_tuple(ref, a), subs=sql.SQL(" UNION ALL ").join(subs))
             for ref, subs in groups.items()
         ]
-        cond = sql.SQL(" OR ").join(parts) if parts else sql.SQL("false")
-        return sql.SQL("SELECT {cols} FROM {tbl} {a} WHERE {cond}").format(
-            cols=_ident_list(cols, a), tbl=self.qname(gtable), a=a, cond=cond
-        )
+        for i, d in enumerate(g.dependents.get(table, [])):
+            pa = sql.Identifier(f"d{depth}_{i}")
+            parts.append(sql.SQL("({a}.{tc} = {tv} AND {lhs} IN (SELECT {rhs} FROM {parent} {pa} WHERE {cond}))").format(
+                a=a, tc=sql.Identifier(d.type_column or ""), tv=sql.Literal(d.type_value), lhs=_tuple(d.columns, a),
+                rhs=_ident_list(d.ref_columns, pa), parent=self.qname(d.ref_table), pa=pa,
+                cond=self.shared_needed(d.ref_table, pa, depth + 1, visiting) if d.ref_table not in visiting else sql.SQL("false"),
+            ))
+        cond = sql.SQL("({})").format(sql.SQL(" OR ").join(parts)) if parts else sql.SQL("false")
+        r_ = g.reach[table]
+        if r_.kind == "key":
+            cond = sql.SQL("{} AND {}").format(self.shared_key(table, a), cond)
+        elif r_.moves:
+            cond = sql.SQL("{} AND NOT {}").format(cond, self.belongs(table, a, depth + 20))
+        return cond
+
+    def shared_key(self, table: str, a: sql.Composable) -> sql.Composable:
+        """Row ``a`` of keyed ``table`` has a key value meaning "shared by every tenant"."""
+        key = sql.SQL("{}.{}").format(a, sql.Identifier(self.graph.reach[table].key_column or ""))
+        values = self.graph.shared_values()
+        parts: list[sql.Composable] = []
+        if None in values:
+            parts.append(sql.SQL("{} IS NULL").format(key))
+        rest = [v for v in values if v is not None]
+        if rest:
+            parts.append(sql.SQL("{}::text IN ({})").format(key, sql.SQL(", ").join(sql.Literal(str(v)) for v in rest)))
+        return sql.SQL("({})").format(sql.SQL(" OR ").join(parts)) if parts else sql.SQL("false")
 
     def copy_out_global(self, gtable: str) -> sql.Composed:
         return sql.SQL("COPY ({}) TO STDOUT (FORMAT BINARY)").format(self.global_referenced(gtable))
@@ -409,7 +482,7 @@ class Builder:
         r = self.graph.reach[table]
         if r.kind in ("root", "key"):
             return sql.SQL("{}.{}").format(row, sql.Identifier(r.key_column or ""))
-        if r.kind in ("fk", "reference", "polymorphic"):
+        if r.kind in LINK_KINDS:
             parts = []
             for link in r.links:
                 p = sql.Identifier(f"f{depth}")
@@ -417,7 +490,8 @@ class Builder:
                     sql.SQL("{}.{} = {}.{}").format(p, sql.Identifier(pc), row, sql.Identifier(c))
                     for c, pc in zip(link.columns, link.parent_columns)
                 )
-                sub = sql.SQL("(SELECT ({ws})::text FROM {parent} {p} WHERE {on})").format(
+                # owned rows may have several owners: any one tells the workspace
+                sub = sql.SQL("(SELECT ({ws})::text FROM {parent} {p} WHERE {on} LIMIT 1)").format(
                     ws=self.workspace_of(link.parent, p, depth + 1), parent=self.qname(link.parent), p=p, on=on
                 )
                 if r.kind == "polymorphic":
@@ -729,10 +803,16 @@ class Builder:
         a = sql.Identifier("g")
         parts = []
         for i, fk in enumerate(self.graph.global_refs.get(gtable, [])):
+            if not self.graph.reach[fk.table].moves:
+                continue  # fenced_globals falls back to the full check for these
             m = sql.Identifier(f"m{i}")
+            if fk.type_column:
+                m_type = sql.SQL("{}.{} = {} AND ").format(m, sql.Identifier(fk.type_column), sql.Literal(fk.type_value))
+            else:
+                m_type = sql.SQL("")
             parts.append(
-                sql.SQL("{lhs} IN (SELECT {rhs} FROM {tbl} {m} WHERE {keys} AND {cond})").format(
-                    lhs=_tuple(fk.ref_columns, a), rhs=_ident_list(fk.columns, m), tbl=self.qname(fk.table), m=m,
+                sql.SQL("{lhs} IN (SELECT {rhs} FROM {tbl} {m} WHERE {mt}{keys} AND {cond})").format(
+                    lhs=_tuple(fk.ref_columns, a), rhs=_ident_list(fk.columns, m), tbl=self.qname(fk.table), m=m, mt=m_type,
                     keys=self._keys_match(fk.table, m, f"keys_{i}"), cond=self.belongs_rowwise(fk.table, m, 1),
                 )
             )

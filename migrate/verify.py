@@ -17,6 +17,7 @@ import psycopg
 
 from residency import db
 
+from . import references as refs_mod
 from .retry import transient
 from .sqlbuild import Builder
 
@@ -50,6 +51,7 @@ class VerifyResult:
     seconds: float = 0.0
     timings: dict[str, float] | None = None  # seconds per step, when the verifier measures them
     source_checksums: str = ""  # where the source side's counts/checksums came from (snapshot: see checksum_tables)
+    references: dict[str, Any] | None = None  # dangling references and colliding shared rows (migrate.references)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -68,6 +70,8 @@ class VerifyResult:
                 f"{t.table}: {t.source_rows} rows/{t.source_checksum} in {self.a}, {t.target_rows} rows/{t.target_checksum} in {self.b}"
                 + (f"; differing keys: {keys}{more}" if keys else "")
             )
+        if self.references:
+            out.extend(self.references.get("problems", []))
         if self.objects is not None and not self.objects.get("ok", True):
             out.extend(f"objects: {p}" for p in self.objects.get("problems", []))
         return out
@@ -192,8 +196,35 @@ def verify_tables(a_dsn: str, b_dsn: str, b: Builder, ws: str, a_name: str = "so
         total, present = _global_present(a_dsn, b_dsn, b, ws, g)
         checks.append(TableCheck(g, total, "", present, "", total == present, kind="global"))
     timings["globals"] = round(time.monotonic() - tg, 3)
-    ok = all(c.ok for c in checks)
-    return VerifyResult(ws, a_name, b_name, ok, checks, None, round(time.monotonic() - t0, 3), timings=timings, source_checksums=origin)
+    tr = time.monotonic()
+    refs = check_references(a_dsn, b_dsn, b, ws, a_name, b_name) if with_globals else None
+    timings["references"] = round(time.monotonic() - tr, 3)
+    ok = all(c.ok for c in checks) and not (refs and refs["problems"])
+    return VerifyResult(ws, a_name, b_name, ok, checks, None, round(time.monotonic() - t0, 3), timings=timings, source_checksums=origin,
+                        references=refs)
+
+
+@transient
+def check_references(a_dsn: str, b_dsn: str, b: Builder, ws: str, a_name: str = "source", b_name: str = "target") -> dict[str, Any]:
+    """Every reference the moved rows carry resolves in ``b`` wherever it resolved in ``a``, and
+    every shared row they point at has the same content on both sides."""
+    params = b.params(ws)
+    with db.connect(a_dsn, autocommit=True) as ca, db.connect(b_dsn) as cb:
+        in_a = refs_mod.dangling(ca, b, params)
+        in_b = refs_mod.dangling(cb, b, params)
+        cb.rollback()
+        collisions = []
+        for g in b.graph.global_order:
+            try:
+                collisions += refs_mod.shared_collisions(ca, cb, b, g, params, a_name, b_name)
+            finally:
+                cb.rollback()
+    new, before = refs_mod.compare_dangling(in_a, in_b)
+    problems = [d.line(b_name) + (f" (the source has {next((x.rows for x in before if x.ref == d.ref), 0)})" if any(x.ref == d.ref for x in before) else "")
+                for d in new]
+    problems += [c.line(a_name, b_name) for c in collisions]
+    return {"checked": len(refs_mod.checked_refs(b)), "dangling_in_target": refs_mod.to_dicts(in_b),
+            "dangling_in_source": refs_mod.to_dicts(in_a), "collisions": refs_mod.to_dicts(collisions), "problems": problems}
 
 
 # ---------------------------------------------------------------------------- narrowing

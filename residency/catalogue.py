@@ -100,12 +100,61 @@ class PathSpec:
 
 
 @dataclass(frozen=True)
+class RefSpec:
+    """A column that points at rows of another table without a foreign key (``workspace.references``).
+
+    ``table.column: TARGET`` where TARGET is ``table`` (its primary key), ``table.column`` (a unique
+    column, e.g. a name), or a polymorphic pair ``{type_column, targets: {value: table}}``.
+    """
+
+    table: str
+    column: str
+    target: str | None = None  # plain reference: the target table
+    target_column: str | None = None  # plain reference by a unique column (None: the primary key)
+    type_column: str | None = None
+    targets: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+
+
+@dataclass(frozen=True)
+class OwnedSpec:
+    """Rows of ``table`` belong to a workspace because a workspace row points at them
+    (``workspace.owned_through``: ``active_storage_blobs: active_storage_attachments.blob_id``)."""
+
+    table: str
+    via_table: str
+    via_column: str
+
+
+@dataclass(frozen=True)
+class SharedRowsSpec:
+    """Rows of a keyed ``table`` whose key is a shared value (NULL, '') but that belong to several
+    tenants through a membership table (``workspace.shared_rows``). ``policy``: ``all`` copies a
+    row when every member moves, ``any`` when one does, ``keep`` leaves it (the default).
+    Members: rows of ``members_table`` whose ``members_column`` points at the shared row; each
+    member's ``member_column`` value belongs to a tenant through ``tenant_table.tenant_column``
+    (a table carrying the key column)."""
+
+    table: str
+    policy: str
+    members_table: str | None = None
+    members_column: str | None = None
+    member_column: str | None = None
+    tenant_table: str | None = None
+    tenant_column: str | None = None
+
+
+@dataclass(frozen=True)
 class WorkspaceSpec:
     root_table: str
     key_column: str
     global_tables: tuple[str, ...]
     paths: Mapping[str, PathSpec]
     object_prefix: str
+    shared_key_values: tuple[Any, ...] = ()  # key values meaning "shared by every tenant" (None: NULL)
+    references: tuple[RefSpec, ...] = ()
+    owned_through: Mapping[str, OwnedSpec] = field(default_factory=lambda: MappingProxyType({}))
+    natural_keys: Mapping[str, tuple[str, ...]] = field(default_factory=lambda: MappingProxyType({}))
+    shared_rows: Mapping[str, SharedRowsSpec] = field(default_factory=lambda: MappingProxyType({}))
 
     def prefix_for(self, workspace_id: object) -> str:
         return self.object_prefix.format(workspace_id=workspace_id)
@@ -487,7 +536,10 @@ class _Validator:
 
     def workspace(self, node: YNode | None, mark: Mark) -> WorkspaceSpec | None:
         where = "workspace"
-        m = self.mapping(node, where, mark, ("root_table", "key_column", "object_prefix"), ("global_tables", "paths"))
+        m = self.mapping(
+            node, where, mark, ("root_table", "key_column", "object_prefix"),
+            ("global_tables", "paths", "shared_key_values", "references", "owned_through", "natural_keys", "shared_rows"),
+        )
         if m is None:
             return None
         root = self.scalar(m, "root_table", where, str, check=_ident_problem)
@@ -530,9 +582,166 @@ class _Validator:
                     self.err(pm.keys[table], f"{pw}: '{table}' is declared global; a global table has no path")  # type: ignore[union-attr]
                 if col is not None:
                     paths[table] = PathSpec(table, col, ref, tcol, MappingProxyType(targets))
-        if None in (root, key, prefix, glob):
+        extra = _WorkspaceExtras(self, m)
+        if None in (root, key, prefix, glob) or extra.broken:
             return None
-        return WorkspaceSpec(root, key, glob, MappingProxyType(paths), prefix)  # type: ignore[arg-type]
+        return WorkspaceSpec(
+            root, key, glob, MappingProxyType(paths), prefix,  # type: ignore[arg-type]
+            shared_key_values=extra.shared_values, references=tuple(extra.references),
+            owned_through=MappingProxyType(extra.owned), natural_keys=MappingProxyType(extra.natural),
+            shared_rows=MappingProxyType(extra.shared_rows),
+        )
+
+
+class _WorkspaceExtras:
+    """The ``workspace:`` keys for applications not designed for the mover (README: "Real
+    applications"): shared key values, references without foreign keys, rows owned through a
+    reference, natural keys of global tables, and rows shared by several tenants."""
+
+    def __init__(self, v: "_Validator", m: Map):
+        self.v = v
+        self.broken = False
+        self.shared_values: tuple[Any, ...] = ()
+        self.references: list[RefSpec] = []
+        self.owned: dict[str, OwnedSpec] = {}
+        self.natural: dict[str, tuple[str, ...]] = {}
+        self.shared_rows: dict[str, SharedRowsSpec] = {}
+        self._shared_values(m)
+        self._references(m)
+        self._owned(m)
+        self._natural(m)
+        self._shared_rows(m)
+
+    def err(self, mark: Mark, msg: str) -> None:
+        self.v.err(mark, msg)
+        self.broken = True
+
+    def _present(self, m: Map, key: str) -> YNode | None:
+        node = m.items.get(key)
+        if node is None or (isinstance(node, Scalar) and node.value is None):
+            return None
+        return node
+
+    def _column_ref(self, node: YNode, where: str, what: str) -> tuple[str, str] | None:
+        """'table.column' → (table, column), or a problem reported."""
+        if not isinstance(node, Scalar) or not isinstance(node.value, str) or node.value.count(".") != 1:
+            self.err(node.mark, f"{where}: {what} must be written 'table.column', got {_describe(getattr(node, 'value', None)) if isinstance(node, Scalar) else _kind(node)}")
+            return None
+        t, c = node.value.split(".")
+        for part in (t, c):
+            if _ident_problem(part):
+                self.err(node.mark, f"{where}: {_ident_problem(part)}")
+                return None
+        return t, c
+
+    def _shared_values(self, m: Map) -> None:
+        node = self._present(m, "shared_key_values")
+        if node is None:
+            return
+        if not isinstance(node, Seq):
+            self.err(node.mark, f"workspace: 'shared_key_values' must be a list such as [null, ''], got {_kind(node)}")
+            return
+        out: list[Any] = []
+        for item in node.items:
+            if not isinstance(item, Scalar) or isinstance(item.value, (bool, float)) or not (item.value is None or isinstance(item.value, (str, int))):
+                self.err(item.mark, "workspace: every entry of 'shared_key_values' must be null, a string or a whole number")
+                continue
+            out.append(item.value)
+        self.shared_values = tuple(out)
+
+    def _references(self, m: Map) -> None:
+        node = self._present(m, "references")
+        if node is None:
+            return
+        rm = self.v.mapping(node, "workspace.references", m.keys["references"], ())
+        for key, tnode in (rm.items.items() if rm else []):
+            where = f"workspace.references.{key}"
+            kmark = rm.keys[key]  # type: ignore[union-attr]
+            if key.count(".") != 1 or any(_ident_problem(x) for x in key.split(".")):
+                self.err(kmark, f"{where}: a reference is named 'table.column', such as 'posts.user_id'")
+                continue
+            table, column = key.split(".")
+            if isinstance(tnode, Scalar):
+                if not isinstance(tnode.value, str) or tnode.value.count(".") > 1 or any(_ident_problem(x) for x in tnode.value.split(".")):
+                    self.err(tnode.mark, f"{where}: the target must be 'table' (its primary key) or 'table.column' (a unique column)")
+                    continue
+                target, _, tcol = tnode.value.partition(".")
+                self.references.append(RefSpec(table, column, target, tcol or None))
+                continue
+            tm = self.v.mapping(tnode, where, kmark, ("type_column", "targets"))
+            if tm is None:
+                self.broken = True
+                continue
+            tcol = self.v.scalar(tm, "type_column", where, str, check=_ident_problem)
+            targets: dict[str, str] = {}
+            tg = self.v.mapping(tm.items.get("targets"), f"{where}.targets", tm.keys.get("targets", tm.mark), ())
+            for tv, tt in (tg.items.items() if tg else []):
+                if not isinstance(tt, Scalar) or not isinstance(tt.value, str) or _ident_problem(tt.value):
+                    self.err(tt.mark, f"{where}.targets: '{tv}' must name a table")
+                else:
+                    targets[tv] = tt.value
+            if tcol is None or not targets:
+                self.broken = True
+                continue
+            self.references.append(RefSpec(table, column, type_column=tcol, targets=MappingProxyType(targets)))
+
+    def _owned(self, m: Map) -> None:
+        node = self._present(m, "owned_through")
+        if node is None:
+            return
+        om = self.v.mapping(node, "workspace.owned_through", m.keys["owned_through"], ())
+        for table, tnode in (om.items.items() if om else []):
+            where = f"workspace.owned_through.{table}"
+            if _ident_problem(table):
+                self.err(om.keys[table], f"{where}: {_ident_problem(table)}")  # type: ignore[union-attr]
+                continue
+            ref = self._column_ref(tnode, where, "the referencing column")
+            if ref is not None:
+                self.owned[table] = OwnedSpec(table, ref[0], ref[1])
+
+    def _natural(self, m: Map) -> None:
+        node = self._present(m, "natural_keys")
+        if node is None:
+            return
+        nm = self.v.mapping(node, "workspace.natural_keys", m.keys["natural_keys"], ())
+        for table, tnode in (nm.items.items() if nm else []):
+            where = f"workspace.natural_keys.{table}"
+            if isinstance(tnode, Scalar) and isinstance(tnode.value, str) and not _ident_problem(tnode.value):
+                self.natural[table] = (tnode.value,)
+            elif isinstance(tnode, Seq) and tnode.items and all(isinstance(i, Scalar) and isinstance(i.value, str) and not _ident_problem(i.value) for i in tnode.items):
+                self.natural[table] = tuple(i.value for i in tnode.items)  # type: ignore[union-attr]
+            else:
+                self.err(tnode.mark, f"{where}: give the unique column(s) that name a row, such as [name]")
+
+    def _shared_rows(self, m: Map) -> None:
+        node = self._present(m, "shared_rows")
+        if node is None:
+            return
+        sm = self.v.mapping(node, "workspace.shared_rows", m.keys["shared_rows"], ())
+        for table, tnode in (sm.items.items() if sm else []):
+            where = f"workspace.shared_rows.{table}"
+            tm = self.v.mapping(tnode, where, sm.keys[table], ("policy",), ("members", "member", "tenant_of_member"))  # type: ignore[union-attr]
+            if tm is None:
+                self.broken = True
+                continue
+            policy = self.v.scalar(tm, "policy", where, str, check=lambda p: None if p in ("all", "any", "keep") else f"policy must be all, any or keep, not '{p}'")
+            if policy is None:
+                self.broken = True
+                continue
+            if policy == "keep":
+                self.shared_rows[table] = SharedRowsSpec(table, policy)
+                continue
+            missing = [k for k in ("members", "member", "tenant_of_member") if k not in tm.items]
+            if missing:
+                self.err(tm.mark, f"{where}: policy '{policy}' needs members (table.column pointing at the row), member (its column naming the member) and tenant_of_member (table.column of a keyed table)")
+                continue
+            mem = self._column_ref(tm.items["members"], where, "members")
+            member = self.v.scalar(tm, "member", where, str, check=_ident_problem)
+            ten = self._column_ref(tm.items["tenant_of_member"], where, "tenant_of_member")
+            if mem is None or ten is None or member is None:
+                self.broken = True
+                continue
+            self.shared_rows[table] = SharedRowsSpec(table, policy, mem[0], mem[1], member, ten[0], ten[1])
 
 
 # --------------------------------------------------------------------------- value checks

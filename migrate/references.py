@@ -1,0 +1,198 @@
+"""What a moved row points at, checked: dangling references and colliding shared rows.
+
+* :func:`dangling` counts, in one database, the rows that go to the target (the workspace's own
+  and the shared rows it needs) whose reference (foreign key, declared reference, path) names a
+  row that database lacks. Verify runs it on both sides: the target may not dangle more than the
+  source did, so a move never leaves a reference it could have kept.
+* :func:`shared_collisions` compares the shared rows the workspace needs with the target's:
+  the same key with other content, or the same natural key (``workspace.natural_keys``) under
+  another id. Either way a moved row would silently point at a different row, so the plan
+  refuses and verify fails, naming the row.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from .graph import Ref
+from .sqlbuild import Builder
+
+SAMPLE = 5
+
+
+@dataclass
+class Dangling:
+    ref: str  # Ref.describe()
+    table: str
+    columns: list[str]
+    ref_table: str
+    rows: int
+    sample: list[str] = field(default_factory=list)  # referenced values that are missing
+
+    def line(self, where: str) -> str:
+        shown = ", ".join(self.sample) + (", ..." if self.rows > len(self.sample) else "")
+        return (f"dangling reference {self.table}.{','.join(self.columns)} → {self.ref_table}: {self.rows} rows in {where}"
+                f" point at keys {where} lacks ({shown})")
+
+
+def checked_refs(b: Builder) -> list[Ref]:
+    """Every reference a row going to the target carries: foreign keys, declared references and paths."""
+    g = b.graph
+    carriers = set(g.order) | set(g.global_order)
+    out = [r for r in g.refs if r.table in carriers and r.ref_table in g.schema.tables]
+    out += [r for r in g.unfollowed if r.origin == "path"]
+    for deps in g.dependents.values():
+        out += deps
+    seen: dict[tuple[Any, ...], Ref] = {}
+    for r in out:
+        seen.setdefault((r.table, r.columns, r.ref_table, r.ref_columns, r.type_column, r.type_value), r)
+    return list(seen.values())
+
+
+def _text(expr: sql.Composable) -> sql.Composable:
+    return sql.SQL("({})::text").format(expr)
+
+
+def dangling_query(b: Builder, r: Ref) -> sql.Composed:
+    t = b.graph.table(r.table)
+    pt = b.graph.table(r.ref_table)
+    m, p = sql.Identifier("dm"), sql.Identifier("dp")
+    match = []
+    present = []
+    for c, pc in zip(r.columns, r.ref_columns):
+        tc, ptc = t.column(c), pt.column(pc)
+        same = tc is not None and ptc is not None and tc.type == ptc.type
+        lhs = sql.SQL("{}.{}").format(p, sql.Identifier(pc))
+        rhs = sql.SQL("{}.{}").format(m, sql.Identifier(c))
+        match.append(sql.SQL("{} = {}").format(lhs, rhs) if same else sql.SQL("{} = {}").format(_text(lhs), _text(rhs)))
+        # NULL, and '' in text columns, mean "no reference"
+        present.append(sql.SQL("NULLIF({}, '') IS NOT NULL").format(_text(rhs)))
+    cond = [sql.SQL(" AND ").join(present)]
+    if r.type_column:
+        cond.append(sql.SQL("{}.{} = {}").format(m, sql.Identifier(r.type_column), sql.Literal(r.type_value)))
+    cond.append(b.carried(r.table, m, 1, frozenset()))
+    value = (_text(sql.SQL("{}.{}").format(m, sql.Identifier(r.columns[0]))) if len(r.columns) == 1
+             else _text(sql.SQL("ROW({})").format(sql.SQL(", ").join(sql.SQL("{}.{}").format(m, sql.Identifier(c)) for c in r.columns))))
+    return sql.SQL(
+        "SELECT count(*), (array_agg(DISTINCT x.v))[1:{n}] FROM (SELECT {v} AS v FROM {tbl} {m} WHERE {cond}"
+        " AND NOT EXISTS (SELECT 1 FROM {ptbl} {p} WHERE {match})) x"
+    ).format(n=sql.Literal(SAMPLE), v=value, tbl=b.qname(r.table), m=m, cond=sql.SQL(" AND ").join(cond),
+             ptbl=b.qname(r.ref_table), p=p, match=sql.SQL(" AND ").join(match))
+
+
+def dangling(conn: psycopg.Connection[Any], b: Builder, params: dict[str, Any]) -> list[Dangling]:
+    """The references of the workspace's rows (and its shared rows) that this database can't resolve."""
+    out = []
+    for r in checked_refs(b):
+        n, sample = conn.execute(dangling_query(b, r), params).fetchone()
+        if n:
+            out.append(Dangling(r.describe(), r.table, list(r.columns), r.ref_table, int(n), [str(s) for s in (sample or [])]))
+    return out
+
+
+def compare_dangling(src: list[Dangling], dst: list[Dangling]) -> tuple[list[Dangling], list[Dangling]]:
+    """(new in the target: a failure, already dangling in the source: a note)."""
+    before = {d.ref: d for d in src}
+    new = [d for d in dst if d.rows > (before[d.ref].rows if d.ref in before else 0)]
+    return new, list(src)
+
+
+# ---------------------------------------------------------------------------- shared rows
+
+
+@dataclass
+class Collision:
+    table: str
+    kind: str  # "content" | "natural key"
+    key: str
+    detail: str
+
+    def line(self, source: str, target: str) -> str:
+        if self.kind == "content":
+            return f"shared row {self.table} {self.key} differs in {target}: {self.detail}; a moved row would point at another row"
+        return f"shared row {self.table} {self.detail}; the moved rows would point at a different {self.table} row"
+
+
+def _row_json(conn: psycopg.Connection[Any], b: Builder, table: str, key: dict[str, Any]) -> dict[str, Any] | None:
+    t = sql.Identifier("t")
+    q = sql.SQL("SELECT to_jsonb({t}) FROM {tbl} {t} WHERE {m}").format(
+        t=t, tbl=b.qname(table),
+        m=sql.SQL(" AND ").join(sql.SQL("{}.{}::text = {}").format(t, sql.Identifier(k), sql.Literal(str(v))) for k, v in key.items()),
+    )
+    row = conn.execute(q).fetchone()
+    return row[0] if row else None
+
+
+def shared_collisions(sconn: psycopg.Connection[Any], tconn: psycopg.Connection[Any], b: Builder, table: str,
+                      params: dict[str, Any], source: str = "source", target: str = "target") -> list[Collision]:
+    """Shared rows of ``table`` the workspace needs that the target holds differently. ``tconn``
+    must be in a transaction the caller rolls back (a temporary table is used)."""
+    g = b.graph
+    t = g.table(table)
+    key = list(t.primary_key)
+    if not key:
+        return []
+    natural = list(g.spec.natural_keys.get(table, ()))
+    cols = list(dict.fromkeys(key + natural))
+    temp = "residency_shared_rows"
+    h, x = sql.Identifier("h"), sql.Identifier("x")
+    tconn.execute(sql.SQL("CREATE TEMP TABLE {tmp} ON COMMIT DROP AS SELECT {cols}, 0::bigint AS residency_hash FROM {tbl} {x} WITH NO DATA").format(
+        tmp=sql.Identifier(temp), cols=sql.SQL(", ").join(sql.SQL("{}.{}").format(x, sql.Identifier(c)) for c in cols), tbl=b.qname(table), x=x))
+    out_q = sql.SQL("COPY (SELECT {cols}, hash_record_extended({hc}, 0) FROM ({rows}) {h}) TO STDOUT (FORMAT BINARY)").format(
+        cols=sql.SQL(", ").join(sql.SQL("{}.{}").format(h, sql.Identifier(c)) for c in cols),
+        hc=_row_of(b, t, h), rows=b.global_referenced(table), h=h)
+    in_q = sql.SQL("COPY {tmp} ({cols}, residency_hash) FROM STDIN (FORMAT BINARY)").format(
+        tmp=sql.Identifier(temp), cols=sql.SQL(", ").join(sql.Identifier(c) for c in cols))
+    with sconn.cursor().copy(out_q, params) as cout, tconn.cursor().copy(in_q) as cin:
+        for chunk in cout:
+            cin.write(chunk)
+    found: list[Collision] = []
+    s, a = sql.Identifier("s"), sql.Identifier("a")
+    on_key = sql.SQL(" AND ").join(sql.SQL("{}.{} = {}.{}").format(a, sql.Identifier(k), s, sql.Identifier(k)) for k in key)
+    differ = sql.SQL("SELECT {keys} FROM {tmp} {s} JOIN {tbl} {a} ON {on} WHERE hash_record_extended({row}, 0) <> {s}.residency_hash ORDER BY {keys} LIMIT {n}").format(
+        keys=sql.SQL(", ").join(sql.SQL("{}.{}").format(s, sql.Identifier(k)) for k in key), tmp=sql.Identifier(temp), s=s,
+        tbl=b.qname(table), a=a, on=on_key, row=_row_of(b, t, a), n=sql.Literal(SAMPLE))
+    for row in tconn.execute(differ):
+        k = dict(zip(key, row))
+        before, after = _row_json(sconn, b, table, k), _row_json(tconn, b, table, k)
+        cols_diff = sorted(c for c in (before or {}) if (before or {}).get(c) != (after or {}).get(c))
+        detail = "; ".join(f"{c} {json.dumps((before or {}).get(c))} in {source}, {json.dumps((after or {}).get(c))} in {target}" for c in cols_diff[:3])
+        found.append(Collision(table, "content", _fmt_key(k), detail or "content differs"))
+    if natural:
+        on_nat = sql.SQL(" AND ").join(sql.SQL("{}.{} = {}.{}").format(a, sql.Identifier(c), s, sql.Identifier(c)) for c in natural)
+        q = sql.SQL("SELECT {skeys}, {akeys}, {nat} FROM {tmp} {s} JOIN {tbl} {a} ON {on} WHERE NOT ({same}) ORDER BY 1 LIMIT {n}").format(
+            skeys=sql.SQL(", ").join(sql.SQL("{}.{}").format(s, sql.Identifier(k)) for k in key),
+            akeys=sql.SQL(", ").join(sql.SQL("{}.{}").format(a, sql.Identifier(k)) for k in key),
+            nat=sql.SQL(", ").join(sql.SQL("{}.{}").format(s, sql.Identifier(c)) for c in natural),
+            tmp=sql.Identifier(temp), s=s, tbl=b.qname(table), a=a, on=on_nat,
+            same=on_key, n=sql.Literal(SAMPLE))
+        for row in tconn.execute(q):
+            sk, ak, nat = row[: len(key)], row[len(key): 2 * len(key)], row[2 * len(key):]
+            nk = ", ".join(f"{c}={v!r}" for c, v in zip(natural, nat))
+            found.append(Collision(table, "natural key", _fmt_key(dict(zip(key, sk))),
+                                   f"{nk} is {_fmt_key(dict(zip(key, sk)))} in {source} but {_fmt_key(dict(zip(key, ak)))} in {target}"))
+    return found
+
+
+def _row_of(b: Builder, t: Any, alias: sql.Composable) -> sql.Composable:
+    """ROW(...) of the copied columns, hashed the same way on both sides."""
+    parts = []
+    for c in t.columns:
+        if c.generated:
+            continue
+        ref = sql.SQL("{}.{}").format(alias, sql.Identifier(c.name))
+        parts.append(ref if c.hashable else sql.SQL("{}::text").format(ref))
+    return sql.SQL("ROW({})").format(sql.SQL(", ").join(parts))
+
+
+def _fmt_key(k: dict[str, Any]) -> str:
+    return ", ".join(f"{c}={v}" for c, v in k.items())
+
+
+def to_dicts(items: list[Any]) -> list[dict[str, Any]]:
+    return [asdict(i) for i in items]
