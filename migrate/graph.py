@@ -119,6 +119,17 @@ class Graph:
         """Every table rows go to in the target (moving or shared), each once, parents first."""
         return list(dict.fromkeys(list(self.global_order) + list(self.order)))
 
+    def presence_key(self, table: str) -> tuple[str, ...]:
+        """How the target's copy of a shared row is found: by the columns every reference into
+        ``table`` uses when they all use the same unique name (a role referenced by name resolves
+        to the target's role of that name), else by the primary key."""
+        cols = {tuple(r.ref_columns) for r in self.global_refs.get(table, [])}
+        pk = tuple(self.table(table).primary_key)
+        if len(cols) == 1 and not self.dependents.get(table):
+            (only,) = cols
+            return only
+        return pk
+
     def shared_values(self) -> tuple[object, ...]:
         return tuple(self.spec.shared_key_values)
 
@@ -272,6 +283,44 @@ def build(schema: Schema, spec: WorkspaceSpec) -> Graph:
                     dependents.setdefault(name, []).append(
                         Ref(name, (p.column,), tgt, tables[tgt].primary_key, "path", f"{name}.{p.column}", p.type_column, val)
                     )
+    # rows several tenants share (workspace.shared_rows, policy any/all), and the rows hanging off them
+    policy_set = set()
+    for name, sr in spec.shared_rows.items():
+        r = reach.get(name)
+        if r is None or r.kind != "key":
+            problems.append(f"workspace.shared_rows.{name}: '{name}' must be a table with the key column {spec.key_column}")
+            continue
+        if sr.policy == "keep":
+            continue
+        for tbl, col in ((sr.members_table, sr.members_column), (sr.tenant_table, sr.tenant_column)):
+            if tbl not in tables or tables[tbl or ""].column(col or "") is None:
+                problems.append(f"workspace.shared_rows.{name}: column {tbl}.{col} does not exist")
+                break
+        else:
+            if tables[sr.members_table or ""].column(sr.member_column or "") is None:
+                problems.append(f"workspace.shared_rows.{name}: column {sr.members_table}.{sr.member_column} does not exist")
+            elif tables[sr.tenant_table or ""].column(spec.key_column) is None:
+                problems.append(f"workspace.shared_rows.{name}: '{sr.tenant_table}' must carry the key column {spec.key_column}")
+            elif len(tables[name].primary_key) != 1:
+                problems.append(f"workspace.shared_rows.{name}: '{name}' needs a single-column primary key")
+            else:
+                policy_set.add(name)
+                shared[name] = f"shared by several tenants, policy {sr.policy}"
+    grown = True
+    while grown:
+        grown = False
+        for n in moving:
+            if reach[n].kind not in ("fk", "reference", "polymorphic"):
+                continue
+            for link in reach[n].links:
+                if link.parent in policy_set and link.parent != n:
+                    ref = Ref(n, link.columns, link.parent, link.parent_columns, "path", f"{n}.{','.join(link.columns)}", reach[n].type_column, link.type_value)
+                    if ref not in dependents.get(n, []):
+                        dependents.setdefault(n, []).append(ref)
+                        grown = True
+                    if n not in policy_set:
+                        policy_set.add(n)
+                        grown = True
     for name in dependents:
         shared.setdefault(name, "rows hanging off shared rows")
     carriers = set(moving) | set(shared)
@@ -280,7 +329,7 @@ def build(schema: Schema, spec: WorkspaceSpec) -> Graph:
         if r.ref_table in shared and r.table != r.ref_table and r.table in carriers:
             global_refs.setdefault(r.ref_table, []).append(r)
     # rows reached from a shared row are shared too (the blob of a global user's avatar)
-    needed = set(global_refs) | set(dependents)
+    needed = set(global_refs) | set(dependents) | {n for n in spec.shared_rows if n in shared and spec.shared_rows[n].policy != "keep"}
     gdeps: dict[str, set[str]] = {g: set() for g in needed}
     for g in needed:
         for r in refs:

@@ -230,27 +230,41 @@ def _plan_references(sconn: psycopg.Connection[Any], b: Builder, params: dict[st
         plan.references.append(r.describe())
     for d in refs_mod.dangling(sconn, b, params):
         plan.notes.append(d.line(source) + "; already so in the source, so verify tolerates these")
+    g = b.graph
+    for name in g.order:
+        if g.reach[name].kind != "key":
+            continue
+        q = b.empty_rows(name, [g.spec.key_column])
+        if q is None:
+            continue
+        n, sample = sconn.execute(q).fetchone()
+        if not n:
+            continue
+        shown = ", ".join(str(x) for x in sample or [])
+        key = g.spec.key_column
+        sr = g.spec.shared_rows.get(name)
+        if sr is not None and sr.policy != "keep":
+            who = "any of their members" if sr.policy == "any" else "all of their members"
+            plan.notes.append(f"{name}: {n} rows have an empty {key} (shared by several tenants); policy {sr.policy}: those where {who}"
+                              f" belong to this workspace are copied with what hangs off them (shared rows above), never deleted from {source}")
+        elif sr is not None:
+            plan.notes.append(f"{name}: {n} rows have an empty {key} (shared by several tenants); policy keep: they stay in {source} (e.g. {shown})")
+        elif g.spec.shared_key_values:
+            plan.notes.append(f"{name}: {n} rows have an empty {key}: shared by every tenant; those this workspace references are copied (e.g. {shown})")
+        else:
+            plan.notes.append(f"{name}: {n} rows have an empty {key}: they belong to no tenant and stay in {source} (e.g. {shown});"
+                              f" declare workspace.shared_rows.{name} or workspace.shared_key_values to decide otherwise")
     for r in b.graph.unfollowed:
         if r.origin != "path" and len(r.columns) == 1:
             continue  # a foreign key with a NULL: the row simply has no parent
-        n, sample = sconn.execute(_unfollowed_query(b, r)).fetchone()
+        q = b.empty_rows(r.table, r.columns, r.type_column, r.type_value)
+        if q is None:
+            continue
+        n, sample = sconn.execute(q).fetchone()
         if n:
             shown = ", ".join(str(x) for x in sample or [])
             plan.notes.append(f"{r.table}: {n} rows have no value in {','.join(r.columns)}{' for ' + r.type_column + ' ' + repr(r.type_value) if r.type_column else ''},"
                               f" so they reach no workspace and stay where they are (e.g. {shown})")
-
-
-def _unfollowed_query(b: Builder, r: Any) -> Any:
-    from psycopg import sql
-
-    t = b.graph.table(r.table)
-    a = sql.Identifier("u")
-    key = t.primary_key or t.copy_columns[:1]
-    empty = sql.SQL(" AND ").join(sql.SQL("NULLIF({}.{}::text, '') IS NULL").format(a, sql.Identifier(c)) for c in r.columns)
-    if r.type_column:
-        empty = sql.SQL("{}.{} = {} AND {}").format(a, sql.Identifier(r.type_column), sql.Literal(r.type_value), empty)
-    return sql.SQL("SELECT count(*), (array_agg({k}::text))[1:5] FROM {tbl} {a} WHERE {empty}").format(
-        k=sql.SQL("{}.{}").format(a, sql.Identifier(key[0])), tbl=b.qname(r.table), a=a, empty=empty)
 
 
 def _schema_differences(g: graph_mod.Graph, dst: Schema, target: str) -> list[str]:
@@ -280,8 +294,8 @@ def _schema_differences(g: graph_mod.Graph, dst: Schema, target: str) -> list[st
     return out
 
 
-def _stream_keys(sconn: psycopg.Connection[Any], tconn: psycopg.Connection[Any], b: Builder, table: str, params: dict[str, Any], temp: str, *, global_: bool) -> None:
-    key = b.graph.table(table).primary_key
+def _stream_keys(sconn: psycopg.Connection[Any], tconn: psycopg.Connection[Any], b: Builder, table: str, params: dict[str, Any], temp: str, *, global_: bool, key: tuple[str, ...] | None = None) -> None:
+    key = key or b.graph.table(table).primary_key
     tconn.execute(b.temp_keys(temp, table, key))
     with sconn.cursor().copy(b.copy_out_keys(table, key, global_=global_), params) as out, tconn.cursor().copy(
         b.copy_in(table, key, into=_ident(temp))
@@ -321,8 +335,8 @@ def _key_conflicts(sconn: psycopg.Connection[Any], tconn: psycopg.Connection[Any
 
 def _global_missing(sconn: psycopg.Connection[Any], tconn: psycopg.Connection[Any], b: Builder, gname: str, params: dict[str, Any]) -> tuple[int, int]:
     temp = "residency_plan_globals"
-    key = b.graph.table(gname).primary_key
-    _stream_keys(sconn, tconn, b, gname, params, temp, global_=True)
+    key = b.graph.presence_key(gname)
+    _stream_keys(sconn, tconn, b, gname, params, temp, global_=True, key=key)
     (total,) = tconn.execute(_count_temp(temp)).fetchone()
     (present,) = tconn.execute(b.count_present(gname, temp, key)).fetchone()
     tconn.rollback()

@@ -163,7 +163,7 @@ def shared_collisions(sconn: psycopg.Connection[Any], tconn: psycopg.Connection[
         cols_diff = sorted(c for c in (before or {}) if (before or {}).get(c) != (after or {}).get(c))
         detail = "; ".join(f"{c} {json.dumps((before or {}).get(c))} in {source}, {json.dumps((after or {}).get(c))} in {target}" for c in cols_diff[:3])
         found.append(Collision(table, "content", _fmt_key(k), detail or "content differs"))
-    if natural:
+    if natural and tuple(natural) != tuple(g.presence_key(table)):  # referenced by that name: it resolves to the target's row
         on_nat = sql.SQL(" AND ").join(sql.SQL("{}.{} = {}.{}").format(a, sql.Identifier(c), s, sql.Identifier(c)) for c in natural)
         q = sql.SQL("SELECT {skeys}, {akeys}, {nat} FROM {tmp} {s} JOIN {tbl} {a} ON {on} WHERE NOT ({same}) ORDER BY 1 LIMIT {n}").format(
             skeys=sql.SQL(", ").join(sql.SQL("{}.{}").format(s, sql.Identifier(k)) for k in key),

@@ -235,10 +235,14 @@ class Builder:
             sql.SQL("{lhs} IN ({subs})").format(lhs=_tuple(ref, a), subs=sql.SQL(" UNION ALL ").join(subs))
             for ref, subs in groups.items()
         ]
+        sr = g.spec.shared_rows.get(table)
+        if sr is not None and sr.policy in ("any", "all") and table in g.shared:
+            parts.append(self.shared_policy(table, a))
         for i, d in enumerate(g.dependents.get(table, [])):
             pa = sql.Identifier(f"d{depth}_{i}")
-            parts.append(sql.SQL("({a}.{tc} = {tv} AND {lhs} IN (SELECT {rhs} FROM {parent} {pa} WHERE {cond}))").format(
-                a=a, tc=sql.Identifier(d.type_column or ""), tv=sql.Literal(d.type_value), lhs=_tuple(d.columns, a),
+            typed = sql.SQL("{}.{} = {} AND ").format(a, sql.Identifier(d.type_column), sql.Literal(d.type_value)) if d.type_column else sql.SQL("")
+            parts.append(sql.SQL("({typed}{lhs} IN (SELECT {rhs} FROM {parent} {pa} WHERE {cond}))").format(
+                typed=typed, lhs=_tuple(d.columns, a),
                 rhs=_ident_list(d.ref_columns, pa), parent=self.qname(d.ref_table), pa=pa,
                 cond=self.shared_needed(d.ref_table, pa, depth + 1, visiting) if d.ref_table not in visiting else sql.SQL("false"),
             ))
@@ -250,10 +254,57 @@ class Builder:
             cond = sql.SQL("{} AND NOT {}").format(cond, self.belongs(table, a, depth + 20))
         return cond
 
+    def shared_policy(self, table: str, a: sql.Composable) -> sql.Composable:
+        """Row ``a`` of ``table`` (a shared key value) is copied under its ``workspace.shared_rows``
+        policy: ``any`` member, or ``all`` of its members (and at least one), belong to the workspace."""
+        sr = self.graph.spec.shared_rows[table]
+        (pk,) = self.graph.table(table).primary_key
+        mm, tm = sql.Identifier("sm"), sql.Identifier("st")
+        member_of = sql.SQL("EXISTS (SELECT 1 FROM {tt} {tm} WHERE {tm}.{tc} = {mm}.{mc} AND {tm}.{key} = {ws})").format(
+            tt=self.qname(sr.tenant_table or ""), tm=tm, tc=sql.Identifier(sr.tenant_column or ""), mm=mm,
+            mc=sql.Identifier(sr.member_column or ""), key=sql.Identifier(self.graph.spec.key_column), ws=WS)
+        members = sql.SQL("SELECT 1 FROM {mt} {mm} WHERE {mm}.{col} = {a}.{pk}").format(
+            mt=self.qname(sr.members_table or ""), mm=mm, col=sql.Identifier(sr.members_column or ""), a=a, pk=sql.Identifier(pk))
+        if sr.policy == "any":
+            cond = sql.SQL("EXISTS ({} AND {})").format(members, member_of)
+        else:
+            cond = sql.SQL("(EXISTS ({m}) AND NOT EXISTS ({m} AND NOT {of}))").format(m=members, of=member_of)
+        return sql.SQL("({} AND {})").format(self.shared_key(table, a), cond)
+
+    def empty_value(self, table: str, column: str, a: sql.Composable) -> sql.Composable | None:
+        """``column`` of row ``a`` holds no value (NULL, or '' in a text column), as an indexable
+        test; None when the column can hold neither."""
+        c = self.graph.table(table).column(column)
+        if c is None:
+            return None
+        texty = c.type == "text" or c.type.startswith(("character", "citext"))
+        ref = sql.SQL("{}.{}").format(a, sql.Identifier(column))
+        if texty:
+            return sql.SQL("({} IS NULL OR {} = '')").format(ref, ref) if not c.not_null else sql.SQL("{} = ''").format(ref)
+        return None if c.not_null else sql.SQL("{} IS NULL").format(ref)
+
+    def empty_rows(self, table: str, columns: Sequence[str], type_column: str | None = None, type_value: str | None = None) -> sql.Composed | None:
+        """Count and sample keys of the rows of ``table`` with no value in ``columns`` (and the
+        type value, for a polymorphic link); None when no row can be so."""
+        t = self.graph.table(table)
+        a = sql.Identifier("e")
+        tests = [self.empty_value(table, c, a) for c in columns]
+        if any(x is None for x in tests):
+            return None
+        cond = sql.SQL(" AND ").join(tests)  # type: ignore[arg-type]
+        if type_column:
+            cond = sql.SQL("{}.{} = {} AND {}").format(a, sql.Identifier(type_column), sql.Literal(type_value), cond)
+        key = t.primary_key[0] if t.primary_key else t.copy_columns[0]
+        return sql.SQL("SELECT count(*), (array_agg({a}.{k}::text))[1:5] FROM {tbl} {a} WHERE {cond}").format(
+            a=a, k=sql.Identifier(key), tbl=self.qname(table), cond=cond)
+
     def shared_key(self, table: str, a: sql.Composable) -> sql.Composable:
         """Row ``a`` of keyed ``table`` has a key value meaning "shared by every tenant"."""
         key = sql.SQL("{}.{}").format(a, sql.Identifier(self.graph.reach[table].key_column or ""))
         values = self.graph.shared_values()
+        sr = self.graph.spec.shared_rows.get(table)
+        if sr is not None and not values:
+            values = (None, "")  # rows shared by several tenants carry an empty key
         parts: list[sql.Composable] = []
         if None in values:
             parts.append(sql.SQL("{} IS NULL").format(key))

@@ -138,7 +138,7 @@ def _global_present(src_dsn: str, dst_dsn: str, b: Builder, ws: str, gtable: str
     from psycopg import sql
 
     params = b.params(ws)
-    key = b.graph.table(gtable).primary_key
+    key = b.graph.presence_key(gtable)
     temp = "residency_verify_keys"
     with db.connect(src_dsn, autocommit=True) as s, db.connect(dst_dsn) as d:
         d.execute(b.temp_keys(temp, gtable, key))

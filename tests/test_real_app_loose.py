@@ -1,0 +1,182 @@
+"""A Mattermost-like application with no foreign keys at all (issue 16).
+
+Schema `mm`: text ids, composite primary keys, every reference a plain column: `posts.user_id` →
+users, `team_members.role_name` → roles **by name**, `reactions.emoji_name` → custom emoji by name
+(system emoji have no row anywhere), `emoji.creator_id` → users (a global row pointing at a global
+row), `posts.root_id` → posts with '' meaning "no thread". Direct-message channels have
+`team_id = ''`: they belong to the tenants of their members (policy `any`). The target region `eu`
+has its own team, users and roles, whose names match but whose ids differ.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import psycopg
+import pytest
+
+from migrate import cleanup_move, plan_move, start_move, verify_workspace
+from migrate.plan import render
+from move_support import REPO
+
+DDL = """
+CREATE SCHEMA mm;
+SET search_path = mm;
+CREATE TABLE teams (id text PRIMARY KEY, name text NOT NULL);
+CREATE TABLE users (id text PRIMARY KEY, username text NOT NULL UNIQUE);
+CREATE TABLE roles (id text PRIMARY KEY, name text NOT NULL UNIQUE, permissions text NOT NULL DEFAULT '');
+CREATE TABLE emoji (id text PRIMARY KEY, name text NOT NULL UNIQUE, creator_id text NOT NULL);
+CREATE TABLE team_members (team_id text NOT NULL, user_id text NOT NULL, role_name text NOT NULL, PRIMARY KEY (team_id, user_id));
+CREATE TABLE channels (id text PRIMARY KEY, team_id text NOT NULL DEFAULT '', type char(1) NOT NULL, name text NOT NULL);
+CREATE TABLE channel_members (channel_id text NOT NULL, user_id text NOT NULL, PRIMARY KEY (channel_id, user_id));
+CREATE TABLE posts (id text PRIMARY KEY, channel_id text NOT NULL, user_id text NOT NULL, root_id text NOT NULL DEFAULT '',
+                    message text NOT NULL, props json);
+CREATE TABLE reactions (user_id text NOT NULL, post_id text NOT NULL, emoji_name text NOT NULL, PRIMARY KEY (user_id, post_id, emoji_name));
+"""
+
+WORKSPACE = """workspace:
+  root_table: teams
+  key_column: team_id
+  global_tables: [users, roles, emoji]
+  paths:
+    channel_members: {column: channel_id, references: channels}
+    posts: {column: channel_id, references: channels}
+    reactions: {column: post_id, references: posts}
+  references:
+    team_members.user_id: users
+    team_members.role_name: roles.name
+    channel_members.user_id: users
+    posts.user_id: users
+    posts.root_id: posts
+    reactions.user_id: users
+    reactions.emoji_name: emoji.name
+    emoji.creator_id: users
+  shared_rows:
+    channels: {policy: any, members: channel_members.channel_id, member: user_id, tenant_of_member: team_members.user_id}
+  object_prefix: "teams/{workspace_id}/"
+"""
+
+
+def _catalogue():
+    from residency import catalogue
+
+    text = (REPO / "regions.yaml").read_text()
+    return catalogue.loads(text[: text.index("workspace:")] + WORKSPACE, "mm-regions.yaml")
+
+
+def _x(c, q, *p):
+    c.execute(q, p)
+
+
+def _fill_us(dsn: str) -> None:
+    with psycopg.connect(dsn, autocommit=True) as c:
+        c.execute("SET search_path = mm")
+        for u in ("u1", "u2", "u3", "u4"):
+            _x(c, "INSERT INTO users VALUES (%s, %s)", u, f"user-{u}")
+        _x(c, "INSERT INTO roles VALUES ('r-us-admin', 'team_admin'), ('r-us-user', 'team_user')")
+        _x(c, "INSERT INTO emoji VALUES ('e1', 'party', 'u4')")  # made by a user of no moving team
+        for t in ("ta", "tb"):
+            _x(c, "INSERT INTO teams VALUES (%s, %s)", t, f"Team {t}")
+        for t, u, r in (("ta", "u1", "team_admin"), ("ta", "u2", "team_user"), ("tb", "u2", "team_user"), ("tb", "u3", "team_admin")):
+            _x(c, "INSERT INTO team_members VALUES (%s, %s, %s)", t, u, r)
+        # team channels, and two direct-message channels with team_id ''
+        for ch, team, typ in (("c-ta-1", "ta", "O"), ("c-ta-2", "ta", "P"), ("c-tb-1", "tb", "O"), ("dm-u1-u3", "", "D"), ("dm-u3-u4", "", "D")):
+            _x(c, "INSERT INTO channels VALUES (%s, %s, %s, %s)", ch, team, typ, ch)
+        for ch, u in (("c-ta-1", "u1"), ("c-ta-1", "u2"), ("c-ta-2", "u1"), ("c-tb-1", "u3"), ("dm-u1-u3", "u1"), ("dm-u1-u3", "u3"),
+                      ("dm-u3-u4", "u3"), ("dm-u3-u4", "u4")):
+            _x(c, "INSERT INTO channel_members VALUES (%s, %s)", ch, u)
+        n = 0
+        for ch, users in (("c-ta-1", ("u1", "u2")), ("c-ta-2", ("u1",)), ("c-tb-1", ("u3",)), ("dm-u1-u3", ("u1", "u3")), ("dm-u3-u4", ("u3", "u4"))):
+            root = ""
+            for i in range(30):
+                n += 1
+                pid = f"p{n:04d}"
+                _x(c, "INSERT INTO posts VALUES (%s, %s, %s, %s, %s, %s)", pid, ch, users[i % len(users)], root, f"msg {i}", '{"a": [1, 2]}')
+                if i == 0:
+                    root = pid  # the rest of the channel is one thread
+                if i % 5 == 0:
+                    _x(c, "INSERT INTO reactions VALUES (%s, %s, %s)", users[0], pid, "party" if i % 10 == 0 else "smile")
+
+
+def _fill_eu(dsn: str) -> None:
+    with psycopg.connect(dsn, autocommit=True) as c:
+        c.execute("SET search_path = mm")
+        _x(c, "INSERT INTO users VALUES ('eu-1', 'user-eu-1')")
+        _x(c, "INSERT INTO roles VALUES ('r-eu-admin', 'team_admin'), ('r-eu-user', 'team_user')")  # same names, other ids
+        _x(c, "INSERT INTO teams VALUES ('tc', 'Team tc')")
+        _x(c, "INSERT INTO team_members VALUES ('tc', 'eu-1', 'team_admin')")
+        _x(c, "INSERT INTO channels VALUES ('c-tc-1', 'tc', 'O', 'general')")
+        _x(c, "INSERT INTO posts VALUES ('eu-p1', 'c-tc-1', 'eu-1', '', 'hallo', NULL)")
+
+
+def _q(dsn, query, *p):
+    with psycopg.connect(dsn, autocommit=True) as c:
+        c.execute("SET search_path = mm")
+        return c.execute(query, p).fetchall()
+
+
+@pytest.fixture
+def loose(env, monkeypatch):
+    from residency import directory
+
+    monkeypatch.setenv("RESIDENCY_APP_SCHEMA", "mm")
+    for r in ("us", "eu"):
+        with psycopg.connect(env.dsn(r), autocommit=True) as c:
+            c.execute(DDL)
+    _fill_us(env.dsn("us"))
+    _fill_eu(env.dsn("eu"))
+    with psycopg.connect(env.control_dsn) as c:
+        for t, region in (("ta", "us"), ("tb", "us"), ("tc", "eu")):
+            directory.register(c, t, region)
+        c.commit()
+    return _catalogue()
+
+
+def test_plan_says_what_happens_to_shared_and_unreachable_rows(env, loose):
+    plan = plan_move(loose, env.connections, "ta", "eu")
+    assert plan.ok, plan.refusals
+    shared = {g.table: (g.referenced_rows, g.missing_in_target) for g in plan.globals}
+    # u1, u2 (members, authors), u3 (a DM partner), u4 (made the custom emoji a reaction names)
+    assert shared["users"] == (4, 4)
+    assert shared["roles"] == (2, 0)  # referenced by name: eu's roles of those names serve
+    assert shared["emoji"] == (1, 1)
+    assert shared["channels"] == (1, 1)  # dm-u1-u3 only: dm-u3-u4 has no member in ta
+    text = render(plan)
+    assert "channels: 2 rows have an empty team_id" in text and "policy any" in text
+    # 'smile' is a system emoji: no row anywhere, already so in the source
+    assert any("reactions.emoji_name → emoji" in n and "smile" in n for n in plan.notes), plan.notes
+
+
+def test_tenant_of_a_schema_without_foreign_keys_moves_whole(env, loose):
+    rec = start_move(loose, env.connections, "ta", "eu")
+    assert rec.state == "cut_over"
+    eu, us = env.dsn("eu"), env.dsn("us")
+    assert _q(eu, "SELECT count(*) FROM posts WHERE channel_id IN ('c-ta-1', 'c-ta-2')") == [(60,)]
+    # the DM between a moving member and a staying one came along, with its members and posts
+    assert _q(eu, "SELECT count(*) FROM posts WHERE channel_id = 'dm-u1-u3'") == [(30,)]
+    assert _q(eu, "SELECT user_id FROM channel_members WHERE channel_id = 'dm-u1-u3' ORDER BY 1") == [("u1",), ("u3",)]
+    assert _q(eu, "SELECT count(*) FROM channels WHERE id = 'dm-u3-u4'") == [(0,)]
+    # no post points at a user eu lacks; the role names resolve in eu
+    assert _q(eu, "SELECT count(*) FROM posts p WHERE NOT EXISTS (SELECT 1 FROM users u WHERE u.id = p.user_id)") == [(0,)]
+    assert _q(eu, "SELECT count(*) FROM team_members m JOIN roles r ON r.name = m.role_name WHERE m.team_id = 'ta'") == [(2,)]
+    assert _q(eu, "SELECT creator_id FROM emoji WHERE name = 'party'") == [("u4",)]
+    assert _q(eu, "SELECT count(*) FROM users WHERE id = 'u4'") == [(1,)]
+    result = verify_workspace(loose, env.connections, "ta", "us", "eu")
+    assert result.ok, result.problems()
+
+    cleanup_move(loose, env.connections, rec.id, grace=timedelta(0))
+    assert _q(us, "SELECT count(*) FROM posts WHERE channel_id IN ('c-ta-1', 'c-ta-2')") == [(0,)]
+    assert _q(us, "SELECT count(*) FROM team_members WHERE team_id = 'ta'") == [(0,)]
+    # what another tenant (or nobody) still needs stays: the shared DMs, the users, team tb
+    assert _q(us, "SELECT count(*) FROM posts WHERE channel_id IN ('dm-u1-u3', 'dm-u3-u4', 'c-tb-1')") == [(90,)]
+    assert _q(us, "SELECT count(*) FROM users") == [(4,)]
+
+
+def test_a_post_whose_author_is_missing_in_the_target_fails_verify(env, loose):
+    rec = start_move(loose, env.connections, "ta", "eu")
+    assert rec.state == "cut_over"
+    with psycopg.connect(env.dsn("eu"), autocommit=True) as c:
+        c.execute("DELETE FROM mm.users WHERE id = 'u2'")
+    result = verify_workspace(loose, env.connections, "ta", "us", "eu")
+    assert not result.ok
+    assert any("dangling reference posts.user_id → users" in p and "u2" in p for p in result.problems()), result.problems()
