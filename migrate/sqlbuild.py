@@ -942,6 +942,9 @@ class Builder:
     def fix_replica_identity(self, table: str, key_column: str) -> sql.Composed:
         t = self.graph.table(table)
         cols = [key_column] + [c for c in t.primary_key if c != key_column]
+        if not t.primary_key or any(c is None or not c.not_null for c in (t.column(x) for x in cols)):
+            # a nullable key (NULL: shared by every tenant) can't be in a replica identity index
+            return sql.SQL("ALTER TABLE {tbl} REPLICA IDENTITY FULL;").format(tbl=self.qname(table))
         idx = f"{table}_{key_column}_replident"[:63]
         return sql.SQL(
             "CREATE UNIQUE INDEX CONCURRENTLY {idx} ON {tbl} ({cols}); ALTER TABLE {tbl} REPLICA IDENTITY USING INDEX {idx};"

@@ -53,7 +53,8 @@ def home(env: Any, ws: int) -> tuple[str, str, int]:
         return c.execute("SELECT region, status, version FROM residency.directory WHERE workspace_id = %s", (str(ws),)).fetchone()
 
 
-def run_mover(env: Any, *args: str, kill_at: str | None = None, kill_after: int = 1, timeout: float = 120, extra_env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def run_mover(env: Any, *args: str, kill_at: str | None = None, kill_after: int = 1, timeout: float = 120, extra_env: dict[str, str] | None = None,
+              regions: str | Path | None = None) -> subprocess.CompletedProcess[str]:
     """Run ``python -m tests_move_driver`` style code in a subprocess with the env's connections."""
     e = dict(os.environ)
     e.update(connections_env(env))
@@ -62,7 +63,7 @@ def run_mover(env: Any, *args: str, kill_at: str | None = None, kill_after: int 
         e["RESIDENCY_MOVE_KILL_AFTER"] = str(kill_after)
     e.update(extra_env or {})
     return subprocess.run(
-        [sys.executable, str(REPO / "cli.py"), "--regions", str(REPO / "regions.yaml"), *args],
+        [sys.executable, str(REPO / "cli.py"), "--regions", str(regions or REPO / "regions.yaml"), *args],
         env=e, capture_output=True, text=True, timeout=timeout, cwd=str(REPO),
     )
 

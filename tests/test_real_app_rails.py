@@ -204,3 +204,59 @@ def test_colliding_global_rows_are_refused_by_content_and_by_natural_key(env, ra
     assert content and "churn-risk" in content[0] and "feature-request-2" in content[0], plan.refusals
     natural = [r for r in plan.refusals if "name='vip'" in r]
     assert natural and "1000007" in natural[0] and "5000100" in natural[0], plan.refusals
+
+
+def _regions_file(tmp_path):
+    text = (REPO / "regions.yaml").read_text()
+    path = tmp_path / "rails-regions.yaml"
+    path.write_text(text[: text.index("workspace:")] + WORKSPACE)
+    return path
+
+
+def test_kill9_during_the_copy_then_resume(env, rails, tmp_path):
+    from migrate import move_status
+    from move_support import run_mover
+
+    before = _tenant(env.dsn("us"), 1)
+    regions = _regions_file(tmp_path)
+    schema = {"RESIDENCY_APP_SCHEMA": "rails"}
+    p = run_mover(env, "move", "start", "1", "--to", "eu", "--yes", kill_at="table_copied", kill_after=4, regions=regions, extra_env=schema)
+    assert p.returncode == -9, p.stderr
+    (rec,) = move_status(env.connections, None, open_only=False)[:1]
+    assert rec.state != "cut_over"
+    p = run_mover(env, "move", "resume", str(rec.id), regions=regions, extra_env=schema)
+    assert p.returncode == 0, p.stderr + p.stdout
+    assert _tenant(env.dsn("eu"), 1) == before
+    result = verify_workspace(rails, env.connections, "1", "us", "eu")
+    assert result.ok, result.problems()
+
+
+def test_online_move_and_rollback(env, rails):
+    import re
+
+    from migrate import rollback_move
+
+    # the plan names the replica identities the row filters need, with the statement that fixes each
+    plan = plan_move(rails, env.connections, "1", "eu", "online")
+    fixes = [m.group(1) for r in plan.refusals for m in [re.search(r"fix: (.*)$", r)] if m and "replica identity" in r]
+    assert fixes, plan.refusals
+    with psycopg.connect(env.dsn("us"), autocommit=True) as c:
+        for f in fixes:
+            for stmt in f.split(";"):
+                if stmt.strip():
+                    c.execute(stmt)
+    plan = plan_move(rails, env.connections, "1", "eu", "online")
+    assert plan.ok, plan.refusals
+
+    rec = start_move(rails, env.connections, "1", "eu", strategy="online", stop_after="copied")
+    assert rec.state == "copied"
+    rec = rollback_move(rails, env.connections, rec.id)
+    assert rec.state == "rolled_back"
+    assert _tenant(env.dsn("eu"), 1) == {"conversations": 0, "messages": 0, "taggings": 0, "attachments": 0, "blobs": 0}
+
+    before = _tenant(env.dsn("us"), 1)
+    rec = start_move(rails, env.connections, "1", "eu", strategy="online")
+    assert rec.state == "cut_over" and rec.strategy == "online"
+    assert _tenant(env.dsn("eu"), 1) == before
+    result = verify_workspace(rails, env.connections, "1", "us", "eu")
+    assert result.ok, result.problems()
