@@ -194,7 +194,10 @@ def test_a_parent_moving_into_the_workspace_after_c0_dirties_its_children(world,
     mid, n = other[0]
 
     def after(prep):
-        _sql(env.dsn("us"), "UPDATE messages SET workspace_id = %s WHERE id = %s", (ws, mid))
+        # with a conversation of this workspace: left in the other one's, the message would point at
+        # a conversation the target never gets (verify names that dangling reference)
+        _sql(env.dsn("us"), "UPDATE messages SET workspace_id = %s, conversation_id = (SELECT min(id) FROM conversations WHERE workspace_id = %s)"
+                            " WHERE id = %s", (ws, ws, mid))
 
     _around_prepare(monkeypatch, after=after)
     with pytest.raises(OperationError) as exc:
