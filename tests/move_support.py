@@ -88,3 +88,21 @@ def exec_sql(dsn: str, query: Any, params: Any = None) -> list[tuple[Any, ...]]:
     with psycopg.connect(dsn, autocommit=True) as c:
         cur = c.execute(query, params)
         return cur.fetchall() if cur.description else []
+
+
+def load_app(env: Any, monkeypatch: Any, schema: str, ddl: str, workspace: str, homes: dict[str, str]) -> Any:
+    """Another application in schema ``schema`` of every region of this test's world: its DDL run
+    in us and eu, its tenants (``homes``: id -> region) registered, and the catalogue with its own
+    ``workspace:`` section (the rest of the repository's regions.yaml). The caller fills the rows."""
+    from residency import catalogue, directory
+
+    monkeypatch.setenv("RESIDENCY_APP_SCHEMA", schema)
+    for r in ("us", "eu"):
+        with psycopg.connect(env.dsn(r), autocommit=True) as c:
+            c.execute(ddl)
+    with psycopg.connect(env.control_dsn) as c:
+        for ws, region in homes.items():
+            directory.register(c, ws, region)
+        c.commit()
+    text = (REPO / "regions.yaml").read_text()
+    return catalogue.loads(text[: text.index("workspace:")] + workspace, f"{schema}-regions.yaml")

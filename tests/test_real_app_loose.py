@@ -17,7 +17,7 @@ import pytest
 
 from migrate import cleanup_move, plan_move, start_move, verify_workspace
 from migrate.plan import render
-from move_support import REPO
+from move_support import load_app
 
 DDL = """
 CREATE SCHEMA mm;
@@ -55,13 +55,6 @@ WORKSPACE = """workspace:
     channels: {policy: any, members: channel_members.channel_id, member: user_id, tenant_of_member: team_members.user_id}
   object_prefix: "teams/{workspace_id}/"
 """
-
-
-def _catalogue():
-    from residency import catalogue
-
-    text = (REPO / "regions.yaml").read_text()
-    return catalogue.loads(text[: text.index("workspace:")] + WORKSPACE, "mm-regions.yaml")
 
 
 def _x(c, q, *p):
@@ -117,19 +110,10 @@ def _q(dsn, query, *p):
 
 @pytest.fixture
 def loose(env, monkeypatch):
-    from residency import directory
-
-    monkeypatch.setenv("RESIDENCY_APP_SCHEMA", "mm")
-    for r in ("us", "eu"):
-        with psycopg.connect(env.dsn(r), autocommit=True) as c:
-            c.execute(DDL)
+    cat = load_app(env, monkeypatch, "mm", DDL, WORKSPACE, {"ta": "us", "tb": "us", "tc": "eu"})
     _fill_us(env.dsn("us"))
     _fill_eu(env.dsn("eu"))
-    with psycopg.connect(env.control_dsn) as c:
-        for t, region in (("ta", "us"), ("tb", "us"), ("tc", "eu")):
-            directory.register(c, t, region)
-        c.commit()
-    return _catalogue()
+    return cat
 
 
 def test_plan_says_what_happens_to_shared_and_unreachable_rows(env, loose):

@@ -17,7 +17,7 @@ import psycopg
 import pytest
 
 from migrate import cleanup_move, plan_move, start_move, verify_workspace
-from move_support import REPO
+from move_support import REPO, load_app
 
 DDL = """
 CREATE SCHEMA rails;
@@ -60,13 +60,6 @@ WORKSPACE = """workspace:
     tags: [name]
   object_prefix: "accounts/{workspace_id}/"
 """
-
-
-def _catalogue():
-    from residency import catalogue
-
-    text = (REPO / "regions.yaml").read_text()
-    return catalogue.loads(text[: text.index("workspace:")] + WORKSPACE, "rails-regions.yaml")
 
 
 def _fill(dsn: str, accounts: list[int], base: int, tags: tuple[str, str]) -> None:
@@ -121,19 +114,10 @@ def _tenant(dsn: str, acc: int) -> dict[str, int]:
 
 @pytest.fixture
 def rails(env, monkeypatch):
-    from residency import directory
-
-    monkeypatch.setenv("RESIDENCY_APP_SCHEMA", "rails")
-    for r in ("us", "eu"):
-        with psycopg.connect(env.dsn(r), autocommit=True) as c:
-            c.execute(DDL)
+    cat = load_app(env, monkeypatch, "rails", DDL, WORKSPACE, {"1": "us", "2": "us", "3": "eu"})
     _fill(env.dsn("us"), [1, 2], 1_000_000, ("churn-risk", "vip"))
     _fill(env.dsn("eu"), [3], 5_000_000, ("feature-request", "billing"))
-    with psycopg.connect(env.control_dsn) as c:
-        for acc, region in ((1, "us"), (2, "us"), (3, "eu")):
-            directory.register(c, str(acc), region)
-        c.commit()
-    return _catalogue()
+    return cat
 
 
 def test_plan_lists_shared_rows_owned_rows_and_references(env, rails):
