@@ -313,6 +313,8 @@ def _unique_conflicts(sconn: psycopg.Connection[Any], tconn: psycopg.Connection[
     for u in tt.unique_indexes if tt is not None else ():
         if u.constraint == "p" or not u.valid:
             continue
+        if tt.primary_key and u.plain and set(tt.primary_key) <= set(u.columns):
+            continue  # holds whenever the primary key does (checked by _key_conflicts), e.g. (workspace_id, id)
         temp = "residency_plan_unique"
         tconn.execute(b.temp_unique_values(temp, table, u.parts))
         with sconn.cursor().copy(b.copy_out_unique_values(table, u.parts, u.predicate), params) as cout, tconn.cursor().copy(
