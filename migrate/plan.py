@@ -315,6 +315,9 @@ def _unique_conflicts(sconn: psycopg.Connection[Any], tconn: psycopg.Connection[
             continue
         if tt.primary_key and u.plain and set(tt.primary_key) <= set(u.columns):
             continue  # holds whenever the primary key does (checked by _key_conflicts), e.g. (workspace_id, id)
+        st = b.graph.table(table)
+        if any(c is not None and st.column(c) is None for c in u.columns):
+            continue  # a column only the target has: the copy leaves it to its default (a schema difference if required)
         temp = "residency_plan_unique"
         tconn.execute(b.temp_unique_values(temp, table, u.parts))
         with sconn.cursor().copy(b.copy_out_unique_values(table, u.parts, u.predicate), params) as cout, tconn.cursor().copy(
