@@ -643,7 +643,15 @@ def move_start(c: Context, workspace: str, target: str, strategy: str, yes: bool
         if not p.ok:
             sys.exit(1)
         click.confirm(f"move workspace {workspace} from {p.source} to {target}? Writes to it are refused until cut-over", abort=True)
-    rec = start_move(c.catalogue, conns, workspace, target, strategy=strategy, progress=_ProgressPrinter(as_json))
+    from migrate import MoveRefused
+
+    try:
+        rec = start_move(c.catalogue, conns, workspace, target, strategy=strategy, progress=_ProgressPrinter(as_json))
+    except MoveRefused as exc:
+        if not as_json:
+            raise  # one refusal per line (MoveRefused's message)
+        emit_json({"ok": False, "refused": True, "refusals": exc.refusals, "plan": exc.plan.to_dict()})
+        sys.exit(exc.exit_code)
     rep = move_report(conns, rec.id)
     emit_json(rep) if as_json else click.echo(render_report(rep))
 

@@ -32,10 +32,15 @@ __all__ = ["plan_move", "start_move", "resume_move", "rollback_move", "cleanup_m
 
 
 class MoveRefused(OperationError):
+    """The plan refused the move; the message lists every refusal, one per line."""
+
     def __init__(self, plan: MovePlan):
         self.plan = plan
-        lines = "; ".join(plan.refusals)
-        super().__init__(f"move refused: {lines}")
+        self.refusals = list(plan.refusals)
+        if len(self.refusals) == 1:
+            super().__init__(f"move refused: {self.refusals[0]}")
+        else:
+            super().__init__(f"move refused ({len(self.refusals)} refusals):\n" + "\n".join(f"  - {r}" for r in self.refusals))
 
 
 def _one_line(exc: BaseException) -> str:

@@ -48,13 +48,21 @@ def name_for(move_id: int) -> str:
 
 def row_filtered(g: Graph) -> list[str]:
     """Tables that carry the key (root, own key column): published with a row filter."""
-    return [t for t in g.order if g.reach[t].kind in ("root", "key")]
+    return [t for t in g.order if g.reach[t].kind in ("root", "key") and g.table(t).primary_key]
 
 
 def path_tables(g: Graph) -> list[str]:
     """Tables that reach the workspace through foreign keys or configured paths: a row filter
-    can't follow them, so they are copied under the fence from the (then static) source."""
-    return [t for t in g.order if g.reach[t].kind not in ("root", "key")]
+    can't follow them, so they are copied ahead of the fence, and the rows the change log names
+    (by primary key) again under it."""
+    return [t for t in g.order if g.reach[t].kind not in ("root", "key") and g.table(t).primary_key]
+
+
+def fenced_tables(g: Graph) -> list[str]:
+    """Tables without a primary key (join tables): no replica identity to publish their UPDATEs
+    and DELETEs by (the source would refuse them), no key for the change log; copied whole under
+    the fence from the (then static) source, the snapshot way."""
+    return [t for t in g.order if not g.table(t).primary_key]
 
 
 def source_conninfo(region: str, dsn: str) -> str:
@@ -125,8 +133,9 @@ def install_change_log(conn: psycopg.Connection[Any], b: Builder, move_id: int, 
         for stmt in b.truncate_guard_setup() + b.change_log_setup():
             conn.execute(stmt)
         for t in b.graph.order:
-            for stmt in b.change_log_trigger(t, move_id, workspace_id):
-                conn.execute(stmt)
+            if b.graph.table(t).primary_key:  # tables without one are copied whole under the fence
+                for stmt in b.change_log_trigger(t, move_id, workspace_id):
+                    conn.execute(stmt)
 
 
 def changed_keys(conn: psycopg.Connection[Any], b: Builder, move_id: int, table: str, since: int = 0) -> list[Any]:
@@ -140,7 +149,7 @@ def change_log_present(conn: psycopg.Connection[Any], b: Builder, move_id: int) 
         "SELECT count(DISTINCT tgrelid) FROM pg_trigger WHERE tgname = %s AND NOT tgisinternal",
         (f"residency_online_changes_{int(move_id)}",),
     ).fetchone()[0]
-    return int(n) == len(b.graph.order)
+    return int(n) == len([t for t in b.graph.order if b.graph.table(t).primary_key])
 
 
 def truncations(conn: psycopg.Connection[Any], b: Builder, move_id: int) -> list[tuple[str, str, Any]]:

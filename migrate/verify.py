@@ -2,6 +2,8 @@
 (``sum(hash_record_extended(row, 0))``) computed inside each database, both sides at once in
 parallel threads. On a mismatch, narrow down by primary-key ranges with the same checksum
 (bisection around the median key) and name the differing keys without pulling whole tables.
+A table without a primary key is compared as a multiset (the same count and sum) and narrowed by
+a unique key it has, else by groups of the columns it reaches its workspace through.
 Global tables: every referenced row must exist in the target (their content may legitimately
 differ: the target's rows are never overwritten). Objects: keys, sizes, checksums."""
 
@@ -79,6 +81,8 @@ class VerifyResult:
 
 def _fmt_diff(d: dict[str, Any]) -> str:
     key = d["key"]
+    if d.get("columns"):  # rows grouped by their reach columns (no unique key)
+        return f"{', '.join(f'{c}={v}' for c, v in zip(d['columns'], key))} ({d['kind']})"
     k = key[0] if isinstance(key, (list, tuple)) and len(key) == 1 else tuple(key)
     return f"{k} ({d['kind']})"
 
@@ -236,6 +240,9 @@ def _kp(prefix: str, key: tuple[Any, ...] | None) -> dict[str, Any]:
 
 def narrow(a_dsn: str, b_dsn: str, b: Builder, ws: str, table: str, max_keys: int = 200) -> list[dict[str, Any]]:
     """The keys whose rows differ between the two databases, found by bisecting key ranges."""
+    cols, unique = b.graph.narrow_key(table)
+    if not cols:
+        return []
     with db.connect(a_dsn, autocommit=True) as ca, db.connect(b_dsn, autocommit=True) as cb:
         out: list[dict[str, Any]] = []
 
@@ -244,9 +251,9 @@ def narrow(a_dsn: str, b_dsn: str, b: Builder, ws: str, table: str, max_keys: in
             n, s = conn.execute(b.checksum(table, lo=lo is not None, hi=hi is not None), p).fetchone()
             return int(n), Decimal(s)
 
-        def leaves(conn: psycopg.Connection[Any], lo: Any, hi: Any) -> dict[tuple[Any, ...], int]:
+        def leaves(conn: psycopg.Connection[Any], lo: Any, hi: Any) -> dict[tuple[Any, ...], tuple[int, Decimal]]:
             p = b.params(ws, **_kp("lo", lo), **_kp("hi", hi))
-            return {tuple(r[:-1]): r[-1] for r in conn.execute(b.key_hashes(table, lo=lo is not None, hi=hi is not None), p)}
+            return {tuple(r[:-2]): (int(r[-2]), Decimal(r[-1])) for r in conn.execute(b.key_hashes(table, lo=lo is not None, hi=hi is not None), p)}
 
         def median(conn: psycopg.Connection[Any], lo: Any, hi: Any, n: int) -> tuple[Any, ...]:
             p = b.params(ws, offset=max(n // 2 - 1, 0), **_kp("lo", lo), **_kp("hi", hi))
@@ -258,22 +265,27 @@ def narrow(a_dsn: str, b_dsn: str, b: Builder, ws: str, table: str, max_keys: in
             (na, sa), (nb, sb) = checksum(ca, lo, hi), checksum(cb, lo, hi)
             if na == nb and sa == sb:
                 return
-            if max(na, nb) <= LEAF_ROWS or depth > 60:
+            mid = None
+            if not (max(na, nb) <= LEAF_ROWS or depth > 60):
+                mid = median(ca, lo, hi, na) if na >= nb else median(cb, lo, hi, nb)
+                if not unique and hi is not None and tuple(mid) == tuple(hi):
+                    mid = None  # one group of rows fills the range: it can't be split further
+            if mid is None:
                 la, lb = leaves(ca, lo, hi), leaves(cb, lo, hi)
                 for k in sorted(set(la) | set(lb), key=repr):
-                    if k not in lb:
-                        out.append({"key": list(k), "kind": "missing in target"})
-                    elif k not in la:
-                        out.append({"key": list(k), "kind": "only in target"})
-                    elif la[k] != lb[k]:
-                        out.append({"key": list(k), "kind": "differs"})
+                    if unique:
+                        kind = "missing in target" if k not in lb else "only in target" if k not in la else "differs"
+                    else:  # a group of rows sharing the narrowing columns (a table without a unique key)
+                        (n1, _), (n2, _) = la.get(k, (0, 0)), lb.get(k, (0, 0))
+                        kind = f"{n1} rows in source, {n2} in target" + ("" if n1 != n2 else ", contents differ")
+                    if la.get(k) != lb.get(k):
+                        out.append({"key": list(k), "kind": kind, **({} if unique else {"columns": list(cols)})})
                 return
-            mid = median(ca, lo, hi, na) if na >= nb else median(cb, lo, hi, nb)
             walk(lo, mid, depth + 1)
             walk(mid, hi, depth + 1)
 
         walk(None, None, 0)
-        return [{"key": [_plain(v) for v in d["key"]], "kind": d["kind"]} for d in out]
+        return [{**d, "key": [_plain(v) for v in d["key"]]} for d in out]
 
 
 def _plain(v: Any) -> Any:

@@ -389,6 +389,8 @@ class Worker:
                 if waiting is not None:
                     return waiting
             first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            if getattr(exc, "refusals", None):  # migrate.MoveRefused: every refusal, not the heading line
+                first = "move refused: " + "; ".join(exc.refusals)  # type: ignore[attr-defined]
             return self._finish(req, "failed", f"move: {first}", move)
         finally:
             hb.stop()
