@@ -198,6 +198,8 @@ def _plan_databases(cat: Catalogue, ws: str, source: str, target: str, src_ep: A
         if root_rows == 0:
             plan.refusals.append(f"unknown workspace '{ws}': no row in {root} of region {source} ({redact(src_ep.dsn)})")
             return
+        if line := directory.second_home(tconn, dst_schema.name, root, ws, source, target):  # an id in two regions
+            plan.refusals.append(line)
         if any("target schema differs" in r for r in plan.refusals):
             return
         for name in g.order:
