@@ -19,7 +19,7 @@ from residency.errors import OperationError
 from residency.moves import MoveRecord
 
 from . import copy as copy_mod
-from . import faults, fence, objects
+from . import faults, fence, objects, tenant_objects
 from .context import MoveContext
 from .progress import Progress
 from .verify import VerifyResult, checksum_tables, verify_tables
@@ -220,6 +220,7 @@ def _copy(ctx: MoveContext, rec: MoveRecord, sums: SourceChecksums | None) -> Mo
     prefix = ctx.cat.workspace.prefix_for(ctx.workspace_id)
     obj = objects.copy_objects(src, dst, ctx.cat.environment.buckets, prefix, ctx.emit, ctx.should_stop)
     seqs = copy_mod.bump_sequences(dst.dsn, ctx.builder)
+    tobj = tenant_objects.copy(src.dsn, dst.dsn, ctx.graph.schema.name, ctx.cat.workspace, ctx.workspace_id)
     seconds = round(time.monotonic() - t0, 3)
     rows = sum(v["rows"] for v in done.values())
     nbytes = sum(v["bytes"] for v in done.values())
@@ -229,6 +230,7 @@ def _copy(ctx: MoveContext, rec: MoveRecord, sums: SourceChecksums | None) -> Mo
         "globals": globals_done,
         "objects": obj,
         "sequences": seqs,
+        "tenant_objects": tobj,
         "rows": rows,
         "bytes": nbytes,
         "seconds": round(copy_seconds, 3),

@@ -20,6 +20,7 @@ from residency.connections import Connections, redact
 from residency.errors import InputError, ResidencyError
 
 from . import graph as graph_mod
+from . import tenant_objects
 from .introspect import Schema, introspect
 from .objects import inventory
 from .sqlbuild import Builder
@@ -59,6 +60,7 @@ class MovePlan:
     seconds: float = 0.0
     strategy_reason: str = ""
     preconditions: list[dict[str, Any]] = field(default_factory=list)  # online: each check, ok, detail, fix
+    tenant_objects: list[dict[str, Any]] = field(default_factory=list)  # per-tenant sequences (migrate.tenant_objects)
 
     @property
     def ok(self) -> bool:
@@ -98,6 +100,7 @@ class MovePlan:
             seconds=d.get("seconds", 0.0),
             strategy_reason=d.get("strategy_reason", ""),
             preconditions=list(d.get("preconditions", [])),
+            tenant_objects=list(d.get("tenant_objects", [])),
         )
 
 
@@ -208,6 +211,8 @@ def _plan_databases(cat: Catalogue, ws: str, source: str, target: str, src_ep: A
                 line = _key_conflicts(sconn, tconn, b, name, params, target)
                 if line:
                     plan.refusals.append(line)
+        tobjs, tnotes, trefusals = tenant_objects.plan(sconn, tconn, g.schema.name, cat.workspace, ws, target)
+        plan.tenant_objects, plan.notes, plan.refusals = [asdict(o) for o in tobjs], plan.notes + tnotes, plan.refusals + trefusals
         for gname in g.global_order:
             n, missing = _global_missing(sconn, tconn, b, gname, params)
             plan.globals.append(GlobalPlan(gname, n, missing))
@@ -314,6 +319,7 @@ def render(plan: MovePlan) -> str:
         lines.append(f"global {gp.table}: {gp.referenced_rows} referenced rows, {gp.missing_in_target} missing in {plan.target} (copied, never overwritten)")
     for logical, o in plan.objects.items():
         lines.append(f"objects in {logical}: {o['objects']} ({human_bytes(o['bytes'])})")
+    lines.extend(f"tenant {o['kind']} {o['name']}: {o['detail']}" for o in plan.tenant_objects)
     for n in plan.notes:
         lines.append(f"note: {n}")
     if plan.preconditions:

@@ -106,6 +106,8 @@ class WorkspaceSpec:
     global_tables: tuple[str, ...]
     paths: Mapping[str, PathSpec]
     object_prefix: str
+    tenant_objects: Mapping[str, tuple[str, ...]] = field(default_factory=lambda: MappingProxyType({}))
+    """Per-tenant database objects by kind (``sequences``), as name patterns with {workspace_id}."""
 
     def prefix_for(self, workspace_id: object) -> str:
         return self.object_prefix.format(workspace_id=workspace_id)
@@ -487,7 +489,7 @@ class _Validator:
 
     def workspace(self, node: YNode | None, mark: Mark) -> WorkspaceSpec | None:
         where = "workspace"
-        m = self.mapping(node, where, mark, ("root_table", "key_column", "object_prefix"), ("global_tables", "paths"))
+        m = self.mapping(node, where, mark, ("root_table", "key_column", "object_prefix"), ("global_tables", "paths", "tenant_objects"))
         if m is None:
             return None
         root = self.scalar(m, "root_table", where, str, check=_ident_problem)
@@ -530,9 +532,24 @@ class _Validator:
                     self.err(pm.keys[table], f"{pw}: '{table}' is declared global; a global table has no path")  # type: ignore[union-attr]
                 if col is not None:
                     paths[table] = PathSpec(table, col, ref, tcol, MappingProxyType(targets))
-        if None in (root, key, prefix, glob):
+        tenant_objects = self.tenant_objects(m)
+        if None in (root, key, prefix, glob, tenant_objects):
             return None
-        return WorkspaceSpec(root, key, glob, MappingProxyType(paths), prefix)  # type: ignore[arg-type]
+        return WorkspaceSpec(root, key, glob, MappingProxyType(paths), prefix, tenant_objects)  # type: ignore[arg-type]
+
+    def tenant_objects(self, m: Map) -> Mapping[str, tuple[str, ...]] | None:
+        """workspace.tenant_objects: {sequences: [name pattern with {workspace_id}, ...]}."""
+        node = m.items.get("tenant_objects")
+        if node is None or (isinstance(node, Scalar) and node.value is None):
+            return MappingProxyType({})
+        where = "workspace.tenant_objects"
+        tm = self.mapping(node, where, m.keys["tenant_objects"], (), TENANT_OBJECT_KINDS)
+        if tm is None:
+            return None
+        out = {k: self.str_list(tm, k, where, check=_tenant_pattern_problem) for k in TENANT_OBJECT_KINDS if k in tm.items}
+        if any(v is None for v in out.values()) or len(tm.items) != len(out):
+            return None
+        return MappingProxyType(out)  # type: ignore[arg-type]
 
 
 # --------------------------------------------------------------------------- value checks
@@ -619,6 +636,18 @@ def _bucket_problem(v: str) -> str | None:
 
 def _ident_problem(v: str) -> str | None:
     return None if _IDENT.match(v) else f"'{v}' is not a plain SQL identifier (letters, digits, underscores)"
+
+
+TENANT_OBJECT_KINDS = ("sequences",)
+_TENANT_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def _tenant_pattern_problem(v: str) -> str | None:
+    if v.count("{workspace_id}") != 1:
+        return f"'{v}' must contain {{workspace_id}} once, such as 'conv_dpid_seq_{{workspace_id}}'"
+    if not _TENANT_PATTERN.match(v.replace("{workspace_id}", "0")):
+        return f"'{v}' is not a plain SQL identifier around {{workspace_id}} (letters, digits, underscores)"
+    return None
 
 
 def _prefix_problem(v: str) -> str | None:
