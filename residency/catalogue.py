@@ -110,7 +110,10 @@ class WorkspaceSpec:
     """Per-tenant database objects by kind (``sequences``), as name patterns with {workspace_id}."""
 
     def prefix_for(self, workspace_id: object) -> str:
-        return self.object_prefix.format(workspace_id=workspace_id)
+        """The workspace's object layout (residency.objectkeys.ObjectPrefix: a str, plus a key matcher)."""
+        from .objectkeys import ObjectPrefix
+
+        return ObjectPrefix(self.object_prefix, workspace_id)
 
 
 @dataclass(frozen=True)
@@ -651,15 +654,9 @@ def _tenant_pattern_problem(v: str) -> str | None:
 
 
 def _prefix_problem(v: str) -> str | None:
-    if "{workspace_id}" not in v:
-        return f"object_prefix '{v}' must contain {{workspace_id}}, such as 'workspaces/{{workspace_id}}/'"
-    try:
-        v.format(workspace_id=1)
-    except (KeyError, IndexError, ValueError):
-        return f"object_prefix '{v}' may contain only the placeholder {{workspace_id}}"
-    if not v.endswith("/"):
-        return f"object_prefix '{v}' must end with '/', so one workspace's prefix is never the start of another's"
-    return None
+    from .objectkeys import layout_problem  # {workspace_id} anywhere, {date}/{any}: one segment each
+
+    return layout_problem(v)
 
 
 def _pg_version_problem(v: str) -> str | None:
