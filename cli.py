@@ -1101,7 +1101,6 @@ def directory_import(c: Context, region: str, as_json: bool) -> None:
 
     Ids already registered in another region are left alone and listed with their home (exit 1)."""
     from migrate.introspect import app_schema
-    from residency import audit as audit_mod
     from residency import directory as directory_mod
     from residency.db import connect
 
@@ -1109,12 +1108,7 @@ def directory_import(c: Context, region: str, as_json: bool) -> None:
     cat.region(region)
     conns, cp = _control(c)
     with cp, connect(conns.region(region).dsn, autocommit=True) as app:
-        with cp.transaction():
-            res = directory_mod.import_region(cp, app, region, app_schema(), cat.workspace.root_table)
-            audit_mod.append(cp, "directory.imported", f"region/{region}", {
-                "root_table": res.root_table, "root_rows": res.root_rows, "registered": len(res.registered),
-                "already": res.already, "elsewhere": len(res.elsewhere),
-                "elsewhere_sample": [{"workspace_id": w, "home": h} for w, h in res.elsewhere[:100]]})
+        res = directory_mod.import_and_record(cp, app, region, app_schema(), cat.workspace.root_table)
     if as_json:
         emit_json({**_jsonable(res), "elsewhere": [{"workspace_id": w, "home": h} for w, h in res.elsewhere], "ok": res.ok})
     else:

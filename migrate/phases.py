@@ -281,8 +281,9 @@ def verify_phase(ctx: MoveContext, rec: MoveRecord, verifier: Callable[[], Verif
     else:
         res = verify_tables(ctx.src.dsn, ctx.dst.dsn, ctx.builder, ctx.workspace_id, rec.source, rec.target)
     oc = objects.compare(ctx.src, ctx.dst, ctx.cat.environment.buckets, ctx.cat.workspace.prefix_for(ctx.workspace_id))
-    res.objects = {"ok": oc.ok, "buckets": oc.buckets, "problems": oc.problems}
-    res.ok = res.ok and oc.ok
+    tp = tenant_objects.missing_in_target(ctx.src.dsn, ctx.dst.dsn, ctx.graph.schema.name, ctx.cat.workspace, ctx.workspace_id)
+    res.objects = {"ok": oc.ok and not tp, "buckets": oc.buckets, "problems": oc.problems + tp}
+    res.ok = res.ok and oc.ok and not tp
     data = res.to_dict()
     if not res.ok:
         problems = res.problems()

@@ -176,3 +176,15 @@ def drop(dsn: str, schema: str, ws_spec: WorkspaceSpec, workspace_id: object) ->
             for n in found:
                 c.execute(sql.SQL("DROP SEQUENCE IF EXISTS {}").format(sql.Identifier(schema, n)))
     return found
+
+
+def missing_in_target(src_dsn: str, dst_dsn: str, schema: str, ws_spec: WorkspaceSpec, workspace_id: object) -> list[str]:
+    """A verify problem per per-tenant object of the source that the target lacks."""
+    from residency import db
+
+    names = sequence_names(ws_spec, workspace_id)
+    if not names:
+        return []
+    with db.connect(src_dsn, autocommit=True) as s, db.connect(dst_dsn, autocommit=True) as t:
+        have, there = existing(s, schema, names), set(existing(t, schema, names))
+    return [f"per-tenant sequence {schema}.{n} is missing in the target" for n in have if n not in there]

@@ -166,6 +166,20 @@ def import_region(cp: psycopg.Connection[Any], app: psycopg.Connection[Any], reg
     return ImportResult(region, f"{schema}.{root_table}", int(n), sorted(new), int(n) - len(new) - len(elsewhere), elsewhere)
 
 
+def import_and_record(cp: psycopg.Connection[Any], app: psycopg.Connection[Any], region: str, schema: str, root_table: str,
+                      actor: Any = None) -> ImportResult:
+    """:func:`import_region` and its audit entry, committed together."""
+    from . import audit
+
+    with cp.transaction():
+        res = import_region(cp, app, region, schema, root_table)
+        audit.append(cp, "directory.imported", f"region/{region}", {
+            "root_table": res.root_table, "root_rows": res.root_rows, "registered": len(res.registered),
+            "already": res.already, "elsewhere": len(res.elsewhere),
+            "elsewhere_sample": [{"workspace_id": w, "home": h} for w, h in res.elsewhere[:100]]}, actor)
+    return res
+
+
 def second_home(conn: psycopg.Connection[Any], schema: str, root_table: str, workspace_id: object, home: str, region: str) -> str | None:
     """A refusal line if ``region``'s database has a root row with this workspace's id although
     the workspace is homed in ``home``: two tenants share the id, and a move would merge them."""

@@ -150,3 +150,17 @@ def test_tenant_objects_are_validated_with_their_line(value, message):
     n = int(line.split(":")[1])
     text = catalogue_with.__globals__["REPO"].joinpath("regions.yaml").read_text()
     assert (text[: text.index("workspace:")] + bad).splitlines()[n - 1].lstrip().startswith("tenant_objects:")
+
+
+def test_verify_fails_while_the_target_lacks_the_tenants_sequence(env, app):
+    from migrate import resume_move
+    from residency.errors import OperationError
+
+    rec = start_move(app, env.connections, 3, "eu", stop_after="copied")
+    with psycopg.connect(env.dsn("eu"), autocommit=True) as c:
+        c.execute("DROP SEQUENCE rails.conv_dpid_seq_3")
+    with pytest.raises(OperationError, match="per-tenant sequence rails.conv_dpid_seq_3 is missing in the target"):
+        resume_move(app, env.connections, rec.id)
+    rec = resume_move(app, env.connections, rec.id)  # copies again, recreating it
+    assert rec.state == "cut_over"
+    assert _sequences(env.dsn("eu"))["conv_dpid_seq_3"] == 2 and _new_conversation(env.dsn("eu"), 3) == 3
