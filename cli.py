@@ -1142,6 +1142,9 @@ def regions_ids(c: Context, do_apply: bool, as_json: bool) -> None:
                  s.status, s.detail) for x in p.regions for s in x.sequences]
         click.echo(table(("REGION", "NUMBER", "NUMBER IS", "RANGE", "SEQUENCE", "COLUMN", "STATUS", "DETAIL"), rows))
         for x in p.regions:
+            if x.skipped:
+                click.echo(f"{x.region}: skipped ({x.skipped})")
+                continue
             state = "error" if x.error else "confined" if x.confined else "not confined"
             click.echo(f"{x.region}: {state}" + (f" ({x.error})" if x.error else f", number {x.number} ({x.number_source}), {len(x.sequences)} id sequences"))
         for r in p.refusals:

@@ -456,7 +456,9 @@ def check_new_region(cat: Any, conns: Any, region: str) -> RegionCheck:
         try:
             with psycopg.connect(conns.control_dsn, connect_timeout=5, autocommit=True) as c:
                 x = idranges.plan_ids(cat, conns, os.environ.get("RESIDENCY_APP_SCHEMA") or "public", c).region(region)
-            if x.error or x.refusals:
+            if x.skipped:
+                detail = x.skipped
+            elif x.error or x.refusals:
                 detail = "; ".join(x.refusals)
             elif x.confined:
                 detail = f"{len(x.sequences)} id sequences in {x.low}..{x.high} (number {x.number}, {x.number_source})"

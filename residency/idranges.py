@@ -155,11 +155,12 @@ class RegionIds:
     high: int | None = None
     sequences: list[SequenceRange] = field(default_factory=list)
     error: str = ""
+    skipped: str = ""  # no connection configured for it (not deployed yet): numbered when it is
 
     @property
     def confined(self) -> bool:
         """Nothing to do: a known number and every id sequence inside its range."""
-        return not self.error and self.number is not None and all(s.status == "confined" for s in self.sequences)
+        return not self.error and not self.skipped and self.number is not None and all(s.status == "confined" for s in self.sequences)
 
     @property
     def refusals(self) -> list[str]:
@@ -182,7 +183,7 @@ class IdsPlan:
     @property
     def changes(self) -> int:
         return sum(1 for x in self.regions for s in x.sequences if s.status == "to confine") + sum(
-            1 for x in self.regions if x.number_source != "recorded")
+            1 for x in self.regions if x.number_source not in ("recorded", ""))
 
     def region(self, name: str) -> RegionIds:
         return next(x for x in self.regions if x.region == name)
@@ -202,9 +203,16 @@ def plan_ids(cat: Any, conns: Any, schema: str, cp: psycopg.Connection[Any]) -> 
 
     recorded = recorded_numbers(cp)
     out: list[RegionIds] = []
+    from .errors import InputError
+
     for name in cat.regions:
         x = RegionIds(name)
         out.append(x)
+        try:
+            conns.region(name)
+        except InputError as exc:
+            x.skipped = str(exc)
+            continue
         try:
             with connect(conns.region(name).dsn, autocommit=True) as c:
                 x.sequences = id_sequences(c, schema)
@@ -215,7 +223,7 @@ def plan_ids(cat: Any, conns: Any, schema: str, cp: psycopg.Connection[Any]) -> 
         if x.region in recorded:
             x.number, x.number_source = recorded[x.region], "recorded"
     for x in out:
-        if x.number is not None or x.error:
+        if x.number is not None or x.error or x.skipped:
             continue
         found = {s.number for s in x.sequences if s.number is not None}
         if len(found) == 1:
@@ -225,7 +233,7 @@ def plan_ids(cat: Any, conns: Any, schema: str, cp: psycopg.Connection[Any]) -> 
                 x.number, x.number_source = k, "found in the database"
                 taken[x.region] = k
     for x in out:
-        if x.number is None and not x.error:
+        if x.number is None and not x.error and not x.skipped:
             x.number = max(taken.values(), default=0) + 1
             x.number_source = "new"
             taken[x.region] = x.number
@@ -251,13 +259,15 @@ def apply_ids(cat: Any, conns: Any, schema: str, cp: psycopg.Connection[Any], ac
     changed: dict[str, list[str]] = {}
     with cp.transaction():
         for x in plan.regions:
-            if x.number_source != "recorded":
+            if x.number_source not in ("recorded", "") and x.number is not None:
                 try:
                     with cp.transaction():
                         cp.execute("INSERT INTO residency.region_numbers (region, number) VALUES (%s, %s)", (x.region, x.number))
                 except psycopg.errors.UniqueViolation:
                     raise OperationError(f"region numbers changed while planning (region {x.region}, number {x.number}): run it again") from None
         for x in plan.regions:
+            if x.skipped:
+                continue
             assert x.number is not None
             with connect(conns.region(x.region).dsn) as c:
                 with c.transaction():
@@ -266,6 +276,7 @@ def apply_ids(cat: Any, conns: Any, schema: str, cp: psycopg.Connection[Any], ac
         audit.append(cp, "regions.ids_applied", "regions/ids", {
             "schema": schema,
             "regions": {x.region: {"number": x.number, "range": [x.low, x.high], "number_was": x.number_source,
-                                   "sequences": len(x.sequences), "confined_now": changed[x.region]} for x in plan.regions},
+                                   "sequences": len(x.sequences), "confined_now": changed[x.region]} for x in plan.regions if not x.skipped},
+            "skipped": [x.region for x in plan.regions if x.skipped],
         }, actor)
     return plan_ids(cat, conns, schema, cp)

@@ -132,3 +132,20 @@ def test_a_sequence_past_its_range_is_refused_and_nothing_changes(env, tmp_path,
     (line,) = json.loads(r.output)["refusals"]
     assert line.startswith("sequence app16.tags_id_seq (tags.id) is integer: region au's range starts at 3000000000000")
     assert "ALTER TABLE tags ALTER COLUMN id TYPE bigint" in line
+
+
+def test_a_region_without_a_connection_is_skipped_not_numbered(env, monkeypatch):
+    from types import MappingProxyType
+
+    from residency import idranges
+    from residency.connections import Connections
+
+    for region in ("us", "eu"):
+        _app(env, region, 1)
+    conns = Connections(env.control_dsn, MappingProxyType({r: env.connections.region(r) for r in ("us", "eu")}), "test")
+    with psycopg.connect(env.control_dsn, autocommit=True) as cp:
+        p = idranges.apply_ids(env.catalogue, conns, "app16", cp)
+        assert {x.region: (x.number, bool(x.skipped)) for x in p.regions} == {"us": (1, False), "eu": (2, False), "au": (None, True)}
+        assert "no connection for region 'au'" in p.region("au").skipped and p.ok
+        assert idranges.recorded_numbers(cp) == {"us": 1, "eu": 2}
+    assert _seq(env, "eu", "notes_id_seq")[:2] == (2 * T, 3 * T - 1)
