@@ -1092,5 +1092,79 @@ def playbook_check(c: Context, name: str, region: str, as_json: bool) -> None:
 # --------------------------------------------------------------------------- end of requests, worker, playbooks (issue 7)
 
 
+# --------------------------------------------------------------------------- regions with their own tenants (issue 16)
+
+
+@main.group(cls=ResidencyGroup)
+def directory() -> None:
+    """The control-plane directory: which region is each workspace's home."""
+
+
+@directory.command("import")
+@click.option("--region", required=True, metavar="R", help="The region whose existing tenants to register.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pass_ctx
+def directory_import(c: Context, region: str, as_json: bool) -> None:
+    """Register every root row of region R as a workspace homed there (idempotent).
+
+    Ids already registered in another region are left alone and listed with their home (exit 1)."""
+    from migrate.introspect import app_schema
+    from residency import directory as directory_mod
+    from residency.db import connect
+
+    cat = c.catalogue
+    cat.region(region)
+    conns, cp = _control(c)
+    with cp, connect(conns.region(region).dsn, autocommit=True) as app:
+        res = directory_mod.import_and_record(cp, app, region, app_schema(), cat.workspace.root_table)
+    if as_json:
+        emit_json({**_jsonable(res), "elsewhere": [{"workspace_id": w, "home": h} for w, h in res.elsewhere], "ok": res.ok})
+    else:
+        for w, h in res.elsewhere:
+            click.echo(f"not registered: workspace '{w}' has a row in {res.root_table} of {region} but is registered in region '{h}'")
+        click.echo(f"{region}: {res.root_rows} rows in {res.root_table}: {len(res.registered)} registered now, "
+                   f"{res.already} already registered here, {len(res.elsewhere)} registered elsewhere")
+    if not res.ok:
+        sys.exit(1)
+
+
+@regions.command("ids")
+@click.option("--apply", "do_apply", is_flag=True, help="Record the region numbers and confine the sequences.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pass_ctx
+def regions_ids(c: Context, do_apply: bool, as_json: bool) -> None:
+    """Every region's identity/serial sequences and its id range [n·10¹², (n+1)·10¹² − 1].
+
+    With --apply, confines each sequence to its region's range (exit 1, changing nothing, if one is past it)."""
+    from migrate.introspect import app_schema
+    from residency import idranges
+
+    conns, cp = _control(c)
+    with cp:
+        p = (idranges.apply_ids if do_apply else idranges.plan_ids)(c.catalogue, conns, app_schema(), cp)
+    if as_json:
+        emit_json({"schema": p.schema, "ok": p.ok, "confined": all(x.confined for x in p.regions), "refusals": p.refusals,
+                   "regions": [{**_jsonable(x), "confined": x.confined} for x in p.regions]})
+    else:
+        rows = [(x.region, x.number or "", x.number_source, f"{x.low}..{x.high}" if x.low else "", s.name, f"{s.table}.{s.column}",
+                 s.status, s.detail) for x in p.regions for s in x.sequences]
+        click.echo(table(("REGION", "NUMBER", "NUMBER IS", "RANGE", "SEQUENCE", "COLUMN", "STATUS", "DETAIL"), rows))
+        for x in p.regions:
+            if x.skipped:
+                click.echo(f"{x.region}: skipped ({x.skipped})")
+                continue
+            state = "error" if x.error else "confined" if x.confined else "not confined"
+            click.echo(f"{x.region}: {state}" + (f" ({x.error})" if x.error else f", number {x.number} ({x.number_source}), {len(x.sequences)} id sequences"))
+        for r in p.refusals:
+            click.echo(f"refused: {r}", err=True)
+        if not do_apply and p.changes and p.ok:
+            click.echo("run `residency regions ids --apply` to record the numbers and confine the sequences")
+    if not p.ok:
+        sys.exit(1)
+
+
+# --------------------------------------------------------------------------- end of regions with their own tenants (issue 16)
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -10,7 +10,7 @@ from residency.errors import OperationError
 from residency.moves import MoveRecord
 
 from . import copy as copy_mod
-from . import faults, fence, objects
+from . import faults, fence, objects, tenant_objects
 from .context import MoveContext
 from .phases import checkpoint, details, now_iso, subject
 from .progress import Progress
@@ -33,8 +33,11 @@ def _source_evidence(ctx: MoveContext) -> dict[str, Any]:
             tables[t] = {"rows": int(n), "checksum": str(s)}
     inv = objects.inventory(ctx.src, ctx.cat.environment.buckets, ctx.cat.workspace.prefix_for(ctx.workspace_id))
     objs = {k: {"objects": len(v), "bytes": sum(o.size for o in v.values())} for k, v in inv.items()}
+    with ctx.connect("source") as conn:
+        seqs = tenant_objects.read_sequences(conn, ctx.graph.schema.name, tenant_objects.sequence_names(ctx.cat.workspace, ctx.workspace_id))
     return {"tables": tables, "objects": objs, "object_count": sum(o["objects"] for o in objs.values()),
-            "rows": sum(t["rows"] for t in tables.values())}
+            "rows": sum(t["rows"] for t in tables.values()),
+            "tenant_objects": {"sequences": {q.name: {"last_value": q.last_value, "is_called": q.is_called} for q in seqs}}}
 
 
 @transient
@@ -83,6 +86,7 @@ def cleanup(ctx: MoveContext, rec: MoveRecord, grace: timedelta, now: datetime |
     faults.point("cleanup_rows_deleted")
     deleted_objs = objects.delete_objects(ctx.src, ctx.cat.environment.buckets, ctx.cat.workspace.prefix_for(ctx.workspace_id))
     faults.point("cleanup_objects_deleted")
+    dropped = tenant_objects.drop(ctx.src.dsn, ctx.graph.schema.name, ctx.cat.workspace, ctx.workspace_id)
     with ctx.connect("source") as conn:
         fence.lift(conn, ctx.builder, rec.workspace_id)
     at = now_iso()
@@ -94,7 +98,8 @@ def cleanup(ctx: MoveContext, rec: MoveRecord, grace: timedelta, now: datetime |
         "rows": evidence["rows"],
         "objects": evidence["objects"],
         "object_count": evidence["object_count"],
-        "deleted_now": {"rows": deleted, "objects": deleted_objs},
+        "tenant_objects": evidence.get("tenant_objects", {}),
+        "deleted_now": {"rows": deleted, "objects": deleted_objs, "tenant_objects": dropped},
     }
     with ctx.connect("control", autocommit=False) as cp:
         with cp.transaction():
@@ -109,6 +114,7 @@ def rollback(ctx: MoveContext, rec: MoveRecord) -> MoveRecord:
     ctx.emit(Progress("state", "rollback", message=f"removing the copy in {rec.target}"))
     removed = copy_mod.clear_target(ctx.dst.dsn, ctx.builder, ctx.workspace_id, list(ctx.graph.order))
     faults.point("rollback_target_cleared")
+    dropped = tenant_objects.drop(ctx.dst.dsn, ctx.graph.schema.name, ctx.cat.workspace, ctx.workspace_id)
     objs = objects.delete_objects(ctx.dst, ctx.cat.environment.buckets, ctx.cat.workspace.prefix_for(ctx.workspace_id))
     with ctx.connect("source") as conn:
         fence.lift(conn, ctx.builder, rec.workspace_id, rec.id)
@@ -119,7 +125,7 @@ def rollback(ctx: MoveContext, rec: MoveRecord) -> MoveRecord:
             e = directory.get(cp, rec.workspace_id, for_update=True)
             if e is not None and e.status == "moving" and e.region == rec.source:
                 directory.set_status(cp, rec.workspace_id, "active")
-            moves.update_report(cp, rec.id, {"rollback": {"at": at, "removed_rows": removed, "removed_objects": objs,
+            moves.update_report(cp, rec.id, {"rollback": {"at": at, "removed_rows": removed, "removed_objects": objs, "removed_tenant_objects": dropped,
                                                           "note": "global rows added to the target are kept (other workspaces may use them)"},
                                              "fence": {"fenced_at": fenced_at, "lifted_at": at,
                                                        "seconds": _secs(fenced_at, at)}})

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
 from residency.connections import RegionEndpoints, s3_client
+from residency.objectkeys import prefix_of
 
 from . import faults
 from .progress import Meter, Progress
@@ -32,12 +33,16 @@ def same_endpoint(a: RegionEndpoints, b: RegionEndpoints) -> bool:
 
 @transient
 def list_objects(client: Any, bucket: str, prefix: str) -> dict[str, ObjectInfo]:
+    """The workspace's objects: listed by the layout's literal prefix, filtered by its pattern
+    when it has placeholders after it (residency.objectkeys), so copy, verify and cleanup agree."""
     out: dict[str, ObjectInfo] = {}
+    literal, match = prefix_of(prefix)
     try:
-        pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+        pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=literal)
         for page in pages:
             for o in page.get("Contents", []) or []:
-                out[o["Key"]] = ObjectInfo(o["Key"], int(o["Size"]), str(o.get("ETag", "")).strip('"'))
+                if match is None or match(o["Key"]):
+                    out[o["Key"]] = ObjectInfo(o["Key"], int(o["Size"]), str(o.get("ETag", "")).strip('"'))
     except client.exceptions.NoSuchBucket:
         return {}
     return out

@@ -19,7 +19,7 @@ from residency.errors import OperationError
 from residency.moves import MoveRecord
 
 from . import copy as copy_mod
-from . import faults, fence, objects
+from . import faults, fence, objects, tenant_objects
 from .context import MoveContext
 from .progress import Progress
 from .verify import VerifyResult, checksum_tables, verify_tables
@@ -220,6 +220,7 @@ def _copy(ctx: MoveContext, rec: MoveRecord, sums: SourceChecksums | None) -> Mo
     prefix = ctx.cat.workspace.prefix_for(ctx.workspace_id)
     obj = objects.copy_objects(src, dst, ctx.cat.environment.buckets, prefix, ctx.emit, ctx.should_stop)
     seqs = copy_mod.bump_sequences(dst.dsn, ctx.builder)
+    tobj = tenant_objects.copy(src.dsn, dst.dsn, ctx.graph.schema.name, ctx.cat.workspace, ctx.workspace_id)
     seconds = round(time.monotonic() - t0, 3)
     rows = sum(v["rows"] for v in done.values())
     nbytes = sum(v["bytes"] for v in done.values())
@@ -229,6 +230,7 @@ def _copy(ctx: MoveContext, rec: MoveRecord, sums: SourceChecksums | None) -> Mo
         "globals": globals_done,
         "objects": obj,
         "sequences": seqs,
+        "tenant_objects": tobj,
         "rows": rows,
         "bytes": nbytes,
         "seconds": round(copy_seconds, 3),
@@ -279,8 +281,9 @@ def verify_phase(ctx: MoveContext, rec: MoveRecord, verifier: Callable[[], Verif
     else:
         res = verify_tables(ctx.src.dsn, ctx.dst.dsn, ctx.builder, ctx.workspace_id, rec.source, rec.target)
     oc = objects.compare(ctx.src, ctx.dst, ctx.cat.environment.buckets, ctx.cat.workspace.prefix_for(ctx.workspace_id))
-    res.objects = {"ok": oc.ok, "buckets": oc.buckets, "problems": oc.problems}
-    res.ok = res.ok and oc.ok
+    tp = tenant_objects.missing_in_target(ctx.src.dsn, ctx.dst.dsn, ctx.graph.schema.name, ctx.cat.workspace, ctx.workspace_id)
+    res.objects = {"ok": oc.ok and not tp, "buckets": oc.buckets, "problems": oc.problems + tp}
+    res.ok = res.ok and oc.ok and not tp
     data = res.to_dict()
     if not res.ok:
         problems = res.problems()

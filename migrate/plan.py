@@ -21,6 +21,7 @@ from residency.errors import InputError, ResidencyError
 
 from . import graph as graph_mod
 from . import references as refs_mod
+from . import tenant_objects
 from .introspect import Schema, introspect
 from .objects import inventory
 from .sqlbuild import Builder
@@ -62,6 +63,7 @@ class MovePlan:
     seconds: float = 0.0
     strategy_reason: str = ""
     preconditions: list[dict[str, Any]] = field(default_factory=list)  # online: each check, ok, detail, fix
+    tenant_objects: list[dict[str, Any]] = field(default_factory=list)  # per-tenant sequences (migrate.tenant_objects)
 
     @property
     def ok(self) -> bool:
@@ -102,6 +104,7 @@ class MovePlan:
             seconds=d.get("seconds", 0.0),
             strategy_reason=d.get("strategy_reason", ""),
             preconditions=list(d.get("preconditions", [])),
+            tenant_objects=list(d.get("tenant_objects", [])),
         )
 
 
@@ -208,6 +211,8 @@ def _plan_databases(cat: Catalogue, ws: str, source: str, target: str, src_ep: A
         if root in g.order and root_rows == 0:
             plan.refusals.append(f"unknown workspace '{ws}': no row in {root} of region {source} ({redact(src_ep.dsn)})")
             return
+        if line := directory.second_home(tconn, dst_schema.name, root, ws, source, target):  # an id in two regions
+            plan.refusals.append(line)
         for tp in plan.tables:
             if not tp.rows or tp.table in differing:
                 continue
@@ -220,6 +225,8 @@ def _plan_databases(cat: Catalogue, ws: str, source: str, target: str, src_ep: A
             except psycopg.Error as exc:
                 tconn.rollback()
                 plan.refusals.append(f"cannot check the unique keys of {tp.table} against {target}: {_first_line(exc)}")
+        tobjs, tnotes, trefusals = tenant_objects.plan(sconn, tconn, g.schema.name, cat.workspace, ws, target)
+        plan.tenant_objects, plan.notes, plan.refusals = [asdict(o) for o in tobjs], plan.notes + tnotes, plan.refusals + trefusals
         for gname in g.global_order:
             if gname in differing or not b.graph.table(gname).primary_key:  # (a graph problem says why)
                 continue
@@ -438,6 +445,7 @@ def render(plan: MovePlan) -> str:
         lines.append(f"references checked after the copy: {len(plan.references)}")
     for logical, o in plan.objects.items():
         lines.append(f"objects in {logical}: {o['objects']} ({human_bytes(o['bytes'])})")
+    lines.extend(f"tenant {o['kind']} {o['name']}: {o['detail']}" for o in plan.tenant_objects)
     for n in plan.notes:
         lines.append(f"note: {n}")
     if plan.preconditions:

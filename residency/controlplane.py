@@ -119,6 +119,14 @@ CREATE TABLE IF NOT EXISTS residency.notices (
 CREATE INDEX IF NOT EXISTS notices_request ON residency.notices (request_id);
 CREATE INDEX IF NOT EXISTS notices_undelivered ON residency.notices (id) WHERE delivery IN ('pending', 'failed');
 
+-- Permanent region numbers for per-region id ranges (residency/idranges.py, `residency regions ids`):
+-- region n mints ids in [n * 10^12, (n + 1) * 10^12 - 1]; first come, first numbered, never renumbered.
+CREATE TABLE IF NOT EXISTS residency.region_numbers (
+    region      text PRIMARY KEY,
+    number      integer NOT NULL UNIQUE CHECK (number BETWEEN 1 AND 9222000),
+    assigned_at timestamptz NOT NULL DEFAULT now()
+);
+
 CREATE OR REPLACE FUNCTION residency.audit_append_only() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN

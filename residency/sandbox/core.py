@@ -338,10 +338,12 @@ def _provision(state: dict[str, Any], numbers: dict[str, int], say: Progress) ->
                     )
                 )
 
-    def region_fill(n: int) -> Callable[[psycopg.Connection[Any]], None]:
+    def region_fill(name: str, n: int) -> Callable[[psycopg.Connection[Any]], None]:
         def fill(c: psycopg.Connection[Any]) -> None:
+            from ..idranges import confine
+
             c.execute(SCHEMA_SQL.read_text())  # static DDL from our own file
-            c.execute("SELECT sandbox_assign_id_range(%s)", (n,))
+            confine(c, c.execute("SELECT current_schema()").fetchone()[0], name, n)  # per-region id ranges
 
         return fill
 
@@ -354,7 +356,7 @@ def _provision(state: dict[str, Any], numbers: dict[str, int], say: Progress) ->
                 controlplane.ensure_schema(c)
 
     jobs = [(state["control"], CONTROL_TEMPLATE, CONTROL_DB, controlplane.ensure_schema)]
-    jobs += [(e, APP_TEMPLATE, APP_DB, region_fill(numbers[name])) for name, e in state["regions"].items()]
+    jobs += [(e, APP_TEMPLATE, APP_DB, region_fill(name, numbers[name])) for name, e in state["regions"].items()]
     with ThreadPoolExecutor(max_workers=len(jobs)) as pool:
         for f in [pool.submit(ensure, *j) for j in jobs]:
             f.result()
