@@ -18,10 +18,11 @@ import psycopg
 
 from residency import db
 
-from . import faults
+from . import faults, triggers
 from .progress import Meter, Progress
 from .retry import transient
 from .sqlbuild import Builder
+from .triggers import TargetAccess
 
 BATCH_BYTES = 256 * 1024
 
@@ -61,22 +62,21 @@ def _stream(src: psycopg.Connection[Any], dst: psycopg.Connection[Any], out_q: A
         return dcur.rowcount
 
 
-def _skip_row_triggers(dst: psycopg.Connection[Any]) -> bool:
-    """For the rest of this table's transaction, when the target role may (superuser): no per-row
-    foreign-key (and other ordinary trigger) checks on the rows COPY writes, as pg_restore
-    --disable-triggers does. They were ~80% of the target's time (1M-row benchmark, bench/): every
-    row re-checked every foreign key with an index probe and a row lock. Sound here: the rows are
-    the source's (where those keys held), written in foreign-key order after the referenced global
-    rows, under the fence, and verify compares every table and the global rows before cut-over.
-    CHECK, NOT NULL and unique constraints still apply; the DELETE above was checked."""
-    if dst.execute("SELECT current_setting('is_superuser')").fetchone()[0] != "on":
-        return False
-    dst.execute("SET LOCAL session_replication_role = replica")
-    return True
+def target_access(dst_dsn: str, b: Builder) -> TargetAccess:
+    """What the target role allows the copy (see migrate.triggers), for the moving and global tables.
+
+    With ``replica`` no per-row foreign-key (or ordinary user trigger) checks run on the rows COPY
+    writes, as pg_restore --disable-triggers does. They were ~80% of the target's time (1M-row
+    benchmark, bench/). Sound here: the rows are the source's (where those keys held), copied
+    after the referenced global rows, under the fence, and verify compares every table and the
+    global rows before cut-over. CHECK, NOT NULL and unique constraints still apply."""
+    names = list(b.graph.order) + list(b.graph.global_order)
+    with db.connect(dst_dsn, autocommit=True, application_name="residency-mover-copy") as dst:
+        return triggers.inspect(dst, b.schema, names)
 
 
 @transient
-def copy_table(src_dsn: str, dst_dsn: str, b: Builder, table: str, workspace_id: str, emit: Callable[[Progress], None], expected: int | None = None, should_stop: Callable[[], bool] = lambda: False) -> TableCopy:
+def copy_table(src_dsn: str, dst_dsn: str, b: Builder, table: str, workspace_id: str, emit: Callable[[Progress], None], expected: int | None = None, should_stop: Callable[[], bool] = lambda: False, access: TargetAccess | None = None) -> TableCopy:
     t0 = time.monotonic()
     params = b.params(workspace_id)
     meter = Meter(emit, "copy", table, expected)
@@ -84,15 +84,18 @@ def copy_table(src_dsn: str, dst_dsn: str, b: Builder, table: str, workspace_id:
         dst_dsn, application_name="residency-mover-copy"
     ) as dst:
         with dst.transaction():
+            if access is not None:
+                triggers.enter(dst, access, b.schema, table)
             deleted = dst.execute(b.delete_rows(table), params).rowcount
-            _skip_row_triggers(dst)
             rows = _stream(src, dst, b.copy_out(table), b.copy_in(table), params, meter, should_stop)
+            if access is not None:
+                triggers.leave(dst, access, b.schema, table)
     meter.finish(rows)
     return TableCopy(table, rows, meter.bytes, round(time.monotonic() - t0, 3), deleted)
 
 
 @transient
-def copy_global(src_dsn: str, dst_dsn: str, b: Builder, table: str, workspace_id: str, emit: Callable[[Progress], None]) -> dict[str, int]:
+def copy_global(src_dsn: str, dst_dsn: str, b: Builder, table: str, workspace_id: str, emit: Callable[[Progress], None], access: TargetAccess | None = None) -> dict[str, int]:
     """Insert the referenced rows of global ``table`` missing in the target; returns counts."""
     params = b.params(workspace_id)
     temp = "residency_global_rows"
@@ -103,7 +106,11 @@ def copy_global(src_dsn: str, dst_dsn: str, b: Builder, table: str, workspace_id
             from psycopg import sql
 
             referenced = _stream(src, dst, b.copy_out_global(table), b.copy_in(table, into=sql.Identifier(temp)), params, meter, lambda: False)
+            if access is not None:
+                triggers.enter(dst, access, b.schema, table)
             inserted = dst.execute(b.insert_missing(table, temp)).rowcount
+            if access is not None:
+                triggers.leave(dst, access, b.schema, table)
     meter.finish(referenced)
     return {"referenced": referenced, "inserted": inserted}
 

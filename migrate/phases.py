@@ -185,6 +185,9 @@ def _copy(ctx: MoveContext, rec: MoveRecord, sums: SourceChecksums | None) -> Mo
         if any(removed.values()):
             emit_state(ctx, "removed a previous attempt's partial rows: " + ", ".join(f"{t} {n}" for t, n in removed.items() if n))
     cp["attempts"] = attempts + 1
+    access = copy_mod.target_access(dst.dsn, ctx.builder)  # checked again now: grants may have changed since the plan
+    cp["method"] = {"method": access.method, "reason": access.reason, "would_fire": [t.describe() for t in access.would_fire()]}
+    emit_state(ctx, f"copy method: {access.method}")
     rec = checkpoint(ctx, rec, {"copy": {**cp, "tables": done}})
     expected = {t["table"]: t["rows"] for t in rec.plan.get("tables", [])}
 
@@ -192,14 +195,14 @@ def _copy(ctx: MoveContext, rec: MoveRecord, sums: SourceChecksums | None) -> Mo
     for g in ctx.graph.global_order:
         if g in globals_done:
             continue
-        res = copy_mod.copy_global(src.dsn, dst.dsn, ctx.builder, g, ctx.workspace_id, ctx.emit)
+        res = copy_mod.copy_global(src.dsn, dst.dsn, ctx.builder, g, ctx.workspace_id, ctx.emit, access)
         globals_done[g] = res
         rec = checkpoint(ctx, rec, {"copy": {**cp, "tables": done, "globals": globals_done}})
 
     for table in ctx.graph.order:
         if table in done:
             continue
-        tc = copy_mod.copy_table(src.dsn, dst.dsn, ctx.builder, table, ctx.workspace_id, ctx.emit, expected.get(table), ctx.should_stop)
+        tc = copy_mod.copy_table(src.dsn, dst.dsn, ctx.builder, table, ctx.workspace_id, ctx.emit, expected.get(table), ctx.should_stop, access)
         faults.point("table_copied")
         done[table] = {"rows": tc.rows, "bytes": tc.bytes, "seconds": tc.seconds, "removed_first": tc.deleted_first}
         rec = checkpoint(ctx, rec, {"copy": {**cp, "tables": done, "globals": globals_done}})
@@ -227,6 +230,7 @@ def _copy(ctx: MoveContext, rec: MoveRecord, sums: SourceChecksums | None) -> Mo
     summary = {
         "tables": done,
         "globals": globals_done,
+        "method": cp["method"],
         "objects": obj,
         "sequences": seqs,
         "rows": rows,
@@ -283,7 +287,7 @@ def verify_phase(ctx: MoveContext, rec: MoveRecord, verifier: Callable[[], Verif
     res.ok = res.ok and oc.ok
     data = res.to_dict()
     if not res.ok:
-        problems = res.problems()
+        problems = _with_trigger_hints(res.problems(), (rec.checkpoints.get("copy") or {}).get("method") or {})
         # The copy is not trusted any more: a resume copies every table again (after removing
         # this attempt's rows), then verifies again. The move never cuts over unverified.
         with ctx.connect("control", autocommit=False) as cp:
@@ -299,6 +303,18 @@ def verify_phase(ctx: MoveContext, rec: MoveRecord, verifier: Callable[[], Verif
 
 class VerifyFailed(OperationError):
     pass
+
+
+def _with_trigger_hints(problems: list[str], method: dict[str, Any]) -> list[str]:
+    """A table's mismatch after a copy during which user triggers on it fired says so."""
+    fired = list(method.get("would_fire") or [])
+    out = []
+    for p in problems:
+        table = p.split(":", 1)[0]
+        mine = [f for f in fired if f.startswith(table + ".")]
+        out.append(p + (f" (user triggers on the target fired during the copy ({method.get('method')}) and may have"
+                        f" changed these rows: {', '.join(mine)})" if mine else ""))
+    return out
 
 
 # ----------------------------------------------------------------------------------- cut over
