@@ -36,7 +36,7 @@ class TableCopy:
     deleted_first: int = 0
 
 
-def _stream(src: psycopg.Connection[Any], dst: psycopg.Connection[Any], out_q: Any, in_q: Any, params: dict[str, Any], meter: Meter, should_stop: Callable[[], bool]) -> int:
+def _stream(src: psycopg.Connection[Any], dst: psycopg.Connection[Any], out_q: Any, in_q: Any, params: dict[str, Any], meter: Meter, should_stop: Callable[[], bool], on_batch: Callable[[int], None] | None = None) -> int:
     """Pump one COPY into the other; returns the rows the target accepted."""
     with src.cursor() as scur, dst.cursor() as dcur:
         with scur.copy(out_q, params) as out, dcur.copy(in_q) as into:
@@ -49,6 +49,8 @@ def _stream(src: psycopg.Connection[Any], dst: psycopg.Connection[Any], out_q: A
                 if len(buf) >= BATCH_BYTES:
                     into.write(bytes(buf))
                     meter.add(messages, len(buf))
+                    if on_batch is not None:
+                        on_batch(messages)  # e.g. a rate limit
                     messages = 0
                     buf = bytearray()
                     batches += 1

@@ -18,9 +18,12 @@ from residency import audit, directory, moves
 from residency.errors import OperationError
 from residency.moves import MoveRecord
 
+from . import chunks as chunks_mod
 from . import copy as copy_mod
 from . import faults, fence, objects
+from .chunks import CopyOptions
 from .context import MoveContext
+from .throttle import RateLimit, StreamSlots
 from .progress import Progress
 from .verify import VerifyResult, checksum_tables, verify_tables
 
@@ -174,38 +177,80 @@ def copy_phase(ctx: MoveContext, rec: MoveRecord, *, source_checksums: bool = Fa
 def _copy(ctx: MoveContext, rec: MoveRecord, sums: SourceChecksums | None) -> MoveRecord:
     cp = dict(rec.checkpoints.get("copy") or {})
     done: dict[str, Any] = dict(cp.get("tables") or {})
+    plans: dict[str, Any] = {t: dict(v) for t, v in (cp.get("chunks") or {}).items()}
     attempts = int(cp.get("attempts", 0))
     t0 = time.monotonic()
     src, dst = ctx.src, ctx.dst
-    if attempts > 0:
-        # A resumed copy: first remove what the interrupted attempt left of the unfinished tables
-        # (children first), so every row ends up in the target exactly once.
-        left = [t for t in ctx.graph.order if t not in done]
-        removed = copy_mod.clear_target(dst.dsn, ctx.builder, ctx.workspace_id, left)
+    b, ws = ctx.builder, ctx.workspace_id
+    opts = ctx.copy_options or CopyOptions()
+    access = copy_mod.target_access(dst.dsn, b)  # checked again now: grants may have changed since the plan
+    left = [t for t in ctx.graph.order if t not in done]
+    removed: dict[str, int] = {}
+    if attempts > 0 or rec.strategy != "snapshot":
+        # A resumed copy (or one after another strategy's partial work): first remove what an
+        # interrupted attempt committed of the unrecorded chunks (children first), so every row
+        # ends up in the target exactly once. A first snapshot attempt starts from a target the
+        # plan found free of the workspace's keys.
+        removed = chunks_mod.clear_unfinished(dst.dsn, b, ws, plans, left, access)
         if any(removed.values()):
             emit_state(ctx, "removed a previous attempt's partial rows: " + ", ".join(f"{t} {n}" for t, n in removed.items() if n))
     cp["attempts"] = attempts + 1
-    access = copy_mod.target_access(dst.dsn, ctx.builder)  # checked again now: grants may have changed since the plan
     cp["method"] = {"method": access.method, "reason": access.reason, "would_fire": [t.describe() for t in access.would_fire()]}
-    emit_state(ctx, f"copy method: {access.method}")
-    rec = checkpoint(ctx, rec, {"copy": {**cp, "tables": done}})
-    expected = {t["table"]: t["rows"] for t in rec.plan.get("tables", [])}
+    cp["options"] = opts.to_dict()
+    emit_state(ctx, f"copy method: {access.method}; {opts.jobs} streams")
+    rec = checkpoint(ctx, rec, {"copy": {**cp, "tables": done, "chunks": plans}})
+    expected = {t["table"]: int(t["rows"]) for t in rec.plan.get("tables", [])}
 
     globals_done = dict(cp.get("globals") or {})
     for g in ctx.graph.global_order:
         if g in globals_done:
             continue
-        res = copy_mod.copy_global(src.dsn, dst.dsn, ctx.builder, g, ctx.workspace_id, ctx.emit, access)
+        res = copy_mod.copy_global(src.dsn, dst.dsn, b, g, ws, ctx.emit, access)
         globals_done[g] = res
-        rec = checkpoint(ctx, rec, {"copy": {**cp, "tables": done, "globals": globals_done}})
+        rec = checkpoint(ctx, rec, {"copy": {**cp, "tables": done, "globals": globals_done, "chunks": plans}})
 
-    for table in ctx.graph.order:
-        if table in done:
-            continue
-        tc = copy_mod.copy_table(src.dsn, dst.dsn, ctx.builder, table, ctx.workspace_id, ctx.emit, expected.get(table), ctx.should_stop, access)
-        faults.point("table_copied")
-        done[table] = {"rows": tc.rows, "bytes": tc.bytes, "seconds": tc.seconds, "removed_first": tc.deleted_first}
-        rec = checkpoint(ctx, rec, {"copy": {**cp, "tables": done, "globals": globals_done}})
+    snap = chunks_mod.SourceSnapshot(src.dsn) if left else None
+    t_tables = time.monotonic()
+    try:
+        if snap is not None:
+            new = [t for t in left if t not in plans]
+            for t in new:  # bounds first, recorded before any chunk is copied
+                plans[t] = {"bounds": chunks_mod.plan_bounds(snap.conn, b, ws, t, expected.get(t, 0), opts.chunk_rows, fk_order=access.fk_order), "done": {}}
+            if new:
+                rec = checkpoint(ctx, rec, {"copy": {**cp, "tables": done, "globals": globals_done, "chunks": plans}})
+        tasks = [c for t in left for c in chunks_mod.chunks_of(t, plans[t]["bounds"], expected.get(t, 0))
+                 if str(c.index) not in plans[t]["done"]]
+        slots = StreamSlots(ctx.conns.control_dsn, rec.source, opts.streams_per_region)
+        rate = RateLimit(opts.rows_per_second)
+        state = {"rec": rec}
+
+        def finish_table(t: str) -> None:
+            done[t] = chunks_mod.table_summary(plans[t]["done"].values(), removed.get(t, 0))
+
+        for t in left:  # every chunk recorded but the table not (killed in between)
+            if len(plans[t]["done"]) == len(plans[t]["bounds"]):
+                finish_table(t)
+
+        def work(c: chunks_mod.Chunk) -> dict[str, Any]:
+            with slots.slot(ctx.should_stop):
+                return chunks_mod.copy_chunk(src.dsn, dst.dsn, b, c, ws, ctx.emit, access, snapshot=snap.id if snap else None,
+                                             should_stop=ctx.should_stop, on_batch=rate.take)
+
+        def on_done(c: chunks_mod.Chunk, res: dict[str, Any]) -> None:
+            plans[c.table]["done"][str(c.index)] = res
+            faults.point("chunk_copied")  # committed in the target, not yet recorded
+            if len(plans[c.table]["done"]) == len(plans[c.table]["bounds"]):
+                faults.point("table_copied")
+                finish_table(c.table)
+            state["rec"] = checkpoint(ctx, state["rec"], {"copy": {**cp, "tables": done, "globals": globals_done, "chunks": plans}})
+
+        chunks_mod.run(tasks, jobs=opts.jobs, deps=chunks_mod.dependencies(b, left, fk_order=access.fk_order),
+                       exclusive=access.exclusive, work=work, on_done=on_done)
+        rec = state["rec"]
+    finally:
+        if snap is not None:
+            snap.close()
+    tables_seconds = round(time.monotonic() - t_tables, 3)
     faults.point("rows_copied")
     extra: dict[str, Any] = {}
     if sums is not None:
@@ -226,11 +271,15 @@ def _copy(ctx: MoveContext, rec: MoveRecord, sums: SourceChecksums | None) -> Mo
     seconds = round(time.monotonic() - t0, 3)
     rows = sum(v["rows"] for v in done.values())
     nbytes = sum(v["bytes"] for v in done.values())
-    copy_seconds = sum(v["seconds"] for v in done.values())
+    copy_seconds = tables_seconds if tasks else sum(v["seconds"] for v in done.values())
     summary = {
         "tables": done,
         "globals": globals_done,
         "method": cp["method"],
+        "options": cp["options"],
+        "chunks": sum(len(p["bounds"]) for p in plans.values()),
+        "stream_seconds": round(sum(float(v.get("seconds") or 0) for v in done.values()), 3),
+        "slot_wait_seconds": round(slots.waited, 3),
         "objects": obj,
         "sequences": seqs,
         "rows": rows,
