@@ -61,6 +61,8 @@ def _stream(src: psycopg.Connection[Any], dst: psycopg.Connection[Any], out_q: A
             if buf:
                 into.write(bytes(buf))
                 meter.add(max(messages - 1, 0), len(buf))  # the last message is the trailer
+                if batches == 0:
+                    faults.point("copy_batch")  # a small COPY (a chunk): its only batch written, not committed
         return dcur.rowcount
 
 
