@@ -291,7 +291,7 @@ def _copy(ctx: MoveContext, rec: MoveRecord, sums: SourceChecksums | None) -> Mo
     }
     return record(
         ctx, rec, "move.copied", to_state="copied",
-        checkpoints={"copy": {**cp, "tables": done, "globals": globals_done, "objects": obj, "complete": True}, **extra},
+        checkpoints={"copy": {**cp, "tables": done, "globals": globals_done, "chunks": plans, "objects": obj, "complete": True}, **extra},
         report={"copy": summary},
         audit_details={"rows": rows, "bytes": nbytes, "objects": sum(b["objects"] for b in obj["buckets"].values())},
     )
@@ -320,8 +320,10 @@ def verify_phase(ctx: MoveContext, rec: MoveRecord, verifier: Callable[[], Verif
         a_sums, why = usable_source_checksums(ctx, rec)
         check_s = round(time.monotonic() - t0, 3)
         sizes = {t["table"]: int(t.get("rows") or 0) for t in rec.plan.get("tables", [])}
+        chunked = {t: p["bounds"] for t, p in ((rec.checkpoints.get("copy") or {}).get("chunks") or {}).items()
+                   if len(p.get("bounds") or []) > 1 and t not in _replicated(rec)}
         res = verify_tables(ctx.src.dsn, ctx.dst.dsn, ctx.builder, ctx.workspace_id, rec.source, rec.target,
-                            a_sums=a_sums, b_workers=TARGET_WORKERS, sizes=sizes)
+                            a_sums=a_sums, b_workers=TARGET_WORKERS, sizes=sizes, chunks=chunked)
         res.timings = dict(res.timings or {})
         if a_sums is not None:
             res.source_checksums = why
@@ -337,12 +339,13 @@ def verify_phase(ctx: MoveContext, rec: MoveRecord, verifier: Callable[[], Verif
     data = res.to_dict()
     if not res.ok:
         problems = _with_trigger_hints(res.problems(), (rec.checkpoints.get("copy") or {}).get("method") or {})
-        # The copy is not trusted any more: a resume copies every table again (after removing
-        # this attempt's rows), then verifies again. The move never cuts over unverified.
+        # The copy is not trusted any more: a resume copies again (after removing this attempt's
+        # rows) what verify found different (with replica, only the differing chunks; otherwise
+        # every table), then verifies again. The move never cuts over unverified.
         with ctx.connect("control", autocommit=False) as cp:
             with cp.transaction():
                 moves.update_report(cp, rec.id, {"verify": data})
-                moves.checkpoint(cp, rec.id, {"copy": {"attempts": int((rec.checkpoints.get("copy") or {}).get("attempts", 1)), "tables": {}, "globals": (rec.checkpoints.get("copy") or {}).get("globals", {})}})
+                moves.checkpoint(cp, rec.id, {"copy": _copy_to_redo(rec, res)})
                 moves.transition(cp, rec.id, "fenced", expect=["copied"])
                 audit.append(cp, "move.verify_failed", subject(rec), details(rec, problems=problems[:20]), ctx.actor)
         raise VerifyFailed("verification failed: " + "; ".join(problems[:5]))
@@ -352,6 +355,31 @@ def verify_phase(ctx: MoveContext, rec: MoveRecord, verifier: Callable[[], Verif
 
 class VerifyFailed(OperationError):
     pass
+
+
+def _replicated(rec: MoveRecord) -> set[str]:
+    return {t for t, v in ((rec.checkpoints.get("copy") or {}).get("tables") or {}).items() if v.get("via")}
+
+
+def _copy_to_redo(rec: MoveRecord, res: VerifyResult) -> dict[str, Any]:
+    """The copy checkpoint after a failed verify. When the copy ran with replica (no foreign-key
+    triggers: a parent's chunk can be deleted and copied again under its children), only the
+    differing chunks (or tables) are marked undone; otherwise every table is copied again."""
+    old = dict(rec.checkpoints.get("copy") or {})
+    keep = {"attempts": int(old.get("attempts", 1)), "globals": old.get("globals", {})}
+    bad = [t for t in res.tables if not t.ok and t.kind == "table"]
+    if (old.get("method") or {}).get("method") != "replica" or not old.get("chunks") or not bad or _replicated(rec):
+        return {**keep, "tables": {}}
+    tables = dict(old.get("tables") or {})
+    plans = {t: {"bounds": p["bounds"], "done": dict(p.get("done") or {})} for t, p in old["chunks"].items()}
+    for tc in bad:
+        tables.pop(tc.table, None)
+        if tc.bad_chunks and tc.table in plans:
+            for c in tc.bad_chunks:
+                plans[tc.table]["done"].pop(str(c["index"]), None)
+        else:
+            plans.pop(tc.table, None)
+    return {**keep, "tables": tables, "chunks": plans, "redo_after_verify": {t.table: [c["index"] for c in t.bad_chunks] or "all" for t in bad}}
 
 
 def _with_trigger_hints(problems: list[str], method: dict[str, Any]) -> list[str]:

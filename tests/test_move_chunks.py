@@ -140,3 +140,32 @@ def test_stream_cap_holds_across_processes(env):
             assert ready and child.stdout.readline().strip() == "releasing"
     finally:
         child.wait(timeout=30)
+
+
+def test_a_chunk_failing_its_checksum_is_named_and_recopied_alone(env):
+    s = env.seed(workspaces=3, rows=6000, seed=4)
+    ws = s.biggest if s.home[s.biggest] == "us" else s.workspaces["us"][0]
+    before = counts(env.dsn("us"), ws)
+    opts = CopyOptions(jobs=2, chunk_rows=300)
+    rec = start_move(env.catalogue, env.connections, ws, "eu", strategy="snapshot", copy_options=opts, stop_after="copied")
+    bounds = rec.checkpoints["copy"]["chunks"]["messages"]["bounds"]
+    assert len(bounds) >= 3
+    lo, hi = bounds[1]
+    with psycopg.connect(env.dsn("eu"), autocommit=True) as c:
+        (victim,) = c.execute("SELECT min(id) FROM messages WHERE workspace_id = %s AND id > %s AND id <= %s", (ws, lo, hi)).fetchone()
+        c.execute("UPDATE messages SET body = 'tampered' WHERE id = %s", (victim,))
+    with pytest.raises(Exception) as exc:
+        resume_move(env.catalogue, env.connections, rec.id, copy_options=opts)
+    msg = str(exc.value)
+    assert f"differing chunks: 2/{len(bounds)} ({lo}..{hi}]" in msg and str(victim) in msg
+    (rec,) = move_status(env.connections, rec.id)
+    assert rec.checkpoints["copy"]["redo_after_verify"] == {"messages": [1]}
+    rec = resume_move(env.catalogue, env.connections, rec.id, copy_options=opts)
+    assert rec.state == "cut_over"
+    chunk_rows = rec.report["copy"]["tables"]["messages"]
+    with psycopg.connect(env.dsn("us"), autocommit=True) as c:
+        (in_chunk,) = c.execute("SELECT count(*) FROM messages WHERE workspace_id = %s AND id > %s AND id <= %s", (ws, lo, hi)).fetchone()
+    assert chunk_rows["removed_first"] == in_chunk  # only that chunk was removed and copied again
+    assert counts(env.dsn("eu"), ws) == before
+    with psycopg.connect(env.dsn("eu"), autocommit=True) as c:
+        assert c.execute("SELECT count(*) FROM messages WHERE body = 'tampered'").fetchone()[0] == 0
