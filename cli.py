@@ -627,8 +627,11 @@ def move_plan(c: Context, workspace: str, target: str, strategy: str, as_json: b
               help="online: logical replication, writable until a short fence; snapshot: fenced for the whole copy; auto: by size.")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation (required without a terminal).")
 @click.option("--json", "as_json", is_flag=True, help="Print the final report as JSON.")
+@click.option("--jobs", type=click.IntRange(min=1), default=None, help="Parallel copy streams (default: min(4, CPUs)).")
+@click.option("--chunk-rows", type=click.IntRange(min=1), default=None, help="Tables above this many rows copy in key-range chunks (default 250000).")
+@click.option("--rows-per-second", type=click.FloatRange(min=1), default=None, help="Limit this move's copy rate (default: none).")
 @pass_ctx
-def move_start(c: Context, workspace: str, target: str, strategy: str, yes: bool, as_json: bool) -> None:
+def move_start(c: Context, workspace: str, target: str, strategy: str, yes: bool, as_json: bool, jobs: int | None = None, chunk_rows: int | None = None, rows_per_second: float | None = None) -> None:
     """Plan, fence, copy, verify and cut over a workspace (cleanup comes later, after a grace period)."""
     from migrate import move_report, plan_move, start_move
     from migrate.plan import render
@@ -646,7 +649,8 @@ def move_start(c: Context, workspace: str, target: str, strategy: str, yes: bool
     from migrate import MoveRefused
 
     try:
-        rec = start_move(c.catalogue, conns, workspace, target, strategy=strategy, progress=_ProgressPrinter(as_json))
+        rec = start_move(c.catalogue, conns, workspace, target, strategy=strategy, progress=_ProgressPrinter(as_json),
+                         copy_options=_copy_options(jobs, chunk_rows, rows_per_second))
     except MoveRefused as exc:
         if not as_json:
             raise  # one refusal per line (MoveRefused's message)
@@ -699,16 +703,34 @@ def _show_replication_leftovers(c: Context, only: Any) -> None:
 @move.command("resume")
 @click.argument("move_id", type=int)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.option("--jobs", type=click.IntRange(min=1), default=None, help="Parallel copy streams (default: min(4, CPUs)).")
+@click.option("--chunk-rows", type=click.IntRange(min=1), default=None, help="Chunk size for tables not yet cut (default 250000).")
+@click.option("--rows-per-second", type=click.FloatRange(min=1), default=None, help="Limit this move's copy rate (default: none).")
 @pass_ctx
-def move_resume(c: Context, move_id: int, as_json: bool) -> None:
+def move_resume(c: Context, move_id: int, as_json: bool, jobs: int | None = None, chunk_rows: int | None = None, rows_per_second: float | None = None) -> None:
     """Continue a move from its last recorded state (after a crash or a failure)."""
     from migrate import move_report, resume_move
     from migrate.report import render as render_report
 
     conns = _conns(c)
-    rec = resume_move(c.catalogue, conns, move_id, progress=_ProgressPrinter(as_json))
+    rec = resume_move(c.catalogue, conns, move_id, progress=_ProgressPrinter(as_json),
+                      copy_options=_copy_options(jobs, chunk_rows, rows_per_second))
     rep = move_report(conns, rec.id)
     emit_json(rep) if as_json else click.echo(render_report(rep))
+
+
+def _copy_options(jobs: int | None, chunk_rows: int | None, rows_per_second: float | None) -> Any:
+    """The copy's options: flags over $RESIDENCY_COPY_* over the defaults (migrate.chunks)."""
+    from migrate.chunks import CopyOptions
+
+    o = CopyOptions()
+    if jobs is not None:
+        o.jobs = jobs
+    if chunk_rows is not None:
+        o.chunk_rows = chunk_rows
+    if rows_per_second is not None:
+        o.rows_per_second = rows_per_second
+    return o
 
 
 @move.command("rollback")

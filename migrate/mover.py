@@ -88,6 +88,7 @@ def start_move(
     actor: Actor | None = None,
     progress: ProgressFn | None = None,
     stop_after: str | None = None,
+    copy_options: Any = None,
 ) -> MoveRecord:
     """Plan, record and run a move through cut-over (or until ``stop_after`` state is reached).
     Raises :class:`MoveRefused` (nothing changed) if the plan refuses."""
@@ -107,6 +108,7 @@ def start_move(
             audit.append(cp, "move.planned", subject(rec), details(rec, rows=plan.total_rows, bytes=plan.total_bytes, objects=plan.object_count), actor)
     faults.point("planned")
     ctx = make_context(cat, conns, plan.workspace_id, plan.source, target, actor=actor, progress=progress, move_id=rec.id)
+    ctx.copy_options = copy_options  # migrate.chunks.CopyOptions: streams, chunk size, rate (None: defaults)
     return _drive(ctx, rec, stop_after)
 
 
@@ -123,6 +125,7 @@ def resume_move(
     actor: Actor | None = None,
     progress: ProgressFn | None = None,
     stop_after: str | None = None,
+    copy_options: Any = None,
 ) -> MoveRecord:
     """Continue a move from its last recorded state (after a crash, a kill, or a failure)."""
     actor = actor or Actor.current()
@@ -133,6 +136,7 @@ def resume_move(
         # a cleanup that began, or a move that failed after cut-over: finish it without a grace period
         return cleanup_move(cat, conns, move_id, grace=timedelta(0), actor=actor, progress=progress)
     ctx = make_context(cat, conns, rec.workspace_id, rec.source, rec.target, actor=actor, progress=progress, move_id=rec.id)
+    ctx.copy_options = copy_options
     if rec.state == "failed":
         was = rec.resume_from or "planned"
         with db.connect(conns.control_dsn) as cp:

@@ -64,6 +64,7 @@ class MovePlan:
     strategy_reason: str = ""
     preconditions: list[dict[str, Any]] = field(default_factory=list)  # online: each check, ok, detail, fix
     tenant_objects: list[dict[str, Any]] = field(default_factory=list)  # per-tenant sequences (migrate.tenant_objects)
+    copy_method: dict[str, Any] = field(default_factory=dict)  # what the target role allows (migrate.triggers)
 
     @property
     def ok(self) -> bool:
@@ -105,6 +106,7 @@ class MovePlan:
             strategy_reason=d.get("strategy_reason", ""),
             preconditions=list(d.get("preconditions", [])),
             tenant_objects=list(d.get("tenant_objects", [])),
+            copy_method=dict(d.get("copy_method") or {}),
         )
 
 
@@ -120,6 +122,8 @@ def plan_move(cat: Catalogue, conns: Connections, workspace_id: object, target: 
     plan = MovePlan(ws, None, target, "snapshot" if strategy == "auto" else strategy, planned_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
     try:
         _plan(cat, conns, ws, target, plan)
+        if plan.tables and plan.source:
+            plan_copy_method(conns, plan)
         if plan.tables and plan.source:
             from .online import plan_strategy
 
@@ -457,3 +461,20 @@ def render(plan: MovePlan) -> str:
     else:
         lines.append("ok: the move can start")
     return "\n".join(lines)
+
+
+def plan_copy_method(conns: Connections, plan: MovePlan) -> None:
+    """Which copy method the target role allows (replica, disabling triggers, or neither) and
+    why, as a note and ``plan.copy_method``; the user triggers that would fire are listed too."""
+    from .introspect import app_schema
+    from .triggers import inspect
+
+    names = [t.table for t in plan.tables] + [g.table for g in plan.globals]
+    try:
+        with db.connect(conns.region(plan.target).dsn, autocommit=True) as tconn:
+            acc = inspect(tconn, app_schema(), names)
+    except psycopg.Error as exc:
+        plan.notes.append(f"copy method: unknown (cannot read the target role's privileges: {str(exc).strip().splitlines()[0]})")
+        return
+    plan.copy_method = acc.to_dict()
+    plan.notes.extend(acc.notes())

@@ -361,6 +361,11 @@ def _provision(state: dict[str, Any], numbers: dict[str, int], say: Progress) ->
         for f in [pool.submit(ensure, *j) for j in jobs]:
             f.result()
     control_refresh()
+    from . import roles
+
+    for e in state["regions"].values():  # the non-superuser mover role (cluster-wide, idempotent)
+        with psycopg.connect(_server(state, e).dsn("postgres"), autocommit=True) as admin:
+            roles.ensure_mover(admin)
 
 
 # --------------------------------------------------------------------------- S3 (moto)

@@ -51,6 +51,7 @@ class World:
             for r in self.buckets
         }
         self.connections = Connections(self.control_dsn, MappingProxyType(eps), f"sandbox:{self.home}")
+        self._roles: list[tuple[str, str]] = []  # (server, role) made for this world, dropped with it
 
     def dsn(self, region: str) -> str:
         return self.connections.region(region).dsn
@@ -133,6 +134,15 @@ class World:
         # 2. replication slots on our databases, then the databases
         for s in servers:
             problems += self._drop_slots_and_database(s)
+        # 2b. roles made for this world (grant_role with a fresh name)
+        for server, role in self._roles:
+            try:
+                from .roles import drop_role
+
+                with psycopg.connect(server_dsn(self.home, server), autocommit=True) as c:
+                    drop_role(c, role)
+            except psycopg.Error as exc:
+                problems.append(f"{server}: drop role {role}: {exc}")
         # 3. buckets
         try:
             for r, names in self.buckets.items():
@@ -149,3 +159,36 @@ class World:
         except Exception as exc:  # noqa: BLE001 - report, don't mask the caller's own result
             problems.append(f"s3: {exc}")
         return problems
+
+    # ---- non-superuser roles (see residency.sandbox.roles)
+    def grant_role(self, region: str, role: str | None = None, *, owner: bool = True, set_replication_role: bool = True) -> str:
+        """A DSN of this world's database in ``region`` as a non-superuser LOGIN role, granted
+        what a managed database's admin could grant. ``role`` None: the sandbox's standard
+        ``residency_mover`` (SET on session_replication_role, member of the tables' owner);
+        otherwise a role of that name is created on the server for this world (dropped with it)
+        with exactly ``owner`` (membership in the owner role ``residency_app``) and
+        ``set_replication_role`` (GRANT SET ON PARAMETER session_replication_role). Either way,
+        this world's tables there are handed to ``residency_app`` first."""
+        from psycopg.conninfo import make_conninfo
+
+        from . import roles
+
+        with psycopg.connect(server_dsn(self.home, region), autocommit=True) as admin:
+            if role is None:
+                role = roles.MOVER
+                roles.ensure_mover(admin)
+            else:
+                roles.create_role(admin, role, set_replication_role=set_replication_role, owner_member=owner)
+                self._roles.append((region, role))
+        with psycopg.connect(self.dsn(region), autocommit=True) as c:
+            roles.grant_database(c, role, owned_by_app=True)
+        return make_conninfo(self.dsn(region), user=role)
+
+    def connections_as(self, dsns: dict[str, str]) -> Any:
+        """This world's connections with some regions' DSNs replaced (e.g. by :meth:`grant_role`'s)."""
+        from dataclasses import replace
+
+        from ..connections import Connections
+
+        eps = {r: (replace(ep, dsn=dsns[r]) if r in dsns else ep) for r, ep in self.connections.regions.items()}
+        return Connections(self.connections.control_dsn, MappingProxyType(eps), self.connections.source)
