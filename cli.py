@@ -733,6 +733,13 @@ def move_cleanup(c: Context, move_id: int, grace: str, as_json: bool) -> None:
                f"{d.get('rows', 0):,} rows, {d.get('object_count', 0)} objects")
     for t, v in (d.get("tables") or {}).items():
         click.echo(f"  {t}: {v['rows']:,} rows, checksum {v['checksum']}")
+    if "object_versions" in d:
+        click.echo(f"  object versions: {d['versions_deleted']} deleted, delete markers: {d['delete_markers_deleted']} deleted,"
+                   f" {d['versions_remaining']} remain (buckets and their replicas)")
+    for h in d.get("still_held") or []:
+        click.echo(f"  still held: {h['what']} in {h['where']} until {h['until']}")
+    if d.get("no_copy_after"):
+        click.echo(f"no copy remains in {d.get('jurisdiction') or d.get('region')} after {d['no_copy_after']}")
 
 
 @move.command("report")
@@ -782,20 +789,51 @@ def audit() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @pass_ctx
 def audit_verify(c: Context, as_json: bool) -> None:
-    """Walk the whole audit chain; exit 1 if any entry was edited or deleted."""
+    """Walk the whole audit chain and check it against the signed digests; exit 1 if any entry
+    was edited, re-hashed or removed, or a digest is missing or not signed by the audit key."""
+    from residency import anchor
     from residency import audit as audit_mod
     from residency.db import connect
 
-    with connect(_conns(c).control_dsn) as conn:
-        res = audit_mod.verify(conn)
+    conns = _conns(c)
+    with connect(conns.control_dsn) as conn:
+        res = anchor.verify(conn, conns.anchor) if conns.anchor is not None else audit_mod.verify(conn)
     if as_json:
         emit_json(res)
     else:
         for p in res.problems:
             click.echo(f"broken: {p}")
         click.echo(f"audit log: {res.entries} entries, {'chain intact' if res.ok else 'CHAIN BROKEN'}")
+        if conns.anchor is None:
+            click.echo("not anchored: no audit key and digest bucket configured (see `residency audit digest --help`)")
+        else:
+            tail = res.entries - res.anchored_through
+            click.echo(f"anchored: {res.digests} signed digests cover entries 1..{res.anchored_through}"
+                       + (f"; the last {tail} not yet" if tail > 0 else "") + f" (key sha256 {res.key_fingerprint[:16]})")
+            if res.first_bad_seq is not None:
+                click.echo(f"first entry that disagrees: {res.first_bad_seq}")
     if not res.ok:
         sys.exit(1)
+
+
+@audit.command("digest")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pass_ctx
+def audit_digest(c: Context, as_json: bool) -> None:
+    """Sign a digest of the entries appended since the last one and store it in the Object Lock
+    bucket, now (moves and the worker write them too). The key and bucket come from
+    RESIDENCY_AUDIT_KMS_KEY / RESIDENCY_AUDIT_BUCKET, the connections file's audit: section, or the sandbox."""
+    from residency import anchor
+    from residency.db import connect
+
+    conns = _conns(c)
+    cfg = anchor.require(conns.anchor)
+    with connect(conns.control_dsn, autocommit=True) as conn:
+        w = anchor.write_digest(conn, cfg)
+    if as_json:
+        emit_json(w)
+    else:
+        click.echo(f"digest {w.number}: entries {w.first_seq}..{w.last_seq}, sha256 {w.digest_hash}, s3://{cfg.bucket}/{w.name}")
 
 
 # --------------------------------------------------------------------------- end of move, verify, audit (issue 4)
