@@ -755,6 +755,23 @@ def move_report_cmd(c: Context, move_id: int, as_json: bool) -> None:
     emit_json(rep) if as_json else click.echo(render_report(rep))
 
 
+@move.command("evidence")
+@click.argument("move_id", type=int)
+@click.option("--out", "out", required=True, metavar="FILE", help="Where to write the pack.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pass_ctx
+def move_evidence(c: Context, move_id: int, out: str, as_json: bool) -> None:
+    """Write the move's evidence pack: one file a customer verifies offline with `residency evidence verify`."""
+    from migrate import evidence
+
+    res = evidence.write(_conns(c), move_id, out)
+    if as_json:
+        emit_json(res)
+    else:
+        click.echo(f"move {move_id}: evidence pack {res['path']} ({res['bytes']:,} bytes, {res['entries']} audit entries,"
+                   f" {res['digests']} signed digests, key sha256 {res['key_fingerprint']})")
+
+
 @main.command("verify")
 @click.argument("workspace")
 @click.option("--between", nargs=2, required=True, metavar="A B", help="The two regions to compare.")
@@ -1120,6 +1137,41 @@ def playbook_check(c: Context, name: str, region: str, as_json: bool) -> None:
 
 
 # --------------------------------------------------------------------------- end of requests, worker, playbooks (issue 7)
+
+
+# --------------------------------------------------------------------------- evidence (issue 12)
+
+
+@main.group(cls=ResidencyGroup)
+def evidence() -> None:
+    """Evidence packs, checked offline."""
+
+
+@evidence.command("verify")
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("--key", "key_file", type=click.Path(dir_okay=False), help="The audit key's public key (PEM) as published to you: pin it.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def evidence_verify(file: str, key_file: str | None, as_json: bool) -> None:
+    """Check an evidence pack with no database and no network: signatures, the audit entries and
+    the digests that signed them, the records and their counts. Exit 1 naming what fails."""
+    from residency import evidence as evidence_mod
+
+    try:
+        data = open(file, "rb").read()
+        pinned = open(key_file, "rb").read() if key_file else None
+    except OSError as exc:
+        fail(f"{exc.filename}: {exc.strerror}", 2)
+    res = evidence_mod.verify(data, pinned_key=pinned)
+    if as_json:
+        emit_json({"ok": res.ok, "move_id": res.move_id, "problems": res.problems, "facts": res.facts, "key_fingerprint": res.key_fingerprint})
+    else:
+        for f in res.facts:
+            click.echo(f"ok: {f}")
+        for p in res.problems:
+            click.echo(f"FAILED: {p}")
+        click.echo(f"{file}: move {res.move_id}: " + ("evidence verified" if res.ok else f"NOT verified ({len(res.problems)} problems)"))
+    if not res.ok:
+        sys.exit(1)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -7,6 +7,7 @@ from typing import Any
 
 from residency import audit, directory, moves, retention
 from residency.errors import OperationError
+from residency.evidence import section_hash
 from residency.moves import MoveRecord
 
 from . import copy as copy_mod
@@ -123,7 +124,9 @@ def cleanup(ctx: MoveContext, rec: MoveRecord, grace: timedelta, now: datetime |
             moves.update_report(cp, rec.id, {"deletion": record})
             moves.transition(cp, rec.id, "cleaned", expect=["cut_over"])
             audit.append(cp, "move.cleaned", subject(rec), details(rec, rows=evidence["rows"], objects=evidence["object_count"],
-                                                                   checksums={t: v["checksum"] for t, v in evidence["tables"].items()}), ctx.actor)
+                                                                   checksums={t: v["checksum"] for t, v in evidence["tables"].items()},
+                                                                   versions=len(versions), no_copy_after=record["no_copy_after"],
+                                                                   record_sha256=section_hash(record)), ctx.actor)
             return moves.get(cp, rec.id)
 
 

@@ -16,6 +16,7 @@ from residency.audit import Actor
 from residency.catalogue import Catalogue
 from residency.connections import Connections
 from residency.errors import InputError, OperationError, ResidencyError
+from residency.evidence import section_hash
 from residency.moves import MoveRecord
 
 from . import faults, finish, objects, strategy as strategy_mod
@@ -119,7 +120,8 @@ def start_move(
             except OperationError as exc:
                 raise OperationError(f"move refused: {exc}") from None
             rec = moves.create(cp, plan.workspace_id, plan.source, target, strategy, plan.to_dict(), actor.who)
-            audit.append(cp, "move.planned", subject(rec), details(rec, rows=plan.total_rows, bytes=plan.total_bytes, objects=plan.object_count), actor)
+            audit.append(cp, "move.planned", subject(rec), details(rec, rows=plan.total_rows, bytes=plan.total_bytes, objects=plan.object_count,
+                                                                        plan_sha256=section_hash(plan.to_dict())), actor)
     faults.point("planned")
     ctx = make_context(cat, conns, plan.workspace_id, plan.source, target, actor=actor, progress=progress, move_id=rec.id)
     return _drive(ctx, rec, stop_after)

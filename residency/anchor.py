@@ -109,7 +109,12 @@ def read_digests(cfg: AnchorConfig) -> Stored:
     except s3.exceptions.NoSuchBucket:
         raise OperationError(f"audit digest bucket {cfg.bucket} does not exist") from None
     for key in sorted(versions):
-        vs = versions[key]
+        # one entry per version id, a delete marker winning (moto may list a marker among Versions too)
+        by_id: dict[str, dict[str, Any]] = {}
+        for v in versions[key]:
+            if v["marker"] or v["VersionId"] not in by_id:
+                by_id[v["VersionId"]] = v
+        vs = list(by_id.values())
         latest = next((v for v in vs if v.get("IsLatest")), vs[0])
         real = [v for v in vs if not v["marker"]]
         if latest["marker"]:
@@ -149,6 +154,8 @@ def write_digest(conn: psycopg.Connection[Any], cfg: AnchorConfig, now: datetime
     conn.execute("SELECT pg_advisory_lock(%s)", (_DIGEST_LOCK,))
     try:
         stored = read_digests(cfg)
+        if stored.problems:  # never write over a broken anchor (a deleted digest's number would be reused)
+            raise OperationError(f"the audit digests are not intact: {stored.problems[0].text}; run `residency audit verify`")
         latest = max((s["digest"] for s in stored.items if isinstance(s.get("digest"), dict)), key=lambda d: d.get("number", 0), default=None)
         number = (latest["number"] + 1) if latest else 1
         after = latest["last_seq"] if latest else 0
