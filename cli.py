@@ -763,6 +763,13 @@ def move_cleanup(c: Context, move_id: int, grace: str, as_json: bool) -> None:
                f"{d.get('rows', 0):,} rows, {d.get('object_count', 0)} objects")
     for t, v in (d.get("tables") or {}).items():
         click.echo(f"  {t}: {v['rows']:,} rows, checksum {v['checksum']}")
+    if "object_versions" in d:
+        click.echo(f"  object versions: {d['versions_deleted']} deleted, delete markers: {d['delete_markers_deleted']} deleted,"
+                   f" {d['versions_remaining']} remain (buckets and their replicas)")
+    for h in d.get("still_held") or []:
+        click.echo(f"  still held: {h['what']} in {h['where']} until {h['until']}")
+    if d.get("no_copy_after"):
+        click.echo(f"no copy remains in {d.get('jurisdiction') or d.get('region')} after {d['no_copy_after']}")
 
 
 @move.command("report")
@@ -776,6 +783,23 @@ def move_report_cmd(c: Context, move_id: int, as_json: bool) -> None:
 
     rep = move_report(_conns(c), move_id)
     emit_json(rep) if as_json else click.echo(render_report(rep))
+
+
+@move.command("evidence")
+@click.argument("move_id", type=int)
+@click.option("--out", "out", required=True, metavar="FILE", help="Where to write the pack.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pass_ctx
+def move_evidence(c: Context, move_id: int, out: str, as_json: bool) -> None:
+    """Write the move's evidence pack: one file a customer verifies offline with `residency evidence verify`."""
+    from migrate import evidence
+
+    res = evidence.write(_conns(c), move_id, out)
+    if as_json:
+        emit_json(res)
+    else:
+        click.echo(f"move {move_id}: evidence pack {res['path']} ({res['bytes']:,} bytes, {res['entries']} audit entries,"
+                   f" {res['digests']} signed digests, key sha256 {res['key_fingerprint']})")
 
 
 @main.command("verify")
@@ -812,20 +836,51 @@ def audit() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @pass_ctx
 def audit_verify(c: Context, as_json: bool) -> None:
-    """Walk the whole audit chain; exit 1 if any entry was edited or deleted."""
+    """Walk the whole audit chain and check it against the signed digests; exit 1 if any entry
+    was edited, re-hashed or removed, or a digest is missing or not signed by the audit key."""
+    from residency import anchor
     from residency import audit as audit_mod
     from residency.db import connect
 
-    with connect(_conns(c).control_dsn) as conn:
-        res = audit_mod.verify(conn)
+    conns = _conns(c)
+    with connect(conns.control_dsn) as conn:
+        res = anchor.verify(conn, conns.anchor) if conns.anchor is not None else audit_mod.verify(conn)
     if as_json:
         emit_json(res)
     else:
         for p in res.problems:
             click.echo(f"broken: {p}")
         click.echo(f"audit log: {res.entries} entries, {'chain intact' if res.ok else 'CHAIN BROKEN'}")
+        if conns.anchor is None:
+            click.echo("not anchored: no audit key and digest bucket configured (see `residency audit digest --help`)")
+        else:
+            tail = res.entries - res.anchored_through
+            click.echo(f"anchored: {res.digests} signed digests cover entries 1..{res.anchored_through}"
+                       + (f"; the last {tail} not yet" if tail > 0 else "") + f" (key sha256 {res.key_fingerprint[:16]})")
+            if res.first_bad_seq is not None:
+                click.echo(f"first entry that disagrees: {res.first_bad_seq}")
     if not res.ok:
         sys.exit(1)
+
+
+@audit.command("digest")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pass_ctx
+def audit_digest(c: Context, as_json: bool) -> None:
+    """Sign a digest of the entries appended since the last one and store it in the Object Lock
+    bucket, now (moves and the worker write them too). The key and bucket come from
+    RESIDENCY_AUDIT_KMS_KEY / RESIDENCY_AUDIT_BUCKET, the connections file's audit: section, or the sandbox."""
+    from residency import anchor
+    from residency.db import connect
+
+    conns = _conns(c)
+    cfg = anchor.require(conns.anchor)
+    with connect(conns.control_dsn, autocommit=True) as conn:
+        w = anchor.write_digest(conn, cfg)
+    if as_json:
+        emit_json(w)
+    else:
+        click.echo(f"digest {w.number}: entries {w.first_seq}..{w.last_seq}, sha256 {w.digest_hash}, s3://{cfg.bucket}/{w.name}")
 
 
 # --------------------------------------------------------------------------- end of move, verify, audit (issue 4)
@@ -1146,6 +1201,37 @@ def directory_import(c: Context, region: str, as_json: bool) -> None:
             click.echo(f"not registered: workspace '{w}' has a row in {res.root_table} of {region} but is registered in region '{h}'")
         click.echo(f"{region}: {res.root_rows} rows in {res.root_table}: {len(res.registered)} registered now, "
                    f"{res.already} already registered here, {len(res.elsewhere)} registered elsewhere")
+# --------------------------------------------------------------------------- evidence (issue 12)
+
+
+@main.group(cls=ResidencyGroup)
+def evidence() -> None:
+    """Evidence packs, checked offline."""
+
+
+@evidence.command("verify")
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("--key", "key_file", type=click.Path(dir_okay=False), help="The audit key's public key (PEM) as published to you: pin it.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def evidence_verify(file: str, key_file: str | None, as_json: bool) -> None:
+    """Check an evidence pack with no database and no network: signatures, the audit entries and
+    the digests that signed them, the records and their counts. Exit 1 naming what fails."""
+    from residency import evidence as evidence_mod
+
+    try:
+        data = open(file, "rb").read()
+        pinned = open(key_file, "rb").read() if key_file else None
+    except OSError as exc:
+        fail(f"{exc.filename}: {exc.strerror}", 2)
+    res = evidence_mod.verify(data, pinned_key=pinned)
+    if as_json:
+        emit_json({"ok": res.ok, "move_id": res.move_id, "problems": res.problems, "facts": res.facts, "key_fingerprint": res.key_fingerprint})
+    else:
+        for f in res.facts:
+            click.echo(f"ok: {f}")
+        for p in res.problems:
+            click.echo(f"FAILED: {p}")
+        click.echo(f"{file}: move {res.move_id}: " + ("evidence verified" if res.ok else f"NOT verified ({len(res.problems)} problems)"))
     if not res.ok:
         sys.exit(1)
 

@@ -11,11 +11,12 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
-from residency import audit, db, directory, moves
+from residency import anchor, audit, db, directory, moves
 from residency.audit import Actor
 from residency.catalogue import Catalogue
 from residency.connections import Connections
 from residency.errors import InputError, OperationError, ResidencyError
+from residency.evidence import section_hash
 from residency.moves import MoveRecord
 
 from . import faults, finish, objects, strategy as strategy_mod
@@ -75,7 +76,27 @@ def _drive(ctx: MoveContext, rec: MoveRecord, stop_after: str | None) -> MoveRec
             faults.point(rec.state)
     finally:
         lease.release()
+    if rec.state in MOVE_ENDS:
+        _anchor(ctx, rec)
     return rec
+
+
+MOVE_ENDS = ("cut_over", "cleaned", "rolled_back")
+
+
+def _anchor(ctx: MoveContext, rec: MoveRecord) -> None:
+    """At the end of a move, a signed digest of the audit chain (when an anchor is configured).
+    The move is done either way: a digest that cannot be written is reported, not fatal, and
+    `residency audit digest` (or the next move, or the worker) covers the entries later."""
+    cfg = ctx.conns.anchor
+    if cfg is None:
+        return
+    try:
+        with db.connect(ctx.conns.control_dsn, autocommit=True) as cp:
+            w = anchor.write_digest(cp, cfg)
+        ctx.emit(Progress("state", rec.state, message=f"audit digest {w.number} signed: entries {w.first_seq}..{w.last_seq}"))
+    except Exception as exc:  # noqa: BLE001 - the move itself succeeded; say so and go on
+        ctx.emit(Progress("state", rec.state, message=f"warning: audit digest not written ({_one_line(exc)}); run `residency audit digest`"))
 
 
 def start_move(
@@ -105,7 +126,8 @@ def start_move(
             except OperationError as exc:
                 raise OperationError(f"move refused: {exc}") from None
             rec = moves.create(cp, plan.workspace_id, plan.source, target, strategy, plan.to_dict(), actor.who)
-            audit.append(cp, "move.planned", subject(rec), details(rec, rows=plan.total_rows, bytes=plan.total_bytes, objects=plan.object_count), actor)
+            audit.append(cp, "move.planned", subject(rec), details(rec, rows=plan.total_rows, bytes=plan.total_bytes, objects=plan.object_count,
+                                                                        plan_sha256=section_hash(plan.to_dict())), actor)
     faults.point("planned")
     ctx = make_context(cat, conns, plan.workspace_id, plan.source, target, actor=actor, progress=progress, move_id=rec.id)
     ctx.copy_options = copy_options  # migrate.chunks.CopyOptions: streams, chunk size, rate (None: defaults)
@@ -176,7 +198,9 @@ def rollback_move(cat: Catalogue, conns: Connections, move_id: int, *, actor: Ac
         strat = strategy_mod.get(rec.strategy)
         if strat.teardown is not None:  # e.g. online: publication, subscription and slot go first
             strat.teardown(ctx, rec)
-        return finish.rollback(ctx, rec)
+        rec = finish.rollback(ctx, rec)
+    _anchor(ctx, rec)
+    return rec
 
 
 def cleanup_move(
@@ -209,7 +233,9 @@ def cleanup_move(
         if strat.teardown is not None:  # e.g. online replication left by a crash after cut-over
             strat.teardown(ctx, rec)
         try:
-            return finish.cleanup(ctx, rec, grace)
+            rec = finish.cleanup(ctx, rec, grace)
+            _anchor(ctx, rec)
+            return rec
         except finish.CleanupRefused:
             raise
         except OperationError as exc:

@@ -16,6 +16,7 @@ from typing import Any, Callable
 
 from residency import audit, directory, moves
 from residency.errors import OperationError
+from residency.evidence import section_hash
 from residency.moves import MoveRecord
 
 from . import chunks as chunks_mod
@@ -353,7 +354,7 @@ def verify_phase(ctx: MoveContext, rec: MoveRecord, verifier: Callable[[], Verif
                 audit.append(cp, "move.verify_failed", subject(rec), details(rec, problems=problems[:20]), ctx.actor)
         raise VerifyFailed("verification failed: " + "; ".join(problems[:5]))
     return record(ctx, rec, "move.verified", to_state="verified", report={"verify": data},
-                  audit_details={"tables": len(res.tables), "seconds": res.seconds})
+                  audit_details={"tables": len(res.tables), "seconds": res.seconds, "verification_sha256": section_hash(data)})
 
 
 class VerifyFailed(OperationError):

@@ -11,6 +11,7 @@ Resolution order, first match wins, per item:
        regions:
          us: {dsn: "postgresql://mover@db.us.internal/app", s3_endpoint: null,
               buckets: {attachments: acme-us-attachments}}
+       audit: {kms_key: "arn:aws:kms:...", bucket: residency-audit-digests, aws_region: us-east-1}
 
 3. the running local sandbox (``residency sandbox up``).
 
@@ -47,8 +48,30 @@ class RegionEndpoints:
     buckets: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     """Logical bucket name (from regions.yaml's environment) -> actual bucket name."""
 
+    backup_aws_region: str | None = None
+    """The region's backup AWS region (regions.yaml), where each bucket's replica lives."""
+    replica_buckets: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    """Logical bucket name -> its replica bucket's name (default: the bucket's name + ``-replica``)."""
+
     def bucket(self, logical: str) -> str:
         return self.buckets.get(logical) or default_bucket_name(self.region, logical)
+
+    def replica_bucket(self, logical: str) -> str:
+        """The replica of a logical bucket in the backup region (the stacks' naming)."""
+        return self.replica_buckets.get(logical) or self.bucket(logical) + REPLICA_SUFFIX
+
+
+@dataclass(frozen=True)
+class AnchorConfig:
+    """Where the audit chain is anchored: the asymmetric KMS key that signs its digests and the
+    Object Lock bucket that keeps them (see :mod:`residency.anchor`)."""
+
+    kms_key_id: str
+    bucket: str
+    aws_region: str
+    endpoint: str | None = None
+    """None means AWS itself; a URL means a compatible endpoint (the sandbox's moto server)."""
+    prefix: str = "audit-digests/"
 
 
 @dataclass(frozen=True)
@@ -57,6 +80,10 @@ class Connections:
     regions: Mapping[str, RegionEndpoints]
     source: str = "environment"
     """Where these came from: 'environment', a file path, or 'sandbox:<dir>'."""
+    anchor: AnchorConfig | None = None
+    """The audit anchor: ``RESIDENCY_AUDIT_KMS_KEY`` + ``RESIDENCY_AUDIT_BUCKET`` (and
+    ``RESIDENCY_AUDIT_REGION``, ``RESIDENCY_AUDIT_ENDPOINT``), the connections file's ``audit:``
+    section, or the sandbox's; None when none is configured."""
 
     def region(self, name: str) -> RegionEndpoints:
         try:
@@ -71,6 +98,9 @@ class Connections:
         regions = dict(self.regions)
         regions[ep.region] = ep
         return replace(self, regions=MappingProxyType(regions))
+
+
+REPLICA_SUFFIX = "-replica"
 
 
 def default_bucket_name(region: str, logical: str) -> str:
@@ -142,8 +172,25 @@ def resolve(cat: Catalogue, env: Mapping[str, str] | None = None, *, use_sandbox
         s3 = env.get(f"RESIDENCY_{en}_S3_ENDPOINT") or fr.get("s3_endpoint") or (sb.s3_endpoint if sb else None)
         buckets = dict(sb.buckets) if sb else {}
         buckets.update(fr.get("buckets") or {})
-        regions[name] = RegionEndpoints(name, region.aws_region, dsn, s3, MappingProxyType(buckets))
-    return Connections(control, MappingProxyType(regions), source)
+        replicas = dict(sb.replica_buckets) if sb else {}
+        replicas.update(fr.get("replica_buckets") or {})
+        regions[name] = RegionEndpoints(name, region.aws_region, dsn, s3, MappingProxyType(buckets),
+                                        region.backup_region, MappingProxyType(replicas))
+    return Connections(control, MappingProxyType(regions), source, _anchor(cat, env, data.get("audit") or {}, sandbox))
+
+
+def _anchor(cat: Catalogue, env: Mapping[str, str], fa: dict[str, Any], sandbox: Connections | None) -> AnchorConfig | None:
+    key = env.get("RESIDENCY_AUDIT_KMS_KEY") or fa.get("kms_key")
+    bucket = env.get("RESIDENCY_AUDIT_BUCKET") or fa.get("bucket")
+    if not (key and bucket):
+        if key or bucket:
+            raise InputError("the audit anchor needs both a KMS key and a bucket (RESIDENCY_AUDIT_KMS_KEY and"
+                             " RESIDENCY_AUDIT_BUCKET, or kms_key and bucket under audit: in the connections file)")
+        return sandbox.anchor if sandbox is not None else None
+    first = next(iter(cat.regions.values()), None)
+    aws_region = env.get("RESIDENCY_AUDIT_REGION") or fa.get("aws_region") or (first.aws_region if first else "us-east-1")
+    endpoint = env.get("RESIDENCY_AUDIT_ENDPOINT") or fa.get("endpoint") or None
+    return AnchorConfig(str(key), str(bucket), str(aws_region), endpoint, str(fa.get("prefix") or "audit-digests/"))
 
 
 _PASSWORD_IN_URL = re.compile(r"(postgres(?:ql)?://[^:/@]+:)([^@]+)(@)")
@@ -155,13 +202,14 @@ def redact(dsn: str) -> str:
     return _PASSWORD_KV.sub(r"\1***", _PASSWORD_IN_URL.sub(r"\1***\3", dsn))
 
 
-def s3_client(ep: RegionEndpoints) -> Any:
-    """A boto3 S3 client for the region (its own AWS region; the sandbox endpoint if set)."""
+def s3_client(ep: RegionEndpoints, aws_region: str | None = None) -> Any:
+    """A boto3 S3 client for the region (its own AWS region, or ``aws_region`` such as its backup
+    region; the sandbox endpoint if set)."""
     import boto3
     from botocore.config import Config
 
     cfg = Config(retries={"max_attempts": 5, "mode": "adaptive"}, s3={"addressing_style": "path"})
-    kwargs: dict[str, Any] = {"region_name": ep.aws_region, "config": cfg}
+    kwargs: dict[str, Any] = {"region_name": aws_region or ep.aws_region, "config": cfg}
     if ep.s3_endpoint:
         kwargs["endpoint_url"] = ep.s3_endpoint
         kwargs.setdefault("aws_access_key_id", os.environ.get("AWS_ACCESS_KEY_ID", "testing"))

@@ -21,7 +21,7 @@ import psycopg
 from psycopg import sql
 
 from ..catalogue import Catalogue
-from .core import APP_TEMPLATE, CONTROL_TEMPLATE, ensure_buckets, read_state, s3_endpoint, server_dsn
+from .core import APP_TEMPLATE, CONTROL_TEMPLATE, ensure_anchor, ensure_buckets, read_state, s3_endpoint, server_dsn
 
 
 class World:
@@ -46,11 +46,15 @@ class World:
         eps = {
             r: RegionEndpoints(
                 r, catalogue.region(r).aws_region, server_dsn(home, r, self.dbname),
-                self.s3_endpoint, MappingProxyType(dict(self.buckets[r])),
+                self.s3_endpoint, MappingProxyType(dict(self.buckets[r])), catalogue.region(r).backup_region,
             )
             for r in self.buckets
         }
-        self.connections = Connections(self.control_dsn, MappingProxyType(eps), f"sandbox:{self.home}")
+        from ..connections import AnchorConfig
+        from .core import AUDIT_AWS_REGION
+
+        self.anchor = AnchorConfig(f"alias/t{token}-audit", f"t{token}-audit-digests", AUDIT_AWS_REGION, self.s3_endpoint)
+        self.connections = Connections(self.control_dsn, MappingProxyType(eps), f"sandbox:{self.home}", self.anchor)
         self._roles: list[tuple[str, str]] = []  # (server, role) made for this world, dropped with it
 
     def dsn(self, region: str) -> str:
@@ -60,10 +64,12 @@ class World:
         """The ``postgres`` maintenance database of a server ('control' or a region)."""
         return server_dsn(self.home, name)
 
-    def s3(self, region: str) -> Any:
+    def s3(self, region: str, backup: bool = False) -> Any:
+        """An S3 client for a region (``backup``: in its backup region, where the replicas are)."""
         from ..connections import s3_client
 
-        return s3_client(self.connections.region(region))
+        ep = self.connections.region(region)
+        return s3_client(ep, ep.backup_aws_region if backup else None)
 
     def seed(self, workspaces: int = 6, rows: int = 3000, seed: int = 1, **kwargs: Any) -> Any:
         from .seed import seed as do_seed
@@ -83,6 +89,8 @@ class World:
             for f in [pool.submit(self.create_database, j) for j in jobs]:
                 f.result()
         ensure_buckets(self.catalogue, self.state, names=self.buckets)
+        # its own audit key and Object Lock bucket (compliance mode: the bucket outlives the world)
+        ensure_anchor(self.state, self.anchor.kms_key_id, self.anchor.bucket, self.anchor.aws_region)
 
     def _drop_subscriptions(self, server: str) -> list[str]:
         problems: list[str] = []
@@ -144,18 +152,17 @@ class World:
             except psycopg.Error as exc:
                 problems.append(f"{server}: drop role {role}: {exc}")
         # 3. buckets
+        # 3. buckets (every version and delete marker first: they are versioned) and their replicas
         try:
             for r, names in self.buckets.items():
-                client = self.s3(r)
-                for bucket in names.values():
-                    try:
-                        for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket):
-                            keys = [{"Key": o["Key"]} for o in page.get("Contents", [])]
-                            if keys:
-                                client.delete_objects(Bucket=bucket, Delete={"Objects": keys})
-                        client.delete_bucket(Bucket=bucket)
-                    except client.exceptions.NoSuchBucket:
-                        pass
+                ep = self.connections.region(r)
+                for logical in names:
+                    for bucket, client in ((ep.bucket(logical), self.s3(r)), (ep.replica_bucket(logical), self.s3(r, backup=True))):
+                        try:
+                            empty_bucket(client, bucket)
+                            client.delete_bucket(Bucket=bucket)
+                        except client.exceptions.NoSuchBucket:
+                            pass
         except Exception as exc:  # noqa: BLE001 - report, don't mask the caller's own result
             problems.append(f"s3: {exc}")
         return problems
@@ -191,4 +198,11 @@ class World:
         from ..connections import Connections
 
         eps = {r: (replace(ep, dsn=dsns[r]) if r in dsns else ep) for r, ep in self.connections.regions.items()}
-        return Connections(self.connections.control_dsn, MappingProxyType(eps), self.connections.source)
+        return Connections(self.connections.control_dsn, MappingProxyType(eps), self.connections.source, self.connections.anchor)
+
+def empty_bucket(client: Any, bucket: str) -> None:
+    """Delete every object version and delete marker of a bucket."""
+    for page in client.get_paginator("list_object_versions").paginate(Bucket=bucket):
+        items = [{"Key": v["Key"], "VersionId": v["VersionId"]} for v in (page.get("Versions") or []) + (page.get("DeleteMarkers") or [])]
+        for i in range(0, len(items), 1000):
+            client.delete_objects(Bucket=bucket, Delete={"Objects": items[i:i + 1000], "Quiet": True})
