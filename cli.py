@@ -86,24 +86,109 @@ def fail(message: str, code: int = 1) -> None:
     sys.exit(code)
 
 
-class ResidencyGroup(click.Group):
-    """A click group that turns library errors into one line and an exit code."""
+def _error_line(exc: BaseException) -> str:
+    """One line, redacted: what every error the CLI reports looks like."""
+    from residency.redaction import redact
+
+    lines = [ln.strip() for ln in str(exc).strip().splitlines() if ln.strip()]
+    return redact("; ".join(lines) if lines else type(exc).__name__)
+
+
+def _library_error(exc: Exception) -> ResidencyError | None:
+    """A database error that escaped the library, as one line: bad data in it (SQLSTATE class 22,
+    e.g. an id the key's type refuses) is bad input, anything else a failed operation."""
+    import psycopg
+
+    if not isinstance(exc, psycopg.Error):
+        return None
+    state = getattr(exc, "sqlstate", None) or ""
+    cls = InputError if state.startswith("22") else ResidencyError
+    return cls(f"database: {_error_line(exc)}")
+
+
+class ResidencyCommand(click.Command):
+    """A command whose errors, with ``--json``, are also JSON on stdout: {"error": ..., "code": ...}
+    (the one line stays on stderr)."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except ResidencyError as exc:
+        except Exception as exc:
+            if bool(ctx.find_root().params.get("debug")) or not ctx.params.get("as_json"):
+                raise
+            err = exc if isinstance(exc, ResidencyError) else _library_error(exc)
+            if err is None:
+                raise
+            body: dict[str, Any] = {"error": _error_line(err) if not isinstance(err, CatalogueError) else err.problems[0],
+                                    "code": err.exit_code}
+            if isinstance(err, CatalogueError):
+                body["problems"] = err.problems
+            click.echo(json.dumps(body, ensure_ascii=False))
+            if isinstance(err, CatalogueError):
+                for p in err.problems:
+                    click.echo(p, err=True)
+            else:
+                click.echo(f"error: {body['error']}", err=True)  # the one line on stderr as well
+            ctx.exit(err.exit_code)
+
+
+class ResidencyGroup(click.Group):
+    """A click group that turns library errors into one line and an exit code."""
+
+    command_class = ResidencyCommand
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except Exception as exc:
             debug = bool(ctx.find_root().params.get("debug"))
             if debug:
                 raise
-            if isinstance(exc, CatalogueError):
-                for p in exc.problems:
+            err = exc if isinstance(exc, ResidencyError) else _library_error(exc)
+            if err is None:
+                raise
+            if isinstance(err, CatalogueError):
+                for p in err.problems:
                     click.echo(p, err=True)
-                n = len(exc.problems)
+                n = len(err.problems)
                 click.echo(f"{n} problem{'s' if n != 1 else ''} found", err=True)
-                ctx.exit(exc.exit_code)
-            click.echo(f"error: {exc}", err=True)
-            ctx.exit(exc.exit_code)
+                ctx.exit(err.exit_code)
+            click.echo(f"error: {_error_line(err)}", err=True)
+            ctx.exit(err.exit_code)
+
+
+ResidencyGroup.group_class = ResidencyGroup
+
+
+def _setup_logging(debug: bool) -> None:
+    """Library log lines on stderr, one line each and redacted; DEBUG ones only with --debug."""
+    import logging
+
+    from residency.redaction import RedactingFilter
+
+    root = logging.getLogger("residency")
+    for h in list(root.handlers):
+        if getattr(h, "_residency_cli", False):
+            root.removeHandler(h)
+
+    class _Stderr(logging.Handler):
+        _residency_cli = True
+
+        def emit(self, record: logging.LogRecord) -> None:
+            try:
+                click.echo(f"{record.levelname.lower()}: {self.format(record)}", err=True)
+            except Exception:  # noqa: BLE001 - logging never breaks a command
+                pass
+
+    h = _Stderr()
+    h.addFilter(RedactingFilter())
+    h.setFormatter(logging.Formatter("%(message)s"))
+    for name in ("residency", "migrate", "stacks"):
+        lg = logging.getLogger(name)
+        lg.handlers = [x for x in lg.handlers if not getattr(x, "_residency_cli", False)]
+        lg.addHandler(h)
+        lg.setLevel(logging.DEBUG if debug else logging.WARNING)
+        lg.propagate = False
 
 
 # --------------------------------------------------------------------------- root
@@ -129,6 +214,7 @@ def main(ctx: click.Context, regions_path: str, debug: bool) -> None:
     sandbox; `residency regions list` shows what is defined.
     """
     ctx.obj = Context(regions_path, debug)
+    _setup_logging(debug)
 
 
 # --------------------------------------------------------------------------- regions
@@ -578,6 +664,14 @@ class _ProgressPrinter:
             click.echo(line, err=True)
 
 
+def _input_first(c: Context, workspace: str, *regions: str) -> str:
+    """Bad input before any connection is needed: the regions named, and the workspace id
+    parsed by the root key's type (regions.yaml's workspace.key_type). Returns the parsed id."""
+    for r in regions:
+        c.catalogue.region(r)
+    return c.catalogue.workspace.parse_id(workspace)
+
+
 def _parse_grace(text: str) -> Any:
     import re
     from datetime import timedelta
@@ -609,15 +703,17 @@ def move() -> None:
 def move_plan(c: Context, workspace: str, target: str, strategy: str, as_json: bool) -> None:
     """Show what a move would do, or every reason it must not (exit 1 if refused). Changes nothing."""
     from migrate import plan_move
+    from migrate.mover import unknown_workspace
     from migrate.plan import render
 
+    workspace = _input_first(c, workspace, target)
     p = plan_move(c.catalogue, _conns(c), workspace, target, strategy)
     if as_json:
         emit_json(p.to_dict())
     else:
         click.echo(render(p))
     if not p.ok:
-        sys.exit(1)
+        sys.exit(2 if unknown_workspace(p) else 1)
 
 
 @move.command("start")
@@ -632,16 +728,18 @@ def move_start(c: Context, workspace: str, target: str, strategy: str, yes: bool
     """Plan, fence, copy, verify and cut over a workspace (cleanup comes later, after a grace period)."""
     from migrate import move_report, plan_move, start_move
     from migrate.plan import render
+    from migrate.mover import unknown_workspace
     from migrate.report import render as render_report
 
+    workspace = _input_first(c, workspace, target)
+    if not yes and not sys.stdin.isatty():
+        raise InputError("move start needs --yes when not run from a terminal")
     conns = _conns(c)
     if not yes:
-        if not sys.stdin.isatty():
-            raise InputError("move start needs --yes when not run from a terminal")
         p = plan_move(c.catalogue, conns, workspace, target, strategy)
         click.echo(render(p))
         if not p.ok:
-            sys.exit(1)
+            sys.exit(2 if unknown_workspace(p) else 1)
         click.confirm(f"move workspace {workspace} from {p.source} to {target}? Writes to it are refused until cut-over", abort=True)
     rec = start_move(c.catalogue, conns, workspace, target, strategy=strategy, progress=_ProgressPrinter(as_json))
     rep = move_report(conns, rec.id)
@@ -717,14 +815,24 @@ def move_rollback(c: Context, move_id: int) -> None:
 @move.command("cleanup")
 @click.argument("move_id", type=int)
 @click.option("--grace", default="7d", show_default=True, help="Keep the source copy this long after cut-over (e.g. 7d, 12h, 0).")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation (required without a terminal).")
 @click.option("--json", "as_json", is_flag=True, help="Print the deletion record as JSON.")
 @pass_ctx
-def move_cleanup(c: Context, move_id: int, grace: str, as_json: bool) -> None:
+def move_cleanup(c: Context, move_id: int, grace: str, yes: bool, as_json: bool) -> None:
     """After the grace period: delete the source copy and record what was deleted."""
     from migrate import cleanup_move, move_report
 
+    grace_td = _parse_grace(grace)
+    if not yes and not sys.stdin.isatty():
+        raise InputError("move cleanup deletes the source copy: it needs --yes when not run from a terminal")
     conns = _conns(c)
-    rec = cleanup_move(c.catalogue, conns, move_id, grace=_parse_grace(grace), progress=_ProgressPrinter(as_json))
+    if not yes:
+        from migrate import move_status
+
+        m = move_status(conns, move_id)[0]
+        click.confirm(f"delete workspace {m.workspace_id}'s source copy in {m.source} (move {m.id}, {m.source} → {m.target})?"
+                      " This cannot be undone", abort=True)
+    rec = cleanup_move(c.catalogue, conns, move_id, grace=grace_td, progress=_ProgressPrinter(as_json))
     d = move_report(conns, rec.id)["deletion"] or {}
     if as_json:
         emit_json(d)
@@ -758,6 +866,7 @@ def verify_cmd(c: Context, workspace: str, between: tuple[str, str], as_json: bo
     from migrate import verify_workspace
 
     a, b = between
+    workspace = _input_first(c, workspace, a, b)
     res = verify_workspace(c.catalogue, _conns(c), workspace, a, b)
     if as_json:
         emit_json(res.to_dict())
@@ -856,6 +965,7 @@ def request_create(c: Context, workspace: str, target: str, window: str, request
     """Ask for a workspace to move; checked against policy and the plan now (exit 1 if refused)."""
     from residency import requests as rq
 
+    workspace = _input_first(c, workspace, target)
     conns, conn = _control(c)
     n = _notifier(conns)
     with conn:

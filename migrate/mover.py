@@ -38,6 +38,17 @@ class MoveRefused(OperationError):
         super().__init__(f"move refused: {lines}")
 
 
+class UnknownWorkspace(MoveRefused, InputError):
+    """A move of a workspace that does not exist: bad input (exit 2), nothing changed."""
+
+    exit_code = 2
+
+
+def unknown_workspace(plan: MovePlan) -> str | None:
+    """The refusal saying the workspace does not exist (bad input, exit 2), if the plan has one."""
+    return next((r for r in plan.refusals if r.startswith("unknown workspace ")), None)
+
+
 def _one_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[0]}" if text and not isinstance(exc, ResidencyError) else (text[0] if text else type(exc).__name__)
@@ -88,6 +99,8 @@ def start_move(
     Raises :class:`MoveRefused` (nothing changed) if the plan refuses."""
     actor = actor or Actor.current()
     plan = plan_move(cat, conns, workspace_id, target, strategy)
+    if unknown_workspace(plan):
+        raise UnknownWorkspace(plan)
     if not plan.ok:
         raise MoveRefused(plan)
     assert plan.source is not None
@@ -235,6 +248,7 @@ def move_report(conns: Connections, move_id: int) -> dict[str, Any]:
 
 def verify_workspace(cat: Catalogue, conns: Connections, workspace_id: object, a: str, b: str, *, objects_too: bool = True) -> VerifyResult:
     """Compare a workspace's rows (and objects) in regions ``a`` and ``b``."""
+    workspace_id = cat.workspace.parse_id(workspace_id)  # bad input before any connection
     cat.region(a)
     cat.region(b)
     ctx = make_context(cat, conns, workspace_id, a, b)

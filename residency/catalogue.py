@@ -106,9 +106,17 @@ class WorkspaceSpec:
     global_tables: tuple[str, ...]
     paths: Mapping[str, PathSpec]
     object_prefix: str
+    key_type: str = "text"
+    """The type of the root table's key (``workspace.key_type``), by which ids are parsed."""
 
     def prefix_for(self, workspace_id: object) -> str:
         return self.object_prefix.format(workspace_id=workspace_id)
+
+    def parse_id(self, workspace_id: object) -> str:
+        """A user's workspace id, parsed by the root key's type (InputError if it can't be one)."""
+        from .workspace_ids import parse
+
+        return parse(workspace_id, self.key_type)
 
 
 @dataclass(frozen=True)
@@ -142,6 +150,8 @@ def default_path() -> str:
 
 def load(path: str | os.PathLike[str] | None = None) -> Catalogue:
     """Load and validate a regions file (default: ``$RESIDENCY_REGIONS`` or ``./regions.yaml``)."""
+    from .files import read_bytes
+
     p = Path(path if path is not None else default_path())
     shown = str(path if path is not None else default_path())
     try:
@@ -156,7 +166,8 @@ def load(path: str | os.PathLike[str] | None = None) -> Catalogue:
         raise CatalogueError(
             [f"{shown}:1:1: file is {size / 1048576:.1f} MiB; a regions file is at most 1 MiB"]
         )
-    raw = p.read_bytes()
+    # regular files only (a FIFO or /dev/zero is refused), and never more than MAX_BYTES read
+    raw = read_bytes(p, max_bytes=MAX_BYTES, what="regions file", shown=shown)
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -487,12 +498,16 @@ class _Validator:
 
     def workspace(self, node: YNode | None, mark: Mark) -> WorkspaceSpec | None:
         where = "workspace"
-        m = self.mapping(node, where, mark, ("root_table", "key_column", "object_prefix"), ("global_tables", "paths"))
+        m = self.mapping(node, where, mark, ("root_table", "key_column", "object_prefix"), ("global_tables", "paths", "key_type"))
         if m is None:
             return None
         root = self.scalar(m, "root_table", where, str, check=_ident_problem)
         key = self.scalar(m, "key_column", where, str, check=_ident_problem)
         prefix = self.scalar(m, "object_prefix", where, str, check=_prefix_problem)
+        from .workspace_ids import KEY_TYPES, normalise_type
+
+        key_type = self.scalar(m, "key_type", where, str, default="text",
+                               check=lambda v: None if normalise_type(v) else f"key_type '{v}' is not one of {', '.join(KEY_TYPES)}")
         glob = self.str_list(m, "global_tables", where, check=_ident_problem, default=())
         if glob is not None and root in glob:
             gnode = m.items["global_tables"]
@@ -532,7 +547,7 @@ class _Validator:
                     paths[table] = PathSpec(table, col, ref, tcol, MappingProxyType(targets))
         if None in (root, key, prefix, glob):
             return None
-        return WorkspaceSpec(root, key, glob, MappingProxyType(paths), prefix)  # type: ignore[arg-type]
+        return WorkspaceSpec(root, key, glob, MappingProxyType(paths), prefix, normalise_type(key_type) or "text")  # type: ignore[arg-type]
 
 
 # --------------------------------------------------------------------------- value checks
@@ -657,6 +672,7 @@ _KEY_HINTS = {
     "root_table": " (the table with one row per workspace, such as workspaces)",
     "key_column": " (the column that holds the workspace id, such as workspace_id)",
     "object_prefix": " (such as 'workspaces/{workspace_id}/')",
+    "key_type": " (the type of the root table's key: text, bigint, integer, smallint or uuid)",
     "column": " (the column that points at the parent row)",
 }
 

@@ -386,9 +386,7 @@ def create(
     """
     actor = actor or Actor.current()
     now = now or datetime.now(timezone.utc)
-    ws = str(workspace_id).strip()
-    if not ws:
-        raise InputError("a workspace id is required")
+    ws = cat.workspace.parse_id(workspace_id)  # the same rule as the mover's, before any query
     cat.region(target)
     if strategy not in STRATEGIES:
         raise InputError(f"strategy '{strategy}' is not one of {', '.join(STRATEGIES)}")
@@ -519,6 +517,7 @@ def cancel(conn: psycopg.Connection[Any], request_id: int | str, reason: str = "
 
 CSV_COLUMNS = ("workspace", "to", "window", "requested_by")
 CSV_OPTIONAL = ("reason", "strategy")
+CSV_MAX_BYTES = 16 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -548,13 +547,10 @@ def import_csv(
     Each row stands alone: a bad row gets its own error line and the others go ahead. ``ok`` is
     True for a row recorded as pending; refused rows are recorded and reported with why.
     """
+    from .files import read_text
+
     p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8-sig")
-    except OSError as exc:
-        raise InputError(f"{p}: cannot read: {exc.strerror or exc}") from None
-    except UnicodeDecodeError:
-        raise InputError(f"{p}: not UTF-8 text") from None
+    text = read_text(p, max_bytes=CSV_MAX_BYTES, what="CSV file").removeprefix("\ufeff")
     reader = csv.DictReader(text.splitlines(keepends=True))
     header = [h.strip().lower() for h in (reader.fieldnames or [])]
     missing = [c for c in CSV_COLUMNS if c not in header]
