@@ -122,13 +122,12 @@ def _check_file(path: Path, data: Any) -> dict[str, Any]:
 
     if not isinstance(data, dict):
         raise InputError(f"{path}: expected a mapping with 'control' and 'regions', got {kind(data)}")
-    unknown = [str(k) for k in data if k not in ("control", "regions")]
-    if unknown:
-        raise InputError(f"{path}: unknown key '{unknown[0]}' (keys: control, regions)")
+    for key in ("control", "notify"):  # other keys belong to other features and are checked there
+        if data.get(key) is not None and not isinstance(data.get(key), dict):
+            raise InputError(f"{path}: {key} must be a mapping such as {{dsn: \"postgresql://...\"}}, got {kind(data.get(key))}"
+                             if key == "control" else f"{path}: {key} must be a mapping, got {kind(data.get(key))}")
     control = data.get("control")
     if control is not None:
-        if not isinstance(control, dict):
-            raise InputError(f"{path}: control must be a mapping such as {{dsn: \"postgresql://...\"}}, got {kind(control)}")
         text_or_null(control.get("dsn"), "control.dsn")
     regions = data.get("regions")
     if regions is not None:
@@ -140,9 +139,6 @@ def _check_file(path: Path, data: Any) -> dict[str, Any]:
                 continue
             if not isinstance(r, dict):
                 raise InputError(f"{path}: {where} must be a mapping with dsn, s3_endpoint, buckets; got {kind(r)}")
-            bad = [str(k) for k in r if k not in ("dsn", "s3_endpoint", "buckets")]
-            if bad:
-                raise InputError(f"{path}: {where}: unknown key '{bad[0]}' (keys: dsn, s3_endpoint, buckets)")
             text_or_null(r.get("dsn"), f"{where}.dsn")
             text_or_null(r.get("s3_endpoint"), f"{where}.s3_endpoint")
             b = r.get("buckets")

@@ -133,7 +133,7 @@ def test_unknown_region_is_reported_before_a_missing_control_plane(monkeypatch, 
     ("regions: {us: {dsn: x, buckets: [a]}}\n", "regions.us.buckets must be a mapping"),
     ("- just\n- a list\n", "expected a mapping"),
     ("control: {dsn: 'x'\n", "not valid YAML"),
-    ("contrl: {dsn: x}\n", "unknown key 'contrl'"),
+    ("notify: https://hooks.example.com/x\n", "notify must be a mapping"),
 ])
 def test_broken_connections_file_is_one_line_exit_2(content, says, tmp_path, monkeypatch):
     f = tmp_path / "connections.yaml"
