@@ -65,7 +65,9 @@ def _jsonable(value: Any) -> Any:
 
 
 def emit_json(data: Any) -> None:
-    click.echo(json.dumps(_jsonable(data), indent=2, sort_keys=False, ensure_ascii=False))
+    from residency.redaction import redact_obj
+
+    click.echo(json.dumps(redact_obj(_jsonable(data)), indent=2, sort_keys=False, ensure_ascii=False))
 
 
 def table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:

@@ -90,8 +90,10 @@ def entry_hash(seq: int, at: datetime, actor: str, origin: str, action: str, sub
 
 def append(conn: psycopg.Connection[Any], action: str, subject: str, details: dict[str, Any] | None = None, actor: Actor | None = None) -> Entry:
     """Append an entry inside the caller's transaction (it is visible once the caller commits)."""
+    from .redaction import redact_obj  # the one redaction rule: no secret in the log
+
     actor = actor or Actor.current()
-    details = _canonical(details or {})
+    details = _canonical(redact_obj(details or {}))
     conn.execute("SELECT pg_advisory_xact_lock(%s)", (_APPEND_LOCK,))
     row = conn.execute("SELECT seq, hash FROM residency.audit_head").fetchone()
     seq, prev = (row[0] + 1, row[1]) if row else (1, GENESIS)

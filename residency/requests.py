@@ -309,11 +309,13 @@ def transition(
     """Move a request to ``to_state`` only if it is in one of ``expect`` (and, with ``worker``,
     only while that worker holds it); OperationError otherwise. Runs in the caller's transaction."""
     expect = list(expect)
+    from .redaction import redact, redact_obj
+
     sets = [sql.SQL("state = %s, state_reason = %s, updated_at = now()")]
-    params: list[Any] = [to_state, reason]
+    params: list[Any] = [to_state, redact(reason) if reason is not None else None]
     for col, val in (extra or {}).items():
         sets.append(sql.SQL("{} = %s").format(sql.Identifier(col)))
-        params.append(Jsonb(val) if isinstance(val, dict) else val)
+        params.append(Jsonb(redact_obj(val)) if isinstance(val, dict) else redact_obj(val))
     if to_state in TERMINAL:
         sets.append(sql.SQL("lease_until = NULL"))
     where = sql.SQL("id = %s AND state = ANY(%s)")
@@ -435,6 +437,10 @@ def create(
     if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
         conn.commit()
 
+    if refusal is not None:
+        from .redaction import redact
+
+        refusal = redact(refusal)
     state = "refused" if refusal else "pending"
     pending = _Pending()
     with conn.transaction():
