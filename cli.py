@@ -932,6 +932,13 @@ def _notifier(conns: Any) -> Any:
     return Notifier.from_config(conns.control_dsn)
 
 
+def _by(role: str | None, annotation: str | None) -> str:
+    """Who did it: the person it says it is ($RESIDENCY_ACTOR), then the authenticated role."""
+    if not role:
+        return ""
+    return f"{annotation} (role {role})" if annotation else role
+
+
 def _request_row(r: Any) -> tuple[Any, ...]:
     return (r.id, r.workspace_id, f"{r.source} → {r.target}", str(r.window), r.state, r.requested_by,
             r.approved_by or "", r.move_id or "", (r.state_reason or "")[:70])
@@ -1026,8 +1033,8 @@ def request_show(c: Context, request_id: str, as_json: bool) -> None:
         f"window        {r.window}",
         f"state         {r.state}" + (f": {r.state_reason}" if r.state_reason else ""),
         f"requested by  {r.requested_by}" + (f": {r.reason}" if r.reason else ""),
-        f"recorded by   {r.created_by} at {r.created_at:%Y-%m-%d %H:%M:%S %Z}",
-        f"approved by   {r.approved_by or '-'}" + (f" at {r.approved_at:%Y-%m-%d %H:%M:%S %Z}" if r.approved_at else ""),
+        f"recorded by   {_by(r.created_by, r.created_for)} at {r.created_at:%Y-%m-%d %H:%M:%S %Z}",
+        f"approved by   {_by(r.approved_by, r.approved_for) or '-'}" + (f" at {r.approved_at:%Y-%m-%d %H:%M:%S %Z}" if r.approved_at else ""),
     ]
     if est:
         lines.append(f"estimate      {rq.format_duration(est.get('seconds', 0))} ({est.get('rows', 0):,} rows,"
@@ -1055,7 +1062,7 @@ def request_approve(c: Context, request_id: str, as_json: bool) -> None:
     with conn:
         r = rq.approve(conn, c.catalogue, request_id, notifier=n)
     n.flush(5)
-    emit_json(_request_json(r)) if as_json else click.echo(f"request {r.id} approved by {r.approved_by}: runs in {r.window}")
+    emit_json(_request_json(r)) if as_json else click.echo(f"request {r.id} approved by {_by(r.approved_by, r.approved_for)}: runs in {r.window}")
 
 
 @request.command("cancel")
@@ -1194,6 +1201,81 @@ def playbook_check(c: Context, name: str, region: str, as_json: bool) -> None:
 
 
 # --------------------------------------------------------------------------- end of requests, worker, playbooks (issue 7)
+
+
+# --------------------------------------------------------------------------- control plane and roles (issue 15)
+
+
+@main.group(cls=ResidencyGroup)
+def controlplane() -> None:
+    """The control-plane database: its schema and the roles that may act on it."""
+
+
+def _controlplane_roles(c: Context, logins: tuple[str, ...], as_json: bool, what: str) -> None:
+    from residency import authz
+    from residency.errors import OperationError
+    from residency.controlplane import ensure_roles
+    from residency.db import connect
+
+    pairs: dict[str, str] = {}
+    for spec in logins:
+        name, _, role = spec.partition("=")
+        role = role if role.startswith("residency_") else f"residency_{role}"
+        if not name or role not in authz.ROLES:
+            raise InputError(f"--login '{spec}': give NAME=ROLE with ROLE one of {', '.join(r.removeprefix('residency_') for r in authz.ROLES)}")
+        pairs[name] = role
+    with connect(c.connections.control_dsn) as conn:
+        ident = authz.require(conn, authz.ADMIN, what)
+        try:
+            roles = ensure_roles(conn, logins=pairs)
+        except Exception as exc:
+            import psycopg
+
+            if isinstance(exc, (psycopg.errors.InsufficientPrivilege, psycopg.errors.InvalidGrantOperation)):
+                raise OperationError(f"{what} needs the owner of the control-plane schema with CREATEROLE (a superuser,"
+                                     f" or the role that created it); {ident.role} is neither") from None
+            raise
+    if as_json:
+        emit_json({"roles": roles, "logins": pairs})
+        return
+    click.echo(f"control plane ready: roles {', '.join(roles)}" + (f"; logins {', '.join(f'{k} ({v})' for k, v in pairs.items())}" if pairs else ""))
+
+
+@controlplane.command("init")
+@click.option("--login", "logins", multiple=True, metavar="NAME=ROLE", help="Also create a login holding ROLE (repeatable).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pass_ctx
+def controlplane_init(c: Context, logins: tuple[str, ...], as_json: bool) -> None:
+    """Create the control-plane schema and the four roles with their grants (admin; idempotent)."""
+    _controlplane_roles(c, logins, as_json, "initialising the control plane")
+
+
+@controlplane.command("roles")
+@click.option("--login", "logins", multiple=True, metavar="NAME=ROLE", help="Also create a login holding ROLE (repeatable).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pass_ctx
+def controlplane_roles(c: Context, logins: tuple[str, ...], as_json: bool) -> None:
+    """Create (or refresh) residency_requester, _approver, _operator and _admin and their grants."""
+    _controlplane_roles(c, logins, as_json, "creating the control-plane roles")
+
+
+@controlplane.command("whoami")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pass_ctx
+def controlplane_whoami(c: Context, as_json: bool) -> None:
+    """The role you are authenticated as in the control plane, and the residency roles it holds."""
+    from residency import authz
+    from residency.db import connect
+
+    with connect(c.connections.control_dsn, autocommit=True) as conn:
+        ident = authz.identity(conn)
+    if as_json:
+        emit_json({"role": ident.role, "superuser": ident.superuser, "admin": ident.admin, "roles": sorted(ident.member_of)})
+        return
+    click.echo(f"{ident.role}: " + (", ".join(sorted(ident.member_of)) or "no residency role") + (" (superuser)" if ident.superuser else ""))
+
+
+# --------------------------------------------------------------------------- end of control plane and roles (issue 15)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -11,7 +11,7 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
-from residency import audit, db, directory, moves
+from residency import audit, authz, db, directory, moves
 from residency.audit import Actor
 from residency.catalogue import Catalogue
 from residency.connections import Connections
@@ -98,6 +98,7 @@ def start_move(
     """Plan, record and run a move through cut-over (or until ``stop_after`` state is reached).
     Raises :class:`MoveRefused` (nothing changed) if the plan refuses."""
     actor = actor or Actor.current()
+    authz.require_dsn(conns.control_dsn, authz.OPERATOR, "starting a move")
     plan = plan_move(cat, conns, workspace_id, target, strategy)
     if unknown_workspace(plan):
         raise UnknownWorkspace(plan)
@@ -111,7 +112,7 @@ def start_move(
                 directory.set_status(cp, plan.workspace_id, "moving", expect=("active",))
             except OperationError as exc:
                 raise OperationError(f"move refused: {exc}") from None
-            rec = moves.create(cp, plan.workspace_id, plan.source, target, strategy, plan.to_dict(), actor.who)
+            rec = moves.create(cp, plan.workspace_id, plan.source, target, strategy, plan.to_dict(), authz.identity(cp).role)
             audit.append(cp, "move.planned", subject(rec), details(rec, rows=plan.total_rows, bytes=plan.total_bytes, objects=plan.object_count), actor)
     faults.point("planned")
     ctx = make_context(cat, conns, plan.workspace_id, plan.source, target, actor=actor, progress=progress, move_id=rec.id)
@@ -134,6 +135,7 @@ def resume_move(
 ) -> MoveRecord:
     """Continue a move from its last recorded state (after a crash, a kill, or a failure)."""
     actor = actor or Actor.current()
+    authz.require_dsn(conns.control_dsn, authz.OPERATOR, "resuming a move")
     rec = _get(conns, move_id)
     if rec.state in ("cleaned", "rolled_back"):
         raise OperationError(f"move {move_id} is {rec.state}; nothing to resume")
@@ -164,6 +166,7 @@ def resume_move(
 def rollback_move(cat: Catalogue, conns: Connections, move_id: int, *, actor: Actor | None = None, progress: ProgressFn | None = None) -> MoveRecord:
     """Before cut-over: remove the target copy and lift the fence. After: refuse, and say how to move back."""
     actor = actor or Actor.current()
+    authz.require_dsn(conns.control_dsn, authz.OPERATOR, "rolling back a move")
     rec = _get(conns, move_id)
     if rec.state == "rolled_back":
         return rec
@@ -194,6 +197,7 @@ def cleanup_move(
 ) -> MoveRecord:
     """After the grace period: delete the source copy and record the deletion in the report."""
     actor = actor or Actor.current()
+    authz.require_dsn(conns.control_dsn, authz.OPERATOR, "cleaning up a move")
     rec = _get(conns, move_id)
     if rec.state == "cleaned":
         return rec
