@@ -150,3 +150,23 @@ def test_whoami_and_roles(env, monkeypatch):
     r = _cli(env, monkeypatch, su, "controlplane", "roles", "--login", f"t_{uuid.uuid4().hex[:6]}=approver", "--json")
     assert r.exit_code == 0, r.output
     assert "residency_requester" in r.stdout and "residency_approver" in r.stdout
+
+
+def test_an_operator_login_moves_a_workspace_and_the_audit_names_it(env):
+    from dataclasses import replace
+
+    from migrate import cleanup_move, start_move
+
+    seed = env.seed(workspaces=2, rows=200, seed=7)
+    ws = seed.smallest_in("us")
+    control_plane(env)
+    ops = replace(env.connections, control_dsn=_as(env.control_dsn, "sandbox_operator"))
+    rec = start_move(env.catalogue, ops, ws, "eu", actor=Actor("oncall@example.com", "test"))
+    assert rec.state == "cut_over" and rec.created_by == "sandbox_operator"
+    done = cleanup_move(env.catalogue, ops, rec.id, grace=timedelta(0), actor=Actor("oncall@example.com", "test"))
+    assert done.state == "cleaned"
+    with psycopg.connect(env.control_dsn) as c:
+        entries = list(audit.entries(c, subject=f"move/{rec.id}"))
+        assert len(entries) >= 5 and {e.actor for e in entries} == {"sandbox_operator"}
+        assert all(e.origin.endswith(" for oncall@example.com") for e in entries)
+        assert audit.verify(c).ok
