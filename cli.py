@@ -65,7 +65,9 @@ def _jsonable(value: Any) -> Any:
 
 
 def emit_json(data: Any) -> None:
-    click.echo(json.dumps(_jsonable(data), indent=2, sort_keys=False, ensure_ascii=False))
+    from residency.redaction import redact_obj
+
+    click.echo(json.dumps(redact_obj(_jsonable(data)), indent=2, sort_keys=False, ensure_ascii=False))
 
 
 def table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
@@ -86,24 +88,109 @@ def fail(message: str, code: int = 1) -> None:
     sys.exit(code)
 
 
-class ResidencyGroup(click.Group):
-    """A click group that turns library errors into one line and an exit code."""
+def _error_line(exc: BaseException) -> str:
+    """One line, redacted: what every error the CLI reports looks like."""
+    from residency.redaction import redact
+
+    lines = [ln.strip() for ln in str(exc).strip().splitlines() if ln.strip()]
+    return redact("; ".join(lines) if lines else type(exc).__name__)
+
+
+def _library_error(exc: Exception) -> ResidencyError | None:
+    """A database error that escaped the library, as one line: bad data in it (SQLSTATE class 22,
+    e.g. an id the key's type refuses) is bad input, anything else a failed operation."""
+    import psycopg
+
+    if not isinstance(exc, psycopg.Error):
+        return None
+    state = getattr(exc, "sqlstate", None) or ""
+    cls = InputError if state.startswith("22") else ResidencyError
+    return cls(f"database: {_error_line(exc)}")
+
+
+class ResidencyCommand(click.Command):
+    """A command whose errors, with ``--json``, are also JSON on stdout: {"error": ..., "code": ...}
+    (the one line stays on stderr)."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except ResidencyError as exc:
+        except Exception as exc:
+            if bool(ctx.find_root().params.get("debug")) or not ctx.params.get("as_json"):
+                raise
+            err = exc if isinstance(exc, ResidencyError) else _library_error(exc)
+            if err is None:
+                raise
+            body: dict[str, Any] = {"error": _error_line(err) if not isinstance(err, CatalogueError) else err.problems[0],
+                                    "code": err.exit_code}
+            if isinstance(err, CatalogueError):
+                body["problems"] = err.problems
+            click.echo(json.dumps(body, ensure_ascii=False))
+            if isinstance(err, CatalogueError):
+                for p in err.problems:
+                    click.echo(p, err=True)
+            else:
+                click.echo(f"error: {body['error']}", err=True)  # the one line on stderr as well
+            ctx.exit(err.exit_code)
+
+
+class ResidencyGroup(click.Group):
+    """A click group that turns library errors into one line and an exit code."""
+
+    command_class = ResidencyCommand
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except Exception as exc:
             debug = bool(ctx.find_root().params.get("debug"))
             if debug:
                 raise
-            if isinstance(exc, CatalogueError):
-                for p in exc.problems:
+            err = exc if isinstance(exc, ResidencyError) else _library_error(exc)
+            if err is None:
+                raise
+            if isinstance(err, CatalogueError):
+                for p in err.problems:
                     click.echo(p, err=True)
-                n = len(exc.problems)
+                n = len(err.problems)
                 click.echo(f"{n} problem{'s' if n != 1 else ''} found", err=True)
-                ctx.exit(exc.exit_code)
-            click.echo(f"error: {exc}", err=True)
-            ctx.exit(exc.exit_code)
+                ctx.exit(err.exit_code)
+            click.echo(f"error: {_error_line(err)}", err=True)
+            ctx.exit(err.exit_code)
+
+
+ResidencyGroup.group_class = ResidencyGroup
+
+
+def _setup_logging(debug: bool) -> None:
+    """Library log lines on stderr, one line each and redacted; DEBUG ones only with --debug."""
+    import logging
+
+    from residency.redaction import RedactingFilter
+
+    root = logging.getLogger("residency")
+    for h in list(root.handlers):
+        if getattr(h, "_residency_cli", False):
+            root.removeHandler(h)
+
+    class _Stderr(logging.Handler):
+        _residency_cli = True
+
+        def emit(self, record: logging.LogRecord) -> None:
+            try:
+                click.echo(f"{record.levelname.lower()}: {self.format(record)}", err=True)
+            except Exception:  # noqa: BLE001 - logging never breaks a command
+                pass
+
+    h = _Stderr()
+    h.addFilter(RedactingFilter())
+    h.setFormatter(logging.Formatter("%(message)s"))
+    for name in ("residency", "migrate", "stacks"):
+        lg = logging.getLogger(name)
+        lg.handlers = [x for x in lg.handlers if not getattr(x, "_residency_cli", False)]
+        lg.addHandler(h)
+        lg.setLevel(logging.DEBUG if debug else logging.WARNING)
+        lg.propagate = False
 
 
 # --------------------------------------------------------------------------- root
@@ -129,6 +216,7 @@ def main(ctx: click.Context, regions_path: str, debug: bool) -> None:
     sandbox; `residency regions list` shows what is defined.
     """
     ctx.obj = Context(regions_path, debug)
+    _setup_logging(debug)
 
 
 # --------------------------------------------------------------------------- regions
@@ -578,6 +666,14 @@ class _ProgressPrinter:
             click.echo(line, err=True)
 
 
+def _input_first(c: Context, workspace: str, *regions: str) -> str:
+    """Bad input before any connection is needed: the regions named, and the workspace id
+    parsed by the root key's type (regions.yaml's workspace.key_type). Returns the parsed id."""
+    for r in regions:
+        c.catalogue.region(r)
+    return c.catalogue.workspace.parse_id(workspace)
+
+
 def _parse_grace(text: str) -> Any:
     import re
     from datetime import timedelta
@@ -609,15 +705,17 @@ def move() -> None:
 def move_plan(c: Context, workspace: str, target: str, strategy: str, as_json: bool) -> None:
     """Show what a move would do, or every reason it must not (exit 1 if refused). Changes nothing."""
     from migrate import plan_move
+    from migrate.mover import unknown_workspace
     from migrate.plan import render
 
+    workspace = _input_first(c, workspace, target)
     p = plan_move(c.catalogue, _conns(c), workspace, target, strategy)
     if as_json:
         emit_json(p.to_dict())
     else:
         click.echo(render(p))
     if not p.ok:
-        sys.exit(1)
+        sys.exit(2 if unknown_workspace(p) else 1)
 
 
 @move.command("start")
@@ -635,16 +733,18 @@ def move_start(c: Context, workspace: str, target: str, strategy: str, yes: bool
     """Plan, fence, copy, verify and cut over a workspace (cleanup comes later, after a grace period)."""
     from migrate import move_report, plan_move, start_move
     from migrate.plan import render
+    from migrate.mover import unknown_workspace
     from migrate.report import render as render_report
 
+    workspace = _input_first(c, workspace, target)
+    if not yes and not sys.stdin.isatty():
+        raise InputError("move start needs --yes when not run from a terminal")
     conns = _conns(c)
     if not yes:
-        if not sys.stdin.isatty():
-            raise InputError("move start needs --yes when not run from a terminal")
         p = plan_move(c.catalogue, conns, workspace, target, strategy)
         click.echo(render(p))
         if not p.ok:
-            sys.exit(1)
+            sys.exit(2 if unknown_workspace(p) else 1)
         click.confirm(f"move workspace {workspace} from {p.source} to {target}? Writes to it are refused until cut-over", abort=True)
     from migrate import MoveRefused
 
@@ -747,14 +847,24 @@ def move_rollback(c: Context, move_id: int) -> None:
 @move.command("cleanup")
 @click.argument("move_id", type=int)
 @click.option("--grace", default="7d", show_default=True, help="Keep the source copy this long after cut-over (e.g. 7d, 12h, 0).")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation (required without a terminal).")
 @click.option("--json", "as_json", is_flag=True, help="Print the deletion record as JSON.")
 @pass_ctx
-def move_cleanup(c: Context, move_id: int, grace: str, as_json: bool) -> None:
+def move_cleanup(c: Context, move_id: int, grace: str, yes: bool, as_json: bool) -> None:
     """After the grace period: delete the source copy and record what was deleted."""
     from migrate import cleanup_move, move_report
 
+    grace_td = _parse_grace(grace)
+    if not yes and not sys.stdin.isatty():
+        raise InputError("move cleanup deletes the source copy: it needs --yes when not run from a terminal")
     conns = _conns(c)
-    rec = cleanup_move(c.catalogue, conns, move_id, grace=_parse_grace(grace), progress=_ProgressPrinter(as_json))
+    if not yes:
+        from migrate import move_status
+
+        m = move_status(conns, move_id)[0]
+        click.confirm(f"delete workspace {m.workspace_id}'s source copy in {m.source} (move {m.id}, {m.source} → {m.target})?"
+                      " This cannot be undone", abort=True)
+    rec = cleanup_move(c.catalogue, conns, move_id, grace=grace_td, progress=_ProgressPrinter(as_json))
     d = move_report(conns, rec.id)["deletion"] or {}
     if as_json:
         emit_json(d)
@@ -812,6 +922,7 @@ def verify_cmd(c: Context, workspace: str, between: tuple[str, str], as_json: bo
     from migrate import verify_workspace
 
     a, b = between
+    workspace = _input_first(c, workspace, a, b)
     res = verify_workspace(c.catalogue, _conns(c), workspace, a, b)
     if as_json:
         emit_json(res.to_dict())
@@ -906,6 +1017,13 @@ def _notifier(conns: Any) -> Any:
     return Notifier.from_config(conns.control_dsn)
 
 
+def _by(role: str | None, annotation: str | None) -> str:
+    """Who did it: the person it says it is ($RESIDENCY_ACTOR), then the authenticated role."""
+    if not role:
+        return ""
+    return f"{annotation} (role {role})" if annotation else role
+
+
 def _request_row(r: Any) -> tuple[Any, ...]:
     return (r.id, r.workspace_id, f"{r.source} → {r.target}", str(r.window), r.state, r.requested_by,
             r.approved_by or "", r.move_id or "", (r.state_reason or "")[:70])
@@ -941,6 +1059,7 @@ def request_create(c: Context, workspace: str, target: str, window: str, request
     """Ask for a workspace to move; checked against policy and the plan now (exit 1 if refused)."""
     from residency import requests as rq
 
+    workspace = _input_first(c, workspace, target)
     conns, conn = _control(c)
     n = _notifier(conns)
     with conn:
@@ -999,8 +1118,8 @@ def request_show(c: Context, request_id: str, as_json: bool) -> None:
         f"window        {r.window}",
         f"state         {r.state}" + (f": {r.state_reason}" if r.state_reason else ""),
         f"requested by  {r.requested_by}" + (f": {r.reason}" if r.reason else ""),
-        f"recorded by   {r.created_by} at {r.created_at:%Y-%m-%d %H:%M:%S %Z}",
-        f"approved by   {r.approved_by or '-'}" + (f" at {r.approved_at:%Y-%m-%d %H:%M:%S %Z}" if r.approved_at else ""),
+        f"recorded by   {_by(r.created_by, r.created_for)} at {r.created_at:%Y-%m-%d %H:%M:%S %Z}",
+        f"approved by   {_by(r.approved_by, r.approved_for) or '-'}" + (f" at {r.approved_at:%Y-%m-%d %H:%M:%S %Z}" if r.approved_at else ""),
     ]
     if est:
         lines.append(f"estimate      {rq.format_duration(est.get('seconds', 0))} ({est.get('rows', 0):,} rows,"
@@ -1028,7 +1147,7 @@ def request_approve(c: Context, request_id: str, as_json: bool) -> None:
     with conn:
         r = rq.approve(conn, c.catalogue, request_id, notifier=n)
     n.flush(5)
-    emit_json(_request_json(r)) if as_json else click.echo(f"request {r.id} approved by {r.approved_by}: runs in {r.window}")
+    emit_json(_request_json(r)) if as_json else click.echo(f"request {r.id} approved by {_by(r.approved_by, r.approved_for)}: runs in {r.window}")
 
 
 @request.command("cancel")
@@ -1272,6 +1391,79 @@ def regions_ids(c: Context, do_apply: bool, as_json: bool) -> None:
 
 
 # --------------------------------------------------------------------------- end of regions with their own tenants (issue 16)
+# --------------------------------------------------------------------------- control plane and roles (issue 15)
+
+
+@main.group(cls=ResidencyGroup)
+def controlplane() -> None:
+    """The control-plane database: its schema and the roles that may act on it."""
+
+
+def _controlplane_roles(c: Context, logins: tuple[str, ...], as_json: bool, what: str) -> None:
+    from residency import authz
+    from residency.errors import OperationError
+    from residency.controlplane import ensure_roles
+    from residency.db import connect
+
+    pairs: dict[str, str] = {}
+    for spec in logins:
+        name, _, role = spec.partition("=")
+        role = role if role.startswith("residency_") else f"residency_{role}"
+        if not name or role not in authz.ROLES:
+            raise InputError(f"--login '{spec}': give NAME=ROLE with ROLE one of {', '.join(r.removeprefix('residency_') for r in authz.ROLES)}")
+        pairs[name] = role
+    with connect(c.connections.control_dsn) as conn:
+        ident = authz.require(conn, authz.ADMIN, what)
+        try:
+            roles = ensure_roles(conn, logins=pairs)
+        except Exception as exc:
+            import psycopg
+
+            if isinstance(exc, (psycopg.errors.InsufficientPrivilege, psycopg.errors.InvalidGrantOperation)):
+                raise OperationError(f"{what} needs the owner of the control-plane schema with CREATEROLE (a superuser,"
+                                     f" or the role that created it); {ident.role} is neither") from None
+            raise
+    if as_json:
+        emit_json({"roles": roles, "logins": pairs})
+        return
+    click.echo(f"control plane ready: roles {', '.join(roles)}" + (f"; logins {', '.join(f'{k} ({v})' for k, v in pairs.items())}" if pairs else ""))
+
+
+@controlplane.command("init")
+@click.option("--login", "logins", multiple=True, metavar="NAME=ROLE", help="Also create a login holding ROLE (repeatable).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pass_ctx
+def controlplane_init(c: Context, logins: tuple[str, ...], as_json: bool) -> None:
+    """Create the control-plane schema and the four roles with their grants (admin; idempotent)."""
+    _controlplane_roles(c, logins, as_json, "initialising the control plane")
+
+
+@controlplane.command("roles")
+@click.option("--login", "logins", multiple=True, metavar="NAME=ROLE", help="Also create a login holding ROLE (repeatable).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pass_ctx
+def controlplane_roles(c: Context, logins: tuple[str, ...], as_json: bool) -> None:
+    """Create (or refresh) residency_requester, _approver, _operator and _admin and their grants."""
+    _controlplane_roles(c, logins, as_json, "creating the control-plane roles")
+
+
+@controlplane.command("whoami")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pass_ctx
+def controlplane_whoami(c: Context, as_json: bool) -> None:
+    """The role you are authenticated as in the control plane, and the residency roles it holds."""
+    from residency import authz
+    from residency.db import connect
+
+    with connect(c.connections.control_dsn, autocommit=True) as conn:
+        ident = authz.identity(conn)
+    if as_json:
+        emit_json({"role": ident.role, "superuser": ident.superuser, "admin": ident.admin, "roles": sorted(ident.member_of)})
+        return
+    click.echo(f"{ident.role}: " + (", ".join(sorted(ident.member_of)) or "no residency role") + (" (superuser)" if ident.superuser else ""))
+
+
+# --------------------------------------------------------------------------- end of control plane and roles (issue 15)
 
 
 if __name__ == "__main__":  # pragma: no cover

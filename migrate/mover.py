@@ -11,7 +11,7 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
-from residency import anchor, audit, db, directory, moves
+from residency import anchor, audit, authz, db, directory, moves
 from residency.audit import Actor
 from residency.catalogue import Catalogue
 from residency.connections import Connections
@@ -42,6 +42,17 @@ class MoveRefused(OperationError):
             super().__init__(f"move refused: {self.refusals[0]}")
         else:
             super().__init__(f"move refused ({len(self.refusals)} refusals):\n" + "\n".join(f"  - {r}" for r in self.refusals))
+
+
+class UnknownWorkspace(MoveRefused, InputError):
+    """A move of a workspace that does not exist: bad input (exit 2), nothing changed."""
+
+    exit_code = 2
+
+
+def unknown_workspace(plan: MovePlan) -> str | None:
+    """The refusal saying the workspace does not exist (bad input, exit 2), if the plan has one."""
+    return next((r for r in plan.refusals if r.startswith("unknown workspace ")), None)
 
 
 def _one_line(exc: BaseException) -> str:
@@ -114,7 +125,10 @@ def start_move(
     """Plan, record and run a move through cut-over (or until ``stop_after`` state is reached).
     Raises :class:`MoveRefused` (nothing changed) if the plan refuses."""
     actor = actor or Actor.current()
+    authz.require_dsn(conns.control_dsn, authz.OPERATOR, "starting a move")
     plan = plan_move(cat, conns, workspace_id, target, strategy)
+    if unknown_workspace(plan):
+        raise UnknownWorkspace(plan)
     if not plan.ok:
         raise MoveRefused(plan)
     assert plan.source is not None
@@ -125,7 +139,7 @@ def start_move(
                 directory.set_status(cp, plan.workspace_id, "moving", expect=("active",))
             except OperationError as exc:
                 raise OperationError(f"move refused: {exc}") from None
-            rec = moves.create(cp, plan.workspace_id, plan.source, target, strategy, plan.to_dict(), actor.who)
+            rec = moves.create(cp, plan.workspace_id, plan.source, target, strategy, plan.to_dict(), authz.identity(cp).role)
             audit.append(cp, "move.planned", subject(rec), details(rec, rows=plan.total_rows, bytes=plan.total_bytes, objects=plan.object_count,
                                                                         plan_sha256=section_hash(plan.to_dict())), actor)
     faults.point("planned")
@@ -151,6 +165,7 @@ def resume_move(
 ) -> MoveRecord:
     """Continue a move from its last recorded state (after a crash, a kill, or a failure)."""
     actor = actor or Actor.current()
+    authz.require_dsn(conns.control_dsn, authz.OPERATOR, "resuming a move")
     rec = _get(conns, move_id)
     if rec.state in ("cleaned", "rolled_back"):
         raise OperationError(f"move {move_id} is {rec.state}; nothing to resume")
@@ -182,6 +197,7 @@ def resume_move(
 def rollback_move(cat: Catalogue, conns: Connections, move_id: int, *, actor: Actor | None = None, progress: ProgressFn | None = None) -> MoveRecord:
     """Before cut-over: remove the target copy and lift the fence. After: refuse, and say how to move back."""
     actor = actor or Actor.current()
+    authz.require_dsn(conns.control_dsn, authz.OPERATOR, "rolling back a move")
     rec = _get(conns, move_id)
     if rec.state == "rolled_back":
         return rec
@@ -214,6 +230,7 @@ def cleanup_move(
 ) -> MoveRecord:
     """After the grace period: delete the source copy and record the deletion in the report."""
     actor = actor or Actor.current()
+    authz.require_dsn(conns.control_dsn, authz.OPERATOR, "cleaning up a move")
     rec = _get(conns, move_id)
     if rec.state == "cleaned":
         return rec
@@ -270,6 +287,7 @@ def move_report(conns: Connections, move_id: int) -> dict[str, Any]:
 
 def verify_workspace(cat: Catalogue, conns: Connections, workspace_id: object, a: str, b: str, *, objects_too: bool = True) -> VerifyResult:
     """Compare a workspace's rows (and objects) in regions ``a`` and ``b``."""
+    workspace_id = cat.workspace.parse_id(workspace_id)  # bad input before any connection
     cat.region(a)
     cat.region(b)
     ctx = make_context(cat, conns, workspace_id, a, b)

@@ -113,7 +113,7 @@ class MovePlan:
 def plan_move(cat: Catalogue, conns: Connections, workspace_id: object, target: str, strategy: str = "snapshot") -> MovePlan:
     """Everything a move would do, or every reason it must not; changes nothing."""
     t0 = time.monotonic()
-    ws = str(workspace_id)
+    ws = cat.workspace.parse_id(workspace_id)  # bad input before any connection
     from .strategy import get as get_strategy
 
     if strategy != "auto":  # auto: chosen by size (migrate.online.plan_strategy)

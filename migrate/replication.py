@@ -197,9 +197,76 @@ def create_publication(conn: psycopg.Connection[Any], b: Builder, move_id: int, 
     conn.execute(b.publication_create(name, row_filtered(b.graph), workspace_id))
 
 
+# The server settings that could copy a statement's text (and so a CONNECTION string's password)
+# into the target server's log: every statement, a slow one, a failing one, or its error message.
+_QUIET_LOGGING = (("log_statement", "none"), ("log_min_duration_statement", "-1"),
+                  ("log_min_error_statement", "panic"), ("log_min_messages", "panic"))
+
+
+def check_conninfo(conninfo: str) -> None:
+    """A connection string the target server will be handed, parsed here first: a malformed one
+    is one redacted line (exit 2), never sent to a server that would echo it into its log."""
+    from psycopg.conninfo import conninfo_to_dict
+
+    from residency.errors import InputError
+    from residency.redaction import redact, register_dsn
+
+    register_dsn(conninfo)
+    try:
+        conninfo_to_dict(conninfo)
+    except psycopg.Error as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise InputError(f"the replication connection string {redact(conninfo)} is not valid: {redact(first)}") from None
+
+
+def has_password(conninfo: str) -> bool:
+    from residency.redaction import redact
+
+    return redact(conninfo) != conninfo
+
+
+def quiet_statement_logging(conn: psycopg.Connection[Any], conninfo: str) -> list[str]:
+    """Turn statement logging off for the statement that carries ``conninfo`` (``SET LOCAL`` in a
+    transaction, ``SET`` for an autocommit session: undo with :func:`restore_statement_logging`).
+
+    Needs superuser or, on PostgreSQL 15+, ``GRANT SET ON PARAMETER ...`` for each setting. A role
+    without it is refused when the string carries a password (nothing is sent); a string without
+    one (the password in the target server's passfile) needs no quieting. Returns what was set."""
+    scope = "SESSION" if conn.autocommit else "LOCAL"
+    done: list[str] = []
+    for name, value in _QUIET_LOGGING:
+        try:
+            with conn.transaction():  # a savepoint (or a transaction), so a refusal leaves conn usable
+                conn.execute(sql.SQL("SET {} {} = {}").format(sql.SQL(scope), sql.Identifier(name), sql.Literal(value)))
+            done.append(name)
+        except psycopg.errors.InsufficientPrivilege:
+            if has_password(conninfo):
+                restore_statement_logging(conn, done)
+                role = conn.execute("SELECT current_user").fetchone()[0]
+                raise OperationError(
+                    f"the replication connection string carries a password and role {role} may not turn off {name} on the"
+                    f" target server, so the password could reach its log: GRANT SET ON PARAMETER"
+                    f" {', '.join(n for n, _ in _QUIET_LOGGING)} TO {role}, or put the password in the target server's"
+                    f" passfile and leave it out of {SOURCE_DSN_ENV.format(region='<SOURCE REGION>')}"
+                ) from None
+    return done
+
+
+def restore_statement_logging(conn: psycopg.Connection[Any], names: list[str]) -> None:
+    if conn.autocommit:
+        for name in names:
+            conn.execute(sql.SQL("RESET {}").format(sql.Identifier(name)))
+
+
 def create_subscription(conn: psycopg.Connection[Any], b: Builder, move_id: int, conninfo: str) -> int:
     name = name_for(move_id)
-    conn.execute(b.subscription_create(name, conninfo, name, name))
+    check_conninfo(conninfo)
+    quieted = quiet_statement_logging(conn, conninfo)
+    try:
+        conn.execute(b.subscription_create(name, conninfo, name, name))
+    finally:
+        if not conn.closed and conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
+            restore_statement_logging(conn, quieted)
     oid = subscription_oid(conn, move_id)
     assert oid is not None
     return oid
@@ -527,15 +594,17 @@ def preconditions(src_dsn: str, dst_dsn: str, conninfo: str, g: Graph, b: Builde
     if tsup:
         probe = f"residency_probe_{os.getpid()}"
         try:
+            check_conninfo(conninfo)
             with db.connect(dst_dsn, autocommit=False) as t2:
                 try:
                     t2.execute("SET LOCAL statement_timeout = '20s'")
+                    quiet_statement_logging(t2, conninfo)  # SET LOCAL: ends with the rolled-back transaction
                     t2.execute(Builder.subscription_probe(probe, conninfo))
                     out.append(Precondition("connectivity from target to source", True, "the target server reached the source"))
                 finally:
                     t2.rollback()
-        except psycopg.Error as exc:
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        except (psycopg.Error, OperationError) as exc:
+            first = redact((str(exc).strip().splitlines() or [type(exc).__name__])[0])
             out.append(Precondition("connectivity from target to source", False,
                                     f"the target server cannot open a replication connection to {redact(conninfo)}: {first}",
                                     "open the network path from the target's database server to the source's, allow a replication"

@@ -157,12 +157,20 @@ class WorkspaceSpec:
     owned_through: Mapping[str, OwnedSpec] = field(default_factory=lambda: MappingProxyType({}))
     natural_keys: Mapping[str, tuple[str, ...]] = field(default_factory=lambda: MappingProxyType({}))
     shared_rows: Mapping[str, SharedRowsSpec] = field(default_factory=lambda: MappingProxyType({}))
+    key_type: str = "text"
+    """The type of the root table's key (``workspace.key_type``), by which ids are parsed."""
 
     def prefix_for(self, workspace_id: object) -> str:
         """The workspace's object layout (residency.objectkeys.ObjectPrefix: a str, plus a key matcher)."""
         from .objectkeys import ObjectPrefix
 
         return ObjectPrefix(self.object_prefix, workspace_id)
+
+    def parse_id(self, workspace_id: object) -> str:
+        """A user's workspace id, parsed by the root key's type (InputError if it can't be one)."""
+        from .workspace_ids import parse
+
+        return parse(workspace_id, self.key_type)
 
 
 @dataclass(frozen=True)
@@ -196,6 +204,8 @@ def default_path() -> str:
 
 def load(path: str | os.PathLike[str] | None = None) -> Catalogue:
     """Load and validate a regions file (default: ``$RESIDENCY_REGIONS`` or ``./regions.yaml``)."""
+    from .files import read_bytes
+
     p = Path(path if path is not None else default_path())
     shown = str(path if path is not None else default_path())
     try:
@@ -210,7 +220,8 @@ def load(path: str | os.PathLike[str] | None = None) -> Catalogue:
         raise CatalogueError(
             [f"{shown}:1:1: file is {size / 1048576:.1f} MiB; a regions file is at most 1 MiB"]
         )
-    raw = p.read_bytes()
+    # regular files only (a FIFO or /dev/zero is refused), and never more than MAX_BYTES read
+    raw = read_bytes(p, max_bytes=MAX_BYTES, what="regions file", shown=shown)
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -543,13 +554,17 @@ class _Validator:
         where = "workspace"
         m = self.mapping(
             node, where, mark, ("root_table", "key_column", "object_prefix"),
-            ("global_tables", "paths", "tenant_objects", "shared_key_values", "references", "owned_through", "natural_keys", "shared_rows"),
+            ("global_tables", "paths", "key_type", "tenant_objects", "shared_key_values", "references", "owned_through", "natural_keys", "shared_rows"),
         )
         if m is None:
             return None
         root = self.scalar(m, "root_table", where, str, check=_ident_problem)
         key = self.scalar(m, "key_column", where, str, check=_ident_problem)
         prefix = self.scalar(m, "object_prefix", where, str, check=_prefix_problem)
+        from .workspace_ids import KEY_TYPES, normalise_type
+
+        key_type = self.scalar(m, "key_type", where, str, default="text",
+                               check=lambda v: None if normalise_type(v) else f"key_type '{v}' is not one of {', '.join(KEY_TYPES)}")
         glob = self.str_list(m, "global_tables", where, check=_ident_problem, default=())
         if glob is not None and root in glob:
             gnode = m.items["global_tables"]
@@ -595,7 +610,7 @@ class _Validator:
             root, key, glob, MappingProxyType(paths), prefix, tenant_objects,  # type: ignore[arg-type]
             shared_key_values=extra.shared_values, references=tuple(extra.references),
             owned_through=MappingProxyType(extra.owned), natural_keys=MappingProxyType(extra.natural),
-            shared_rows=MappingProxyType(extra.shared_rows),
+            shared_rows=MappingProxyType(extra.shared_rows), key_type=normalise_type(key_type) or "text",
         )
 
     def tenant_objects(self, m: Map) -> Mapping[str, tuple[str, ...]] | None:
@@ -892,6 +907,7 @@ _KEY_HINTS = {
     "root_table": " (the table with one row per workspace, such as workspaces)",
     "key_column": " (the column that holds the workspace id, such as workspace_id)",
     "object_prefix": " (such as 'workspaces/{workspace_id}/')",
+    "key_type": " (the type of the root table's key: text, bigint, integer, smallint or uuid)",
     "column": " (the column that points at the parent row)",
 }
 

@@ -547,6 +547,9 @@ def run_workers(
         raise InputError("--concurrency must be at least 1")
     with connect(conns.control_dsn) as c:
         ensure_schema(c)
+        from . import authz
+
+        authz.require(c, authz.OPERATOR, "running the worker")
     base = worker_id or default_worker_id()
     stop = stop or threading.Event()
     results: list[list[Outcome]] = [[] for _ in range(concurrency)]

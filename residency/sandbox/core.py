@@ -354,6 +354,8 @@ def _provision(state: dict[str, Any], numbers: dict[str, int], say: Progress) ->
         for db in (CONTROL_TEMPLATE, CONTROL_DB):
             with psycopg.connect(srv.dsn(db)) as c:
                 controlplane.ensure_schema(c)
+                # one login per role (sandbox_requester, ...), so authorization is exercised for real
+                controlplane.ensure_roles(c, logins=controlplane.SANDBOX_LOGINS)
 
     jobs = [(state["control"], CONTROL_TEMPLATE, CONTROL_DB, controlplane.ensure_schema)]
     jobs += [(e, APP_TEMPLATE, APP_DB, region_fill(name, numbers[name])) for name, e in state["regions"].items()]
