@@ -65,7 +65,9 @@ def _jsonable(value: Any) -> Any:
 
 
 def emit_json(data: Any) -> None:
-    click.echo(json.dumps(_jsonable(data), indent=2, sort_keys=False, ensure_ascii=False))
+    from residency.redaction import redact_obj
+
+    click.echo(json.dumps(redact_obj(_jsonable(data)), indent=2, sort_keys=False, ensure_ascii=False))
 
 
 def table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
@@ -86,24 +88,109 @@ def fail(message: str, code: int = 1) -> None:
     sys.exit(code)
 
 
-class ResidencyGroup(click.Group):
-    """A click group that turns library errors into one line and an exit code."""
+def _error_line(exc: BaseException) -> str:
+    """One line, redacted: what every error the CLI reports looks like."""
+    from residency.redaction import redact
+
+    lines = [ln.strip() for ln in str(exc).strip().splitlines() if ln.strip()]
+    return redact("; ".join(lines) if lines else type(exc).__name__)
+
+
+def _library_error(exc: Exception) -> ResidencyError | None:
+    """A database error that escaped the library, as one line: bad data in it (SQLSTATE class 22,
+    e.g. an id the key's type refuses) is bad input, anything else a failed operation."""
+    import psycopg
+
+    if not isinstance(exc, psycopg.Error):
+        return None
+    state = getattr(exc, "sqlstate", None) or ""
+    cls = InputError if state.startswith("22") else ResidencyError
+    return cls(f"database: {_error_line(exc)}")
+
+
+class ResidencyCommand(click.Command):
+    """A command whose errors, with ``--json``, are also JSON on stdout: {"error": ..., "code": ...}
+    (the one line stays on stderr)."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except ResidencyError as exc:
+        except Exception as exc:
+            if bool(ctx.find_root().params.get("debug")) or not ctx.params.get("as_json"):
+                raise
+            err = exc if isinstance(exc, ResidencyError) else _library_error(exc)
+            if err is None:
+                raise
+            body: dict[str, Any] = {"error": _error_line(err) if not isinstance(err, CatalogueError) else err.problems[0],
+                                    "code": err.exit_code}
+            if isinstance(err, CatalogueError):
+                body["problems"] = err.problems
+            click.echo(json.dumps(body, ensure_ascii=False))
+            if isinstance(err, CatalogueError):
+                for p in err.problems:
+                    click.echo(p, err=True)
+            else:
+                click.echo(f"error: {body['error']}", err=True)  # the one line on stderr as well
+            ctx.exit(err.exit_code)
+
+
+class ResidencyGroup(click.Group):
+    """A click group that turns library errors into one line and an exit code."""
+
+    command_class = ResidencyCommand
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except Exception as exc:
             debug = bool(ctx.find_root().params.get("debug"))
             if debug:
                 raise
-            if isinstance(exc, CatalogueError):
-                for p in exc.problems:
+            err = exc if isinstance(exc, ResidencyError) else _library_error(exc)
+            if err is None:
+                raise
+            if isinstance(err, CatalogueError):
+                for p in err.problems:
                     click.echo(p, err=True)
-                n = len(exc.problems)
+                n = len(err.problems)
                 click.echo(f"{n} problem{'s' if n != 1 else ''} found", err=True)
-                ctx.exit(exc.exit_code)
-            click.echo(f"error: {exc}", err=True)
-            ctx.exit(exc.exit_code)
+                ctx.exit(err.exit_code)
+            click.echo(f"error: {_error_line(err)}", err=True)
+            ctx.exit(err.exit_code)
+
+
+ResidencyGroup.group_class = ResidencyGroup
+
+
+def _setup_logging(debug: bool) -> None:
+    """Library log lines on stderr, one line each and redacted; DEBUG ones only with --debug."""
+    import logging
+
+    from residency.redaction import RedactingFilter
+
+    root = logging.getLogger("residency")
+    for h in list(root.handlers):
+        if getattr(h, "_residency_cli", False):
+            root.removeHandler(h)
+
+    class _Stderr(logging.Handler):
+        _residency_cli = True
+
+        def emit(self, record: logging.LogRecord) -> None:
+            try:
+                click.echo(f"{record.levelname.lower()}: {self.format(record)}", err=True)
+            except Exception:  # noqa: BLE001 - logging never breaks a command
+                pass
+
+    h = _Stderr()
+    h.addFilter(RedactingFilter())
+    h.setFormatter(logging.Formatter("%(message)s"))
+    for name in ("residency", "migrate", "stacks"):
+        lg = logging.getLogger(name)
+        lg.handlers = [x for x in lg.handlers if not getattr(x, "_residency_cli", False)]
+        lg.addHandler(h)
+        lg.setLevel(logging.DEBUG if debug else logging.WARNING)
+        lg.propagate = False
 
 
 # --------------------------------------------------------------------------- root
@@ -129,6 +216,7 @@ def main(ctx: click.Context, regions_path: str, debug: bool) -> None:
     sandbox; `residency regions list` shows what is defined.
     """
     ctx.obj = Context(regions_path, debug)
+    _setup_logging(debug)
 
 
 # --------------------------------------------------------------------------- regions
@@ -578,6 +666,14 @@ class _ProgressPrinter:
             click.echo(line, err=True)
 
 
+def _input_first(c: Context, workspace: str, *regions: str) -> str:
+    """Bad input before any connection is needed: the regions named, and the workspace id
+    parsed by the root key's type (regions.yaml's workspace.key_type). Returns the parsed id."""
+    for r in regions:
+        c.catalogue.region(r)
+    return c.catalogue.workspace.parse_id(workspace)
+
+
 def _parse_grace(text: str) -> Any:
     import re
     from datetime import timedelta
@@ -609,15 +705,17 @@ def move() -> None:
 def move_plan(c: Context, workspace: str, target: str, strategy: str, as_json: bool) -> None:
     """Show what a move would do, or every reason it must not (exit 1 if refused). Changes nothing."""
     from migrate import plan_move
+    from migrate.mover import unknown_workspace
     from migrate.plan import render
 
+    workspace = _input_first(c, workspace, target)
     p = plan_move(c.catalogue, _conns(c), workspace, target, strategy)
     if as_json:
         emit_json(p.to_dict())
     else:
         click.echo(render(p))
     if not p.ok:
-        sys.exit(1)
+        sys.exit(2 if unknown_workspace(p) else 1)
 
 
 @move.command("start")
@@ -627,23 +725,37 @@ def move_plan(c: Context, workspace: str, target: str, strategy: str, as_json: b
               help="online: logical replication, writable until a short fence; snapshot: fenced for the whole copy; auto: by size.")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation (required without a terminal).")
 @click.option("--json", "as_json", is_flag=True, help="Print the final report as JSON.")
+@click.option("--jobs", type=click.IntRange(min=1), default=None, help="Parallel copy streams (default: min(4, CPUs)).")
+@click.option("--chunk-rows", type=click.IntRange(min=1), default=None, help="Tables above this many rows copy in key-range chunks (default 250000).")
+@click.option("--rows-per-second", type=click.FloatRange(min=1), default=None, help="Limit this move's copy rate (default: none).")
 @pass_ctx
-def move_start(c: Context, workspace: str, target: str, strategy: str, yes: bool, as_json: bool) -> None:
+def move_start(c: Context, workspace: str, target: str, strategy: str, yes: bool, as_json: bool, jobs: int | None = None, chunk_rows: int | None = None, rows_per_second: float | None = None) -> None:
     """Plan, fence, copy, verify and cut over a workspace (cleanup comes later, after a grace period)."""
     from migrate import move_report, plan_move, start_move
     from migrate.plan import render
+    from migrate.mover import unknown_workspace
     from migrate.report import render as render_report
 
+    workspace = _input_first(c, workspace, target)
+    if not yes and not sys.stdin.isatty():
+        raise InputError("move start needs --yes when not run from a terminal")
     conns = _conns(c)
     if not yes:
-        if not sys.stdin.isatty():
-            raise InputError("move start needs --yes when not run from a terminal")
         p = plan_move(c.catalogue, conns, workspace, target, strategy)
         click.echo(render(p))
         if not p.ok:
-            sys.exit(1)
+            sys.exit(2 if unknown_workspace(p) else 1)
         click.confirm(f"move workspace {workspace} from {p.source} to {target}? Writes to it are refused until cut-over", abort=True)
-    rec = start_move(c.catalogue, conns, workspace, target, strategy=strategy, progress=_ProgressPrinter(as_json))
+    from migrate import MoveRefused
+
+    try:
+        rec = start_move(c.catalogue, conns, workspace, target, strategy=strategy, progress=_ProgressPrinter(as_json),
+                         copy_options=_copy_options(jobs, chunk_rows, rows_per_second))
+    except MoveRefused as exc:
+        if not as_json:
+            raise  # one refusal per line (MoveRefused's message)
+        emit_json({"ok": False, "refused": True, "refusals": exc.refusals, "plan": exc.plan.to_dict()})
+        sys.exit(exc.exit_code)
     rep = move_report(conns, rec.id)
     emit_json(rep) if as_json else click.echo(render_report(rep))
 
@@ -691,16 +803,34 @@ def _show_replication_leftovers(c: Context, only: Any) -> None:
 @move.command("resume")
 @click.argument("move_id", type=int)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.option("--jobs", type=click.IntRange(min=1), default=None, help="Parallel copy streams (default: min(4, CPUs)).")
+@click.option("--chunk-rows", type=click.IntRange(min=1), default=None, help="Chunk size for tables not yet cut (default 250000).")
+@click.option("--rows-per-second", type=click.FloatRange(min=1), default=None, help="Limit this move's copy rate (default: none).")
 @pass_ctx
-def move_resume(c: Context, move_id: int, as_json: bool) -> None:
+def move_resume(c: Context, move_id: int, as_json: bool, jobs: int | None = None, chunk_rows: int | None = None, rows_per_second: float | None = None) -> None:
     """Continue a move from its last recorded state (after a crash or a failure)."""
     from migrate import move_report, resume_move
     from migrate.report import render as render_report
 
     conns = _conns(c)
-    rec = resume_move(c.catalogue, conns, move_id, progress=_ProgressPrinter(as_json))
+    rec = resume_move(c.catalogue, conns, move_id, progress=_ProgressPrinter(as_json),
+                      copy_options=_copy_options(jobs, chunk_rows, rows_per_second))
     rep = move_report(conns, rec.id)
     emit_json(rep) if as_json else click.echo(render_report(rep))
+
+
+def _copy_options(jobs: int | None, chunk_rows: int | None, rows_per_second: float | None) -> Any:
+    """The copy's options: flags over $RESIDENCY_COPY_* over the defaults (migrate.chunks)."""
+    from migrate.chunks import CopyOptions
+
+    o = CopyOptions()
+    if jobs is not None:
+        o.jobs = jobs
+    if chunk_rows is not None:
+        o.chunk_rows = chunk_rows
+    if rows_per_second is not None:
+        o.rows_per_second = rows_per_second
+    return o
 
 
 @move.command("rollback")
@@ -717,14 +847,24 @@ def move_rollback(c: Context, move_id: int) -> None:
 @move.command("cleanup")
 @click.argument("move_id", type=int)
 @click.option("--grace", default="7d", show_default=True, help="Keep the source copy this long after cut-over (e.g. 7d, 12h, 0).")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation (required without a terminal).")
 @click.option("--json", "as_json", is_flag=True, help="Print the deletion record as JSON.")
 @pass_ctx
-def move_cleanup(c: Context, move_id: int, grace: str, as_json: bool) -> None:
+def move_cleanup(c: Context, move_id: int, grace: str, yes: bool, as_json: bool) -> None:
     """After the grace period: delete the source copy and record what was deleted."""
     from migrate import cleanup_move, move_report
 
+    grace_td = _parse_grace(grace)
+    if not yes and not sys.stdin.isatty():
+        raise InputError("move cleanup deletes the source copy: it needs --yes when not run from a terminal")
     conns = _conns(c)
-    rec = cleanup_move(c.catalogue, conns, move_id, grace=_parse_grace(grace), progress=_ProgressPrinter(as_json))
+    if not yes:
+        from migrate import move_status
+
+        m = move_status(conns, move_id)[0]
+        click.confirm(f"delete workspace {m.workspace_id}'s source copy in {m.source} (move {m.id}, {m.source} → {m.target})?"
+                      " This cannot be undone", abort=True)
+    rec = cleanup_move(c.catalogue, conns, move_id, grace=grace_td, progress=_ProgressPrinter(as_json))
     d = move_report(conns, rec.id)["deletion"] or {}
     if as_json:
         emit_json(d)
@@ -733,6 +873,13 @@ def move_cleanup(c: Context, move_id: int, grace: str, as_json: bool) -> None:
                f"{d.get('rows', 0):,} rows, {d.get('object_count', 0)} objects")
     for t, v in (d.get("tables") or {}).items():
         click.echo(f"  {t}: {v['rows']:,} rows, checksum {v['checksum']}")
+    if "object_versions" in d:
+        click.echo(f"  object versions: {d['versions_deleted']} deleted, delete markers: {d['delete_markers_deleted']} deleted,"
+                   f" {d['versions_remaining']} remain (buckets and their replicas)")
+    for h in d.get("still_held") or []:
+        click.echo(f"  still held: {h['what']} in {h['where']} until {h['until']}")
+    if d.get("no_copy_after"):
+        click.echo(f"no copy remains in {d.get('jurisdiction') or d.get('region')} after {d['no_copy_after']}")
 
 
 @move.command("report")
@@ -748,6 +895,23 @@ def move_report_cmd(c: Context, move_id: int, as_json: bool) -> None:
     emit_json(rep) if as_json else click.echo(render_report(rep))
 
 
+@move.command("evidence")
+@click.argument("move_id", type=int)
+@click.option("--out", "out", required=True, metavar="FILE", help="Where to write the pack.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pass_ctx
+def move_evidence(c: Context, move_id: int, out: str, as_json: bool) -> None:
+    """Write the move's evidence pack: one file a customer verifies offline with `residency evidence verify`."""
+    from migrate import evidence
+
+    res = evidence.write(_conns(c), move_id, out)
+    if as_json:
+        emit_json(res)
+    else:
+        click.echo(f"move {move_id}: evidence pack {res['path']} ({res['bytes']:,} bytes, {res['entries']} audit entries,"
+                   f" {res['digests']} signed digests, key sha256 {res['key_fingerprint']})")
+
+
 @main.command("verify")
 @click.argument("workspace")
 @click.option("--between", nargs=2, required=True, metavar="A B", help="The two regions to compare.")
@@ -758,6 +922,7 @@ def verify_cmd(c: Context, workspace: str, between: tuple[str, str], as_json: bo
     from migrate import verify_workspace
 
     a, b = between
+    workspace = _input_first(c, workspace, a, b)
     res = verify_workspace(c.catalogue, _conns(c), workspace, a, b)
     if as_json:
         emit_json(res.to_dict())
@@ -782,20 +947,51 @@ def audit() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @pass_ctx
 def audit_verify(c: Context, as_json: bool) -> None:
-    """Walk the whole audit chain; exit 1 if any entry was edited or deleted."""
+    """Walk the whole audit chain and check it against the signed digests; exit 1 if any entry
+    was edited, re-hashed or removed, or a digest is missing or not signed by the audit key."""
+    from residency import anchor
     from residency import audit as audit_mod
     from residency.db import connect
 
-    with connect(_conns(c).control_dsn) as conn:
-        res = audit_mod.verify(conn)
+    conns = _conns(c)
+    with connect(conns.control_dsn) as conn:
+        res = anchor.verify(conn, conns.anchor) if conns.anchor is not None else audit_mod.verify(conn)
     if as_json:
         emit_json(res)
     else:
         for p in res.problems:
             click.echo(f"broken: {p}")
         click.echo(f"audit log: {res.entries} entries, {'chain intact' if res.ok else 'CHAIN BROKEN'}")
+        if conns.anchor is None:
+            click.echo("not anchored: no audit key and digest bucket configured (see `residency audit digest --help`)")
+        else:
+            tail = res.entries - res.anchored_through
+            click.echo(f"anchored: {res.digests} signed digests cover entries 1..{res.anchored_through}"
+                       + (f"; the last {tail} not yet" if tail > 0 else "") + f" (key sha256 {res.key_fingerprint[:16]})")
+            if res.first_bad_seq is not None:
+                click.echo(f"first entry that disagrees: {res.first_bad_seq}")
     if not res.ok:
         sys.exit(1)
+
+
+@audit.command("digest")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pass_ctx
+def audit_digest(c: Context, as_json: bool) -> None:
+    """Sign a digest of the entries appended since the last one and store it in the Object Lock
+    bucket, now (moves and the worker write them too). The key and bucket come from
+    RESIDENCY_AUDIT_KMS_KEY / RESIDENCY_AUDIT_BUCKET, the connections file's audit: section, or the sandbox."""
+    from residency import anchor
+    from residency.db import connect
+
+    conns = _conns(c)
+    cfg = anchor.require(conns.anchor)
+    with connect(conns.control_dsn, autocommit=True) as conn:
+        w = anchor.write_digest(conn, cfg)
+    if as_json:
+        emit_json(w)
+    else:
+        click.echo(f"digest {w.number}: entries {w.first_seq}..{w.last_seq}, sha256 {w.digest_hash}, s3://{cfg.bucket}/{w.name}")
 
 
 # --------------------------------------------------------------------------- end of move, verify, audit (issue 4)
@@ -819,6 +1015,13 @@ def _notifier(conns: Any) -> Any:
     from residency.notify import Notifier
 
     return Notifier.from_config(conns.control_dsn)
+
+
+def _by(role: str | None, annotation: str | None) -> str:
+    """Who did it: the person it says it is ($RESIDENCY_ACTOR), then the authenticated role."""
+    if not role:
+        return ""
+    return f"{annotation} (role {role})" if annotation else role
 
 
 def _request_row(r: Any) -> tuple[Any, ...]:
@@ -856,6 +1059,7 @@ def request_create(c: Context, workspace: str, target: str, window: str, request
     """Ask for a workspace to move; checked against policy and the plan now (exit 1 if refused)."""
     from residency import requests as rq
 
+    workspace = _input_first(c, workspace, target)
     conns, conn = _control(c)
     n = _notifier(conns)
     with conn:
@@ -914,8 +1118,8 @@ def request_show(c: Context, request_id: str, as_json: bool) -> None:
         f"window        {r.window}",
         f"state         {r.state}" + (f": {r.state_reason}" if r.state_reason else ""),
         f"requested by  {r.requested_by}" + (f": {r.reason}" if r.reason else ""),
-        f"recorded by   {r.created_by} at {r.created_at:%Y-%m-%d %H:%M:%S %Z}",
-        f"approved by   {r.approved_by or '-'}" + (f" at {r.approved_at:%Y-%m-%d %H:%M:%S %Z}" if r.approved_at else ""),
+        f"recorded by   {_by(r.created_by, r.created_for)} at {r.created_at:%Y-%m-%d %H:%M:%S %Z}",
+        f"approved by   {_by(r.approved_by, r.approved_for) or '-'}" + (f" at {r.approved_at:%Y-%m-%d %H:%M:%S %Z}" if r.approved_at else ""),
     ]
     if est:
         lines.append(f"estimate      {rq.format_duration(est.get('seconds', 0))} ({est.get('rows', 0):,} rows,"
@@ -943,7 +1147,7 @@ def request_approve(c: Context, request_id: str, as_json: bool) -> None:
     with conn:
         r = rq.approve(conn, c.catalogue, request_id, notifier=n)
     n.flush(5)
-    emit_json(_request_json(r)) if as_json else click.echo(f"request {r.id} approved by {r.approved_by}: runs in {r.window}")
+    emit_json(_request_json(r)) if as_json else click.echo(f"request {r.id} approved by {_by(r.approved_by, r.approved_for)}: runs in {r.window}")
 
 
 @request.command("cancel")
@@ -1082,6 +1286,184 @@ def playbook_check(c: Context, name: str, region: str, as_json: bool) -> None:
 
 
 # --------------------------------------------------------------------------- end of requests, worker, playbooks (issue 7)
+
+
+# --------------------------------------------------------------------------- regions with their own tenants (issue 16)
+
+
+@main.group(cls=ResidencyGroup)
+def directory() -> None:
+    """The control-plane directory: which region is each workspace's home."""
+
+
+@directory.command("import")
+@click.option("--region", required=True, metavar="R", help="The region whose existing tenants to register.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pass_ctx
+def directory_import(c: Context, region: str, as_json: bool) -> None:
+    """Register every root row of region R as a workspace homed there (idempotent).
+
+    Ids already registered in another region are left alone and listed with their home (exit 1)."""
+    from migrate.introspect import app_schema
+    from residency import directory as directory_mod
+    from residency.db import connect
+
+    cat = c.catalogue
+    cat.region(region)
+    conns, cp = _control(c)
+    with cp, connect(conns.region(region).dsn, autocommit=True) as app:
+        res = directory_mod.import_and_record(cp, app, region, app_schema(), cat.workspace.root_table)
+    if as_json:
+        emit_json({**_jsonable(res), "elsewhere": [{"workspace_id": w, "home": h} for w, h in res.elsewhere], "ok": res.ok})
+    else:
+        for w, h in res.elsewhere:
+            click.echo(f"not registered: workspace '{w}' has a row in {res.root_table} of {region} but is registered in region '{h}'")
+        click.echo(f"{region}: {res.root_rows} rows in {res.root_table}: {len(res.registered)} registered now, "
+                   f"{res.already} already registered here, {len(res.elsewhere)} registered elsewhere")
+# --------------------------------------------------------------------------- evidence (issue 12)
+
+
+@main.group(cls=ResidencyGroup)
+def evidence() -> None:
+    """Evidence packs, checked offline."""
+
+
+@evidence.command("verify")
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("--key", "key_file", type=click.Path(dir_okay=False), help="The audit key's public key (PEM) as published to you: pin it.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def evidence_verify(file: str, key_file: str | None, as_json: bool) -> None:
+    """Check an evidence pack with no database and no network: signatures, the audit entries and
+    the digests that signed them, the records and their counts. Exit 1 naming what fails."""
+    from residency import evidence as evidence_mod
+
+    try:
+        data = open(file, "rb").read()
+        pinned = open(key_file, "rb").read() if key_file else None
+    except OSError as exc:
+        fail(f"{exc.filename}: {exc.strerror}", 2)
+    res = evidence_mod.verify(data, pinned_key=pinned)
+    if as_json:
+        emit_json({"ok": res.ok, "move_id": res.move_id, "problems": res.problems, "facts": res.facts, "key_fingerprint": res.key_fingerprint})
+    else:
+        for f in res.facts:
+            click.echo(f"ok: {f}")
+        for p in res.problems:
+            click.echo(f"FAILED: {p}")
+        click.echo(f"{file}: move {res.move_id}: " + ("evidence verified" if res.ok else f"NOT verified ({len(res.problems)} problems)"))
+    if not res.ok:
+        sys.exit(1)
+
+
+@regions.command("ids")
+@click.option("--apply", "do_apply", is_flag=True, help="Record the region numbers and confine the sequences.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pass_ctx
+def regions_ids(c: Context, do_apply: bool, as_json: bool) -> None:
+    """Every region's identity/serial sequences and its id range [n·10¹², (n+1)·10¹² − 1].
+
+    With --apply, confines each sequence to its region's range (exit 1, changing nothing, if one is past it)."""
+    from migrate.introspect import app_schema
+    from residency import idranges
+
+    conns, cp = _control(c)
+    with cp:
+        p = (idranges.apply_ids if do_apply else idranges.plan_ids)(c.catalogue, conns, app_schema(), cp)
+    if as_json:
+        emit_json({"schema": p.schema, "ok": p.ok, "confined": all(x.confined for x in p.regions), "refusals": p.refusals,
+                   "regions": [{**_jsonable(x), "confined": x.confined} for x in p.regions]})
+    else:
+        rows = [(x.region, x.number or "", x.number_source, f"{x.low}..{x.high}" if x.low else "", s.name, f"{s.table}.{s.column}",
+                 s.status, s.detail) for x in p.regions for s in x.sequences]
+        click.echo(table(("REGION", "NUMBER", "NUMBER IS", "RANGE", "SEQUENCE", "COLUMN", "STATUS", "DETAIL"), rows))
+        for x in p.regions:
+            if x.skipped:
+                click.echo(f"{x.region}: skipped ({x.skipped})")
+                continue
+            state = "error" if x.error else "confined" if x.confined else "not confined"
+            click.echo(f"{x.region}: {state}" + (f" ({x.error})" if x.error else f", number {x.number} ({x.number_source}), {len(x.sequences)} id sequences"))
+        for r in p.refusals:
+            click.echo(f"refused: {r}", err=True)
+        if not do_apply and p.changes and p.ok:
+            click.echo("run `residency regions ids --apply` to record the numbers and confine the sequences")
+    if not p.ok:
+        sys.exit(1)
+
+
+# --------------------------------------------------------------------------- end of regions with their own tenants (issue 16)
+# --------------------------------------------------------------------------- control plane and roles (issue 15)
+
+
+@main.group(cls=ResidencyGroup)
+def controlplane() -> None:
+    """The control-plane database: its schema and the roles that may act on it."""
+
+
+def _controlplane_roles(c: Context, logins: tuple[str, ...], as_json: bool, what: str) -> None:
+    from residency import authz
+    from residency.errors import OperationError
+    from residency.controlplane import ensure_roles
+    from residency.db import connect
+
+    pairs: dict[str, str] = {}
+    for spec in logins:
+        name, _, role = spec.partition("=")
+        role = role if role.startswith("residency_") else f"residency_{role}"
+        if not name or role not in authz.ROLES:
+            raise InputError(f"--login '{spec}': give NAME=ROLE with ROLE one of {', '.join(r.removeprefix('residency_') for r in authz.ROLES)}")
+        pairs[name] = role
+    with connect(c.connections.control_dsn) as conn:
+        ident = authz.require(conn, authz.ADMIN, what)
+        try:
+            roles = ensure_roles(conn, logins=pairs)
+        except Exception as exc:
+            import psycopg
+
+            if isinstance(exc, (psycopg.errors.InsufficientPrivilege, psycopg.errors.InvalidGrantOperation)):
+                raise OperationError(f"{what} needs the owner of the control-plane schema with CREATEROLE (a superuser,"
+                                     f" or the role that created it); {ident.role} is neither") from None
+            raise
+    if as_json:
+        emit_json({"roles": roles, "logins": pairs})
+        return
+    click.echo(f"control plane ready: roles {', '.join(roles)}" + (f"; logins {', '.join(f'{k} ({v})' for k, v in pairs.items())}" if pairs else ""))
+
+
+@controlplane.command("init")
+@click.option("--login", "logins", multiple=True, metavar="NAME=ROLE", help="Also create a login holding ROLE (repeatable).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pass_ctx
+def controlplane_init(c: Context, logins: tuple[str, ...], as_json: bool) -> None:
+    """Create the control-plane schema and the four roles with their grants (admin; idempotent)."""
+    _controlplane_roles(c, logins, as_json, "initialising the control plane")
+
+
+@controlplane.command("roles")
+@click.option("--login", "logins", multiple=True, metavar="NAME=ROLE", help="Also create a login holding ROLE (repeatable).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pass_ctx
+def controlplane_roles(c: Context, logins: tuple[str, ...], as_json: bool) -> None:
+    """Create (or refresh) residency_requester, _approver, _operator and _admin and their grants."""
+    _controlplane_roles(c, logins, as_json, "creating the control-plane roles")
+
+
+@controlplane.command("whoami")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pass_ctx
+def controlplane_whoami(c: Context, as_json: bool) -> None:
+    """The role you are authenticated as in the control plane, and the residency roles it holds."""
+    from residency import authz
+    from residency.db import connect
+
+    with connect(c.connections.control_dsn, autocommit=True) as conn:
+        ident = authz.identity(conn)
+    if as_json:
+        emit_json({"role": ident.role, "superuser": ident.superuser, "admin": ident.admin, "roles": sorted(ident.member_of)})
+        return
+    click.echo(f"{ident.role}: " + (", ".join(sorted(ident.member_of)) or "no residency role") + (" (superuser)" if ident.superuser else ""))
+
+
+# --------------------------------------------------------------------------- end of control plane and roles (issue 15)
 
 
 if __name__ == "__main__":  # pragma: no cover

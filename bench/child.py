@@ -50,6 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--to", required=True)
     ap.add_argument("--strategy", default="snapshot")
     ap.add_argument("--stop-after", default=None)
+    ap.add_argument("--jobs", type=int, default=None, help="parallel copy streams (default: the mover's)")
     a = ap.parse_args(argv)
 
     from residency import catalogue
@@ -67,7 +68,10 @@ def main(argv: list[str] | None = None) -> int:
             events.append((time.monotonic(), ev.item, ev.message))
 
     t0 = time.monotonic()
-    rec = start_move(cat, world.connections, a.workspace, a.to, strategy=a.strategy, progress=progress, stop_after=a.stop_after)
+    from migrate.chunks import CopyOptions
+
+    opts = CopyOptions(jobs=a.jobs) if a.jobs else None
+    rec = start_move(cat, world.connections, a.workspace, a.to, strategy=a.strategy, progress=progress, stop_after=a.stop_after, copy_options=opts)
     wall = time.monotonic() - t0
     report = rec.report or {}
     out = {
@@ -75,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         "state": rec.state,
         "wall_seconds": round(wall, 3),
         "phases": phase_seconds(events),
-        "copy": {k: (report.get("copy") or {}).get(k) for k in ("rows", "bytes", "seconds", "phase_seconds_this_attempt", "rows_per_second")},
+        "copy": {k: (report.get("copy") or {}).get(k) for k in ("rows", "bytes", "seconds", "phase_seconds_this_attempt", "rows_per_second", "chunks", "method", "options")},
         "copy_tables": {t: v.get("seconds") for t, v in ((report.get("copy") or {}).get("tables") or {}).items()},
         "verify_seconds": (report.get("verify") or {}).get("seconds") if isinstance(report.get("verify"), dict) else None,
         "verify_ok": (report.get("verify") or {}).get("ok") if isinstance(report.get("verify"), dict) else None,

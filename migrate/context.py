@@ -33,6 +33,7 @@ class MoveContext:
     progress: ProgressFn | None = None
     move_id: int | None = None
     should_stop: Callable[[], bool] = lambda: False
+    copy_options: Any = None  # migrate.chunks.CopyOptions (None: the defaults)
 
     @property
     def src(self) -> RegionEndpoints:

@@ -19,10 +19,11 @@ from psycopg import sql
 
 from residency import db
 
-from . import faults
+from . import faults, triggers
 from .progress import Meter, Progress
 from .retry import transient
 from .sqlbuild import Builder
+from .triggers import TargetAccess
 
 BATCH_BYTES = 256 * 1024
 
@@ -36,7 +37,7 @@ class TableCopy:
     deleted_first: int = 0
 
 
-def _stream(src: psycopg.Connection[Any], dst: psycopg.Connection[Any], out_q: Any, in_q: Any, params: dict[str, Any], meter: Meter, should_stop: Callable[[], bool]) -> int:
+def _stream(src: psycopg.Connection[Any], dst: psycopg.Connection[Any], out_q: Any, in_q: Any, params: dict[str, Any], meter: Meter, should_stop: Callable[[], bool], on_batch: Callable[[int], None] | None = None) -> int:
     """Pump one COPY into the other; returns the rows the target accepted."""
     with src.cursor() as scur, dst.cursor() as dcur:
         with scur.copy(out_q, params) as out, dcur.copy(in_q) as into:
@@ -49,6 +50,8 @@ def _stream(src: psycopg.Connection[Any], dst: psycopg.Connection[Any], out_q: A
                 if len(buf) >= BATCH_BYTES:
                     into.write(bytes(buf))
                     meter.add(messages, len(buf))
+                    if on_batch is not None:
+                        on_batch(messages)  # e.g. a rate limit
                     messages = 0
                     buf = bytearray()
                     batches += 1
@@ -59,25 +62,26 @@ def _stream(src: psycopg.Connection[Any], dst: psycopg.Connection[Any], out_q: A
             if buf:
                 into.write(bytes(buf))
                 meter.add(max(messages - 1, 0), len(buf))  # the last message is the trailer
+                if batches == 0:
+                    faults.point("copy_batch")  # a small COPY (a chunk): its only batch written, not committed
         return dcur.rowcount
 
 
-def _skip_row_triggers(dst: psycopg.Connection[Any]) -> bool:
-    """For the rest of this table's transaction, when the target role may (superuser): no per-row
-    foreign-key (and other ordinary trigger) checks on the rows COPY writes, as pg_restore
-    --disable-triggers does. They were ~80% of the target's time (1M-row benchmark, bench/): every
-    row re-checked every foreign key with an index probe and a row lock. Sound here: the rows are
-    the source's (where those keys held), written in foreign-key order after the referenced global
-    rows, under the fence, and verify compares every table and the global rows before cut-over.
-    CHECK, NOT NULL and unique constraints still apply; the DELETE above was checked."""
-    if dst.execute("SELECT current_setting('is_superuser')").fetchone()[0] != "on":
-        return False
-    dst.execute("SET LOCAL session_replication_role = replica")
-    return True
+def target_access(dst_dsn: str, b: Builder) -> TargetAccess:
+    """What the target role allows the copy (see migrate.triggers), for the moving and global tables.
+
+    With ``replica`` no per-row foreign-key (or ordinary user trigger) checks run on the rows COPY
+    writes, as pg_restore --disable-triggers does. They were ~80% of the target's time (1M-row
+    benchmark, bench/). Sound here: the rows are the source's (where those keys held), copied
+    after the referenced global rows, under the fence, and verify compares every table and the
+    global rows before cut-over. CHECK, NOT NULL and unique constraints still apply."""
+    names = b.graph.target_tables
+    with db.connect(dst_dsn, autocommit=True, application_name="residency-mover-copy") as dst:
+        return triggers.inspect(dst, b.schema, names)
 
 
 @transient
-def copy_table(src_dsn: str, dst_dsn: str, b: Builder, table: str, workspace_id: str, emit: Callable[[Progress], None], expected: int | None = None, should_stop: Callable[[], bool] = lambda: False) -> TableCopy:
+def copy_table(src_dsn: str, dst_dsn: str, b: Builder, table: str, workspace_id: str, emit: Callable[[Progress], None], expected: int | None = None, should_stop: Callable[[], bool] = lambda: False, access: TargetAccess | None = None) -> TableCopy:
     t0 = time.monotonic()
     params = b.params(workspace_id)
     meter = Meter(emit, "copy", table, expected)
@@ -85,25 +89,35 @@ def copy_table(src_dsn: str, dst_dsn: str, b: Builder, table: str, workspace_id:
         dst_dsn, application_name="residency-mover-copy"
     ) as dst:
         with dst.transaction():
+            if access is not None:
+                triggers.enter(dst, access, b.schema, table)
             if b.graph.reach[table].kind == "owned":
-                # owned rows are found through their owners, which the target doesn't have yet: a
-                # previous attempt's rows are found by key instead (the plan refused keys the target
-                # already held for another reason)
-                _skip_row_triggers(dst)
-                dst.execute(b.temp_like(OWNED_TEMP, table))
-                rows = _stream(src, dst, b.copy_out(table), b.copy_in(table, into=sql.Identifier(OWNED_TEMP)), params, meter, should_stop)
-                deleted = dst.execute(b.delete_by_temp_keys(table, OWNED_TEMP)).rowcount
-                dst.execute(b.insert_from_temp(table, OWNED_TEMP))
+                rows, deleted = copy_owned(src, dst, b, b.copy_out(table), table, params, meter, should_stop)
             else:
                 deleted = dst.execute(b.delete_rows(table), params).rowcount
-                _skip_row_triggers(dst)
                 rows = _stream(src, dst, b.copy_out(table), b.copy_in(table), params, meter, should_stop)
+            if access is not None:
+                triggers.leave(dst, access, b.schema, table)
     meter.finish(rows)
     return TableCopy(table, rows, meter.bytes, round(time.monotonic() - t0, 3), deleted)
 
 
+def copy_owned(src: psycopg.Connection[Any], dst: psycopg.Connection[Any], b: Builder, out_query: sql.Composable, table: str,
+               params: dict[str, Any], meter: Meter, should_stop: Callable[[], bool], on_batch: Callable[[int], None] | None = None) -> tuple[int, int]:
+    """Copy owned rows (``workspace.owned_through``) inside the caller's target transaction. They
+    are found through their owners, which the target doesn't have yet, so a previous attempt's rows
+    are found by key instead (the plan refused keys the target already held): COPY into a temporary
+    table, delete those keys, insert. Returns (rows, rows deleted first)."""
+    dst.execute(b.temp_like(OWNED_TEMP, table))
+    rows = _stream(src, dst, out_query, b.copy_in(table, into=sql.Identifier(OWNED_TEMP)), params, meter, should_stop, on_batch)
+    deleted = dst.execute(b.delete_by_temp_keys(table, OWNED_TEMP)).rowcount
+    dst.execute(b.insert_from_temp(table, OWNED_TEMP))
+    dst.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(OWNED_TEMP)))
+    return rows, deleted
+
+
 @transient
-def copy_global(src_dsn: str, dst_dsn: str, b: Builder, table: str, workspace_id: str, emit: Callable[[Progress], None]) -> dict[str, int]:
+def copy_global(src_dsn: str, dst_dsn: str, b: Builder, table: str, workspace_id: str, emit: Callable[[Progress], None], access: TargetAccess | None = None) -> dict[str, int]:
     """Insert the referenced rows of global ``table`` missing in the target; returns counts."""
     params = b.params(workspace_id)
     temp = "residency_global_rows"
@@ -114,7 +128,11 @@ def copy_global(src_dsn: str, dst_dsn: str, b: Builder, table: str, workspace_id
             from psycopg import sql
 
             referenced = _stream(src, dst, b.copy_out_global(table), b.copy_in(table, into=sql.Identifier(temp)), params, meter, lambda: False)
+            if access is not None:
+                triggers.enter(dst, access, b.schema, table)
             inserted = dst.execute(b.insert_missing(table, temp)).rowcount
+            if access is not None:
+                triggers.leave(dst, access, b.schema, table)
     meter.finish(referenced)
     return {"referenced": referenced, "inserted": inserted}
 

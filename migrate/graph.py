@@ -133,6 +133,23 @@ class Graph:
     def shared_values(self) -> tuple[object, ...]:
         return tuple(self.spec.shared_key_values)
 
+    def narrow_key(self, name: str) -> tuple[tuple[str, ...], bool]:
+        """Columns a verify mismatch of ``name`` is narrowed by, and whether they are unique: the
+        primary key, else a plain unique index on NOT NULL columns, else the columns the table
+        reaches its workspace through (its key column or its links' columns: rows in groups)."""
+        t = self.table(name)
+        if t.row_key:
+            return t.row_key, True
+        r = self.reach[name]
+        cols: list[str] = []
+        if r.key_column:
+            cols.append(r.key_column)
+        if r.type_column:
+            cols.append(r.type_column)
+        for link in r.links:
+            cols.extend(c for c in link.columns if c not in cols)
+        return tuple(cols), False
+
 
 def build(schema: Schema, spec: WorkspaceSpec) -> Graph:
     """Resolve every table's reach and the copy order; ``problems`` lists what blocks a move."""
@@ -252,9 +269,9 @@ def build(schema: Schema, spec: WorkspaceSpec) -> Graph:
                 f"table '{name}' reaches no workspace (no {spec.key_column} column, no foreign key or configured"
                 f" path to a workspace table) and is not declared in workspace.global_tables"
             )
-    for name, r in reach.items():
-        if r.moves and not tables[name].primary_key:
-            problems.append(f"table '{name}' has no primary key: its rows cannot be checked or compared by key")
+    # A moving table without a primary key (a join table) moves like the others: copied by its
+    # reach filter, verified as a multiset (count and sum of row hashes), narrowed by a unique key
+    # it has or else by its reach columns (Graph.narrow_key), deleted by filter.
 
     moving = [n for n, r in reach.items() if r.moves]
     deps: dict[str, set[str]] = {n: set() for n in moving}

@@ -1,5 +1,6 @@
 """Schema introspection from pg_catalog: tables, columns and types, primary keys, foreign keys,
-sequences (serial and identity). Nothing about any application is assumed here."""
+unique constraints and unique indexes (partial and expression ones too), sequences (serial and
+identity). Nothing about any application is assumed here."""
 
 from __future__ import annotations
 
@@ -48,12 +49,40 @@ class Sequence:
 
 
 @dataclass(frozen=True)
+class UniqueIndex:
+    """A unique index (a unique or primary-key constraint's, or one made by CREATE UNIQUE INDEX).
+
+    ``parts``: each key part as PostgreSQL prints it (``pg_get_indexdef(oid, k, true)``): a column
+    name, or an expression such as ``lower(slug)``; ``columns``: the plain column of each part
+    (None for an expression). ``predicate``: a partial index's WHERE (``pg_get_expr``), else None."""
+
+    name: str
+    table: str
+    parts: tuple[str, ...]
+    columns: tuple[str | None, ...]
+    predicate: str | None = None
+    constraint: str = ""  # '' (an index only) | 'p' (primary key) | 'u' (unique constraint)
+    nulls_not_distinct: bool = False
+    valid: bool = True
+
+    @property
+    def plain(self) -> bool:
+        """Only plain columns, no predicate: a key by which rows can be told apart."""
+        return self.predicate is None and all(c is not None for c in self.columns)
+
+    def describe(self) -> str:
+        what = {"p": "primary key", "u": "unique constraint"}.get(self.constraint, "unique index")
+        return f"{what} {self.name} on {self.table} ({', '.join(self.parts)})" + (f" WHERE {self.predicate}" if self.predicate else "")
+
+
+@dataclass(frozen=True)
 class Table:
     name: str
     columns: tuple[Column, ...]
     primary_key: tuple[str, ...]
     foreign_keys: tuple[ForeignKey, ...]
     sequences: tuple[Sequence, ...] = ()
+    unique_indexes: tuple[UniqueIndex, ...] = ()
 
     def column(self, name: str) -> Column | None:
         return next((c for c in self.columns if c.name == name), None)
@@ -62,6 +91,17 @@ class Table:
     def copy_columns(self) -> tuple[str, ...]:
         """The columns a copy carries (generated columns are recomputed by the target)."""
         return tuple(c.name for c in self.columns if not c.generated)
+
+    @property
+    def row_key(self) -> tuple[str, ...]:
+        """Columns that tell this table's rows apart: the primary key, else the first plain unique
+        index whose columns are all NOT NULL, else () (rows are compared as a multiset)."""
+        if self.primary_key:
+            return self.primary_key
+        for u in self.unique_indexes:
+            if u.plain and u.valid and all((col := self.column(c or "")) is not None and col.not_null for c in u.columns):
+                return tuple(c or "" for c in u.columns)
+        return ()
 
 
 @dataclass(frozen=True)
@@ -149,6 +189,20 @@ def introspect(conn: psycopg.Connection[Any], schema: str | None = None) -> Sche
     ):
         seqs[relid].append(Sequence(names[relid], col, sschema, sname))
 
+    uniq: dict[int, list[UniqueIndex]] = {o: [] for o in oids}
+    for relid, iname, natts, keys, parts, pred, contype, nnd, valid in conn.execute(
+        "SELECT i.indrelid, ic.relname, i.indnkeyatts, i.indkey::int2[],"
+        " ARRAY(SELECT pg_get_indexdef(i.indexrelid, k, true) FROM generate_series(1, i.indnkeyatts) k),"
+        " pg_get_expr(i.indpred, i.indrelid, true), coalesce(con.contype, ''),"
+        " coalesce((to_jsonb(i) ->> 'indnullsnotdistinct')::boolean, false), i.indisvalid"
+        " FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid"
+        " LEFT JOIN pg_constraint con ON con.conindid = i.indexrelid AND con.conrelid = i.indrelid AND con.contype IN ('p', 'u')"
+        " WHERE i.indrelid = ANY(%s) AND i.indisunique ORDER BY i.indrelid, ic.relname",
+        (oids,),
+    ):
+        part_cols = tuple(attname.get((relid, int(k))) if int(k) else None for k in list(keys)[: int(natts)])
+        uniq[relid].append(UniqueIndex(iname, names[relid], tuple(parts), part_cols, pred, contype, bool(nnd), bool(valid)))
+
     tables: dict[str, Table] = {}
     for oid in oids:
         columns = tuple(
@@ -156,7 +210,8 @@ def introspect(conn: psycopg.Connection[Any], schema: str | None = None) -> Sche
             for (n, t, to, nn, hd, g, i) in cols[oid]
         )
         tables[names[oid]] = Table(
-            names[oid], columns, pks.get(oid, ()), tuple(fks[oid]), tuple(sorted(seqs[oid], key=lambda s: s.column))
+            names[oid], columns, pks.get(oid, ()), tuple(fks[oid]), tuple(sorted(seqs[oid], key=lambda s: s.column)),
+            tuple(uniq[oid]),
         )
     return Schema(schema, MappingProxyType(tables))
 

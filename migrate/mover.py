@@ -11,11 +11,12 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
-from residency import audit, db, directory, moves
+from residency import anchor, audit, authz, db, directory, moves
 from residency.audit import Actor
 from residency.catalogue import Catalogue
 from residency.connections import Connections
 from residency.errors import InputError, OperationError, ResidencyError
+from residency.evidence import section_hash
 from residency.moves import MoveRecord
 
 from . import faults, finish, objects, strategy as strategy_mod
@@ -32,10 +33,26 @@ __all__ = ["plan_move", "start_move", "resume_move", "rollback_move", "cleanup_m
 
 
 class MoveRefused(OperationError):
+    """The plan refused the move; the message lists every refusal, one per line."""
+
     def __init__(self, plan: MovePlan):
         self.plan = plan
-        lines = "; ".join(plan.refusals)
-        super().__init__(f"move refused: {lines}")
+        self.refusals = list(plan.refusals)
+        if len(self.refusals) == 1:
+            super().__init__(f"move refused: {self.refusals[0]}")
+        else:
+            super().__init__(f"move refused ({len(self.refusals)} refusals):\n" + "\n".join(f"  - {r}" for r in self.refusals))
+
+
+class UnknownWorkspace(MoveRefused, InputError):
+    """A move of a workspace that does not exist: bad input (exit 2), nothing changed."""
+
+    exit_code = 2
+
+
+def unknown_workspace(plan: MovePlan) -> str | None:
+    """The refusal saying the workspace does not exist (bad input, exit 2), if the plan has one."""
+    return next((r for r in plan.refusals if r.startswith("unknown workspace ")), None)
 
 
 def _one_line(exc: BaseException) -> str:
@@ -70,7 +87,27 @@ def _drive(ctx: MoveContext, rec: MoveRecord, stop_after: str | None) -> MoveRec
             faults.point(rec.state)
     finally:
         lease.release()
+    if rec.state in MOVE_ENDS:
+        _anchor(ctx, rec)
     return rec
+
+
+MOVE_ENDS = ("cut_over", "cleaned", "rolled_back")
+
+
+def _anchor(ctx: MoveContext, rec: MoveRecord) -> None:
+    """At the end of a move, a signed digest of the audit chain (when an anchor is configured).
+    The move is done either way: a digest that cannot be written is reported, not fatal, and
+    `residency audit digest` (or the next move, or the worker) covers the entries later."""
+    cfg = ctx.conns.anchor
+    if cfg is None:
+        return
+    try:
+        with db.connect(ctx.conns.control_dsn, autocommit=True) as cp:
+            w = anchor.write_digest(cp, cfg)
+        ctx.emit(Progress("state", rec.state, message=f"audit digest {w.number} signed: entries {w.first_seq}..{w.last_seq}"))
+    except Exception as exc:  # noqa: BLE001 - the move itself succeeded; say so and go on
+        ctx.emit(Progress("state", rec.state, message=f"warning: audit digest not written ({_one_line(exc)}); run `residency audit digest`"))
 
 
 def start_move(
@@ -83,11 +120,15 @@ def start_move(
     actor: Actor | None = None,
     progress: ProgressFn | None = None,
     stop_after: str | None = None,
+    copy_options: Any = None,
 ) -> MoveRecord:
     """Plan, record and run a move through cut-over (or until ``stop_after`` state is reached).
     Raises :class:`MoveRefused` (nothing changed) if the plan refuses."""
     actor = actor or Actor.current()
+    authz.require_dsn(conns.control_dsn, authz.OPERATOR, "starting a move")
     plan = plan_move(cat, conns, workspace_id, target, strategy)
+    if unknown_workspace(plan):
+        raise UnknownWorkspace(plan)
     if not plan.ok:
         raise MoveRefused(plan)
     assert plan.source is not None
@@ -98,10 +139,12 @@ def start_move(
                 directory.set_status(cp, plan.workspace_id, "moving", expect=("active",))
             except OperationError as exc:
                 raise OperationError(f"move refused: {exc}") from None
-            rec = moves.create(cp, plan.workspace_id, plan.source, target, strategy, plan.to_dict(), actor.who)
-            audit.append(cp, "move.planned", subject(rec), details(rec, rows=plan.total_rows, bytes=plan.total_bytes, objects=plan.object_count), actor)
+            rec = moves.create(cp, plan.workspace_id, plan.source, target, strategy, plan.to_dict(), authz.identity(cp).role)
+            audit.append(cp, "move.planned", subject(rec), details(rec, rows=plan.total_rows, bytes=plan.total_bytes, objects=plan.object_count,
+                                                                        plan_sha256=section_hash(plan.to_dict())), actor)
     faults.point("planned")
     ctx = make_context(cat, conns, plan.workspace_id, plan.source, target, actor=actor, progress=progress, move_id=rec.id)
+    ctx.copy_options = copy_options  # migrate.chunks.CopyOptions: streams, chunk size, rate (None: defaults)
     return _drive(ctx, rec, stop_after)
 
 
@@ -118,9 +161,11 @@ def resume_move(
     actor: Actor | None = None,
     progress: ProgressFn | None = None,
     stop_after: str | None = None,
+    copy_options: Any = None,
 ) -> MoveRecord:
     """Continue a move from its last recorded state (after a crash, a kill, or a failure)."""
     actor = actor or Actor.current()
+    authz.require_dsn(conns.control_dsn, authz.OPERATOR, "resuming a move")
     rec = _get(conns, move_id)
     if rec.state in ("cleaned", "rolled_back"):
         raise OperationError(f"move {move_id} is {rec.state}; nothing to resume")
@@ -128,6 +173,7 @@ def resume_move(
         # a cleanup that began, or a move that failed after cut-over: finish it without a grace period
         return cleanup_move(cat, conns, move_id, grace=timedelta(0), actor=actor, progress=progress)
     ctx = make_context(cat, conns, rec.workspace_id, rec.source, rec.target, actor=actor, progress=progress, move_id=rec.id)
+    ctx.copy_options = copy_options
     if rec.state == "failed":
         was = rec.resume_from or "planned"
         with db.connect(conns.control_dsn) as cp:
@@ -151,6 +197,7 @@ def resume_move(
 def rollback_move(cat: Catalogue, conns: Connections, move_id: int, *, actor: Actor | None = None, progress: ProgressFn | None = None) -> MoveRecord:
     """Before cut-over: remove the target copy and lift the fence. After: refuse, and say how to move back."""
     actor = actor or Actor.current()
+    authz.require_dsn(conns.control_dsn, authz.OPERATOR, "rolling back a move")
     rec = _get(conns, move_id)
     if rec.state == "rolled_back":
         return rec
@@ -167,7 +214,9 @@ def rollback_move(cat: Catalogue, conns: Connections, move_id: int, *, actor: Ac
         strat = strategy_mod.get(rec.strategy)
         if strat.teardown is not None:  # e.g. online: publication, subscription and slot go first
             strat.teardown(ctx, rec)
-        return finish.rollback(ctx, rec)
+        rec = finish.rollback(ctx, rec)
+    _anchor(ctx, rec)
+    return rec
 
 
 def cleanup_move(
@@ -181,6 +230,7 @@ def cleanup_move(
 ) -> MoveRecord:
     """After the grace period: delete the source copy and record the deletion in the report."""
     actor = actor or Actor.current()
+    authz.require_dsn(conns.control_dsn, authz.OPERATOR, "cleaning up a move")
     rec = _get(conns, move_id)
     if rec.state == "cleaned":
         return rec
@@ -200,7 +250,9 @@ def cleanup_move(
         if strat.teardown is not None:  # e.g. online replication left by a crash after cut-over
             strat.teardown(ctx, rec)
         try:
-            return finish.cleanup(ctx, rec, grace)
+            rec = finish.cleanup(ctx, rec, grace)
+            _anchor(ctx, rec)
+            return rec
         except finish.CleanupRefused:
             raise
         except OperationError as exc:
@@ -235,6 +287,7 @@ def move_report(conns: Connections, move_id: int) -> dict[str, Any]:
 
 def verify_workspace(cat: Catalogue, conns: Connections, workspace_id: object, a: str, b: str, *, objects_too: bool = True) -> VerifyResult:
     """Compare a workspace's rows (and objects) in regions ``a`` and ``b``."""
+    workspace_id = cat.workspace.parse_id(workspace_id)  # bad input before any connection
     cat.region(a)
     cat.region(b)
     ctx = make_context(cat, conns, workspace_id, a, b)

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
 from residency.connections import RegionEndpoints, s3_client
+from residency.objectkeys import prefix_of
 
 from . import faults
 from .progress import Meter, Progress
@@ -32,12 +33,16 @@ def same_endpoint(a: RegionEndpoints, b: RegionEndpoints) -> bool:
 
 @transient
 def list_objects(client: Any, bucket: str, prefix: str) -> dict[str, ObjectInfo]:
+    """The workspace's objects: listed by the layout's literal prefix, filtered by its pattern
+    when it has placeholders after it (residency.objectkeys), so copy, verify and cleanup agree."""
     out: dict[str, ObjectInfo] = {}
+    literal, match = prefix_of(prefix)
     try:
-        pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+        pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=literal)
         for page in pages:
             for o in page.get("Contents", []) or []:
-                out[o["Key"]] = ObjectInfo(o["Key"], int(o["Size"]), str(o.get("ETag", "")).strip('"'))
+                if match is None or match(o["Key"]):
+                    out[o["Key"]] = ObjectInfo(o["Key"], int(o["Size"]), str(o.get("ETag", "")).strip('"'))
     except client.exceptions.NoSuchBucket:
         return {}
     return out
@@ -113,6 +118,68 @@ def delete_objects(ep: RegionEndpoints, buckets: tuple[str, ...], prefix: str) -
             client.delete_objects(Bucket=ep.bucket(logical), Delete={"Objects": [{"Key": k} for k in batch], "Quiet": True})
         out[logical] = len(keys)
     return out
+
+
+@transient
+def _list_versions(client: Any, bucket: str, prefix: str) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    try:
+        for page in client.get_paginator("list_object_versions").paginate(Bucket=bucket, Prefix=prefix):
+            for v in page.get("Versions") or []:
+                out.append({"key": v["Key"], "version_id": v["VersionId"], "kind": "version", "size": int(v.get("Size", 0)),
+                            "latest": bool(v.get("IsLatest")), "etag": str(v.get("ETag", "")).strip('"')})
+            for m in page.get("DeleteMarkers") or []:
+                out.append({"key": m["Key"], "version_id": m["VersionId"], "kind": "delete_marker", "size": 0,
+                            "latest": bool(m.get("IsLatest")), "etag": ""})
+    except client.exceptions.NoSuchBucket:
+        return []
+    return out
+
+
+def _places(ep: RegionEndpoints, buckets: tuple[str, ...]) -> Iterator[tuple[str, str, str, Any]]:
+    """(logical, place, bucket, client): each bucket and its replica in the backup region."""
+    primary = s3_client(ep)
+    replica = s3_client(ep, ep.backup_aws_region) if ep.backup_aws_region else None
+    for logical in buckets:
+        yield logical, "bucket", ep.bucket(logical), primary
+        if replica is not None:
+            yield logical, "replica", ep.replica_bucket(logical), replica
+
+
+def version_inventory(ep: RegionEndpoints, buckets: tuple[str, ...], prefix: str) -> list[dict[str, Any]]:
+    """Every object version and delete marker under ``prefix`` in the region's buckets and in their
+    replicas in the backup region (a bucket that does not exist holds nothing)."""
+    out: list[dict[str, Any]] = []
+    for logical, place, bucket, client in _places(ep, buckets):
+        aws_region = ep.aws_region if place == "bucket" else ep.backup_aws_region
+        for v in _list_versions(client, bucket, prefix):
+            out.append({"bucket": bucket, "logical": logical, "place": place, "aws_region": aws_region, **v})
+    return out
+
+
+def purge_versions(ep: RegionEndpoints, buckets: tuple[str, ...], prefix: str) -> list[dict[str, Any]]:
+    """Delete every object version and delete marker under ``prefix`` in the buckets and their
+    replicas (``DeleteObjects`` with version ids: nothing is left for a lifecycle rule to keep).
+    Returns what was deleted; raises if S3 refused any of it."""
+    deleted: list[dict[str, Any]] = []
+    for logical, place, bucket, client in _places(ep, buckets):
+        aws_region = ep.aws_region if place == "bucket" else ep.backup_aws_region
+        items = _list_versions(client, bucket, prefix)
+        for i in range(0, len(items), 1000):
+            batch = items[i : i + 1000]
+            _delete_versions(client, bucket, batch)
+            deleted += [{"bucket": bucket, "logical": logical, "place": place, "aws_region": aws_region, **v} for v in batch]
+    return deleted
+
+
+@transient
+def _delete_versions(client: Any, bucket: str, batch: list[dict[str, Any]]) -> None:
+    resp = client.delete_objects(Bucket=bucket, Delete={"Objects": [{"Key": v["key"], "VersionId": v["version_id"]} for v in batch], "Quiet": True})
+    errors = resp.get("Errors") or []
+    if errors:
+        e = errors[0]
+        raise RuntimeError(f"s3://{bucket}/{e.get('Key')} version {e.get('VersionId')}: {e.get('Code')} {e.get('Message')}"
+                           + (f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""))
 
 
 def _md5_stream(client: Any, bucket: str, key: str) -> str:

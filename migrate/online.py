@@ -270,8 +270,12 @@ def _prepare_verify(ctx: MoveContext, rec: MoveRecord, src: psycopg.Connection[A
 
 
 def _paths(ctx: MoveContext) -> dict[str, str]:
-    rf = set(repl.row_filtered(ctx.graph))
-    return {t: ("replication (row filter)" if t in rf else "snapshot copy under the fence") for t in ctx.graph.order}
+    rf, whole = set(repl.row_filtered(ctx.graph)), set(repl.fenced_tables(ctx.graph))
+    return {t: ("replication (row filter)" if t in rf else NO_KEY_PATH if t in whole else "snapshot copy under the fence")
+            for t in ctx.graph.order}
+
+
+NO_KEY_PATH = "copied whole under the fence (no primary key: neither replication nor the change log can follow its rows)"
 
 
 # ------------------------------------------------------------------------------ fenced → copied
@@ -540,10 +544,12 @@ def plan_strategy(cat: Catalogue, conns: Connections, plan: Any, requested: str)
         f" (a snapshot move would keep it read-only for roughly {est:.0f} s); logical replication keeps it writable"
     )
     plan.refusals.extend(p.line() for p in failing)
-    rf = set(repl.row_filtered(g))
+    rf, whole = set(repl.row_filtered(g)), set(repl.fenced_tables(g))
     for t in plan.tables:
         if t.table in rf:
             key = g.reach[t.table].key_column
             t.path = f"replication, row filter {key} = {plan.workspace_id}"
+        elif t.table in whole:
+            t.path = NO_KEY_PATH
         else:
             t.path = "snapshot copy under the fence (no row filter can follow its path)"

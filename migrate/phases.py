@@ -16,11 +16,15 @@ from typing import Any, Callable
 
 from residency import audit, directory, moves
 from residency.errors import OperationError
+from residency.evidence import section_hash
 from residency.moves import MoveRecord
 
+from . import chunks as chunks_mod
 from . import copy as copy_mod
-from . import faults, fence, objects
+from . import faults, fence, objects, tenant_objects
+from .chunks import CopyOptions
 from .context import MoveContext
+from .throttle import RateLimit, StreamSlots
 from .progress import Progress
 from .verify import VerifyResult, checksum_tables, verify_tables
 
@@ -174,35 +178,80 @@ def copy_phase(ctx: MoveContext, rec: MoveRecord, *, source_checksums: bool = Fa
 def _copy(ctx: MoveContext, rec: MoveRecord, sums: SourceChecksums | None) -> MoveRecord:
     cp = dict(rec.checkpoints.get("copy") or {})
     done: dict[str, Any] = dict(cp.get("tables") or {})
+    plans: dict[str, Any] = {t: dict(v) for t, v in (cp.get("chunks") or {}).items()}
     attempts = int(cp.get("attempts", 0))
     t0 = time.monotonic()
     src, dst = ctx.src, ctx.dst
-    if attempts > 0:
-        # A resumed copy: first remove what the interrupted attempt left of the unfinished tables
-        # (children first), so every row ends up in the target exactly once.
-        left = [t for t in ctx.graph.order if t not in done]
-        removed = copy_mod.clear_target(dst.dsn, ctx.builder, ctx.workspace_id, left)
+    b, ws = ctx.builder, ctx.workspace_id
+    opts = ctx.copy_options or CopyOptions()
+    access = copy_mod.target_access(dst.dsn, b)  # checked again now: grants may have changed since the plan
+    left = [t for t in ctx.graph.order if t not in done]
+    removed: dict[str, int] = {}
+    if attempts > 0 or rec.strategy != "snapshot":
+        # A resumed copy (or one after another strategy's partial work): first remove what an
+        # interrupted attempt committed of the unrecorded chunks (children first), so every row
+        # ends up in the target exactly once. A first snapshot attempt starts from a target the
+        # plan found free of the workspace's keys.
+        removed = chunks_mod.clear_unfinished(dst.dsn, b, ws, plans, left, access)
         if any(removed.values()):
             emit_state(ctx, "removed a previous attempt's partial rows: " + ", ".join(f"{t} {n}" for t, n in removed.items() if n))
     cp["attempts"] = attempts + 1
-    rec = checkpoint(ctx, rec, {"copy": {**cp, "tables": done}})
-    expected = {t["table"]: t["rows"] for t in rec.plan.get("tables", [])}
+    cp["method"] = {"method": access.method, "reason": access.reason, "would_fire": [t.describe() for t in access.would_fire()]}
+    cp["options"] = opts.to_dict()
+    emit_state(ctx, f"copy method: {access.method}; {opts.jobs} streams")
+    rec = checkpoint(ctx, rec, {"copy": {**cp, "tables": done, "chunks": plans}})
+    expected = {t["table"]: int(t["rows"]) for t in rec.plan.get("tables", [])}
 
     globals_done = dict(cp.get("globals") or {})
     for g in ctx.graph.global_order:
         if g in globals_done:
             continue
-        res = copy_mod.copy_global(src.dsn, dst.dsn, ctx.builder, g, ctx.workspace_id, ctx.emit)
+        res = copy_mod.copy_global(src.dsn, dst.dsn, b, g, ws, ctx.emit, access)
         globals_done[g] = res
-        rec = checkpoint(ctx, rec, {"copy": {**cp, "tables": done, "globals": globals_done}})
+        rec = checkpoint(ctx, rec, {"copy": {**cp, "tables": done, "globals": globals_done, "chunks": plans}})
 
-    for table in ctx.graph.order:
-        if table in done:
-            continue
-        tc = copy_mod.copy_table(src.dsn, dst.dsn, ctx.builder, table, ctx.workspace_id, ctx.emit, expected.get(table), ctx.should_stop)
-        faults.point("table_copied")
-        done[table] = {"rows": tc.rows, "bytes": tc.bytes, "seconds": tc.seconds, "removed_first": tc.deleted_first}
-        rec = checkpoint(ctx, rec, {"copy": {**cp, "tables": done, "globals": globals_done}})
+    snap = chunks_mod.SourceSnapshot(src.dsn) if left else None
+    t_tables = time.monotonic()
+    try:
+        if snap is not None:
+            new = [t for t in left if t not in plans]
+            for t in new:  # bounds first, recorded before any chunk is copied
+                plans[t] = {"bounds": chunks_mod.plan_bounds(snap.conn, b, ws, t, expected.get(t, 0), opts.chunk_rows, fk_order=access.fk_order), "done": {}}
+            if new:
+                rec = checkpoint(ctx, rec, {"copy": {**cp, "tables": done, "globals": globals_done, "chunks": plans}})
+        tasks = [c for t in left for c in chunks_mod.chunks_of(t, plans[t]["bounds"], expected.get(t, 0))
+                 if str(c.index) not in plans[t]["done"]]
+        slots = StreamSlots(ctx.conns.control_dsn, rec.source, opts.streams_per_region)
+        rate = RateLimit(opts.rows_per_second)
+        state = {"rec": rec}
+
+        def finish_table(t: str) -> None:
+            done[t] = chunks_mod.table_summary(plans[t]["done"].values(), removed.get(t, 0))
+
+        for t in left:  # every chunk recorded but the table not (killed in between)
+            if len(plans[t]["done"]) == len(plans[t]["bounds"]):
+                finish_table(t)
+
+        def work(c: chunks_mod.Chunk) -> dict[str, Any]:
+            with slots.slot(ctx.should_stop):
+                return chunks_mod.copy_chunk(src.dsn, dst.dsn, b, c, ws, ctx.emit, access, snapshot=snap.id if snap else None,
+                                             should_stop=ctx.should_stop, on_batch=rate.take)
+
+        def on_done(c: chunks_mod.Chunk, res: dict[str, Any]) -> None:
+            plans[c.table]["done"][str(c.index)] = res
+            faults.point("chunk_copied")  # committed in the target, not yet recorded
+            if len(plans[c.table]["done"]) == len(plans[c.table]["bounds"]):
+                faults.point("table_copied")
+                finish_table(c.table)
+            state["rec"] = checkpoint(ctx, state["rec"], {"copy": {**cp, "tables": done, "globals": globals_done, "chunks": plans}})
+
+        chunks_mod.run(tasks, jobs=opts.jobs, deps=chunks_mod.dependencies(b, left, fk_order=access.fk_order),
+                       exclusive=access.exclusive, work=work, on_done=on_done)
+        rec = state["rec"]
+    finally:
+        if snap is not None:
+            snap.close()
+    tables_seconds = round(time.monotonic() - t_tables, 3)
     faults.point("rows_copied")
     extra: dict[str, Any] = {}
     if sums is not None:
@@ -220,15 +269,22 @@ def _copy(ctx: MoveContext, rec: MoveRecord, sums: SourceChecksums | None) -> Mo
     prefix = ctx.cat.workspace.prefix_for(ctx.workspace_id)
     obj = objects.copy_objects(src, dst, ctx.cat.environment.buckets, prefix, ctx.emit, ctx.should_stop)
     seqs = copy_mod.bump_sequences(dst.dsn, ctx.builder)
+    tobj = tenant_objects.copy(src.dsn, dst.dsn, ctx.graph.schema.name, ctx.cat.workspace, ctx.workspace_id)
     seconds = round(time.monotonic() - t0, 3)
     rows = sum(v["rows"] for v in done.values())
     nbytes = sum(v["bytes"] for v in done.values())
-    copy_seconds = sum(v["seconds"] for v in done.values())
+    copy_seconds = tables_seconds if tasks else sum(v["seconds"] for v in done.values())
     summary = {
         "tables": done,
         "globals": globals_done,
+        "method": cp["method"],
+        "options": cp["options"],
+        "chunks": sum(len(p["bounds"]) for p in plans.values()),
+        "stream_seconds": round(sum(float(v.get("seconds") or 0) for v in done.values()), 3),
+        "slot_wait_seconds": round(slots.waited, 3),
         "objects": obj,
         "sequences": seqs,
+        "tenant_objects": tobj,
         "rows": rows,
         "bytes": nbytes,
         "seconds": round(copy_seconds, 3),
@@ -238,7 +294,7 @@ def _copy(ctx: MoveContext, rec: MoveRecord, sums: SourceChecksums | None) -> Mo
     }
     return record(
         ctx, rec, "move.copied", to_state="copied",
-        checkpoints={"copy": {**cp, "tables": done, "globals": globals_done, "objects": obj, "complete": True}, **extra},
+        checkpoints={"copy": {**cp, "tables": done, "globals": globals_done, "chunks": plans, "objects": obj, "complete": True}, **extra},
         report={"copy": summary},
         audit_details={"rows": rows, "bytes": nbytes, "objects": sum(b["objects"] for b in obj["buckets"].values())},
     )
@@ -267,8 +323,10 @@ def verify_phase(ctx: MoveContext, rec: MoveRecord, verifier: Callable[[], Verif
         a_sums, why = usable_source_checksums(ctx, rec)
         check_s = round(time.monotonic() - t0, 3)
         sizes = {t["table"]: int(t.get("rows") or 0) for t in rec.plan.get("tables", [])}
+        chunked = {t: p["bounds"] for t, p in ((rec.checkpoints.get("copy") or {}).get("chunks") or {}).items()
+                   if len(p.get("bounds") or []) > 1 and t not in _replicated(rec)}
         res = verify_tables(ctx.src.dsn, ctx.dst.dsn, ctx.builder, ctx.workspace_id, rec.source, rec.target,
-                            a_sums=a_sums, b_workers=TARGET_WORKERS, sizes=sizes)
+                            a_sums=a_sums, b_workers=TARGET_WORKERS, sizes=sizes, chunks=chunked)
         res.timings = dict(res.timings or {})
         if a_sums is not None:
             res.source_checksums = why
@@ -279,26 +337,65 @@ def verify_phase(ctx: MoveContext, rec: MoveRecord, verifier: Callable[[], Verif
     else:
         res = verify_tables(ctx.src.dsn, ctx.dst.dsn, ctx.builder, ctx.workspace_id, rec.source, rec.target)
     oc = objects.compare(ctx.src, ctx.dst, ctx.cat.environment.buckets, ctx.cat.workspace.prefix_for(ctx.workspace_id))
-    res.objects = {"ok": oc.ok, "buckets": oc.buckets, "problems": oc.problems}
-    res.ok = res.ok and oc.ok
+    tp = tenant_objects.missing_in_target(ctx.src.dsn, ctx.dst.dsn, ctx.graph.schema.name, ctx.cat.workspace, ctx.workspace_id)
+    res.objects = {"ok": oc.ok and not tp, "buckets": oc.buckets, "problems": oc.problems + tp}
+    res.ok = res.ok and oc.ok and not tp
     data = res.to_dict()
     if not res.ok:
-        problems = res.problems()
-        # The copy is not trusted any more: a resume copies every table again (after removing
-        # this attempt's rows), then verifies again. The move never cuts over unverified.
+        problems = _with_trigger_hints(res.problems(), (rec.checkpoints.get("copy") or {}).get("method") or {})
+        # The copy is not trusted any more: a resume copies again (after removing this attempt's
+        # rows) what verify found different (with replica, only the differing chunks; otherwise
+        # every table), then verifies again. The move never cuts over unverified.
         with ctx.connect("control", autocommit=False) as cp:
             with cp.transaction():
                 moves.update_report(cp, rec.id, {"verify": data})
-                moves.checkpoint(cp, rec.id, {"copy": {"attempts": int((rec.checkpoints.get("copy") or {}).get("attempts", 1)), "tables": {}, "globals": (rec.checkpoints.get("copy") or {}).get("globals", {})}})
+                moves.checkpoint(cp, rec.id, {"copy": _copy_to_redo(rec, res)})
                 moves.transition(cp, rec.id, "fenced", expect=["copied"])
                 audit.append(cp, "move.verify_failed", subject(rec), details(rec, problems=problems[:20]), ctx.actor)
         raise VerifyFailed("verification failed: " + "; ".join(problems[:5]))
     return record(ctx, rec, "move.verified", to_state="verified", report={"verify": data},
-                  audit_details={"tables": len(res.tables), "seconds": res.seconds})
+                  audit_details={"tables": len(res.tables), "seconds": res.seconds, "verification_sha256": section_hash(data)})
 
 
 class VerifyFailed(OperationError):
     pass
+
+
+def _replicated(rec: MoveRecord) -> set[str]:
+    return {t for t, v in ((rec.checkpoints.get("copy") or {}).get("tables") or {}).items() if v.get("via")}
+
+
+def _copy_to_redo(rec: MoveRecord, res: VerifyResult) -> dict[str, Any]:
+    """The copy checkpoint after a failed verify. When the copy ran with replica (no foreign-key
+    triggers: a parent's chunk can be deleted and copied again under its children), only the
+    differing chunks (or tables) are marked undone; otherwise every table is copied again."""
+    old = dict(rec.checkpoints.get("copy") or {})
+    keep = {"attempts": int(old.get("attempts", 1)), "globals": old.get("globals", {})}
+    bad = [t for t in res.tables if not t.ok and t.kind == "table"]
+    if (old.get("method") or {}).get("method") != "replica" or not old.get("chunks") or not bad or _replicated(rec):
+        return {**keep, "tables": {}}
+    tables = dict(old.get("tables") or {})
+    plans = {t: {"bounds": p["bounds"], "done": dict(p.get("done") or {})} for t, p in old["chunks"].items()}
+    for tc in bad:
+        tables.pop(tc.table, None)
+        if tc.bad_chunks and tc.table in plans:
+            for c in tc.bad_chunks:
+                plans[tc.table]["done"].pop(str(c["index"]), None)
+        else:
+            plans.pop(tc.table, None)
+    return {**keep, "tables": tables, "chunks": plans, "redo_after_verify": {t.table: [c["index"] for c in t.bad_chunks] or "all" for t in bad}}
+
+
+def _with_trigger_hints(problems: list[str], method: dict[str, Any]) -> list[str]:
+    """A table's mismatch after a copy during which user triggers on it fired says so."""
+    fired = list(method.get("would_fire") or [])
+    out = []
+    for p in problems:
+        table = p.split(":", 1)[0]
+        mine = [f for f in fired if f.startswith(table + ".")]
+        out.append(p + (f" (user triggers on the target fired during the copy ({method.get('method')}) and may have"
+                        f" changed these rows: {', '.join(mine)})" if mine else ""))
+    return out
 
 
 # ----------------------------------------------------------------------------------- cut over

@@ -21,6 +21,7 @@ from residency.errors import InputError, ResidencyError
 
 from . import graph as graph_mod
 from . import references as refs_mod
+from . import tenant_objects
 from .introspect import Schema, introspect
 from .objects import inventory
 from .sqlbuild import Builder
@@ -62,6 +63,8 @@ class MovePlan:
     seconds: float = 0.0
     strategy_reason: str = ""
     preconditions: list[dict[str, Any]] = field(default_factory=list)  # online: each check, ok, detail, fix
+    tenant_objects: list[dict[str, Any]] = field(default_factory=list)  # per-tenant sequences (migrate.tenant_objects)
+    copy_method: dict[str, Any] = field(default_factory=dict)  # what the target role allows (migrate.triggers)
 
     @property
     def ok(self) -> bool:
@@ -102,13 +105,15 @@ class MovePlan:
             seconds=d.get("seconds", 0.0),
             strategy_reason=d.get("strategy_reason", ""),
             preconditions=list(d.get("preconditions", [])),
+            tenant_objects=list(d.get("tenant_objects", [])),
+            copy_method=dict(d.get("copy_method") or {}),
         )
 
 
 def plan_move(cat: Catalogue, conns: Connections, workspace_id: object, target: str, strategy: str = "snapshot") -> MovePlan:
     """Everything a move would do, or every reason it must not; changes nothing."""
     t0 = time.monotonic()
-    ws = str(workspace_id)
+    ws = cat.workspace.parse_id(workspace_id)  # bad input before any connection
     from .strategy import get as get_strategy
 
     if strategy != "auto":  # auto: chosen by size (migrate.online.plan_strategy)
@@ -117,6 +122,8 @@ def plan_move(cat: Catalogue, conns: Connections, workspace_id: object, target: 
     plan = MovePlan(ws, None, target, "snapshot" if strategy == "auto" else strategy, planned_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
     try:
         _plan(cat, conns, ws, target, plan)
+        if plan.tables and plan.source:
+            plan_copy_method(conns, plan)
         if plan.tables and plan.source:
             from .online import plan_strategy
 
@@ -160,11 +167,8 @@ def _plan(cat: Catalogue, conns: Connections, ws: str, target: str, plan: MovePl
     try:
         _plan_databases(cat, ws, source, target, src_ep, dst_ep, plan)
     except psycopg.Error as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        plan.refusals.append(f"cannot read the databases of {source} or {target}: {first}")
-        return
-    if plan.refusals and not plan.tables:
-        return
+        plan.refusals.append(f"cannot read the databases of {source} or {target}: {_first_line(exc)}")
+    # the objects are checked whatever the databases said: every refusal is listed at once
 
     try:
         src_inv = inventory(src_ep, cat.environment.buckets, cat.workspace.prefix_for(ws))
@@ -182,35 +186,54 @@ def _plan(cat: Catalogue, conns: Connections, ws: str, target: str, plan: MovePl
 
 
 def _plan_databases(cat: Catalogue, ws: str, source: str, target: str, src_ep: Any, dst_ep: Any, plan: MovePlan) -> None:
+    """Every check that can still run runs: a problem of one kind (the graph, a table's schema)
+    leaves out only the checks it makes impossible, so the plan lists every refusal at once."""
     with db.connect(src_ep.dsn, autocommit=True) as sconn, db.connect(dst_ep.dsn, autocommit=False) as tconn:
         src_schema = introspect(sconn)
         dst_schema = introspect(tconn)
         tconn.rollback()
         g = graph_mod.build(src_schema, cat.workspace)
         plan.refusals.extend(g.problems)
-        plan.refusals.extend(_schema_differences(g, dst_schema, target))
-        if g.problems:
-            return
+        differing: set[str] = set()
+        for name in _compared_tables(g):
+            lines = _table_differences(g, dst_schema, target, name)
+            if lines:
+                differing.add(name)
+                plan.refusals.extend(lines)
         b = Builder(g)
         params = b.params(ws)
         root = cat.workspace.root_table
         for name in g.order:
-            rows, nbytes = sconn.execute(b.count_rows(name), params).fetchone()
+            try:
+                rows, nbytes = sconn.execute(b.count_rows(name), params).fetchone()
+            except psycopg.Error as exc:
+                plan.refusals.append(f"cannot count the rows of {name} in {source}: {_first_line(exc)}")
+                continue
             r = g.reach[name]
             plan.tables.append(TablePlan(name, r.describe(), r.kind, int(rows), int(nbytes)))
         root_rows = next((t.rows for t in plan.tables if t.table == root), 0)
-        if root_rows == 0:
+        if root in g.order and root_rows == 0:
             plan.refusals.append(f"unknown workspace '{ws}': no row in {root} of region {source} ({redact(src_ep.dsn)})")
             return
-        if any("target schema differs" in r for r in plan.refusals):
-            return
-        for name in g.order:
-            tp = next(t for t in plan.tables if t.table == name)
-            if tp.rows:
-                line = _key_conflicts(sconn, tconn, b, name, params, target)
-                if line:
-                    plan.refusals.append(line)
+        if line := directory.second_home(tconn, dst_schema.name, root, ws, source, target):  # an id in two regions
+            plan.refusals.append(line)
+        for tp in plan.tables:
+            if not tp.rows or tp.table in differing:
+                continue
+            try:
+                if b.graph.table(tp.table).primary_key:
+                    line = _key_conflicts(sconn, tconn, b, tp.table, params, target)
+                    if line:
+                        plan.refusals.append(line)
+                plan.refusals.extend(_unique_conflicts(sconn, tconn, b, dst_schema, tp.table, params, target))
+            except psycopg.Error as exc:
+                tconn.rollback()
+                plan.refusals.append(f"cannot check the unique keys of {tp.table} against {target}: {_first_line(exc)}")
+        tobjs, tnotes, trefusals = tenant_objects.plan(sconn, tconn, g.schema.name, cat.workspace, ws, target)
+        plan.tenant_objects, plan.notes, plan.refusals = [asdict(o) for o in tobjs], plan.notes + tnotes, plan.refusals + trefusals
         for gname in g.global_order:
+            if gname in differing or not b.graph.table(gname).primary_key:  # (a graph problem says why)
+                continue
             n, missing = _global_missing(sconn, tconn, b, gname, params)
             plan.globals.append(GlobalPlan(gname, n, missing, g.shared.get(gname, "")))
             if n > missing:
@@ -267,30 +290,39 @@ def _plan_references(sconn: psycopg.Connection[Any], b: Builder, params: dict[st
                               f" so they reach no workspace and stay where they are (e.g. {shown})")
 
 
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
+def _compared_tables(g: graph_mod.Graph) -> list[str]:
+    return sorted(n for n, r in g.reach.items() if r.moves or r.kind == "global")
+
+
 def _schema_differences(g: graph_mod.Graph, dst: Schema, target: str) -> list[str]:
+    return [line for name in _compared_tables(g) for line in _table_differences(g, dst, target, name)]
+
+
+def _table_differences(g: graph_mod.Graph, dst: Schema, target: str, name: str) -> list[str]:
     out: list[str] = []
-    names = [n for n, r in g.reach.items() if r.moves or r.kind == "global"]
-    for name in sorted(names):
-        st = g.schema.tables[name]
-        tt = dst.table(name)
-        if tt is None:
-            out.append(f"target schema differs: table '{name}' is missing in {target}")
+    st = g.schema.tables[name]
+    tt = dst.table(name)
+    if tt is None:
+        return [f"target schema differs: table '{name}' is missing in {target}"]
+    for c in st.columns:
+        if c.generated:
             continue
-        for c in st.columns:
-            if c.generated:
-                continue
-            tc = tt.column(c.name)
-            if tc is None:
-                out.append(f"target schema differs: column {name}.{c.name} is missing in {target}")
-            elif tc.type != c.type:
-                out.append(f"target schema differs: column {name}.{c.name} is {tc.type} in {target}, {c.type} in the source")
-            elif tc.generated:
-                out.append(f"target schema differs: column {name}.{c.name} is generated in {target} but not in the source")
-        for tc in tt.columns:
-            if st.column(tc.name) is None and tc.not_null and not tc.has_default and not tc.generated and not tc.identity:
-                out.append(f"target schema differs: column {name}.{tc.name} exists only in {target} and is NOT NULL without a default")
-        if tuple(tt.primary_key) != tuple(st.primary_key):
-            out.append(f"target schema differs: primary key of {name} is ({', '.join(tt.primary_key)}) in {target}, ({', '.join(st.primary_key)}) in the source")
+        tc = tt.column(c.name)
+        if tc is None:
+            out.append(f"target schema differs: column {name}.{c.name} is missing in {target}")
+        elif tc.type != c.type:
+            out.append(f"target schema differs: column {name}.{c.name} is {tc.type} in {target}, {c.type} in the source")
+        elif tc.generated:
+            out.append(f"target schema differs: column {name}.{c.name} is generated in {target} but not in the source")
+    for tc in tt.columns:
+        if st.column(tc.name) is None and tc.not_null and not tc.has_default and not tc.generated and not tc.identity:
+            out.append(f"target schema differs: column {name}.{tc.name} exists only in {target} and is NOT NULL without a default")
+    if tuple(tt.primary_key) != tuple(st.primary_key):
+        out.append(f"target schema differs: primary key of {name} is ({', '.join(tt.primary_key)}) in {target}, ({', '.join(st.primary_key)}) in the source")
     return out
 
 
@@ -333,6 +365,53 @@ def _key_conflicts(sconn: psycopg.Connection[Any], tconn: psycopg.Connection[Any
     return f"primary keys of moving rows already present in target {target}: {table} has {n} ({', '.join(key)} = {shown})"
 
 
+UNIQUE_SAMPLE = 5  # clashing values named per unique index
+
+
+def _unique_conflicts(sconn: psycopg.Connection[Any], tconn: psycopg.Connection[Any], b: Builder, dst: Schema, table: str, params: dict[str, Any], target: str) -> list[str]:
+    """One refusal line per unique constraint or unique index of ``table`` in the target (other
+    than its primary key, see :func:`_key_conflicts`; partial and expression ones too) that the
+    moving rows' values would violate: the index's key parts (and predicate) are evaluated over
+    the moving rows in the source, streamed to a temp table in the target (rolled back) and
+    joined to the target's rows. NULLs never clash unless the index is NULLS NOT DISTINCT."""
+    tt = dst.table(table)
+    out: list[str] = []
+    for u in tt.unique_indexes if tt is not None else ():
+        if u.constraint == "p" or not u.valid:
+            continue
+        if tt.primary_key and u.plain and set(tt.primary_key) <= set(u.columns):
+            continue  # holds whenever the primary key does (checked by _key_conflicts), e.g. (workspace_id, id)
+        st = b.graph.table(table)
+        if any(c is not None and st.column(c) is None for c in u.columns):
+            continue  # a column only the target has: the copy leaves it to its default (a schema difference if required)
+        temp = "residency_plan_unique"
+        tconn.execute(b.temp_unique_values(temp, table, u.parts))
+        with sconn.cursor().copy(b.copy_out_unique_values(table, u.parts, u.predicate), params) as cout, tconn.cursor().copy(
+            b.copy_in_unique_values(temp, len(u.parts))
+        ) as cin:
+            for chunk in cout:
+                cin.write(chunk)
+        (n,) = tconn.execute(b.count_unique_clashes(table, temp, u.parts, u.predicate, u.nulls_not_distinct)).fetchone()
+        sample = list(tconn.execute(b.unique_clashes(table, temp, u.parts, u.predicate, u.nulls_not_distinct), {"limit": UNIQUE_SAMPLE})) if n else []
+        tconn.rollback()
+        if not n:
+            continue
+        lhs = u.parts[0] if len(u.parts) == 1 else f"({', '.join(u.parts)})"
+        vals = ", ".join(_value(r[0]) if len(r) == 1 else f"({', '.join(_value(v) for v in r)})" for r in sample)
+        more = ", ..." if n > len(sample) else ""
+        rows = "1 moving row clashes" if n == 1 else f"{n} moving rows clash"
+        out.append(f"{u.describe()}: {rows} with rows in {target} ({lhs} = {vals}{more})")
+    return out
+
+
+def _value(v: Any) -> str:
+    if v is None:
+        return "NULL"
+    if isinstance(v, str):
+        return repr(v)
+    return str(v)
+
+
 def _global_missing(sconn: psycopg.Connection[Any], tconn: psycopg.Connection[Any], b: Builder, gname: str, params: dict[str, Any]) -> tuple[int, int]:
     temp = "residency_plan_globals"
     key = b.graph.presence_key(gname)
@@ -370,6 +449,7 @@ def render(plan: MovePlan) -> str:
         lines.append(f"references checked after the copy: {len(plan.references)}")
     for logical, o in plan.objects.items():
         lines.append(f"objects in {logical}: {o['objects']} ({human_bytes(o['bytes'])})")
+    lines.extend(f"tenant {o['kind']} {o['name']}: {o['detail']}" for o in plan.tenant_objects)
     for n in plan.notes:
         lines.append(f"note: {n}")
     if plan.preconditions:
@@ -381,3 +461,20 @@ def render(plan: MovePlan) -> str:
     else:
         lines.append("ok: the move can start")
     return "\n".join(lines)
+
+
+def plan_copy_method(conns: Connections, plan: MovePlan) -> None:
+    """Which copy method the target role allows (replica, disabling triggers, or neither) and
+    why, as a note and ``plan.copy_method``; the user triggers that would fire are listed too."""
+    from .introspect import app_schema
+    from .triggers import inspect
+
+    names = [t.table for t in plan.tables] + [g.table for g in plan.globals]
+    try:
+        with db.connect(conns.region(plan.target).dsn, autocommit=True) as tconn:
+            acc = inspect(tconn, app_schema(), names)
+    except psycopg.Error as exc:
+        plan.notes.append(f"copy method: unknown (cannot read the target role's privileges: {str(exc).strip().splitlines()[0]})")
+        return
+    plan.copy_method = acc.to_dict()
+    plan.notes.extend(acc.notes())

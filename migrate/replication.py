@@ -48,13 +48,21 @@ def name_for(move_id: int) -> str:
 
 def row_filtered(g: Graph) -> list[str]:
     """Tables that carry the key (root, own key column): published with a row filter."""
-    return [t for t in g.order if g.reach[t].kind in ("root", "key")]
+    return [t for t in g.order if g.reach[t].kind in ("root", "key") and g.table(t).primary_key]
 
 
 def path_tables(g: Graph) -> list[str]:
     """Tables that reach the workspace through foreign keys or configured paths: a row filter
-    can't follow them, so they are copied under the fence from the (then static) source."""
-    return [t for t in g.order if g.reach[t].kind not in ("root", "key")]
+    can't follow them, so they are copied ahead of the fence, and the rows the change log names
+    (by primary key) again under it."""
+    return [t for t in g.order if g.reach[t].kind not in ("root", "key") and g.table(t).primary_key]
+
+
+def fenced_tables(g: Graph) -> list[str]:
+    """Tables without a primary key (join tables): no replica identity to publish their UPDATEs
+    and DELETEs by (the source would refuse them), no key for the change log; copied whole under
+    the fence from the (then static) source, the snapshot way."""
+    return [t for t in g.order if not g.table(t).primary_key]
 
 
 def source_conninfo(region: str, dsn: str) -> str:
@@ -125,8 +133,9 @@ def install_change_log(conn: psycopg.Connection[Any], b: Builder, move_id: int, 
         for stmt in b.truncate_guard_setup() + b.change_log_setup():
             conn.execute(stmt)
         for t in b.graph.order:
-            for stmt in b.change_log_trigger(t, move_id, workspace_id):
-                conn.execute(stmt)
+            if b.graph.table(t).primary_key:  # tables without one are copied whole under the fence
+                for stmt in b.change_log_trigger(t, move_id, workspace_id):
+                    conn.execute(stmt)
 
 
 def changed_keys(conn: psycopg.Connection[Any], b: Builder, move_id: int, table: str, since: int = 0) -> list[Any]:
@@ -140,7 +149,7 @@ def change_log_present(conn: psycopg.Connection[Any], b: Builder, move_id: int) 
         "SELECT count(DISTINCT tgrelid) FROM pg_trigger WHERE tgname = %s AND NOT tgisinternal",
         (f"residency_online_changes_{int(move_id)}",),
     ).fetchone()[0]
-    return int(n) == len(b.graph.order)
+    return int(n) == len([t for t in b.graph.order if b.graph.table(t).primary_key])
 
 
 def truncations(conn: psycopg.Connection[Any], b: Builder, move_id: int) -> list[tuple[str, str, Any]]:
@@ -188,9 +197,76 @@ def create_publication(conn: psycopg.Connection[Any], b: Builder, move_id: int, 
     conn.execute(b.publication_create(name, row_filtered(b.graph), workspace_id))
 
 
+# The server settings that could copy a statement's text (and so a CONNECTION string's password)
+# into the target server's log: every statement, a slow one, a failing one, or its error message.
+_QUIET_LOGGING = (("log_statement", "none"), ("log_min_duration_statement", "-1"),
+                  ("log_min_error_statement", "panic"), ("log_min_messages", "panic"))
+
+
+def check_conninfo(conninfo: str) -> None:
+    """A connection string the target server will be handed, parsed here first: a malformed one
+    is one redacted line (exit 2), never sent to a server that would echo it into its log."""
+    from psycopg.conninfo import conninfo_to_dict
+
+    from residency.errors import InputError
+    from residency.redaction import redact, register_dsn
+
+    register_dsn(conninfo)
+    try:
+        conninfo_to_dict(conninfo)
+    except psycopg.Error as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise InputError(f"the replication connection string {redact(conninfo)} is not valid: {redact(first)}") from None
+
+
+def has_password(conninfo: str) -> bool:
+    from residency.redaction import redact
+
+    return redact(conninfo) != conninfo
+
+
+def quiet_statement_logging(conn: psycopg.Connection[Any], conninfo: str) -> list[str]:
+    """Turn statement logging off for the statement that carries ``conninfo`` (``SET LOCAL`` in a
+    transaction, ``SET`` for an autocommit session: undo with :func:`restore_statement_logging`).
+
+    Needs superuser or, on PostgreSQL 15+, ``GRANT SET ON PARAMETER ...`` for each setting. A role
+    without it is refused when the string carries a password (nothing is sent); a string without
+    one (the password in the target server's passfile) needs no quieting. Returns what was set."""
+    scope = "SESSION" if conn.autocommit else "LOCAL"
+    done: list[str] = []
+    for name, value in _QUIET_LOGGING:
+        try:
+            with conn.transaction():  # a savepoint (or a transaction), so a refusal leaves conn usable
+                conn.execute(sql.SQL("SET {} {} = {}").format(sql.SQL(scope), sql.Identifier(name), sql.Literal(value)))
+            done.append(name)
+        except psycopg.errors.InsufficientPrivilege:
+            if has_password(conninfo):
+                restore_statement_logging(conn, done)
+                role = conn.execute("SELECT current_user").fetchone()[0]
+                raise OperationError(
+                    f"the replication connection string carries a password and role {role} may not turn off {name} on the"
+                    f" target server, so the password could reach its log: GRANT SET ON PARAMETER"
+                    f" {', '.join(n for n, _ in _QUIET_LOGGING)} TO {role}, or put the password in the target server's"
+                    f" passfile and leave it out of {SOURCE_DSN_ENV.format(region='<SOURCE REGION>')}"
+                ) from None
+    return done
+
+
+def restore_statement_logging(conn: psycopg.Connection[Any], names: list[str]) -> None:
+    if conn.autocommit:
+        for name in names:
+            conn.execute(sql.SQL("RESET {}").format(sql.Identifier(name)))
+
+
 def create_subscription(conn: psycopg.Connection[Any], b: Builder, move_id: int, conninfo: str) -> int:
     name = name_for(move_id)
-    conn.execute(b.subscription_create(name, conninfo, name, name))
+    check_conninfo(conninfo)
+    quieted = quiet_statement_logging(conn, conninfo)
+    try:
+        conn.execute(b.subscription_create(name, conninfo, name, name))
+    finally:
+        if not conn.closed and conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
+            restore_statement_logging(conn, quieted)
     oid = subscription_oid(conn, move_id)
     assert oid is not None
     return oid
@@ -518,15 +594,17 @@ def preconditions(src_dsn: str, dst_dsn: str, conninfo: str, g: Graph, b: Builde
     if tsup:
         probe = f"residency_probe_{os.getpid()}"
         try:
+            check_conninfo(conninfo)
             with db.connect(dst_dsn, autocommit=False) as t2:
                 try:
                     t2.execute("SET LOCAL statement_timeout = '20s'")
+                    quiet_statement_logging(t2, conninfo)  # SET LOCAL: ends with the rolled-back transaction
                     t2.execute(Builder.subscription_probe(probe, conninfo))
                     out.append(Precondition("connectivity from target to source", True, "the target server reached the source"))
                 finally:
                     t2.rollback()
-        except psycopg.Error as exc:
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        except (psycopg.Error, OperationError) as exc:
+            first = redact((str(exc).strip().splitlines() or [type(exc).__name__])[0])
             out.append(Precondition("connectivity from target to source", False,
                                     f"the target server cannot open a replication connection to {redact(conninfo)}: {first}",
                                     "open the network path from the target's database server to the source's, allow a replication"

@@ -39,6 +39,7 @@ def build(rec: MoveRecord) -> dict[str, Any]:
         "timing": r.get("timing"),
         "cut_over": r.get("cut_over"),
         "deletion": r.get("deletion"),
+        "no_copy_after": (r.get("deletion") or {}).get("no_copy_after"),
         "rollback": r.get("rollback"),
         "fence_breakdown": (r.get("online") or {}).get("fence_breakdown"),
         "verify_timings": verify.get("timings"),
@@ -94,6 +95,14 @@ def render(d: dict[str, Any]) -> str:
         lines.append(f"source copy deleted {x['deleted_at']} in {x['region']}: {x['rows']:,} rows, {x['object_count']} objects")
         for t, v in x["tables"].items():
             lines.append(f"    {t}: {v['rows']:,} rows, checksum {v['checksum']}")
+        if "object_versions" in x:
+            places = sorted({f"{v['bucket']} ({v['aws_region']})" for v in x["object_versions"]})
+            lines.append(f"    object versions deleted: {x['versions_deleted']}, delete markers deleted: {x['delete_markers_deleted']},"
+                         f" remaining: {x['versions_remaining']}" + (f" in {', '.join(places)}" if places else ""))
+        for h in x.get("still_held") or []:
+            lines.append(f"    still held: {h['what']} in {h['where']} until {h['until']} ({h['days']} days)")
+        if x.get("no_copy_after"):
+            lines.append(f"no copy remains in {x.get('jurisdiction') or x['region']} after {x['no_copy_after']}")
     if d.get("rollback"):
         lines.append(f"rolled back {d['rollback']['at']}")
     return "\n".join(lines)

@@ -369,6 +369,60 @@ class Builder:
             tbl=self.qname(table), k=sql.Identifier(key), lo=sql.Placeholder("lo"), hi=sql.Placeholder("hi")
         )
 
+    # ------------------------------------------------------------------ unique indexes (plan)
+    # A unique index's key parts and predicate are SQL text PostgreSQL itself printed
+    # (pg_get_indexdef / pg_get_expr, see migrate.introspect.UniqueIndex), composed as such; they
+    # name the table's columns unqualified, so they are evaluated over a subquery whose columns
+    # carry those names. Values go to a temp table in the target as ``residency_u<i>``.
+    @staticmethod
+    def _unique_cols(n: int) -> list[str]:
+        return [f"residency_u{i}" for i in range(n)]
+
+    def unique_values(self, table: str, parts: Sequence[str], predicate: str | None) -> sql.Composed:
+        """The index's key values of the workspace's rows (those the predicate admits)."""
+        t = self.graph.table(table)
+        x = sql.Identifier(table)
+        return sql.SQL("SELECT {vals} FROM ({rows}) {x} WHERE {pred}").format(
+            vals=sql.SQL(", ").join(sql.SQL("({}) AS {}").format(sql.SQL(p), sql.Identifier(c)) for p, c in zip(parts, self._unique_cols(len(parts)))),
+            rows=self.select_rows(table, [c.name for c in t.columns]), x=x,
+            pred=sql.SQL("({})").format(sql.SQL(predicate)) if predicate else sql.SQL("true"),
+        )
+
+    def copy_out_unique_values(self, table: str, parts: Sequence[str], predicate: str | None) -> sql.Composed:
+        return sql.SQL("COPY ({}) TO STDOUT (FORMAT BINARY)").format(self.unique_values(table, parts, predicate))
+
+    def temp_unique_values(self, temp: str, table: str, parts: Sequence[str]) -> sql.Composed:
+        """A temp table typed as the index's key parts evaluated over ``table`` (in the target)."""
+        return sql.SQL("CREATE TEMP TABLE {tmp} ON COMMIT DROP AS SELECT {vals} FROM {tbl} WITH NO DATA").format(
+            tmp=sql.Identifier(temp), tbl=self.qname(table),
+            vals=sql.SQL(", ").join(sql.SQL("({}) AS {}").format(sql.SQL(p), sql.Identifier(c)) for p, c in zip(parts, self._unique_cols(len(parts)))),
+        )
+
+    def copy_in_unique_values(self, temp: str, n: int) -> sql.Composed:
+        return sql.SQL("COPY {tmp} ({cols}) FROM STDIN (FORMAT BINARY)").format(tmp=sql.Identifier(temp), cols=_ident_list(self._unique_cols(n)))
+
+    def _unique_clash(self, table: str, temp: str, parts: Sequence[str], predicate: str | None, nulls_not_distinct: bool) -> sql.Composed:
+        k = sql.Identifier("k")
+        op = sql.SQL("IS NOT DISTINCT FROM") if nulls_not_distinct else sql.SQL("=")
+        match = sql.SQL(" AND ").join(
+            sql.SQL("({}) {} {}.{}").format(sql.SQL(p), op, k, sql.Identifier(c)) for p, c in zip(parts, self._unique_cols(len(parts)))
+        )
+        if predicate:
+            match = sql.SQL("({}) AND {}").format(sql.SQL(predicate), match)
+        # the subquery's FROM is the table itself, unaliased: the parts' column names resolve to it
+        return sql.SQL("EXISTS (SELECT 1 FROM {tbl} WHERE {match})").format(tbl=self.qname(table), match=match)
+
+    def count_unique_clashes(self, table: str, temp: str, parts: Sequence[str], predicate: str | None, nulls_not_distinct: bool) -> sql.Composed:
+        return sql.SQL("SELECT count(*) FROM {tmp} {k} WHERE {clash}").format(
+            tmp=sql.Identifier(temp), k=sql.Identifier("k"), clash=self._unique_clash(table, temp, parts, predicate, nulls_not_distinct))
+
+    def unique_clashes(self, table: str, temp: str, parts: Sequence[str], predicate: str | None, nulls_not_distinct: bool) -> sql.Composed:
+        """A sample (``%(limit)s``) of the moving key values the target's rows already hold."""
+        k = sql.Identifier("k")
+        cols = _ident_list(self._unique_cols(len(parts)), k)
+        return sql.SQL("SELECT DISTINCT {cols} FROM {tmp} {k} WHERE {clash} ORDER BY {cols} LIMIT %(limit)s").format(
+            cols=cols, tmp=sql.Identifier(temp), k=k, clash=self._unique_clash(table, temp, parts, predicate, nulls_not_distinct))
+
     # ------------------------------------------------------------------ checksums
     def _hash_columns(self, t: Table, a: sql.Composable) -> sql.Composed:
         """The columns as hashed: as they are, or as text where the type has no hash function."""
@@ -384,11 +438,14 @@ class Builder:
         return sql.SQL(", ").join(sql.Placeholder(f"{prefix}{i}") for i in range(n))
 
     def _range_cond(self, t: Table, a: sql.Composable, lo: bool, hi: bool) -> sql.Composable:
+        """``%(lo..)s < key <= %(hi..)s`` on the table's narrowing key (:meth:`Graph.narrow_key`)."""
         cond: list[sql.Composable] = []
-        if lo:
-            cond.append(sql.SQL("ROW({}) > ROW({})").format(_ident_list(t.primary_key, a), self._key_params("lo", len(t.primary_key))))
-        if hi:
-            cond.append(sql.SQL("ROW({}) <= ROW({})").format(_ident_list(t.primary_key, a), self._key_params("hi", len(t.primary_key))))
+        if lo or hi:
+            key = self.graph.narrow_key(t.name)[0]
+            if lo:
+                cond.append(sql.SQL("ROW({}) > ROW({})").format(_ident_list(key, a), self._key_params("lo", len(key))))
+            if hi:
+                cond.append(sql.SQL("ROW({}) <= ROW({})").format(_ident_list(key, a), self._key_params("hi", len(key))))
         return sql.SQL(" AND ").join(cond) if cond else sql.SQL("true")
 
     def _rows_for_hash(self, table: str, *, global_: bool, lo: bool = False, hi: bool = False) -> sql.Composed:
@@ -407,19 +464,24 @@ class Builder:
         )
 
     def key_hashes(self, table: str, *, lo: bool = False, hi: bool = False) -> sql.Composed:
-        """(key..., hash) of every row in a key range: the leaves of the bisection."""
-        t = self.graph.table(table)
-        h = sql.Identifier("h")
-        return sql.SQL("SELECT {keys}, hash_record_extended({h}, 0) FROM ({rows}) {h} ORDER BY {keys}").format(
-            keys=_ident_list(t.primary_key, h), h=h, rows=self._rows_for_hash(table, global_=False, lo=lo, hi=hi)
+        """(key..., rows, sum of row hashes) per narrowing key in a key range: the leaves of the
+        bisection (one row per key when the key is unique; a group of rows when it is not)."""
+        key = self.graph.narrow_key(table)[0]
+        h, x = sql.Identifier("h"), sql.Identifier("x")
+        hashed = sql.SQL("SELECT {keys}, hash_record_extended({h}, 0)::numeric AS {hv} FROM ({rows}) {h}").format(
+            keys=_ident_list(key, h), h=h, hv=sql.Identifier("residency_hash"), rows=self._rows_for_hash(table, global_=False, lo=lo, hi=hi)
+        )
+        return sql.SQL("SELECT {keys}, count(*), sum({x}.{hv}) FROM ({hashed}) {x} GROUP BY {keys} ORDER BY {keys}").format(
+            keys=_ident_list(key, x), x=x, hv=sql.Identifier("residency_hash"), hashed=hashed
         )
 
     def median_key(self, table: str, *, lo: bool = False, hi: bool = False) -> sql.Composed:
         t = self.graph.table(table)
+        key = self.graph.narrow_key(table)[0]
         x = sql.Identifier("x")
         return sql.SQL("SELECT {keys} FROM ({rows}) {x} WHERE {cond} ORDER BY {keys} OFFSET {off} LIMIT 1").format(
-            keys=_ident_list(t.primary_key, x),
-            rows=self.select_rows(table),
+            keys=_ident_list(key, x),
+            rows=self.select_rows(table, list(t.copy_columns) + [c for c in key if c not in t.copy_columns]),
             x=x,
             cond=self._range_cond(t, x, lo, hi),
             off=sql.Placeholder("offset"),
@@ -968,6 +1030,63 @@ class Builder:
 
     def fix_owner(self, table: str, role: str) -> sql.Composed:
         return sql.SQL("ALTER TABLE {} OWNER TO {};").format(self.qname(table), sql.Identifier(role))
+
+    # ------------------------------------------------------------------ chunks (migrate.chunks)
+    # A chunk of a table with a one-column key is ``lo < key <= hi`` (either end open when None),
+    # text keys compared in the "C" collation so that both regions cut at the same places.
+    CHUNK_KEY_TYPES = ("smallint", "integer", "bigint", "text", "uuid")
+
+    def chunk_key(self, table: str) -> str | None:
+        """The column a table's chunks are cut on, or None (stays one chunk)."""
+        t = self.graph.table(table)
+        if len(t.primary_key) != 1:
+            return None
+        c = t.column(t.primary_key[0])
+        if c is None or not (c.type in self.CHUNK_KEY_TYPES or c.type.startswith("character varying")):
+            return None
+        return c.name
+
+    def _chunk_key_expr(self, table: str, alias: sql.Composable) -> sql.Composed:
+        key = self.chunk_key(table) or ""
+        c = self.graph.table(table).column(key)
+        ref = sql.SQL("{}.{}").format(alias, sql.Identifier(key))
+        if c is not None and (c.type == "text" or c.type.startswith("character varying")):
+            return sql.SQL("{} COLLATE \"C\"").format(ref)
+        return ref
+
+    def chunk_cond(self, table: str, alias: sql.Composable, lo: bool, hi: bool) -> sql.Composable:
+        k = self._chunk_key_expr(table, alias)
+        parts: list[sql.Composable] = []
+        if lo:
+            parts.append(sql.SQL("{} > {}").format(k, sql.Placeholder("chunk_lo")))
+        if hi:
+            parts.append(sql.SQL("{} <= {}").format(k, sql.Placeholder("chunk_hi")))
+        return sql.SQL(" AND ").join(parts) if parts else sql.SQL("true")
+
+    def chunk_bounds(self, table: str) -> sql.Composed:
+        """The key values at ``%(fractions)s`` (a float8 array) of the workspace's rows, in order."""
+        x = sql.Identifier("x")
+        return sql.SQL("SELECT percentile_disc({f}::float8[]) WITHIN GROUP (ORDER BY {k}) FROM ({rows}) {x}").format(
+            f=sql.Placeholder("fractions"), k=self._chunk_key_expr(table, x), rows=self.select_rows(table, [self.chunk_key(table) or ""]), x=x)
+
+    def _chunk_rows(self, table: str, lo: bool, hi: bool, columns: Sequence[str] | None = None) -> sql.Composed:
+        return self.select_rows(table, columns, where=self.chunk_cond(table, sql.Identifier("t"), lo, hi))
+
+    def copy_out_chunk(self, table: str, lo: bool, hi: bool) -> sql.Composed:
+        return sql.SQL("COPY ({}) TO STDOUT (FORMAT BINARY)").format(self._chunk_rows(table, lo, hi))
+
+    def delete_chunk(self, table: str, lo: bool, hi: bool) -> sql.Composed:
+        a = sql.Identifier("t")
+        return sql.SQL("DELETE FROM {tbl} {a} WHERE {cond} AND {rng}").format(
+            tbl=self.qname(table), a=a, cond=self.belongs(table, a), rng=self.chunk_cond(table, a, lo, hi))
+
+    def checksum_chunk(self, table: str, lo: bool, hi: bool) -> sql.Composed:
+        """count(*) and sum(hash_record_extended(row, 0)) of one chunk (same hash as :meth:`checksum`)."""
+        t = self.graph.table(table)
+        h, x = sql.Identifier("h"), sql.Identifier("x")
+        return sql.SQL("SELECT count(*), coalesce(sum(hash_record_extended({h}, 0)::numeric), 0) FROM"
+                       " (SELECT {hc} FROM ({rows}) {x}) {h}").format(
+            h=h, hc=self._hash_columns(t, x), rows=self._chunk_rows(table, lo, hi), x=x)
 
 
 ONLINE_SCHEMA = "residency_online"

@@ -2,6 +2,8 @@
 (``sum(hash_record_extended(row, 0))``) computed inside each database, both sides at once in
 parallel threads. On a mismatch, narrow down by primary-key ranges with the same checksum
 (bisection around the median key) and name the differing keys without pulling whole tables.
+A table without a primary key is compared as a multiset (the same count and sum) and narrowed by
+a unique key it has, else by groups of the columns it reaches its workspace through.
 Global tables: every referenced row must exist in the target (their content may legitimately
 differ: the target's rows are never overwritten). Objects: keys, sizes, checksums."""
 
@@ -38,6 +40,8 @@ class TableCheck:
     kind: str = "table"  # table | global
     verify_mode: str = "full"  # full | incremental (see migrate.incremental)
     verify_detail: str = ""
+    chunks: int = 0  # chunks compared (0: the table as a whole)
+    bad_chunks: list[dict[str, Any]] = field(default_factory=list)  # {index, lo, hi, source: [n, sum], target: [n, sum]}
 
 
 @dataclass
@@ -66,8 +70,10 @@ class VerifyResult:
                 continue
             keys = ", ".join(_fmt_diff(d) for d in t.differences[:MAX_KEYS])
             more = f" (+{t.differing - len(t.differences)} more)" if t.differing > len(t.differences) else ""
+            bad = ", ".join(f"{c['index'] + 1}/{t.chunks} ({_fmt_end(c['lo'])}..{_fmt_end(c['hi'])}]" for c in t.bad_chunks[:MAX_KEYS])
             out.append(
                 f"{t.table}: {t.source_rows} rows/{t.source_checksum} in {self.a}, {t.target_rows} rows/{t.target_checksum} in {self.b}"
+                + (f"; differing chunks: {bad}" if bad else "")
                 + (f"; differing keys: {keys}{more}" if keys else "")
             )
         if self.references:
@@ -77,8 +83,14 @@ class VerifyResult:
         return out
 
 
+def _fmt_end(v: Any) -> str:
+    return "" if v is None else str(v)
+
+
 def _fmt_diff(d: dict[str, Any]) -> str:
     key = d["key"]
+    if d.get("columns"):  # rows grouped by their reach columns (no unique key)
+        return f"{', '.join(f'{c}={v}' for c, v in zip(d['columns'], key))} ({d['kind']})"
     k = key[0] if isinstance(key, (list, tuple)) and len(key) == 1 else tuple(key)
     return f"{k} ({d['kind']})"
 
@@ -153,7 +165,7 @@ def _global_present(src_dsn: str, dst_dsn: str, b: Builder, ws: str, gtable: str
     return int(total), int(present)
 
 
-def verify_tables(a_dsn: str, b_dsn: str, b: Builder, ws: str, a_name: str = "source", b_name: str = "target", *, with_globals: bool = True, emit: Callable[[Any], None] | None = None, a_sums: dict[str, tuple[int, Decimal]] | None = None, b_workers: int = 1, sizes: dict[str, int] | None = None) -> VerifyResult:
+def verify_tables(a_dsn: str, b_dsn: str, b: Builder, ws: str, a_name: str = "source", b_name: str = "target", *, with_globals: bool = True, emit: Callable[[Any], None] | None = None, a_sums: dict[str, tuple[int, Decimal]] | None = None, b_workers: int = 1, sizes: dict[str, int] | None = None, chunks: dict[str, list[list[Any]]] | None = None) -> VerifyResult:
     """Counts and checksums of every table on both sides, compared; differing tables narrowed
     down to their keys. ``a_sums``: side a's counts and checksums already known (the caller
     proves they still hold, e.g. the snapshot's source computed under a fence that is still in
@@ -162,6 +174,7 @@ def verify_tables(a_dsn: str, b_dsn: str, b: Builder, ws: str, a_name: str = "so
     tables = list(b.graph.order)
     globals_ = list(b.graph.global_order) if with_globals else []
     timings: dict[str, float] = {}
+    b_chunks: dict[str, list[tuple[int, Decimal]]] = {}
 
     @transient
     def side(dsn: str) -> tuple[dict[str, tuple[int, Decimal]], float]:
@@ -171,7 +184,10 @@ def verify_tables(a_dsn: str, b_dsn: str, b: Builder, ws: str, a_name: str = "so
     if a_sums is not None and all(t in a_sums for t in tables):
         ra = a_sums
         ts = time.monotonic()
-        rb = checksum_tables(b_dsn, b, ws, tables, workers=b_workers, sizes=sizes)
+        if chunks:
+            rb, b_chunks = checksum_chunked(b_dsn, b, ws, tables, chunks, workers=b_workers, sizes=sizes)
+        else:
+            rb = checksum_tables(b_dsn, b, ws, tables, workers=b_workers, sizes=sizes)
         timings["target_checksums"] = round(time.monotonic() - ts, 3)
         origin = "given"
     else:
@@ -185,7 +201,21 @@ def verify_tables(a_dsn: str, b_dsn: str, b: Builder, ws: str, a_name: str = "so
         (na, sa), (nb, sb) = ra[t], rb[t]
         ok = na == nb and sa == sb
         tc = TableCheck(t, na, str(sa), nb, str(sb), ok)
-        if not ok:
+        if t in b_chunks:
+            tc.chunks = len(b_chunks[t])
+        if not ok and t in b_chunks:
+            # compare the chunks, then narrow only the ones that differ
+            a_chunks = _chunk_sums(a_dsn, b, ws, t, chunks[t])  # type: ignore[index]
+            diffs = []
+            for i, ((lo, hi), ca, cb) in enumerate(zip(chunks[t], a_chunks, b_chunks[t])):  # type: ignore[index]
+                if ca != cb:
+                    tc.bad_chunks.append({"index": i, "lo": lo, "hi": hi, "source": [ca[0], str(ca[1])], "target": [cb[0], str(cb[1])]})
+                    narrow_in = b.chunk_key(t) is not None and _integer_key(b, t)
+                    diffs += narrow(a_dsn, b_dsn, b, ws, t, lo=(lo,) if narrow_in and lo is not None else None,
+                                    hi=(hi,) if narrow_in and hi is not None else None)
+            tc.differing = len(diffs)
+            tc.differences = diffs[:MAX_KEYS]
+        elif not ok:
             diffs = narrow(a_dsn, b_dsn, b, ws, t)
             tc.differing = len(diffs)
             tc.differences = diffs[:MAX_KEYS]
@@ -234,8 +264,12 @@ def _kp(prefix: str, key: tuple[Any, ...] | None) -> dict[str, Any]:
     return {} if key is None else {f"{prefix}{i}": v for i, v in enumerate(key)}
 
 
-def narrow(a_dsn: str, b_dsn: str, b: Builder, ws: str, table: str, max_keys: int = 200) -> list[dict[str, Any]]:
-    """The keys whose rows differ between the two databases, found by bisecting key ranges."""
+def narrow(a_dsn: str, b_dsn: str, b: Builder, ws: str, table: str, max_keys: int = 200, *, lo: tuple[Any, ...] | None = None, hi: tuple[Any, ...] | None = None) -> list[dict[str, Any]]:
+    """The keys whose rows differ between the two databases, found by bisecting key ranges
+    (within ``lo < key <= hi`` when given, e.g. one chunk)."""
+    cols, unique = b.graph.narrow_key(table)
+    if not cols:
+        return []
     with db.connect(a_dsn, autocommit=True) as ca, db.connect(b_dsn, autocommit=True) as cb:
         out: list[dict[str, Any]] = []
 
@@ -244,9 +278,9 @@ def narrow(a_dsn: str, b_dsn: str, b: Builder, ws: str, table: str, max_keys: in
             n, s = conn.execute(b.checksum(table, lo=lo is not None, hi=hi is not None), p).fetchone()
             return int(n), Decimal(s)
 
-        def leaves(conn: psycopg.Connection[Any], lo: Any, hi: Any) -> dict[tuple[Any, ...], int]:
+        def leaves(conn: psycopg.Connection[Any], lo: Any, hi: Any) -> dict[tuple[Any, ...], tuple[int, Decimal]]:
             p = b.params(ws, **_kp("lo", lo), **_kp("hi", hi))
-            return {tuple(r[:-1]): r[-1] for r in conn.execute(b.key_hashes(table, lo=lo is not None, hi=hi is not None), p)}
+            return {tuple(r[:-2]): (int(r[-2]), Decimal(r[-1])) for r in conn.execute(b.key_hashes(table, lo=lo is not None, hi=hi is not None), p)}
 
         def median(conn: psycopg.Connection[Any], lo: Any, hi: Any, n: int) -> tuple[Any, ...]:
             p = b.params(ws, offset=max(n // 2 - 1, 0), **_kp("lo", lo), **_kp("hi", hi))
@@ -258,25 +292,106 @@ def narrow(a_dsn: str, b_dsn: str, b: Builder, ws: str, table: str, max_keys: in
             (na, sa), (nb, sb) = checksum(ca, lo, hi), checksum(cb, lo, hi)
             if na == nb and sa == sb:
                 return
-            if max(na, nb) <= LEAF_ROWS or depth > 60:
+            mid = None
+            if not (max(na, nb) <= LEAF_ROWS or depth > 60):
+                mid = median(ca, lo, hi, na) if na >= nb else median(cb, lo, hi, nb)
+                if not unique and hi is not None and tuple(mid) == tuple(hi):
+                    mid = None  # one group of rows fills the range: it can't be split further
+            if mid is None:
                 la, lb = leaves(ca, lo, hi), leaves(cb, lo, hi)
                 for k in sorted(set(la) | set(lb), key=repr):
-                    if k not in lb:
-                        out.append({"key": list(k), "kind": "missing in target"})
-                    elif k not in la:
-                        out.append({"key": list(k), "kind": "only in target"})
-                    elif la[k] != lb[k]:
-                        out.append({"key": list(k), "kind": "differs"})
+                    if unique:
+                        kind = "missing in target" if k not in lb else "only in target" if k not in la else "differs"
+                    else:  # a group of rows sharing the narrowing columns (a table without a unique key)
+                        (n1, _), (n2, _) = la.get(k, (0, 0)), lb.get(k, (0, 0))
+                        kind = f"{n1} rows in source, {n2} in target" + ("" if n1 != n2 else ", contents differ")
+                    if la.get(k) != lb.get(k):
+                        out.append({"key": list(k), "kind": kind, **({} if unique else {"columns": list(cols)})})
                 return
-            mid = median(ca, lo, hi, na) if na >= nb else median(cb, lo, hi, nb)
             walk(lo, mid, depth + 1)
             walk(mid, hi, depth + 1)
 
-        walk(None, None, 0)
-        return [{"key": [_plain(v) for v in d["key"]], "kind": d["kind"]} for d in out]
+        walk(lo, hi, 0)
+        return [{**d, "key": [_plain(v) for v in d["key"]]} for d in out]
 
 
 def _plain(v: Any) -> Any:
     if isinstance(v, (int, float, str, bool)) or v is None:
         return v
     return str(v)
+
+
+# ---------------------------------------------------------------------------- chunks
+
+
+def _integer_key(b: Builder, table: str) -> bool:
+    key = b.chunk_key(table)
+    c = b.graph.table(table).column(key or "")
+    return c is not None and c.type in ("smallint", "integer", "bigint")
+
+
+def _chunk_params(b: Builder, ws: str, lo: Any, hi: Any) -> dict[str, Any]:
+    extra = {k: v for k, v in (("chunk_lo", lo), ("chunk_hi", hi)) if v is not None}
+    return b.params(ws, **extra)
+
+
+@transient
+def _chunk_sums(dsn: str, b: Builder, ws: str, table: str, bounds: list[list[Any]]) -> list[tuple[int, Decimal]]:
+    out = []
+    with db.connect(dsn, autocommit=True, application_name="residency-verify") as conn:
+        for lo, hi in bounds:
+            n, s = conn.execute(b.checksum_chunk(table, lo is not None, hi is not None), _chunk_params(b, ws, lo, hi)).fetchone()
+            out.append((int(n), Decimal(s)))
+    return out
+
+
+def checksum_chunked(dsn: str, b: Builder, ws: str, tables: list[str], chunks: dict[str, list[list[Any]]], *, workers: int = 1,
+                     sizes: dict[str, int] | None = None) -> tuple[dict[str, tuple[int, Decimal]], dict[str, list[tuple[int, Decimal]]]]:
+    """Counts and checksums per chunk (``chunks``: a table's recorded bounds; other tables whole)
+    over ``workers`` connections, biggest units first; also summed per table (the same sums as
+    :func:`checksum_tables`, since the chunks cover the table exactly once)."""
+    import threading
+
+    units: list[tuple[str, int, Any, Any, int]] = []
+    for t in tables:
+        bounds = chunks.get(t) or [[None, None]]
+        per = max(1, (sizes or {}).get(t, 0) // len(bounds))
+        units += [(t, i, lo, hi, per) for i, (lo, hi) in enumerate(bounds)]
+    units.sort(key=lambda u: -u[4])
+    got: dict[tuple[str, int], tuple[int, Decimal]] = {}
+    lock = threading.Lock()
+
+    @transient
+    def worker() -> None:
+        with db.connect(dsn, autocommit=True, application_name="residency-verify") as conn:
+            while True:
+                with lock:
+                    if not units:
+                        return
+                    u = units.pop(0)
+                t, i, lo, hi, _ = u
+                try:
+                    if lo is None and hi is None:
+                        n, s = conn.execute(b.checksum(t), b.params(ws)).fetchone()
+                    else:
+                        n, s = conn.execute(b.checksum_chunk(t, lo is not None, hi is not None), _chunk_params(b, ws, lo, hi)).fetchone()
+                except BaseException:
+                    with lock:
+                        units.insert(0, u)
+                    raise
+                with lock:
+                    got[(t, i)] = (int(n), Decimal(s))
+
+    n = max(1, min(workers, len(units)))
+    with ThreadPoolExecutor(max_workers=n) as pool:
+        for f in [pool.submit(worker) for _ in range(n)]:
+            f.result()
+    per_table: dict[str, tuple[int, Decimal]] = {}
+    per_chunk: dict[str, list[tuple[int, Decimal]]] = {}
+    for t in tables:
+        k = len(chunks.get(t) or [[None, None]])
+        vals = [got[(t, i)] for i in range(k)]
+        per_table[t] = (sum(v[0] for v in vals), sum((v[1] for v in vals), Decimal(0)))
+        if k > 1:
+            per_chunk[t] = vals
+    return per_table, per_chunk

@@ -447,6 +447,30 @@ def check_new_region(cat: Any, conns: Any, region: str) -> RegionCheck:
                          else f"{tables} tables, {len(a)} columns identical to {ref}", ""))
             except psycopg.Error as exc:
                 add(Step("schema", "schema matches an existing region", "not done", str(exc).splitlines()[0], ""))
+    # id ranges: the region's identity/serial sequences confined to its own range (issue 16)
+    if ep is not None:
+        import os
+
+        from residency import idranges
+
+        try:
+            with psycopg.connect(conns.control_dsn, connect_timeout=5, autocommit=True) as c:
+                x = idranges.plan_ids(cat, conns, os.environ.get("RESIDENCY_APP_SCHEMA") or "public", c).region(region)
+            if x.skipped:
+                detail = x.skipped
+            elif x.error or x.refusals:
+                detail = "; ".join(x.refusals)
+            elif x.confined:
+                detail = f"{len(x.sequences)} id sequences in {x.low}..{x.high} (number {x.number}, {x.number_source})"
+            else:
+                todo = [s.name for s in x.sequences if s.status != "confined"]
+                detail = (f"{len(todo)} of {len(x.sequences)} id sequences not in {x.low}..{x.high} (number {x.number}, {x.number_source}): "
+                          + ", ".join(todo[:5]) + (" ..." if len(todo) > 5 else ""))
+            add(Step("ids", "id sequences confined to the region's range", "done" if x.confined else "not done", detail,
+                     "residency regions ids --apply"))
+        except psycopg.Error as exc:
+            add(Step("ids", "id sequences confined to the region's range", "not done", f"control plane: {str(exc).splitlines()[0]}",
+                     "residency regions ids --apply"))
     # smoke move, routing
     try:
         with psycopg.connect(conns.control_dsn, connect_timeout=5) as c:

@@ -31,8 +31,10 @@ _APPEND_LOCK = 0x6175_6469_74  # serialises appends so the chain never forks
 
 @dataclass(frozen=True)
 class Actor:
-    """Who did something and from where. ``who`` comes from ``$RESIDENCY_ACTOR`` (set it to the
-    person or CI job) or the login name; ``origin`` is host and process."""
+    """Who did something and from where, as the caller says: ``who`` comes from
+    ``$RESIDENCY_ACTOR`` (set it to the person or CI job) or the login name; ``origin`` is host and
+    process. :func:`append` records the authenticated role as the entry's who and keeps this
+    ``who`` as an annotation of the origin."""
 
     who: str
     origin: str
@@ -49,6 +51,15 @@ class Actor:
         if os.environ.get("CI"):
             origin += " (CI)"
         return cls(who, origin)
+
+
+def _authenticated(conn: psycopg.Connection[Any], actor: Actor) -> Actor:
+    """The entry's who is the authenticated role (``session_user``); what the actor calls itself
+    ($RESIDENCY_ACTOR, a worker's name) only annotates the origin."""
+    role = str(conn.execute("SELECT session_user").fetchone()[0])  # type: ignore[index]
+    if actor.who and actor.who != role:
+        return Actor(role, f"{actor.origin} for {actor.who}")
+    return Actor(role, actor.origin)
 
 
 @dataclass(frozen=True)
@@ -90,8 +101,11 @@ def entry_hash(seq: int, at: datetime, actor: str, origin: str, action: str, sub
 
 def append(conn: psycopg.Connection[Any], action: str, subject: str, details: dict[str, Any] | None = None, actor: Actor | None = None) -> Entry:
     """Append an entry inside the caller's transaction (it is visible once the caller commits)."""
+    from .redaction import redact_obj  # the one redaction rule: no secret in the log
+
     actor = actor or Actor.current()
-    details = _canonical(details or {})
+    details = _canonical(redact_obj(details or {}))
+    actor = _authenticated(conn, actor)
     conn.execute("SELECT pg_advisory_xact_lock(%s)", (_APPEND_LOCK,))
     row = conn.execute("SELECT seq, hash FROM residency.audit_head").fetchone()
     seq, prev = (row[0] + 1, row[1]) if row else (1, GENESIS)

@@ -150,14 +150,27 @@ class WorkspaceSpec:
     global_tables: tuple[str, ...]
     paths: Mapping[str, PathSpec]
     object_prefix: str
+    tenant_objects: Mapping[str, tuple[str, ...]] = field(default_factory=lambda: MappingProxyType({}))
+    """Per-tenant database objects by kind (``sequences``), as name patterns with {workspace_id}."""
     shared_key_values: tuple[Any, ...] = ()  # key values meaning "shared by every tenant" (None: NULL)
     references: tuple[RefSpec, ...] = ()
     owned_through: Mapping[str, OwnedSpec] = field(default_factory=lambda: MappingProxyType({}))
     natural_keys: Mapping[str, tuple[str, ...]] = field(default_factory=lambda: MappingProxyType({}))
     shared_rows: Mapping[str, SharedRowsSpec] = field(default_factory=lambda: MappingProxyType({}))
+    key_type: str = "text"
+    """The type of the root table's key (``workspace.key_type``), by which ids are parsed."""
 
     def prefix_for(self, workspace_id: object) -> str:
-        return self.object_prefix.format(workspace_id=workspace_id)
+        """The workspace's object layout (residency.objectkeys.ObjectPrefix: a str, plus a key matcher)."""
+        from .objectkeys import ObjectPrefix
+
+        return ObjectPrefix(self.object_prefix, workspace_id)
+
+    def parse_id(self, workspace_id: object) -> str:
+        """A user's workspace id, parsed by the root key's type (InputError if it can't be one)."""
+        from .workspace_ids import parse
+
+        return parse(workspace_id, self.key_type)
 
 
 @dataclass(frozen=True)
@@ -191,6 +204,8 @@ def default_path() -> str:
 
 def load(path: str | os.PathLike[str] | None = None) -> Catalogue:
     """Load and validate a regions file (default: ``$RESIDENCY_REGIONS`` or ``./regions.yaml``)."""
+    from .files import read_bytes
+
     p = Path(path if path is not None else default_path())
     shown = str(path if path is not None else default_path())
     try:
@@ -205,7 +220,8 @@ def load(path: str | os.PathLike[str] | None = None) -> Catalogue:
         raise CatalogueError(
             [f"{shown}:1:1: file is {size / 1048576:.1f} MiB; a regions file is at most 1 MiB"]
         )
-    raw = p.read_bytes()
+    # regular files only (a FIFO or /dev/zero is refused), and never more than MAX_BYTES read
+    raw = read_bytes(p, max_bytes=MAX_BYTES, what="regions file", shown=shown)
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -538,13 +554,17 @@ class _Validator:
         where = "workspace"
         m = self.mapping(
             node, where, mark, ("root_table", "key_column", "object_prefix"),
-            ("global_tables", "paths", "shared_key_values", "references", "owned_through", "natural_keys", "shared_rows"),
+            ("global_tables", "paths", "key_type", "tenant_objects", "shared_key_values", "references", "owned_through", "natural_keys", "shared_rows"),
         )
         if m is None:
             return None
         root = self.scalar(m, "root_table", where, str, check=_ident_problem)
         key = self.scalar(m, "key_column", where, str, check=_ident_problem)
         prefix = self.scalar(m, "object_prefix", where, str, check=_prefix_problem)
+        from .workspace_ids import KEY_TYPES, normalise_type
+
+        key_type = self.scalar(m, "key_type", where, str, default="text",
+                               check=lambda v: None if normalise_type(v) else f"key_type '{v}' is not one of {', '.join(KEY_TYPES)}")
         glob = self.str_list(m, "global_tables", where, check=_ident_problem, default=())
         if glob is not None and root in glob:
             gnode = m.items["global_tables"]
@@ -582,15 +602,30 @@ class _Validator:
                     self.err(pm.keys[table], f"{pw}: '{table}' is declared global; a global table has no path")  # type: ignore[union-attr]
                 if col is not None:
                     paths[table] = PathSpec(table, col, ref, tcol, MappingProxyType(targets))
+        tenant_objects = self.tenant_objects(m)
         extra = _WorkspaceExtras(self, m)
-        if None in (root, key, prefix, glob) or extra.broken:
+        if None in (root, key, prefix, glob, tenant_objects) or extra.broken:
             return None
         return WorkspaceSpec(
-            root, key, glob, MappingProxyType(paths), prefix,  # type: ignore[arg-type]
+            root, key, glob, MappingProxyType(paths), prefix, tenant_objects,  # type: ignore[arg-type]
             shared_key_values=extra.shared_values, references=tuple(extra.references),
             owned_through=MappingProxyType(extra.owned), natural_keys=MappingProxyType(extra.natural),
-            shared_rows=MappingProxyType(extra.shared_rows),
+            shared_rows=MappingProxyType(extra.shared_rows), key_type=normalise_type(key_type) or "text",
         )
+
+    def tenant_objects(self, m: Map) -> Mapping[str, tuple[str, ...]] | None:
+        """workspace.tenant_objects: {sequences: [name pattern with {workspace_id}, ...]}."""
+        node = m.items.get("tenant_objects")
+        if node is None or (isinstance(node, Scalar) and node.value is None):
+            return MappingProxyType({})
+        where = "workspace.tenant_objects"
+        tm = self.mapping(node, where, m.keys["tenant_objects"], (), TENANT_OBJECT_KINDS)
+        if tm is None:
+            return None
+        out = {k: self.str_list(tm, k, where, check=_tenant_pattern_problem) for k in TENANT_OBJECT_KINDS if k in tm.items}
+        if any(v is None for v in out.values()) or len(tm.items) != len(out):
+            return None
+        return MappingProxyType(out)  # type: ignore[arg-type]
 
 
 class _WorkspaceExtras:
@@ -830,16 +865,22 @@ def _ident_problem(v: str) -> str | None:
     return None if _IDENT.match(v) else f"'{v}' is not a plain SQL identifier (letters, digits, underscores)"
 
 
-def _prefix_problem(v: str) -> str | None:
-    if "{workspace_id}" not in v:
-        return f"object_prefix '{v}' must contain {{workspace_id}}, such as 'workspaces/{{workspace_id}}/'"
-    try:
-        v.format(workspace_id=1)
-    except (KeyError, IndexError, ValueError):
-        return f"object_prefix '{v}' may contain only the placeholder {{workspace_id}}"
-    if not v.endswith("/"):
-        return f"object_prefix '{v}' must end with '/', so one workspace's prefix is never the start of another's"
+TENANT_OBJECT_KINDS = ("sequences",)
+_TENANT_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def _tenant_pattern_problem(v: str) -> str | None:
+    if v.count("{workspace_id}") != 1:
+        return f"'{v}' must contain {{workspace_id}} once, such as 'conv_dpid_seq_{{workspace_id}}'"
+    if not _TENANT_PATTERN.match(v.replace("{workspace_id}", "0")):
+        return f"'{v}' is not a plain SQL identifier around {{workspace_id}} (letters, digits, underscores)"
     return None
+
+
+def _prefix_problem(v: str) -> str | None:
+    from .objectkeys import layout_problem  # {workspace_id} anywhere, {date}/{any}: one segment each
+
+    return layout_problem(v)
 
 
 def _pg_version_problem(v: str) -> str | None:
@@ -866,6 +907,7 @@ _KEY_HINTS = {
     "root_table": " (the table with one row per workspace, such as workspaces)",
     "key_column": " (the column that holds the workspace id, such as workspace_id)",
     "object_prefix": " (such as 'workspaces/{workspace_id}/')",
+    "key_type": " (the type of the root table's key: text, bigint, integer, smallint or uuid)",
     "column": " (the column that points at the parent row)",
 }
 

@@ -11,6 +11,7 @@ Resolution order, first match wins, per item:
        regions:
          us: {dsn: "postgresql://mover@db.us.internal/app", s3_endpoint: null,
               buckets: {attachments: acme-us-attachments}}
+       audit: {kms_key: "arn:aws:kms:...", bucket: residency-audit-digests, aws_region: us-east-1}
 
 3. the running local sandbox (``residency sandbox up``).
 
@@ -47,8 +48,30 @@ class RegionEndpoints:
     buckets: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     """Logical bucket name (from regions.yaml's environment) -> actual bucket name."""
 
+    backup_aws_region: str | None = None
+    """The region's backup AWS region (regions.yaml), where each bucket's replica lives."""
+    replica_buckets: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    """Logical bucket name -> its replica bucket's name (default: the bucket's name + ``-replica``)."""
+
     def bucket(self, logical: str) -> str:
         return self.buckets.get(logical) or default_bucket_name(self.region, logical)
+
+    def replica_bucket(self, logical: str) -> str:
+        """The replica of a logical bucket in the backup region (the stacks' naming)."""
+        return self.replica_buckets.get(logical) or self.bucket(logical) + REPLICA_SUFFIX
+
+
+@dataclass(frozen=True)
+class AnchorConfig:
+    """Where the audit chain is anchored: the asymmetric KMS key that signs its digests and the
+    Object Lock bucket that keeps them (see :mod:`residency.anchor`)."""
+
+    kms_key_id: str
+    bucket: str
+    aws_region: str
+    endpoint: str | None = None
+    """None means AWS itself; a URL means a compatible endpoint (the sandbox's moto server)."""
+    prefix: str = "audit-digests/"
 
 
 @dataclass(frozen=True)
@@ -57,6 +80,10 @@ class Connections:
     regions: Mapping[str, RegionEndpoints]
     source: str = "environment"
     """Where these came from: 'environment', a file path, or 'sandbox:<dir>'."""
+    anchor: AnchorConfig | None = None
+    """The audit anchor: ``RESIDENCY_AUDIT_KMS_KEY`` + ``RESIDENCY_AUDIT_BUCKET`` (and
+    ``RESIDENCY_AUDIT_REGION``, ``RESIDENCY_AUDIT_ENDPOINT``), the connections file's ``audit:``
+    section, or the sandbox's; None when none is configured."""
 
     def region(self, name: str) -> RegionEndpoints:
         try:
@@ -71,6 +98,9 @@ class Connections:
         regions = dict(self.regions)
         regions[ep.region] = ep
         return replace(self, regions=MappingProxyType(regions))
+
+
+REPLICA_SUFFIX = "-replica"
 
 
 def default_bucket_name(region: str, logical: str) -> str:
@@ -90,19 +120,64 @@ def _connections_file() -> Path:
     return Path(base) / "residency" / "connections.yaml"
 
 
+MAX_FILE_BYTES = 1024 * 1024
+
+
 def _read_file(path: Path) -> dict[str, Any]:
-    if not path.exists():
+    from .files import read_text
+
+    if not path.exists() and not path.is_symlink():
         if os.environ.get(CONNECTIONS_ENV):
             raise InputError(f"{path}: connections file not found (from ${CONNECTIONS_ENV})")
         return {}
+    text = read_text(path, max_bytes=MAX_FILE_BYTES, what="connections file")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(text) or {}
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
         raise InputError(f"{where}: connections file is not valid YAML") from None
+    return _check_file(path, data)
+
+
+def _check_file(path: Path, data: Any) -> dict[str, Any]:
+    """The connections file's shape, checked once: every wrong type is one line naming where."""
+
+    def kind(v: Any) -> str:
+        return "a list" if isinstance(v, list) else "a mapping" if isinstance(v, dict) else f"{type(v).__name__} {v!r}"[:60]
+
+    def text_or_null(v: Any, where: str) -> None:
+        if v is not None and not isinstance(v, str):
+            raise InputError(f"{path}: {where} must be a string, got {kind(v)}")
+
     if not isinstance(data, dict):
-        raise InputError(f"{path}: expected a mapping with 'control' and 'regions'")
+        raise InputError(f"{path}: expected a mapping with 'control' and 'regions', got {kind(data)}")
+    for key in ("control", "notify"):  # other keys belong to other features and are checked there
+        if data.get(key) is not None and not isinstance(data.get(key), dict):
+            raise InputError(f"{path}: {key} must be a mapping such as {{dsn: \"postgresql://...\"}}, got {kind(data.get(key))}"
+                             if key == "control" else f"{path}: {key} must be a mapping, got {kind(data.get(key))}")
+    control = data.get("control")
+    if control is not None:
+        text_or_null(control.get("dsn"), "control.dsn")
+    regions = data.get("regions")
+    if regions is not None:
+        if not isinstance(regions, dict):
+            raise InputError(f"{path}: regions must be a mapping of region name to {{dsn: ..., s3_endpoint: ..., buckets: ...}}, got {kind(regions)}")
+        for name, r in regions.items():
+            where = f"regions.{name}"
+            if r is None:
+                continue
+            if not isinstance(r, dict):
+                raise InputError(f"{path}: {where} must be a mapping with dsn, s3_endpoint, buckets; got {kind(r)}")
+            text_or_null(r.get("dsn"), f"{where}.dsn")
+            text_or_null(r.get("s3_endpoint"), f"{where}.s3_endpoint")
+            b = r.get("buckets")
+            if b is not None:
+                if not isinstance(b, dict):
+                    raise InputError(f"{path}: {where}.buckets must be a mapping of logical name to bucket name, got {kind(b)}")
+                for k, v in b.items():
+                    if not isinstance(v, str):
+                        raise InputError(f"{path}: {where}.buckets.{k} must be a bucket name, got {kind(v)}")
     return data
 
 
@@ -112,7 +187,10 @@ def resolve(cat: Catalogue, env: Mapping[str, str] | None = None, *, use_sandbox
     Regions without any configured connection are left out; :meth:`Connections.region` then
     explains how to add one.
     """
+    from .redaction import register_dsn, register_environment
+
     env = os.environ if env is None else env
+    register_environment(env)
     path = _connections_file()
     data = _read_file(path)
     file_regions = data.get("regions") or {}
@@ -131,6 +209,7 @@ def resolve(cat: Catalogue, env: Mapping[str, str] | None = None, *, use_sandbox
             "no control plane configured: set RESIDENCY_CONTROL_DSN, write "
             f"{path}, or run `residency sandbox up`"
         )
+    register_dsn(control)
     regions: dict[str, RegionEndpoints] = {}
     for name, region in cat.regions.items():
         en = _env_name(name)
@@ -139,29 +218,47 @@ def resolve(cat: Catalogue, env: Mapping[str, str] | None = None, *, use_sandbox
         dsn = env.get(f"RESIDENCY_{en}_DSN") or fr.get("dsn") or (sb.dsn if sb else None)
         if not dsn:
             continue
+        register_dsn(dsn)
         s3 = env.get(f"RESIDENCY_{en}_S3_ENDPOINT") or fr.get("s3_endpoint") or (sb.s3_endpoint if sb else None)
         buckets = dict(sb.buckets) if sb else {}
         buckets.update(fr.get("buckets") or {})
-        regions[name] = RegionEndpoints(name, region.aws_region, dsn, s3, MappingProxyType(buckets))
-    return Connections(control, MappingProxyType(regions), source)
+        replicas = dict(sb.replica_buckets) if sb else {}
+        replicas.update(fr.get("replica_buckets") or {})
+        regions[name] = RegionEndpoints(name, region.aws_region, dsn, s3, MappingProxyType(buckets),
+                                        region.backup_region, MappingProxyType(replicas))
+    return Connections(control, MappingProxyType(regions), source, _anchor(cat, env, data.get("audit") or {}, sandbox))
 
 
-_PASSWORD_IN_URL = re.compile(r"(postgres(?:ql)?://[^:/@]+:)([^@]+)(@)")
-_PASSWORD_KV = re.compile(r"(password\s*=\s*)(\S+)", re.I)
+def _anchor(cat: Catalogue, env: Mapping[str, str], fa: dict[str, Any], sandbox: Connections | None) -> AnchorConfig | None:
+    key = env.get("RESIDENCY_AUDIT_KMS_KEY") or fa.get("kms_key")
+    bucket = env.get("RESIDENCY_AUDIT_BUCKET") or fa.get("bucket")
+    if not (key and bucket):
+        if key or bucket:
+            raise InputError("the audit anchor needs both a KMS key and a bucket (RESIDENCY_AUDIT_KMS_KEY and"
+                             " RESIDENCY_AUDIT_BUCKET, or kms_key and bucket under audit: in the connections file)")
+        return sandbox.anchor if sandbox is not None else None
+    first = next(iter(cat.regions.values()), None)
+    aws_region = env.get("RESIDENCY_AUDIT_REGION") or fa.get("aws_region") or (first.aws_region if first else "us-east-1")
+    endpoint = env.get("RESIDENCY_AUDIT_ENDPOINT") or fa.get("endpoint") or None
+    return AnchorConfig(str(key), str(bucket), str(aws_region), endpoint, str(fa.get("prefix") or "audit-digests/"))
 
 
 def redact(dsn: str) -> str:
-    """A DSN safe to show or record: any password replaced by ``***``."""
-    return _PASSWORD_KV.sub(r"\1***", _PASSWORD_IN_URL.sub(r"\1***\3", dsn))
+    """A DSN safe to show or record: any password replaced by ``***`` (the one rule, in
+    :mod:`residency.redaction`, that every message goes through)."""
+    from .redaction import redact as _redact
+
+    return _redact(dsn)
 
 
-def s3_client(ep: RegionEndpoints) -> Any:
-    """A boto3 S3 client for the region (its own AWS region; the sandbox endpoint if set)."""
+def s3_client(ep: RegionEndpoints, aws_region: str | None = None) -> Any:
+    """A boto3 S3 client for the region (its own AWS region, or ``aws_region`` such as its backup
+    region; the sandbox endpoint if set)."""
     import boto3
     from botocore.config import Config
 
     cfg = Config(retries={"max_attempts": 5, "mode": "adaptive"}, s3={"addressing_style": "path"})
-    kwargs: dict[str, Any] = {"region_name": ep.aws_region, "config": cfg}
+    kwargs: dict[str, Any] = {"region_name": aws_region or ep.aws_region, "config": cfg}
     if ep.s3_endpoint:
         kwargs["endpoint_url"] = ep.s3_endpoint
         kwargs.setdefault("aws_access_key_id", os.environ.get("AWS_ACCESS_KEY_ID", "testing"))

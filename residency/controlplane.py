@@ -97,6 +97,10 @@ CREATE TABLE IF NOT EXISTS residency.requests (
 -- One live request per workspace: the database itself refuses a second one.
 CREATE UNIQUE INDEX IF NOT EXISTS requests_one_live_per_workspace
     ON residency.requests (workspace_id) WHERE state IN ('pending', 'approved', 'running');
+-- Who is behind a request's creation and approval ($RESIDENCY_ACTOR, e.g. the person behind a CI
+-- job): an annotation only; created_by and approved_by are the authenticated roles (session_user).
+ALTER TABLE residency.requests ADD COLUMN IF NOT EXISTS created_for text;
+ALTER TABLE residency.requests ADD COLUMN IF NOT EXISTS approved_for text;
 CREATE INDEX IF NOT EXISTS requests_due ON residency.requests (window_start)
     WHERE state IN ('approved', 'running');
 
@@ -118,6 +122,14 @@ CREATE TABLE IF NOT EXISTS residency.notices (
 );
 CREATE INDEX IF NOT EXISTS notices_request ON residency.notices (request_id);
 CREATE INDEX IF NOT EXISTS notices_undelivered ON residency.notices (id) WHERE delivery IN ('pending', 'failed');
+
+-- Permanent region numbers for per-region id ranges (residency/idranges.py, `residency regions ids`):
+-- region n mints ids in [n * 10^12, (n + 1) * 10^12 - 1]; first come, first numbered, never renumbered.
+CREATE TABLE IF NOT EXISTS residency.region_numbers (
+    region      text PRIMARY KEY,
+    number      integer NOT NULL UNIQUE CHECK (number BETWEEN 1 AND 9222000),
+    assigned_at timestamptz NOT NULL DEFAULT now()
+);
 
 CREATE OR REPLACE FUNCTION residency.audit_append_only() RETURNS trigger
 LANGUAGE plpgsql AS $$
@@ -141,8 +153,134 @@ END $$;
 _SCHEMA_LOCK = 0x7265_7369_6465_6E63
 
 
+def _schema_is_someone_elses(conn: psycopg.Connection[Any]) -> bool:
+    """True when the schema exists and this role neither owns it nor is superuser: a requester,
+    approver or operator uses the schema an admin keeps up to date (``controlplane init``)."""
+    row = conn.execute(
+        "SELECT NOT (pg_has_role(current_user, n.nspowner, 'USAGE')"
+        " OR (SELECT rolsuper FROM pg_roles WHERE rolname = current_user))"
+        " FROM pg_namespace n WHERE n.nspname = %s",
+        (SCHEMA,),
+    ).fetchone()
+    if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE and not conn.autocommit:
+        conn.commit()
+    return bool(row and row[0])
+
+
 def ensure_schema(conn: psycopg.Connection[Any]) -> None:
-    """Create the control-plane tables if missing (idempotent, concurrency-safe); commits."""
+    """Create the control-plane tables if missing (idempotent, concurrency-safe); commits.
+    A role that does not own the schema leaves it as the admin made it."""
+    if _schema_is_someone_elses(conn):
+        return
     with conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
         conn.execute(_DDL)  # static DDL, no values: nothing to compose
+
+
+# --------------------------------------------------------------------------- roles (issue 15)
+# Created once per server (roles are cluster-wide) and granted per control-plane database. Every
+# statement is static: role and table names are ours, nothing comes from input.
+
+_ROLES_DDL = """
+DO $$
+DECLARE r text;
+BEGIN
+    FOREACH r IN ARRAY ARRAY['residency_requester', 'residency_approver', 'residency_operator', 'residency_admin'] LOOP
+        IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = r) THEN
+            EXECUTE format('CREATE ROLE %I NOLOGIN', r);
+        END IF;
+    END LOOP;
+END $$;
+GRANT residency_requester, residency_approver, residency_operator TO residency_admin;
+
+GRANT USAGE ON SCHEMA residency TO residency_requester, residency_approver, residency_operator, residency_admin;
+GRANT SELECT ON ALL TABLES IN SCHEMA residency TO residency_requester, residency_approver, residency_operator;
+-- everyone who acts appends to the audit log (the trigger refuses edits; the chain catches the rest)
+GRANT INSERT ON residency.audit TO residency_requester, residency_approver, residency_operator;
+GRANT INSERT, UPDATE ON residency.audit_head TO residency_requester, residency_approver, residency_operator;
+GRANT INSERT, UPDATE ON residency.notices TO residency_requester, residency_approver, residency_operator;
+GRANT USAGE ON SEQUENCE residency.notices_id_seq TO residency_requester, residency_approver, residency_operator;
+GRANT INSERT, UPDATE ON residency.requests TO residency_requester;
+GRANT USAGE ON SEQUENCE residency.requests_id_seq TO residency_requester;
+GRANT UPDATE ON residency.requests TO residency_approver, residency_operator;
+GRANT INSERT, UPDATE ON residency.moves TO residency_operator;
+GRANT USAGE ON SEQUENCE residency.moves_id_seq TO residency_operator;
+GRANT UPDATE ON residency.directory TO residency_operator;
+GRANT ALL ON ALL TABLES IN SCHEMA residency TO residency_admin;
+GRANT ALL ON ALL SEQUENCES IN SCHEMA residency TO residency_admin;
+
+-- Requests: row-level security ties each change to the authenticated role. Nobody approves a
+-- request their own role recorded -- not even an admin; only a superuser bypasses this.
+ALTER TABLE residency.requests ENABLE ROW LEVEL SECURITY;
+DROP POLICY IF EXISTS requests_read ON residency.requests;
+CREATE POLICY requests_read ON residency.requests FOR SELECT USING (true);
+DROP POLICY IF EXISTS requests_create ON residency.requests;
+CREATE POLICY requests_create ON residency.requests FOR INSERT TO residency_requester
+    WITH CHECK (created_by = session_user AND approved_by IS NULL AND state IN ('pending', 'refused'));
+DROP POLICY IF EXISTS requests_cancel_own ON residency.requests;
+CREATE POLICY requests_cancel_own ON residency.requests FOR UPDATE TO residency_requester
+    USING (created_by = session_user AND state IN ('pending', 'approved'))
+    WITH CHECK (created_by = session_user AND state = 'cancelled');
+DROP POLICY IF EXISTS requests_approve ON residency.requests;
+CREATE POLICY requests_approve ON residency.requests FOR UPDATE TO residency_approver
+    USING (created_by <> session_user AND state IN ('pending', 'approved'))
+    WITH CHECK (created_by <> session_user AND state IN ('approved', 'cancelled')
+                AND (state <> 'approved' OR approved_by = session_user));
+DROP POLICY IF EXISTS requests_run ON residency.requests;
+CREATE POLICY requests_run ON residency.requests FOR UPDATE TO residency_operator
+    USING (state IN ('approved', 'running'))
+    WITH CHECK (state IN ('approved', 'running', 'done', 'failed', 'skipped'));
+-- Policies combine with OR, so a role holding several (an admin holds all) could pass one's USING
+-- and another's CHECK: the approval itself is therefore also checked by a trigger, for every role
+-- but a superuser. Whoever makes a request approved must be an approver, must record itself as the
+-- approver, and must not be the role that recorded the request.
+CREATE OR REPLACE FUNCTION residency.requests_approval_check() RETURNS trigger
+LANGUAGE plpgsql AS $fn$
+BEGIN
+    IF NEW.state = 'approved' AND OLD.state IS DISTINCT FROM 'approved'
+       AND NOT (SELECT rolsuper FROM pg_roles WHERE rolname = session_user) THEN
+        IF NOT pg_has_role(session_user, 'residency_approver', 'MEMBER') THEN
+            RAISE EXCEPTION 'approving request % needs role residency_approver', NEW.id USING ERRCODE = 'insufficient_privilege';
+        END IF;
+        IF NEW.approved_by IS DISTINCT FROM session_user::text OR NEW.created_by = session_user::text
+           OR NEW.created_by IS DISTINCT FROM OLD.created_by THEN
+            RAISE EXCEPTION 'request % was recorded by %: someone else must approve it', NEW.id, OLD.created_by
+                USING ERRCODE = 'insufficient_privilege';
+        END IF;
+    END IF;
+    RETURN NEW;
+END $fn$;
+DROP TRIGGER IF EXISTS requests_approval_check ON residency.requests;
+CREATE TRIGGER requests_approval_check BEFORE UPDATE ON residency.requests
+    FOR EACH ROW EXECUTE FUNCTION residency.requests_approval_check();
+DROP POLICY IF EXISTS requests_admin ON residency.requests;
+CREATE POLICY requests_admin ON residency.requests FOR ALL TO residency_admin
+    USING (true)
+    WITH CHECK (NOT (state = 'approved' AND created_by = session_user AND approved_by = session_user));
+"""
+
+SANDBOX_LOGINS = {f"sandbox_{r.removeprefix('residency_')}": r for r in
+                  ("residency_requester", "residency_approver", "residency_operator", "residency_admin")}
+"""One login per role in the sandbox (``sandbox_requester`` holds ``residency_requester``, ...)."""
+
+
+def ensure_roles(conn: psycopg.Connection[Any], *, logins: dict[str, str] | None = None) -> list[str]:
+    """Create the four residency roles (if missing) and their grants and row-level security in
+    this control-plane database (idempotent; needs CREATEROLE and the schema's owner). With
+    ``logins`` (login name -> role), also create those logins (no password: give them one, or
+    use certificates, outside the toolkit). Commits; returns the roles."""
+    from psycopg import sql
+
+    from .authz import ROLES
+
+    ensure_schema(conn)
+    with conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
+        conn.execute(_ROLES_DDL)
+        for login, role in (logins or {}).items():
+            if role not in ROLES:
+                raise ValueError(role)
+            if not conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (login,)).fetchone():
+                conn.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(login)))
+            conn.execute(sql.SQL("GRANT {} TO {}").format(sql.Identifier(role), sql.Identifier(login)))
+    return list(ROLES)

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import re
 from typing import Any
 
 import psycopg
 from psycopg import sql
-from .errors import OperationError
+from .errors import InputError, OperationError
 from .retrying import bounded_retry
 
 log = logging.getLogger("residency.db")
@@ -22,10 +23,32 @@ log = logging.getLogger("residency.db")
 # deadlock (40001, 40P01), admin shutdown / crash shutdown / cannot connect now (57P01-57P03).
 _TRANSIENT_STATES = {"40001", "40P01", "57P01", "57P02", "57P03"}
 
+# Never worth a retry: the server said who may not come in (28000 invalid authorization, 28P01
+# wrong password), the database or role does not exist (3D000), or the DSN itself is wrong. libpq
+# reports a failed connection attempt without a SQLSTATE, so its message is read too.
+_PERMANENT_STATES = {"28000", "28P01", "3D000", "42501"}
+_PERMANENT_MESSAGES = re.compile(
+    r"password authentication failed|authentication failed|no pg_hba\.conf entry|role \S+ does not exist"
+    r"|database \S+ does not exist|password is required|invalid connection option|missing \"=\"|invalid sslmode"
+    r"|permission denied|must be superuser|invalid URI|invalid integer value",
+    re.I,
+)
+
+
+def is_authentication_failure(exc: BaseException) -> bool:
+    """True for a refusal that no retry changes: a wrong password, an unknown role or database."""
+    if not isinstance(exc, psycopg.Error):
+        return False
+    state = getattr(exc, "sqlstate", None)
+    return state in _PERMANENT_STATES or bool(_PERMANENT_MESSAGES.search(str(exc)))
+
 
 def is_transient(exc: BaseException) -> bool:
-    """True for faults worth retrying: dropped or refused connections, deadlocks, restarts."""
+    """True for faults worth retrying: dropped or refused connections, deadlocks, restarts --
+    never an authentication failure."""
     if isinstance(exc, psycopg.OperationalError):
+        if is_authentication_failure(exc):
+            return False
         state = getattr(exc, "sqlstate", None)
         return state is None or state.startswith("08") or state in _TRANSIENT_STATES
     if isinstance(exc, psycopg.errors.SerializationFailure | psycopg.errors.DeadlockDetected):
@@ -43,15 +66,27 @@ def _connect(dsn: str, **kwargs: Any) -> psycopg.Connection[Any]:
 
 
 def connect(dsn: str, *, autocommit: bool = False, application_name: str = "residency", **kwargs: Any) -> psycopg.Connection[Any]:
-    """Open a connection, retrying transient failures; a final failure is one clear line."""
-    from .connections import redact
+    """Open a connection, retrying transient failures; a final failure is one clear line, redacted:
+    a DSN that is not one (libpq cannot parse it) is bad input (exit 2), an authentication failure
+    is not retried."""
+    from .redaction import redact, register_dsn
 
+    register_dsn(dsn)
     kwargs.setdefault("connect_timeout", 10)
     try:
         return _connect(dsn, autocommit=autocommit, application_name=application_name, **kwargs)
+    except psycopg.ProgrammingError as exc:  # libpq could not parse the DSN; it echoes it back
+        raise InputError(f"invalid connection string {redact(dsn)}: {_first(exc)}") from None
     except psycopg.OperationalError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise OperationError(f"cannot connect to {redact(dsn)}: {first}") from exc
+        what = "authentication failed for" if is_authentication_failure(exc) else "cannot connect to"
+        raise OperationError(f"{what} {redact(dsn)}: {_first(exc)}") from None
+
+
+def _first(exc: BaseException) -> str:
+    from .redaction import redact
+
+    lines = [ln.strip() for ln in str(exc).strip().splitlines() if ln.strip()]
+    return redact(lines[0] if lines else type(exc).__name__)
 
 
 def columns(record: type) -> sql.Composed:

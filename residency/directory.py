@@ -104,3 +104,95 @@ def list_entries(conn: psycopg.Connection[Any], region: str | None = None) -> li
         _COLS, sql.SQL(" WHERE region = %s" if region else "")
     )
     return [DirectoryEntry(*r) for r in conn.execute(q, params)]
+
+
+# --------------------------------------------------------------------------- a region's existing tenants
+
+
+def root_key(conn: psycopg.Connection[Any], schema: str, root_table: str) -> str:
+    """The root table's primary-key column (the workspace id) in one region's database."""
+    rows = conn.execute(
+        "SELECT a.attname FROM pg_constraint c JOIN pg_class t ON t.oid = c.conrelid"
+        " JOIN pg_namespace n ON n.oid = t.relnamespace"
+        " JOIN pg_attribute a ON a.attrelid = t.oid AND a.attnum = ANY(c.conkey)"
+        " WHERE n.nspname = %s AND t.relname = %s AND c.contype = 'p'",
+        (schema, root_table),
+    ).fetchall()
+    if len(rows) != 1:
+        found = conn.execute(
+            "SELECT 1 FROM pg_class t JOIN pg_namespace n ON n.oid = t.relnamespace WHERE n.nspname = %s AND t.relname = %s",
+            (schema, root_table),
+        ).fetchone()
+        if not found:
+            raise InputError(f"the root table {schema}.{root_table} (workspace.root_table) does not exist in this database")
+        raise InputError(f"the root table {schema}.{root_table} needs a one-column primary key (the workspace id); it has {len(rows) or 'none'}")
+    return str(rows[0][0])
+
+
+@dataclass
+class ImportResult:
+    region: str
+    root_table: str
+    root_rows: int
+    registered: list[str]
+    already: int
+    elsewhere: list[tuple[str, str]]  # (workspace id, its home)
+
+    @property
+    def ok(self) -> bool:
+        return not self.elsewhere
+
+
+def import_region(cp: psycopg.Connection[Any], app: psycopg.Connection[Any], region: str, schema: str, root_table: str) -> ImportResult:
+    """Register every root row of one region's database as a workspace homed there, inside the
+    caller's transaction on ``cp``. Idempotent: ids already homed in ``region`` stay as they are;
+    ids registered in another region are left alone and reported with their home."""
+    key = root_key(app, schema, root_table)
+    cp.execute("CREATE TEMP TABLE IF NOT EXISTS residency_import_ids (workspace_id text PRIMARY KEY) ON COMMIT DROP")
+    cp.execute("TRUNCATE residency_import_ids")
+    q = sql.SQL("COPY (SELECT {}::text FROM {} WHERE {} IS NOT NULL) TO STDOUT").format(
+        sql.Identifier(key), sql.Identifier(schema, root_table), sql.Identifier(key))
+    with app.cursor().copy(q) as out, cp.cursor().copy("COPY residency_import_ids (workspace_id) FROM STDIN") as into:
+        for chunk in out:
+            into.write(chunk)
+    (n,) = cp.execute("SELECT count(*) FROM residency_import_ids").fetchone()  # type: ignore[misc]
+    new = [r[0] for r in cp.execute(
+        "INSERT INTO residency.directory (workspace_id, region) SELECT workspace_id, %s FROM residency_import_ids"
+        " ORDER BY workspace_id ON CONFLICT (workspace_id) DO NOTHING RETURNING workspace_id", (region,))]
+    elsewhere = [(r[0], r[1]) for r in cp.execute(
+        "SELECT i.workspace_id, d.region FROM residency_import_ids i JOIN residency.directory d USING (workspace_id)"
+        " WHERE d.region <> %s ORDER BY d.region, i.workspace_id", (region,))]
+    cp.execute("DROP TABLE residency_import_ids")
+    return ImportResult(region, f"{schema}.{root_table}", int(n), sorted(new), int(n) - len(new) - len(elsewhere), elsewhere)
+
+
+def import_and_record(cp: psycopg.Connection[Any], app: psycopg.Connection[Any], region: str, schema: str, root_table: str,
+                      actor: Any = None) -> ImportResult:
+    """:func:`import_region` and its audit entry, committed together."""
+    from . import audit
+
+    with cp.transaction():
+        res = import_region(cp, app, region, schema, root_table)
+        audit.append(cp, "directory.imported", f"region/{region}", {
+            "root_table": res.root_table, "root_rows": res.root_rows, "registered": len(res.registered),
+            "already": res.already, "elsewhere": len(res.elsewhere),
+            "elsewhere_sample": [{"workspace_id": w, "home": h} for w, h in res.elsewhere[:100]]}, actor)
+    return res
+
+
+def second_home(conn: psycopg.Connection[Any], schema: str, root_table: str, workspace_id: object, home: str, region: str) -> str | None:
+    """A refusal line if ``region``'s database has a root row with this workspace's id although
+    the workspace is homed in ``home``: two tenants share the id, and a move would merge them."""
+    try:
+        key = root_key(conn, schema, root_table)
+        row = conn.execute(sql.SQL("SELECT 1 FROM {} WHERE {}::text = %s LIMIT 1").format(
+            sql.Identifier(schema, root_table), sql.Identifier(key)), (str(workspace_id),)).fetchone()
+    except (psycopg.Error, InputError):
+        if not conn.autocommit:
+            conn.rollback()
+        return None  # no such table there: the schema comparison says so
+    if row is None:
+        return None
+    return (f"workspace '{workspace_id}' exists in two regions: its home {home} and {region} ({root_table}.{key} = {workspace_id}"
+            f" there is another tenant, not in the directory); one of them needs a new id before it can move"
+            f" (`residency directory import --region {region}` lists such ids; `residency regions ids` keeps new ones apart)")

@@ -19,6 +19,7 @@ from psycopg.types.json import Jsonb
 
 from .db import columns
 from .errors import InputError, OperationError
+from .redaction import redact as _redact, redact_obj as _redact_obj
 
 STATES = ("planned", "fenced", "copied", "verified", "cut_over", "cleaned", "rolled_back", "failed")
 CLOSED = ("cleaned", "rolled_back")
@@ -60,7 +61,7 @@ def create(conn: psycopg.Connection[Any], workspace_id: object, source: str, tar
                     "INSERT INTO residency.moves (workspace_id, source, target, strategy, state, plan, created_by)"
                     " VALUES (%s, %s, %s, %s, 'planned', %s, %s) RETURNING {}"
                 ).format(_COLS),
-                (str(workspace_id), source, target, strategy, Jsonb(plan), created_by),
+                (str(workspace_id), source, target, strategy, Jsonb(_redact_obj(plan)), created_by),
             ).fetchone()
     except psycopg.errors.UniqueViolation:
         other = open_move_for(conn, workspace_id)
@@ -127,7 +128,7 @@ def transition(conn: psycopg.Connection[Any], move_id: int, to_state: str, *, ex
             " error = %s, updated_at = now()"
             " WHERE id = %s AND state = ANY(%s) RETURNING {}"
         ).format(_COLS),
-        (to_state, to_state, error if to_state == "failed" else None, int(move_id), expect),
+        (to_state, to_state, _redact(error) if to_state == "failed" and error is not None else None, int(move_id), expect),
     ).fetchone()
     if row is None:
         cur = get(conn, move_id)
@@ -138,7 +139,7 @@ def transition(conn: psycopg.Connection[Any], move_id: int, to_state: str, *, ex
 def _merge(conn: psycopg.Connection[Any], move_id: int, column: str, patch: dict[str, Any]) -> None:
     conn.execute(
         sql.SQL("UPDATE residency.moves SET {col} = {col} || %s, updated_at = now() WHERE id = %s").format(col=sql.Identifier(column)),
-        (Jsonb(patch), int(move_id)),
+        (Jsonb(_redact_obj(patch)), int(move_id)),
     )
 
 

@@ -30,7 +30,7 @@ import psycopg
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
-from . import audit, directory, moves, policy
+from . import audit, authz, directory, moves, policy
 from .audit import Actor
 from .catalogue import Catalogue
 from .db import columns
@@ -222,6 +222,9 @@ class Request:
     lease_until: datetime | None
     attempts: int
     result: dict[str, Any]
+    created_for: str | None = None
+    """Who is behind the creation ($RESIDENCY_ACTOR): an annotation; created_by is the role."""
+    approved_for: str | None = None
 
     @property
     def window(self) -> Window:
@@ -235,8 +238,8 @@ class Request:
 _COLS = columns(Request)
 _INSERT = sql.SQL(
     "INSERT INTO residency.requests (workspace_id, source, target, strategy, window_start, window_end,"
-    " requested_by, reason, state, state_reason, created_by, estimate)"
-    " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING {}"
+    " requested_by, reason, state, state_reason, created_by, estimate, created_for)"
+    " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, session_user, %s, %s) RETURNING {}"
 ).format(_COLS)
 
 
@@ -309,11 +312,13 @@ def transition(
     """Move a request to ``to_state`` only if it is in one of ``expect`` (and, with ``worker``,
     only while that worker holds it); OperationError otherwise. Runs in the caller's transaction."""
     expect = list(expect)
+    from .redaction import redact, redact_obj
+
     sets = [sql.SQL("state = %s, state_reason = %s, updated_at = now()")]
-    params: list[Any] = [to_state, reason]
+    params: list[Any] = [to_state, redact(reason) if reason is not None else None]
     for col, val in (extra or {}).items():
         sets.append(sql.SQL("{} = %s").format(sql.Identifier(col)))
-        params.append(Jsonb(val) if isinstance(val, dict) else val)
+        params.append(Jsonb(redact_obj(val)) if isinstance(val, dict) else redact_obj(val))
     if to_state in TERMINAL:
         sets.append(sql.SQL("lease_until = NULL"))
     where = sql.SQL("id = %s AND state = ANY(%s)")
@@ -386,9 +391,7 @@ def create(
     """
     actor = actor or Actor.current()
     now = now or datetime.now(timezone.utc)
-    ws = str(workspace_id).strip()
-    if not ws:
-        raise InputError("a workspace id is required")
+    ws = cat.workspace.parse_id(workspace_id)  # the same rule as the mover's, before any query
     cat.region(target)
     if strategy not in STRATEGIES:
         raise InputError(f"strategy '{strategy}' is not one of {', '.join(STRATEGIES)}")
@@ -400,6 +403,7 @@ def create(
     if len(reason) > 2000:
         raise InputError("reason is longer than 2000 characters")
 
+    ident = authz.require(conn, authz.REQUESTER, "creating a move request")
     home = directory.require(conn, ws)
     if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
         conn.commit()  # the lookup above opened a transaction; the record gets its own
@@ -437,19 +441,23 @@ def create(
     if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
         conn.commit()
 
+    if refusal is not None:
+        from .redaction import redact
+
+        refusal = redact(refusal)
     state = "refused" if refusal else "pending"
     pending = _Pending()
     with conn.transaction():
         try:
             with conn.transaction():
                 row = conn.execute(
-                    _INSERT, (ws, home.region, target, strategy, win.start, win.end, email, reason, state, refusal, actor.who, Jsonb(est))
+                    _INSERT, (ws, home.region, target, strategy, win.start, win.end, email, reason, state, refusal, Jsonb(est), _for(actor, ident))
                 ).fetchone()
         except psycopg.errors.UniqueViolation:
             # another request for this workspace was recorded between our check and now
             row = conn.execute(
                 _INSERT, (ws, home.region, target, strategy, win.start, win.end, email, reason,
-                          "refused", f"workspace '{ws}' already has a live request", actor.who, Jsonb(est)),
+                          "refused", f"workspace '{ws}' already has a live request", Jsonb(est), _for(actor, ident)),
             ).fetchone()
         assert row is not None
         req = Request(*row)
@@ -477,17 +485,24 @@ def approve(conn: psycopg.Connection[Any], cat: Catalogue, request_id: int | str
     """
     actor = actor or Actor.current()
     pending = _Pending()
+    ident = authz.require(conn, authz.APPROVER, "approving a move request")
+    seen = get(conn, request_id)  # unlocked: a row the database hides from this approver is still explained
+    _not_your_own(seen, ident, actor)
     with conn.transaction():
         req = get(conn, request_id, for_update=True)
         if req.state != "pending":
             raise OperationError(f"request {req.id} is {req.state}; only a pending request can be approved")
-        who = actor.who.strip().lower()
-        if who in (req.requested_by.lower(), req.created_by.strip().lower()):
-            raise OperationError(f"request {req.id} was asked for by {actor.who}; someone else must approve it")
+        _not_your_own(req, ident, actor)
         d = policy.may_move(cat, req.source, req.target)
         if not d:
             raise OperationError(f"request {req.id} can no longer be approved: policy: {d.reason}")
-        req = transition(conn, req.id, "approved", expect=("pending",), extra={"approved_by": actor.who})
+        try:
+            with conn.transaction():
+                req = transition(conn, req.id, "approved", expect=("pending",),
+                                 extra={"approved_by": ident.role, "approved_for": _for(actor, ident)})
+        except psycopg.errors.InsufficientPrivilege:  # row-level security: the database's own refusal
+            raise OperationError(f"request {req.id} was recorded by {req.created_by}; someone else must approve it"
+                                 " (refused by the control plane)") from None
         conn.execute("UPDATE residency.requests SET approved_at = now() WHERE id = %s", (req.id,))
         req = get(conn, req.id)
         audit.append(conn, "request.approve", req.subject, {"workspace_id": req.workspace_id, "target": req.target, "window": str(req.window), "requested_by": req.requested_by}, actor)
@@ -500,6 +515,12 @@ def cancel(conn: psycopg.Connection[Any], request_id: int | str, reason: str = "
     """Cancel a pending or approved request; a running one is the mover's to roll back. Commits."""
     actor = actor or Actor.current()
     pending = _Pending()
+    ident = authz.identity(conn)
+    seen = get(conn, request_id)
+    if not (ident.has(authz.APPROVER) or (authz.REQUESTER in ident.member_of and seen.created_by == ident.role)):
+        raise authz.Denied(authz.APPROVER, "cancelling another role's move request", ident.role)
+    if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE and not conn.autocommit:
+        conn.commit()
     with conn.transaction():
         req = get(conn, request_id, for_update=True)
         if req.state == "running":
@@ -507,7 +528,7 @@ def cancel(conn: psycopg.Connection[Any], request_id: int | str, reason: str = "
             raise OperationError(f"request {req.id} is running{hint}")
         if req.state not in ("pending", "approved"):
             raise OperationError(f"request {req.id} is {req.state}; only a pending or approved request can be cancelled")
-        why = (reason or "").strip() or f"cancelled by {actor.who}"
+        why = (reason or "").strip() or f"cancelled by {ident.role}" + (f" for {_for(actor, ident)}" if _for(actor, ident) else "")
         req = transition(conn, req.id, "cancelled", expect=("pending", "approved"), reason=why)
         audit.append(conn, "request.cancel", req.subject, {"workspace_id": req.workspace_id, "reason": why}, actor)
         _notice(conn, req, "cancelled", notifier, pending)
@@ -515,10 +536,30 @@ def cancel(conn: psycopg.Connection[Any], request_id: int | str, reason: str = "
     return req
 
 
+def _for(actor: Actor, ident: "authz.Identity") -> str | None:
+    """The annotation worth keeping: who the actor says it is, when that is not the role."""
+    who = (actor.who or "").strip()
+    return who if who and who != ident.role else None
+
+
+def _not_your_own(req: Request, ident: "authz.Identity", actor: Actor) -> None:
+    """Nobody approves their own request: the authenticated roles are compared (the database
+    refuses it too). Only when one superuser login does everything (a sandbox, a test) are the
+    annotations all that tell people apart, and then they are compared instead."""
+    if req.created_by != ident.role:
+        return
+    if not ident.superuser:
+        raise OperationError(f"request {req.id} was recorded by {req.created_by}; someone else must approve it")
+    who = (actor.who or "").strip().lower()
+    if who and who in (req.requested_by.lower(), (req.created_for or "").strip().lower()):
+        raise OperationError(f"request {req.id} was asked for by {actor.who}; someone else must approve it")
+
+
 # --------------------------------------------------------------------------- CSV import
 
 CSV_COLUMNS = ("workspace", "to", "window", "requested_by")
 CSV_OPTIONAL = ("reason", "strategy")
+CSV_MAX_BYTES = 16 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -548,13 +589,10 @@ def import_csv(
     Each row stands alone: a bad row gets its own error line and the others go ahead. ``ok`` is
     True for a row recorded as pending; refused rows are recorded and reported with why.
     """
+    from .files import read_text
+
     p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8-sig")
-    except OSError as exc:
-        raise InputError(f"{p}: cannot read: {exc.strerror or exc}") from None
-    except UnicodeDecodeError:
-        raise InputError(f"{p}: not UTF-8 text") from None
+    text = read_text(p, max_bytes=CSV_MAX_BYTES, what="CSV file").removeprefix("\ufeff")
     reader = csv.DictReader(text.splitlines(keepends=True))
     header = [h.strip().lower() for h in (reader.fieldnames or [])]
     missing = [c for c in CSV_COLUMNS if c not in header]

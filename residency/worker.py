@@ -216,6 +216,7 @@ class Worker:
         base = Actor.current()
         self.actor = Actor(f"worker {self.id}", base.origin)
         self._conn: psycopg.Connection[Any] | None = None
+        self._digest_checked = float("-inf")
 
     # -- plumbing
     @property
@@ -227,6 +228,21 @@ class Worker:
     def close(self) -> None:
         if self._conn is not None and not self._conn.closed:
             self._conn.close()
+
+    def _periodic_digest(self) -> None:
+        """When idle: the audit chain's periodic signed digest, if one is due (residency.anchor)."""
+        from . import anchor
+
+        cfg = getattr(self.conns, "anchor", None)
+        now = time.monotonic()
+        if cfg is None or now - self._digest_checked < 60:  # look at most once a minute
+            return
+        self._digest_checked = now
+        try:
+            with connect(self.conns.control_dsn, autocommit=True) as c:
+                anchor.digest_if_due(c, cfg)
+        except Exception as exc:  # noqa: BLE001 - a digest is retried on the next idle turn
+            log.warning("audit digest not written: %s", exc)
 
     def _event(self, req: rq.Request, event: str, action: str, details: dict[str, Any], *, move: Any = None, ids: list[int]) -> None:
         """Audit and keep a notice, inside the current transaction."""
@@ -389,6 +405,8 @@ class Worker:
                 if waiting is not None:
                     return waiting
             first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            if getattr(exc, "refusals", None):  # migrate.MoveRefused: every refusal, not the heading line
+                first = "move refused: " + "; ".join(exc.refusals)  # type: ignore[attr-defined]
             return self._finish(req, "failed", f"move: {first}", move)
         finally:
             hb.stop()
@@ -411,6 +429,7 @@ class Worker:
                 if o is not None:
                     out.append(o)
                     continue
+                self._periodic_digest()
                 if once:
                     break
                 stop.wait(self.config.poll_seconds)
@@ -528,6 +547,9 @@ def run_workers(
         raise InputError("--concurrency must be at least 1")
     with connect(conns.control_dsn) as c:
         ensure_schema(c)
+        from . import authz
+
+        authz.require(c, authz.OPERATOR, "running the worker")
     base = worker_id or default_worker_id()
     stop = stop or threading.Event()
     results: list[list[Outcome]] = [[] for _ in range(concurrency)]

@@ -7,6 +7,7 @@ duplicate keys (which plain ``yaml.safe_load`` silently merges) are reported.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any, Union
 
@@ -16,16 +17,14 @@ from yaml.composer import Composer
 from yaml.constructor import SafeConstructor
 from yaml.resolver import Resolver
 
+from yaml.parser import Parser
+from yaml.reader import Reader
+from yaml.scanner import Scanner
+
 try:  # libyaml's scanner and parser are ~10x faster on large files; fall back where absent
     from yaml._yaml import CParser
-
-    _PARSER_BASES: tuple[type, ...] = (CParser,)
 except ImportError:  # pragma: no cover
-    from yaml.parser import Parser
-    from yaml.reader import Reader
-    from yaml.scanner import Scanner
-
-    _PARSER_BASES = (Reader, Scanner, Parser)
+    CParser = None
 
 MAX_DEPTH = 32
 """Deepest nesting accepted. regions.yaml needs about six levels; the limit keeps a hostile
@@ -38,25 +37,18 @@ MAX_NODES = 100_000
 MERGE_TAG = "tag:yaml.org,2002:merge"
 
 
-class _Loader(Composer, *_PARSER_BASES, SafeConstructor, Resolver):  # type: ignore[misc]
-    """libyaml's parser with PyYAML's (Python) composer on top.
+class _DepthGuard(Composer):
+    """PyYAML's (Python) composer with a depth limit.
 
     ``CSafeLoader`` composes nodes by C recursion with no depth limit, so a deeply nested file
     crashes the interpreter (a segfault, not an exception). Composing in Python lets us bound
     the depth and turn it into an ordinary error.
     """
 
-    def __init__(self, stream: str):
-        if len(_PARSER_BASES) == 1:
-            _PARSER_BASES[0].__init__(self, stream)
-        else:  # pragma: no cover - pure-Python fallback
-            reader, scanner, parser = _PARSER_BASES
-            reader.__init__(self, stream)
-            scanner.__init__(self)
-            parser.__init__(self)
+    def __init__(self) -> None:
         Composer.__init__(self)
-        SafeConstructor.__init__(self)
-        Resolver.__init__(self)
+        SafeConstructor.__init__(self)  # type: ignore[arg-type]
+        Resolver.__init__(self)  # type: ignore[arg-type]
         self._depth = 0
 
     def compose_node(self, parent: Any, index: Any) -> Any:
@@ -70,6 +62,84 @@ class _Loader(Composer, *_PARSER_BASES, SafeConstructor, Resolver):  # type: ign
             return super().compose_node(parent, index)
         finally:
             self._depth -= 1
+
+
+class _PyLoader(_DepthGuard, Reader, Scanner, Parser, SafeConstructor, Resolver):  # type: ignore[misc]
+    """PyYAML's pure-Python scanner and parser: no nesting limit of their own (they keep
+    explicit stacks, not recursion), so :class:`_DepthGuard` is the one that speaks."""
+
+    def __init__(self, stream: str):
+        Reader.__init__(self, stream)
+        Scanner.__init__(self)
+        Parser.__init__(self)
+        _DepthGuard.__init__(self)
+
+
+if CParser is not None:
+
+    class _CLoader(_DepthGuard, CParser, SafeConstructor, Resolver):  # type: ignore[misc]
+        """libyaml's scanner and parser. libyaml's scanner reads up to 1024 characters ahead
+        and has a flow-nesting limit of its own (1000 in PyYAML 6.0.4's bundled copy, with its
+        own wording), so it is used only for text whose flow nesting cannot reach that far:
+        see :func:`_flow_depth_bound`."""
+
+        def __init__(self, stream: str):
+            CParser.__init__(self, stream)
+            _DepthGuard.__init__(self)
+
+
+_SPECIAL = re.compile(r"""[\[\]{}#'"]""")
+
+
+def _flow_depth_bound(text: str) -> int:
+    """A cheap estimate, erring high, of the deepest ``[``/``{`` nesting in ``text``.
+
+    Brackets inside quoted scalars and comments are skipped; one inside a plain scalar counts
+    as if it opened a collection, which only costs speed (the slower parser is chosen).
+    """
+    depth = deepest = 0
+    skip_to = 0
+    for m in _SPECIAL.finditer(text):
+        i = m.start()
+        if i < skip_to:
+            continue
+        c = m.group()
+        prev = text[i - 1] if i else "\n"
+        if c in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif c in "]}":
+            depth = max(0, depth - 1)
+        elif c == "#":
+            if prev in " \t\r\n":
+                end = text.find("\n", i)
+                skip_to = len(text) if end < 0 else end
+        elif prev in " \t\r\n[{,:-?":  # a quote that opens a quoted scalar
+            skip_to = _quoted_end(text, i)
+    return deepest
+
+
+def _quoted_end(text: str, start: int) -> int:
+    """The offset just past the quoted scalar opening at ``start`` (or the end of the text)."""
+    quote = text[start]
+    j = start + 1
+    while j < len(text):
+        if quote == '"' and text[j] == "\\":
+            j += 2
+        elif text[j] == quote:
+            if quote == "'" and text.startswith("''", j):
+                j += 2
+            else:
+                return j + 1
+        else:
+            j += 1
+    return len(text)
+
+
+def _loader(text: str) -> Any:
+    if CParser is None or _flow_depth_bound(text) > MAX_DEPTH:
+        return _PyLoader(text)
+    return _CLoader(text)
 
 
 @dataclass(frozen=True)
@@ -132,7 +202,7 @@ def parse(text: str, file: str) -> YNode | None:
     Raises :class:`YamlSyntaxError` (one line, with a position) for anything that is not a
     single well-formed YAML document of plain data.
     """
-    loader = _Loader(text)
+    loader = _loader(text)
     try:
         node = loader.get_single_node()
         if node is None:

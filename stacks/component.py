@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import pulumi
 import pulumi_aws as aws
 
-from residency import policy
+from residency import policy, retention
 from residency.catalogue import Catalogue, Region
 from residency.errors import InputError
 
@@ -126,7 +126,7 @@ class RegionalEnvironment(pulumi.ComponentResource):
             f"{n}-db", identifier=db_identifier(region), engine=env.database.engine, engine_version=env.database.version,
             instance_class=env.database.instance_class, allocated_storage=env.database.storage_gb, storage_type="gp3",
             multi_az=env.database.multi_az, storage_encrypted=True, kms_key_id=self.key.arn,
-            backup_retention_period=env.retention.backups_days, copy_tags_to_snapshot=True,
+            backup_retention_period=retention.backup_days(region), copy_tags_to_snapshot=True,
             db_subnet_group_name=self.db_subnets.name, parameter_group_name=self.db_parameters.name,
             vpc_security_group_ids=[self.db_security_group.id], publicly_accessible=False,
             username="residency", manage_master_user_password=True, iam_database_authentication_enabled=True,
@@ -135,7 +135,7 @@ class RegionalEnvironment(pulumi.ComponentResource):
         )
         self.database_backups = aws.rds.InstanceAutomatedBackupsReplication(
             f"{n}-db-backups", source_db_instance_arn=self.database.arn, kms_key_id=self.backup_key.arn,
-            retention_period=env.retention.backups_days, opts=there,
+            retention_period=retention.backup_days(region), opts=there,
         )
 
         # -- buckets, each with an encrypted, versioned replica in the backup region
@@ -145,9 +145,9 @@ class RegionalEnvironment(pulumi.ComponentResource):
         )
         self.buckets: dict[str, BucketSet] = {}
         for b in env.buckets:
-            src = self._bucket(f"{n}-{b}", bucket_name(region, b), self.key, tags, here, env.retention.deleted_workspace_days)
+            src = self._bucket(f"{n}-{b}", bucket_name(region, b), self.key, tags, here, retention.noncurrent_version_days(region))
             dst = self._bucket(f"{n}-{b}-replica", bucket_name(region, b, replica=True), self.backup_key, tags, there,
-                               env.retention.deleted_workspace_days)
+                               retention.noncurrent_version_days(region))
             aws.s3.BucketReplicationConfig(
                 f"{n}-{b}-replication", bucket=src.bucket.bucket, role=self.replication_role.arn,
                 rules=[aws.s3.BucketReplicationConfigRuleArgs(
@@ -208,6 +208,9 @@ class RegionalEnvironment(pulumi.ComponentResource):
                 {"Action": ["s3:GetObject", "s3:GetObjectVersion", "s3:PutObject", "s3:DeleteObject", "s3:DeleteObjectVersion"],
                  "Resource": [f"{a}/*" for a in src_arns]},
                 {"Action": ["s3:ListBucket", "s3:ListBucketVersions"], "Resource": src_arns},
+                # cleanup erases a moved workspace's every version in the replicas too
+                {"Action": ["s3:ListBucketVersions"], "Resource": dst_arns},
+                {"Action": ["s3:DeleteObjectVersion"], "Resource": [f"{a}/*" for a in dst_arns]},
                 {"Action": ["kms:Decrypt", "kms:Encrypt", "kms:GenerateDataKey"], "Resource": [v[0]]},
                 {"Action": ["rds-db:connect"], "Resource": [f"arn:aws:rds-db:{region.aws_region}:*:dbuser:{v[1]}/mover"]},
             ])),

@@ -16,10 +16,14 @@ temporary directory for the whole session, so even code that calls
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import signal
+import sys
 import tempfile
 import threading
+import time
 import uuid
 from pathlib import Path
 from typing import Any, Iterator
@@ -32,11 +36,75 @@ REGIONS_YAML = REPO / "regions.yaml"
 _SESSION_HOME: str | None = None
 
 
+SESSION_MARK = "RESIDENCY_TEST_SESSION"
+"""Set in this process's environment; every server the session starts (PostgreSQL, moto)
+inherits it, so the end of the session can find any that outlived their sandbox."""
+
+
 def pytest_configure(config: pytest.Config) -> None:
     global _SESSION_HOME
     _SESSION_HOME = tempfile.mkdtemp(prefix="residency-test-sandbox-")
     os.environ["RESIDENCY_SANDBOX_HOME"] = _SESSION_HOME
     os.environ.pop("RESIDENCY_SANDBOX_DATA", None)
+    os.environ[SESSION_MARK] = uuid.uuid4().hex
+
+
+def session_processes() -> dict[int, str]:
+    """pid -> command line of every live process started by this session (not pytest itself).
+
+    A process's initial environment is in /proc/PID/environ; PostgreSQL's helper processes
+    overwrite theirs with their title, but the postmaster, which owns them, keeps it."""
+    from residency.processes import pid_alive
+
+    mark = f"{SESSION_MARK}={os.environ[SESSION_MARK]}".encode()
+    found: dict[int, str] = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/environ", "rb") as f:
+                if mark not in f.read().split(b"\0"):
+                    continue
+            with open(f"/proc/{entry.name}/cmdline", "rb") as f:
+                cmdline = f.read().replace(b"\0", b" ").decode(errors="replace").strip()
+        except OSError:  # gone meanwhile, or someone else's
+            continue
+        if pid_alive(int(entry.name)):
+            found[int(entry.name)] = cmdline
+    return found
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """After the session sandbox is destroyed, nothing the session started may still run: a
+    survivor is reported as an error (and the run fails), then stopped."""
+    if _SESSION_HOME and os.path.isdir(_SESSION_HOME):
+        from residency import sandbox as sb
+
+        try:
+            sb.destroy(_SESSION_HOME)  # normally done already by the fixture
+        except Exception:  # noqa: BLE001 - the check below reports what is left
+            pass
+    deadline = time.monotonic() + 10  # servers told to stop may take a moment to exit
+    left = session_processes()
+    while left and time.monotonic() < deadline:
+        time.sleep(0.2)
+        left = session_processes()
+    if not left:
+        return
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    title = f"ERROR: {len(left)} process(es) started by this test session outlived it (now stopped)"
+    lines = [f"pid {pid}: {cmd}" for pid, cmd in sorted(left.items())]
+    if reporter is not None:
+        reporter.write("\n")  # after the progress line
+        reporter.write_sep("=", title, red=True, bold=True)
+        for line in lines:
+            reporter.write_line(line, red=True)
+    else:
+        print(title, *lines, sep="\n", file=sys.stderr)
+    for pid in left:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGTERM)
+    session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:

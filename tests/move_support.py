@@ -79,6 +79,8 @@ def connections_env(env: Any) -> dict[str, str]:
             r: {"dsn": ep.dsn, "s3_endpoint": ep.s3_endpoint, "buckets": dict(ep.buckets)}
             for r, ep in env.connections.regions.items()
         },
+        "audit": {"kms_key": env.anchor.kms_key_id, "bucket": env.anchor.bucket, "aws_region": env.anchor.aws_region,
+                  "endpoint": env.anchor.endpoint},
     }
     path.write_text(yaml.safe_dump(data))
     return {"RESIDENCY_CONNECTIONS": str(path), "RESIDENCY_CONTROL_DSN": env.control_dsn, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}

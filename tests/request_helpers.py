@@ -47,10 +47,14 @@ class ControlPlane:
 
 
 def control_plane(env: Any) -> ControlPlane:
-    """A control plane with its schema, from the ``env`` fixture."""
+    """A control plane with its schema, from the ``env`` fixture. The fake mover's workspaces have
+    made-up text ids ('ws-1'), so its catalogue declares a text workspace key."""
+    import dataclasses
+
     with psycopg.connect(env.control_dsn) as c:
         ensure_schema(c)
-    return ControlPlane(env.control_dsn, env.catalogue, env.connections)
+    cat = dataclasses.replace(env.catalogue, workspace=dataclasses.replace(env.catalogue.workspace, key_type="text"))
+    return ControlPlane(env.control_dsn, cat, env.connections)
 
 
 class FakeMover:

@@ -21,7 +21,8 @@ from cli import main
 from residency import catalogue
 from residency.catalogue import Catalogue, DatabaseSpec, Environment, Region, load, loads
 from residency.errors import CatalogueError, InputError
-from residency.yamlpos import Map, Scalar, Seq, parse
+from residency import yamlpos
+from residency.yamlpos import Map, Scalar, Seq, YamlSyntaxError, parse
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED = REPO / "regions.yaml"
@@ -165,6 +166,38 @@ def test_parse_keeps_positions() -> None:
     inner = seq.items[1]
     assert isinstance(inner, Map) and inner.items["b"] == Scalar(1, inner.items["b"].mark, "1")
     assert str(inner.keys["b"]) == "f.yaml:3:6"
+
+
+DEEP = "YAML syntax error: nested more than 32 levels deep; a regions file needs far fewer"
+
+
+@pytest.mark.parametrize("levels", [33, 40, 1200, 5000])
+def test_deep_flow_nesting_is_refused_by_our_guard_at_the_33rd_level(levels: int) -> None:
+    """Whatever limit (and wording) the installed libyaml has, our guard speaks first, at the
+    exact bracket: the top-level mapping is level 1, so the 32nd '[' opens level 33."""
+    text = "regions: " + "[" * levels + "]" * levels + "\n"
+    with pytest.raises(YamlSyntaxError) as exc:
+        parse(text, "f.yaml")
+    assert str(exc.value) == "f.yaml:1:41: " + DEEP
+
+
+def test_deep_block_nesting_is_refused_at_its_line() -> None:
+    """Block nesting never reaches libyaml's limit; the guard counts the key k31 on line 32 as
+    level 33 (the root mapping is 1, each mapping and its keys one more)."""
+    text = "".join(" " * i + f"k{i}:\n" for i in range(40)) + " " * 40 + "v\n"
+    with pytest.raises(YamlSyntaxError) as exc:
+        parse(text, "f.yaml")
+    assert str(exc.value) == "f.yaml:32:32: " + DEEP
+
+
+def test_either_parser_gives_the_same_tree_and_marks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Text that looks deeply nested goes to PyYAML's pure-Python parser instead of libyaml's;
+    both must give the same nodes and marks, up to exactly the limit."""
+    at_limit = "regions: " + "[" * 30 + "1" + "]" * 30 + "\n"  # the mapping 1, the lists 2-31, the 1 is 32
+    texts = [at_limit, shipped_text()]
+    with_libyaml = [parse(t, "f.yaml") for t in texts]
+    monkeypatch.setattr(yamlpos, "CParser", None)
+    assert [parse(t, "f.yaml") for t in texts] == with_libyaml
 
 
 def test_loads_reports_every_problem_sorted_by_position() -> None:

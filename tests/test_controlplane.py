@@ -88,7 +88,8 @@ def test_audit_chain_verifies_and_refuses_updates(env, cp):
     res = audit.verify(cp)
     assert res.ok and res.entries == 5 and res.head_seq == 5
     got = list(audit.entries(cp, subject="thing/3"))
-    assert [(e.actor, e.origin, e.details["i"]) for e in got] == [("ops@example.com", "laptop pid 1", 3)]
+    role = cp.execute("SELECT session_user").fetchone()[0]  # who is the role; the actor annotates
+    assert [(e.actor, e.origin, e.details["i"]) for e in got] == [(role, "laptop pid 1 for ops@example.com", 3)]
     with pytest.raises(psycopg.errors.InsufficientPrivilege, match="append-only"):
         with cp.transaction():
             cp.execute("DELETE FROM residency.audit WHERE seq = 2")

@@ -97,7 +97,8 @@ def test_refusals_schema_keys_unreached(env):
     # primary keys already in the target
     with psycopg.connect(env.dsn("au"), autocommit=True) as c:
         c.execute("INSERT INTO workspaces (id, name, slug, plan) VALUES (%s, 'squatter', 'squatter', 'free')", (ws,))
-    (r,) = _refused(env, ws, "au")
+    twin, r = _refused(env, ws, "au")  # the same id as another tenant's root row there (issue 16), and its key
+    assert twin.startswith(f"workspace '{ws}' exists in two regions: its home us and au (workspaces.id = {ws} there")
     assert r == f"primary keys of moving rows already present in target au: workspaces has 1 (id = {ws})"
     _nothing_changed(env, ws)
 

@@ -73,7 +73,7 @@ def test_kill9_during_cleanup_then_resume(world):
     p = run_mover(env, "move", "start", str(ws), "--to", "eu", "--yes")
     assert p.returncode == 0, p.stderr
     rec = _the_move(env)
-    p = run_mover(env, "move", "cleanup", str(rec.id), "--grace", "0", kill_at="cleanup_rows_deleted")
+    p = run_mover(env, "move", "cleanup", str(rec.id), "--grace", "0", "--yes", kill_at="cleanup_rows_deleted")
     assert p.returncode == -signal.SIGKILL, p.stderr
     rec = resume_move(env.catalogue, env.connections, rec.id)
     assert rec.state == "cleaned"

@@ -82,11 +82,14 @@ def test_create_approve_and_everything_is_audited(cp):
         with pytest.raises(OperationError, match="someone else must approve"):
             rq.approve(c, cp.cat, r.id, actor=Actor("alice@example.com", "x"))
         a = rq.approve(c, cp.cat, r.id, actor=BOB)
-        assert a.state == "approved" and a.approved_by == "bob-ops" and a.approved_at is not None
+        # who is the authenticated role (the test's superuser login); the actor only annotates
+        role = c.execute("SELECT session_user").fetchone()[0]
+        assert a.state == "approved" and (a.approved_by, a.approved_for) == (role, "bob-ops") and a.approved_at is not None
         with pytest.raises(OperationError, match="only a pending"):
             rq.approve(c, cp.cat, r.id, actor=BOB)
-        entries = [(e.action, e.actor, e.details.get("requested_by")) for e in audit.entries(c, subject=r.subject)]
-        assert entries == [("request.create", ALICE.who, "alice@example.com"), ("request.approve", "bob-ops", "alice@example.com")]
+        entries = [(e.action, e.actor, e.origin, e.details.get("requested_by")) for e in audit.entries(c, subject=r.subject)]
+        assert entries == [("request.create", role, f"{ALICE.origin} for {ALICE.who}", "alice@example.com"),
+                           ("request.approve", role, f"{BOB.origin} for bob-ops", "alice@example.com")]
         assert audit.verify(c).ok
         # notices are kept with the request when no webhook is configured
         assert [(n["event"], n["delivery"]) for n in rq.notices(c, r.id)] == [("created", "kept"), ("approved", "kept")]

@@ -338,10 +338,12 @@ def _provision(state: dict[str, Any], numbers: dict[str, int], say: Progress) ->
                     )
                 )
 
-    def region_fill(n: int) -> Callable[[psycopg.Connection[Any]], None]:
+    def region_fill(name: str, n: int) -> Callable[[psycopg.Connection[Any]], None]:
         def fill(c: psycopg.Connection[Any]) -> None:
+            from ..idranges import confine
+
             c.execute(SCHEMA_SQL.read_text())  # static DDL from our own file
-            c.execute("SELECT sandbox_assign_id_range(%s)", (n,))
+            confine(c, c.execute("SELECT current_schema()").fetchone()[0], name, n)  # per-region id ranges
 
         return fill
 
@@ -352,13 +354,20 @@ def _provision(state: dict[str, Any], numbers: dict[str, int], say: Progress) ->
         for db in (CONTROL_TEMPLATE, CONTROL_DB):
             with psycopg.connect(srv.dsn(db)) as c:
                 controlplane.ensure_schema(c)
+                # one login per role (sandbox_requester, ...), so authorization is exercised for real
+                controlplane.ensure_roles(c, logins=controlplane.SANDBOX_LOGINS)
 
     jobs = [(state["control"], CONTROL_TEMPLATE, CONTROL_DB, controlplane.ensure_schema)]
-    jobs += [(e, APP_TEMPLATE, APP_DB, region_fill(numbers[name])) for name, e in state["regions"].items()]
+    jobs += [(e, APP_TEMPLATE, APP_DB, region_fill(name, numbers[name])) for name, e in state["regions"].items()]
     with ThreadPoolExecutor(max_workers=len(jobs)) as pool:
         for f in [pool.submit(ensure, *j) for j in jobs]:
             f.result()
     control_refresh()
+    from . import roles
+
+    for e in state["regions"].values():  # the non-superuser mover role (cluster-wide, idempotent)
+        with psycopg.connect(_server(state, e).dsn("postgres"), autocommit=True) as admin:
+            roles.ensure_mover(admin)
 
 
 # --------------------------------------------------------------------------- S3 (moto)
@@ -425,6 +434,7 @@ def _s3_up(state: dict[str, Any], home: Path, cat: Catalogue, messages: list[str
         fresh = True
         say(f"started S3 (moto) on {_s3_endpoint(port)}")
     made = ensure_buckets(cat, state)
+    ensure_anchor(state)
     if made and not fresh:
         messages.append(f"s3: recreated {len(made)} missing bucket(s) (moto keeps objects in memory only)")
 
@@ -439,28 +449,78 @@ def _pythonpath() -> str:
 def ensure_buckets(cat: Catalogue, state: dict[str, Any], names: dict[str, dict[str, str]] | None = None) -> list[str]:
     """Create every region's buckets in the sandbox S3 where missing; returns those created.
 
-    ``names`` maps region -> logical -> bucket name (default :func:`default_bucket_name`).
+    As the stacks make them: each bucket versioned, with a versioned replica bucket (its name +
+    ``-replica``) in the region's backup region and a replication configuration pointing at it.
+    moto stores the replication configuration but copies nothing, so the sandbox's seed writes
+    the replica copies itself. ``names`` maps region -> logical -> bucket name (default
+    :func:`default_bucket_name`).
     """
-    from ..connections import s3_client
+    from ..connections import REPLICA_SUFFIX, s3_client
 
     endpoint = _s3_endpoint(state["s3"]["port"])
     created: list[str] = []
+
+    def make(client: Any, bucket: str, aws_region: str, have: set[str]) -> None:
+        if bucket not in have:
+            kwargs: dict[str, Any] = {"Bucket": bucket}
+            if aws_region != "us-east-1":
+                kwargs["CreateBucketConfiguration"] = {"LocationConstraint": aws_region}
+            client.create_bucket(**kwargs)
+            created.append(bucket)
+        client.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
+
     for region in cat.regions.values():
         if region.name not in state.get("regions", {}):
             continue
         ep = RegionEndpoints(region.name, region.aws_region, "", endpoint)
         client = s3_client(ep)
+        backup = s3_client(ep, region.backup_region)
         have = {b["Name"] for b in client.list_buckets().get("Buckets", [])}
         for logical in region.environment.buckets:
             bucket = (names or {}).get(region.name, {}).get(logical) or default_bucket_name(region.name, logical)
-            if bucket in have:
-                continue
-            kwargs: dict[str, Any] = {"Bucket": bucket}
-            if region.aws_region != "us-east-1":
-                kwargs["CreateBucketConfiguration"] = {"LocationConstraint": region.aws_region}
-            client.create_bucket(**kwargs)
-            created.append(bucket)
+            replica = bucket + REPLICA_SUFFIX
+            make(backup, replica, region.backup_region, have)
+            make(client, bucket, region.aws_region, have)
+            client.put_bucket_replication(Bucket=bucket, ReplicationConfiguration={
+                "Role": f"arn:aws:iam::123456789012:role/residency-{region.name}-s3-replication",
+                "Rules": [{"ID": "backup", "Status": "Enabled", "Priority": 1, "Filter": {"Prefix": ""},
+                           "DeleteMarkerReplication": {"Status": "Enabled"},
+                           "Destination": {"Bucket": f"arn:aws:s3:::{replica}"}}],
+            })
     return created
+
+
+AUDIT_KEY_ALIAS = "alias/residency-audit"
+AUDIT_BUCKET = "residency-audit-digests"
+AUDIT_AWS_REGION = "us-east-1"
+AUDIT_RETENTION_DAYS = 1
+"""Object Lock (compliance) retention of the sandbox's digests: short, as moto keeps them in memory."""
+
+
+def ensure_anchor(state: dict[str, Any], alias: str = AUDIT_KEY_ALIAS, bucket: str = AUDIT_BUCKET,
+                  aws_region: str = AUDIT_AWS_REGION) -> Any:
+    """The audit anchor in the sandbox's moto: an asymmetric signing key (ECC P-256) under
+    ``alias`` and a bucket with Object Lock in compliance mode; created where missing. Returns
+    the :class:`~residency.connections.AnchorConfig`."""
+    import boto3
+
+    from ..connections import AnchorConfig
+    from ..digests import KEY_SPEC
+
+    cfg = AnchorConfig(alias, bucket, aws_region, _s3_endpoint(state["s3"]["port"]))
+    creds = {"aws_access_key_id": os.environ.get("AWS_ACCESS_KEY_ID", "testing"),
+             "aws_secret_access_key": os.environ.get("AWS_SECRET_ACCESS_KEY", "testing")}
+    kms = boto3.client("kms", region_name=aws_region, endpoint_url=cfg.endpoint, **creds)
+    aliases = {a["AliasName"] for p in kms.get_paginator("list_aliases").paginate() for a in p.get("Aliases", [])}
+    if alias not in aliases:
+        key = kms.create_key(KeySpec=KEY_SPEC, KeyUsage="SIGN_VERIFY", Description="residency sandbox: audit digests")
+        kms.create_alias(AliasName=alias, TargetKeyId=key["KeyMetadata"]["KeyId"])
+    s3 = boto3.client("s3", region_name=aws_region, endpoint_url=cfg.endpoint, **creds)
+    if bucket not in {b["Name"] for b in s3.list_buckets().get("Buckets", [])}:
+        s3.create_bucket(Bucket=bucket, ObjectLockEnabledForBucket=True)
+        s3.put_object_lock_configuration(Bucket=bucket, ObjectLockConfiguration={
+            "ObjectLockEnabled": "Enabled", "Rule": {"DefaultRetention": {"Mode": "COMPLIANCE", "Days": AUDIT_RETENTION_DAYS}}})
+    return cfg
 
 
 def _terminate(pid: int, timeout: float = 10) -> None:
@@ -647,10 +707,13 @@ def sandbox_connections(cat: Catalogue, home: str | os.PathLike[str] | None = No
         buckets = {b: default_bucket_name(name, b) for b in region.environment.buckets}
         regions[name] = RegionEndpoints(
             name, region.aws_region, pgserver.local_dsn(e["port"], APP_DB),
-            endpoint, MappingProxyType(buckets),
+            endpoint, MappingProxyType(buckets), region.backup_region,
         )
     control = pgserver.local_dsn(ctl["port"], CONTROL_DB)
-    return Connections(control, MappingProxyType(regions), f"sandbox:{h}")
+    from ..connections import AnchorConfig
+
+    anchor = AnchorConfig(AUDIT_KEY_ALIAS, AUDIT_BUCKET, AUDIT_AWS_REGION, endpoint) if endpoint else None
+    return Connections(control, MappingProxyType(regions), f"sandbox:{h}", anchor)
 
 
 def region_number(home: str | os.PathLike[str] | None, region: str) -> int:

@@ -114,12 +114,24 @@ def run_demo(
     extra: dict[str, Any] = {}
     if move:
         t = time.monotonic()
-        extra["move"] = demo_move(cat, conns, say)
+        extra["move"] = demo_move(cat, as_login(conns, "sandbox_operator"), say)  # a real role, not the superuser
         timings["move"] = time.monotonic() - t
         m = extra["move"]
         steps.append(m["summary"])
     timings["total"] = time.monotonic() - t0
     return DemoResult(str(core._home(home)), st, seeded, regions, n, timings, steps, extra)
+
+
+def as_login(conns: Connections, login: str) -> Connections:
+    """The same connections with the control plane reached as ``login`` (one of the sandbox's
+    logins per role, residency.controlplane.SANDBOX_LOGINS), so authorization is real."""
+    from dataclasses import replace
+
+    from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+    d = conninfo_to_dict(conns.control_dsn)
+    d["user"] = login
+    return replace(conns, control_dsn=make_conninfo(**d))
 
 
 def demo_move(cat: Catalogue, conns: Connections, say: Callable[[str], None], source: str = "us", target: str = "eu") -> dict[str, Any]:

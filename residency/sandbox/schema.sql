@@ -25,7 +25,7 @@
 -- keeps it in its state file, so reordering or adding regions in regions.yaml never changes an
 -- existing region's number). Every identity sequence of region n is confined to
 --     [n * 10^12, (n + 1) * 10^12 - 1]
--- with START/MINVALUE/MAXVALUE, by sandbox_assign_id_range(n) below. So an id says where it was
+-- with START/MINVALUE/MAXVALUE, by residency.idranges.confine (also behind `residency regions ids`). So an id says where it was
 -- minted (id / 10^12 = region number), a region can mint 10^12 ids per table before its sequence
 -- errors out (it never wraps into a neighbour's range), and a workspace moved to another region
 -- keeps its ids without colliding with that region's own rows. bigint allows region numbers up
@@ -131,34 +131,3 @@ CREATE TABLE reactions (
     created_at    timestamptz NOT NULL DEFAULT now()
 );
 CREATE INDEX reactions_subject ON reactions (subject_type, subject_id);
-
--- Confine every identity sequence in this database to region n's id range (see the top).
--- Idempotent for the same n; refuses to move a sequence that has already handed out ids.
-CREATE FUNCTION sandbox_assign_id_range(n integer) RETURNS void
-LANGUAGE plpgsql AS $$
-DECLARE
-    lo  bigint := n::bigint * 1000000000000;
-    hi  bigint := (n::bigint + 1) * 1000000000000 - 1;
-    seq record;
-BEGIN
-    IF n < 1 OR n > 9222000 THEN
-        RAISE EXCEPTION 'region number % is outside 1..9222000', n;
-    END IF;
-    FOR seq IN
-        SELECT s.seqrelid::regclass AS rel, s.seqmin, ps.last_value
-          FROM pg_sequence s
-          JOIN pg_class c ON c.oid = s.seqrelid
-          JOIN pg_namespace ns ON ns.oid = c.relnamespace
-          JOIN pg_sequences ps ON ps.schemaname = ns.nspname AND ps.sequencename = c.relname
-         WHERE ns.nspname = current_schema()
-    LOOP
-        IF seq.seqmin = lo THEN
-            CONTINUE;
-        END IF;
-        IF seq.last_value IS NOT NULL THEN
-            RAISE EXCEPTION 'sequence % has already handed out ids; cannot move it to region %', seq.rel, n;
-        END IF;
-        EXECUTE format('ALTER SEQUENCE %s MINVALUE %s MAXVALUE %s START %s RESTART %s NO CYCLE',
-                       seq.rel, lo, hi, lo, lo);
-    END LOOP;
-END $$;

@@ -399,8 +399,12 @@ def _register(control_dsn: str, result: SeedResult) -> None:
 
 def _put_objects(cat: Catalogue, conns: Connections, result: SeedResult, seed_value: int,
                  loaded: list[tuple[str, dict[str, Any]]]) -> None:
-    """A few objects (1-4 KB) per workspace under its prefix: attachments and one export."""
-    jobs: list[tuple[str, str, str, bytes]] = []
+    """A few objects (1-4 KB) per workspace under its prefix: attachments and one export. Each is
+    also written to the bucket's replica in the backup region, as S3 replication would (moto
+    keeps the replication configuration but copies nothing)."""
+    jobs: list[tuple[Any, str, str, bytes]] = []
+    clients = {r: s3_client(conns.region(r)) for r, _ in loaded}
+    replicas = {r: s3_client(conns.region(r), conns.region(r).backup_aws_region) for r, _ in loaded}
     for region, out in loaded:
         buckets = cat.region(region).environment.buckets
         ep = conns.region(region)
@@ -416,13 +420,13 @@ def _put_objects(cat: Catalogue, conns: Connections, result: SeedResult, seed_va
                     keys.append((buckets[1], prefix + f"exports/export-{wid}.json"))
             for logical, key in keys:
                 body = rng.randbytes(1024 + rng.randrange(3 * 1024))
-                jobs.append((region, ep.bucket(logical), key, body))
+                jobs.append((clients[region], ep.bucket(logical), key, body))
+                jobs.append((replicas[region], ep.replica_bucket(logical), key, body))
                 result.objects.setdefault(wid, []).append((ep.bucket(logical), key))
-    clients = {r: s3_client(conns.region(r)) for r, _ in loaded}
 
-    def put(job: tuple[str, str, str, bytes]) -> None:
-        region, bucket, key, body = job
-        clients[region].put_object(Bucket=bucket, Key=key, Body=body,
+    def put(job: tuple[Any, str, str, bytes]) -> None:
+        client, bucket, key, body = job
+        client.put_object(Bucket=bucket, Key=key, Body=body,
                                    Metadata={"sha256": hashlib.sha256(body).hexdigest()})
 
     with ThreadPoolExecutor(max_workers=8) as pool:

@@ -21,7 +21,7 @@ import psycopg
 from psycopg import sql
 
 from ..catalogue import Catalogue
-from .core import APP_TEMPLATE, CONTROL_TEMPLATE, ensure_buckets, read_state, s3_endpoint, server_dsn
+from .core import APP_TEMPLATE, CONTROL_TEMPLATE, ensure_anchor, ensure_buckets, read_state, s3_endpoint, server_dsn
 
 
 class World:
@@ -46,11 +46,16 @@ class World:
         eps = {
             r: RegionEndpoints(
                 r, catalogue.region(r).aws_region, server_dsn(home, r, self.dbname),
-                self.s3_endpoint, MappingProxyType(dict(self.buckets[r])),
+                self.s3_endpoint, MappingProxyType(dict(self.buckets[r])), catalogue.region(r).backup_region,
             )
             for r in self.buckets
         }
-        self.connections = Connections(self.control_dsn, MappingProxyType(eps), f"sandbox:{self.home}")
+        from ..connections import AnchorConfig
+        from .core import AUDIT_AWS_REGION
+
+        self.anchor = AnchorConfig(f"alias/t{token}-audit", f"t{token}-audit-digests", AUDIT_AWS_REGION, self.s3_endpoint)
+        self.connections = Connections(self.control_dsn, MappingProxyType(eps), f"sandbox:{self.home}", self.anchor)
+        self._roles: list[tuple[str, str]] = []  # (server, role) made for this world, dropped with it
 
     def dsn(self, region: str) -> str:
         return self.connections.region(region).dsn
@@ -59,10 +64,12 @@ class World:
         """The ``postgres`` maintenance database of a server ('control' or a region)."""
         return server_dsn(self.home, name)
 
-    def s3(self, region: str) -> Any:
+    def s3(self, region: str, backup: bool = False) -> Any:
+        """An S3 client for a region (``backup``: in its backup region, where the replicas are)."""
         from ..connections import s3_client
 
-        return s3_client(self.connections.region(region))
+        ep = self.connections.region(region)
+        return s3_client(ep, ep.backup_aws_region if backup else None)
 
     def seed(self, workspaces: int = 6, rows: int = 3000, seed: int = 1, **kwargs: Any) -> Any:
         from .seed import seed as do_seed
@@ -82,6 +89,8 @@ class World:
             for f in [pool.submit(self.create_database, j) for j in jobs]:
                 f.result()
         ensure_buckets(self.catalogue, self.state, names=self.buckets)
+        # its own audit key and Object Lock bucket (compliance mode: the bucket outlives the world)
+        ensure_anchor(self.state, self.anchor.kms_key_id, self.anchor.bucket, self.anchor.aws_region)
 
     def _drop_subscriptions(self, server: str) -> list[str]:
         problems: list[str] = []
@@ -133,19 +142,67 @@ class World:
         # 2. replication slots on our databases, then the databases
         for s in servers:
             problems += self._drop_slots_and_database(s)
+        # 2b. roles made for this world (grant_role with a fresh name)
+        for server, role in self._roles:
+            try:
+                from .roles import drop_role
+
+                with psycopg.connect(server_dsn(self.home, server), autocommit=True) as c:
+                    drop_role(c, role)
+            except psycopg.Error as exc:
+                problems.append(f"{server}: drop role {role}: {exc}")
         # 3. buckets
+        # 3. buckets (every version and delete marker first: they are versioned) and their replicas
         try:
             for r, names in self.buckets.items():
-                client = self.s3(r)
-                for bucket in names.values():
-                    try:
-                        for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket):
-                            keys = [{"Key": o["Key"]} for o in page.get("Contents", [])]
-                            if keys:
-                                client.delete_objects(Bucket=bucket, Delete={"Objects": keys})
-                        client.delete_bucket(Bucket=bucket)
-                    except client.exceptions.NoSuchBucket:
-                        pass
+                ep = self.connections.region(r)
+                for logical in names:
+                    for bucket, client in ((ep.bucket(logical), self.s3(r)), (ep.replica_bucket(logical), self.s3(r, backup=True))):
+                        try:
+                            empty_bucket(client, bucket)
+                            client.delete_bucket(Bucket=bucket)
+                        except client.exceptions.NoSuchBucket:
+                            pass
         except Exception as exc:  # noqa: BLE001 - report, don't mask the caller's own result
             problems.append(f"s3: {exc}")
         return problems
+
+    # ---- non-superuser roles (see residency.sandbox.roles)
+    def grant_role(self, region: str, role: str | None = None, *, owner: bool = True, set_replication_role: bool = True) -> str:
+        """A DSN of this world's database in ``region`` as a non-superuser LOGIN role, granted
+        what a managed database's admin could grant. ``role`` None: the sandbox's standard
+        ``residency_mover`` (SET on session_replication_role, member of the tables' owner);
+        otherwise a role of that name is created on the server for this world (dropped with it)
+        with exactly ``owner`` (membership in the owner role ``residency_app``) and
+        ``set_replication_role`` (GRANT SET ON PARAMETER session_replication_role). Either way,
+        this world's tables there are handed to ``residency_app`` first."""
+        from psycopg.conninfo import make_conninfo
+
+        from . import roles
+
+        with psycopg.connect(server_dsn(self.home, region), autocommit=True) as admin:
+            if role is None:
+                role = roles.MOVER
+                roles.ensure_mover(admin)
+            else:
+                roles.create_role(admin, role, set_replication_role=set_replication_role, owner_member=owner)
+                self._roles.append((region, role))
+        with psycopg.connect(self.dsn(region), autocommit=True) as c:
+            roles.grant_database(c, role, owned_by_app=True)
+        return make_conninfo(self.dsn(region), user=role)
+
+    def connections_as(self, dsns: dict[str, str]) -> Any:
+        """This world's connections with some regions' DSNs replaced (e.g. by :meth:`grant_role`'s)."""
+        from dataclasses import replace
+
+        from ..connections import Connections
+
+        eps = {r: (replace(ep, dsn=dsns[r]) if r in dsns else ep) for r, ep in self.connections.regions.items()}
+        return Connections(self.connections.control_dsn, MappingProxyType(eps), self.connections.source, self.connections.anchor)
+
+def empty_bucket(client: Any, bucket: str) -> None:
+    """Delete every object version and delete marker of a bucket."""
+    for page in client.get_paginator("list_object_versions").paginate(Bucket=bucket):
+        items = [{"Key": v["Key"], "VersionId": v["VersionId"]} for v in (page.get("Versions") or []) + (page.get("DeleteMarkers") or [])]
+        for i in range(0, len(items), 1000):
+            client.delete_objects(Bucket=bucket, Delete={"Objects": items[i:i + 1000], "Quiet": True})

@@ -1,0 +1,293 @@
+"""The copy in key-range chunks on parallel streams.
+
+A table with more rows than ``chunk_rows`` and a one-column integer, text or uuid primary key is
+cut into ranges ``lo < key <= hi`` at quantiles of the workspace's keys (one sorted pass on the
+source); any other table is one chunk. The bounds are recorded in the move's checkpoints before
+the first chunk is copied, every chunk is one COPY in one target transaction, and every finished
+chunk is checkpointed, so a resumed copy redoes only the chunks that were not recorded: first it
+deletes whatever an interrupted attempt committed of them (children first), then copies them.
+
+Chunks run on ``jobs`` streams (a thread each, its own source and target connections per chunk),
+largest first. A table waits for the tables it reaches its workspace through (its rows are found
+in the target through them when a resumed copy deletes), and, when foreign-key triggers fire
+(the role may not use ``replica``), for every parent it has a foreign key to. The source side
+reads one snapshot: a coordinating connection exports it (``pg_export_snapshot``) and every
+stream imports it (``SET TRANSACTION SNAPSHOT``); the fence already keeps the workspace's rows
+still, so a resume after a crash (a new snapshot) reads the same rows. Each stream holds a slot
+of the source region's cap (:mod:`migrate.throttle`) while it copies.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator
+
+import psycopg
+from psycopg import sql
+
+from residency import db
+
+from .copy import _stream, copy_owned
+from .progress import Meter, Progress
+from .retry import transient
+from .sqlbuild import Builder
+from .triggers import TargetAccess, enter, leave
+
+
+def default_jobs() -> int:
+    return max(1, min(4, os.cpu_count() or 1))
+
+
+def _env_int(name: str, default: int) -> int:
+    try:
+        return int(os.environ.get(name) or default)
+    except ValueError:
+        return default
+
+
+@dataclass
+class CopyOptions:
+    """``jobs``: parallel streams of this move; ``chunk_rows``: tables above this many rows are
+    chunked; ``streams_per_region``: the cap on copy streams out of one source region across the
+    control plane; ``rows_per_second``: an optional rate limit for this move (None: none)."""
+
+    jobs: int = field(default_factory=default_jobs)
+    chunk_rows: int = field(default_factory=lambda: _env_int("RESIDENCY_COPY_CHUNK_ROWS", 250_000))
+    streams_per_region: int = field(default_factory=lambda: _env_int("RESIDENCY_COPY_STREAMS_PER_REGION", 8))
+    rows_per_second: float | None = field(default_factory=lambda: float(os.environ["RESIDENCY_COPY_ROWS_PER_SECOND"]) if os.environ.get("RESIDENCY_COPY_ROWS_PER_SECOND") else None)
+
+    def __post_init__(self) -> None:
+        self.jobs = max(1, int(self.jobs))
+        self.chunk_rows = max(1, int(self.chunk_rows))
+        self.streams_per_region = max(1, int(self.streams_per_region))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"jobs": self.jobs, "chunk_rows": self.chunk_rows, "streams_per_region": self.streams_per_region, "rows_per_second": self.rows_per_second}
+
+
+@dataclass(frozen=True)
+class Chunk:
+    table: str
+    index: int
+    of: int
+    lo: Any
+    hi: Any
+    rows: int  # expected (the table's planned rows shared out)
+
+    def params(self, b: Builder, ws: str) -> dict[str, Any]:
+        extra: dict[str, Any] = {}
+        if self.lo is not None:
+            extra["chunk_lo"] = self.lo
+        if self.hi is not None:
+            extra["chunk_hi"] = self.hi
+        return b.params(ws, **extra)
+
+    @property
+    def label(self) -> str:
+        return self.table if self.of == 1 else f"{self.table} [{self.index + 1}/{self.of}]"
+
+
+def _self_referencing(b: Builder, table: str) -> bool:
+    return any(fk.ref_table == table for fk in b.graph.table(table).foreign_keys)
+
+
+def plan_bounds(conn: psycopg.Connection[Any], b: Builder, ws: str, table: str, rows: int, chunk_rows: int, *, fk_order: bool) -> list[list[Any]]:
+    """[[lo, hi], ...] covering the table's keys (None: open end); [[None, None]] for one chunk.
+    With foreign-key checks on, a table referencing itself stays one chunk (a row's parent may be
+    in a later chunk; within one COPY the checks run at its end)."""
+    n = math.ceil(rows / chunk_rows) if rows > 0 else 1
+    if n <= 1 or b.chunk_key(table) is None or (fk_order and _self_referencing(b, table)):
+        return [[None, None]]
+    (vals,) = conn.execute(b.chunk_bounds(table), b.params(ws, fractions=[i / n for i in range(1, n)])).fetchone()
+    cuts: list[Any] = []
+    for v in vals or []:
+        if v is None:
+            continue
+        v = v if isinstance(v, int) else str(v)
+        if not cuts or cuts[-1] != v:
+            cuts.append(v)
+    ends = [None, *cuts, None]
+    return [[ends[i], ends[i + 1]] for i in range(len(ends) - 1)]
+
+
+def chunks_of(table: str, bounds: list[list[Any]], rows: int) -> list[Chunk]:
+    n = len(bounds)
+    return [Chunk(table, i, n, lo, hi, max(1, rows // n)) for i, (lo, hi) in enumerate(bounds)]
+
+
+def dependencies(b: Builder, tables: list[str], *, fk_order: bool) -> dict[str, set[str]]:
+    """Per table, the tables that must be complete in the target before its chunks start: the
+    ones it reaches its workspace through and, with foreign-key checks on, its FK parents. Only
+    tables earlier in the copy order count, so there is never a cycle."""
+    order = list(b.graph.order)
+    pos = {t: i for i, t in enumerate(order)}
+    out: dict[str, set[str]] = {}
+    for t in tables:
+        deps = {link.parent for link in b.graph.reach[t].links}
+        if fk_order:
+            deps |= {fk.ref_table for fk in b.graph.table(t).foreign_keys}
+        out[t] = {d for d in deps if d != t and d in pos and pos[d] < pos.get(t, len(order))}
+    return out
+
+
+# ------------------------------------------------------------------------------ one chunk
+
+
+class SourceSnapshot:
+    """A REPEATABLE READ transaction on the source whose snapshot the streams import."""
+
+    def __init__(self, dsn: str):
+        self.conn = db.connect(dsn, autocommit=True, application_name="residency-mover-snapshot")
+        self.conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        (self.id,) = self.conn.execute("SELECT pg_export_snapshot()").fetchone()
+
+    def close(self) -> None:
+        try:
+            self.conn.execute("COMMIT")
+        except psycopg.Error:
+            pass
+        self.conn.close()
+
+
+def _begin_snapshot(src: psycopg.Connection[Any], snapshot: str | None) -> bool:
+    src.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+    if snapshot is None:
+        return False
+    try:
+        src.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot)))
+        return True
+    except psycopg.Error:
+        # the exporting transaction is gone (its connection dropped): the fence still keeps the
+        # workspace's rows as they were, so a fresh snapshot reads the same rows
+        src.execute("ROLLBACK")
+        src.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        return False
+
+
+@transient
+def copy_chunk(src_dsn: str, dst_dsn: str, b: Builder, c: Chunk, ws: str, emit: Callable[[Progress], None], access: TargetAccess,
+               *, snapshot: str | None = None, should_stop: Callable[[], bool] = lambda: False, on_batch: Callable[[int], None] | None = None) -> dict[str, Any]:
+    """One chunk: one COPY out of the source snapshot, one COPY into one target transaction."""
+    t0 = time.monotonic()
+    params = c.params(b, ws)
+    meter = Meter(emit, "copy", c.label, c.rows)
+    lo, hi = c.lo is not None, c.hi is not None
+    with db.connect(src_dsn, autocommit=True, application_name="residency-mover-copy") as src, db.connect(
+        dst_dsn, application_name="residency-mover-copy"
+    ) as dst:
+        imported = _begin_snapshot(src, snapshot)
+        with dst.transaction():
+            enter(dst, access, b.schema, c.table)
+            if b.graph.reach[c.table].kind == "owned":
+                rows, _ = copy_owned(src, dst, b, b.copy_out_chunk(c.table, lo, hi), c.table, params, meter, should_stop, on_batch)
+            else:
+                rows = _stream(src, dst, b.copy_out_chunk(c.table, lo, hi), b.copy_in(c.table), params, meter, should_stop, on_batch)
+            leave(dst, access, b.schema, c.table)
+        src.execute("COMMIT")
+    meter.finish(rows)
+    return {"rows": rows, "bytes": meter.bytes, "seconds": round(time.monotonic() - t0, 3), "snapshot": imported}
+
+
+@transient
+def clear_unfinished(dst_dsn: str, b: Builder, ws: str, plans: dict[str, dict[str, Any]], tables: list[str], access: TargetAccess) -> dict[str, int]:
+    """Delete from the target what an interrupted attempt committed of ``tables``' unrecorded
+    chunks (a table with no recorded bounds: all its rows), children first, in one transaction."""
+    out: dict[str, int] = {}
+    with db.connect(dst_dsn, application_name="residency-mover-copy") as dst:
+        with dst.transaction():
+            for table in reversed(b.graph.order):
+                if table not in tables:
+                    continue
+                enter(dst, access, b.schema, table)
+                plan = plans.get(table)
+                if not plan or len(plan.get("bounds") or []) <= 1:
+                    if not plan or "0" not in (plan.get("done") or {}):
+                        out[table] = dst.execute(b.delete_rows(table), b.params(ws)).rowcount
+                else:
+                    n = 0
+                    for c in chunks_of(table, plan["bounds"], 0):
+                        if str(c.index) not in plan.get("done", {}):
+                            n += dst.execute(b.delete_chunk(table, c.lo is not None, c.hi is not None), c.params(b, ws)).rowcount
+                    out[table] = n
+                leave(dst, access, b.schema, table)
+    return out
+
+
+# ------------------------------------------------------------------------------ the streams
+
+
+def run(tasks: list[Chunk], *, jobs: int, deps: dict[str, set[str]], exclusive: Callable[[str], bool],
+        work: Callable[[Chunk], dict[str, Any]], on_done: Callable[[Chunk, dict[str, Any]], None]) -> None:
+    """Copy ``tasks`` on ``jobs`` threads, largest ready chunk first. A chunk is ready when every
+    table in ``deps`` of its table has no chunk left, and (``exclusive`` tables) no other chunk of
+    its table is running. ``on_done`` runs under the scheduler's lock (checkpoints). The first
+    failure stops the others from taking new chunks and is raised."""
+    pending = sorted(tasks, key=lambda c: (-c.rows, c.table, c.index))
+    left = Counter(c.table for c in tasks)
+    running: Counter[str] = Counter()
+    cond = threading.Condition()
+    errors: list[BaseException] = []
+
+    def ready(c: Chunk) -> bool:
+        if any(left[d] for d in deps.get(c.table, ())):
+            return False
+        return not (exclusive(c.table) and running[c.table])
+
+    def take() -> Chunk | None:
+        with cond:
+            while True:
+                if errors or not pending:
+                    return None
+                c = next((x for x in pending if ready(x)), None)
+                if c is not None:
+                    pending.remove(c)
+                    running[c.table] += 1
+                    return c
+                cond.wait(0.5)
+
+    def worker() -> None:
+        while True:
+            c = take()
+            if c is None:
+                return
+            try:
+                res = work(c)
+            except BaseException as exc:  # noqa: BLE001 - raised by run() in the caller's thread
+                with cond:
+                    errors.append(exc)
+                    cond.notify_all()
+                return
+            with cond:
+                running[c.table] -= 1
+                left[c.table] -= 1
+                try:
+                    on_done(c, res)
+                except BaseException as exc:  # noqa: BLE001
+                    errors.append(exc)
+                cond.notify_all()
+
+    threads = [threading.Thread(target=worker, name=f"residency-copy-{i}", daemon=True) for i in range(max(1, min(jobs, len(tasks))))]
+    for t in threads:
+        t.start()
+    try:
+        for t in threads:
+            while t.is_alive():
+                t.join(0.5)
+    except BaseException as exc:  # e.g. KeyboardInterrupt in the caller: stop taking chunks
+        with cond:
+            errors.append(exc)
+            cond.notify_all()
+        raise
+    if errors:
+        raise errors[0]
+
+
+def table_summary(results: Iterator[dict[str, Any]] | list[dict[str, Any]], removed_first: int) -> dict[str, Any]:
+    rs = list(results)
+    return {"rows": sum(r["rows"] for r in rs), "bytes": sum(r["bytes"] for r in rs),
+            "seconds": round(sum(r["seconds"] for r in rs), 3), "removed_first": removed_first, "chunks": len(rs)}

@@ -1,0 +1,42 @@
+"""Helpers for the issue-16 tests that run the toolkit against an application of their own: a
+regions file with its own `workspace:` section, a connections file pointing at the test's
+databases, and a CLI runner."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from click.testing import CliRunner
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def catalogue_with(workspace_yaml: str, file: str = "app-regions.yaml") -> Any:
+    from residency import catalogue
+
+    text = (REPO / "regions.yaml").read_text()
+    return catalogue.loads(text[: text.index("workspace:")] + workspace_yaml, file)
+
+
+def regions_file(tmp_path: Path, workspace_yaml: str) -> Path:
+    text = (REPO / "regions.yaml").read_text()
+    p = tmp_path / "regions.yaml"
+    p.write_text(text[: text.index("workspace:")] + workspace_yaml)
+    return p
+
+
+def use_env_connections(env: Any, tmp_path: Path, monkeypatch: Any) -> None:
+    conf = tmp_path / "connections.yaml"
+    conf.write_text(yaml.safe_dump({
+        "control": {"dsn": env.control_dsn},
+        "regions": {r: {"dsn": ep.dsn, "s3_endpoint": ep.s3_endpoint, "buckets": dict(ep.buckets)} for r, ep in env.connections.regions.items()},
+    }))
+    monkeypatch.setenv("RESIDENCY_CONNECTIONS", str(conf))
+
+
+def cli(regions: Path, *args: str) -> Any:
+    from cli import main
+
+    return CliRunner().invoke(main, ["--regions", str(regions), *args])

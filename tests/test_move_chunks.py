@@ -1,0 +1,171 @@
+"""The chunked, parallel, checkpointed copy: chunk bounds for integer, text, uuid and composite
+keys; a kill -9 mid-copy then resume redoes only the unrecorded chunks and gives exactly one copy;
+the per-region stream cap holds across processes."""
+
+from __future__ import annotations
+
+import select
+import signal
+import subprocess
+import sys
+import time
+from decimal import Decimal
+
+import psycopg
+import pytest
+
+from migrate import move_status, resume_move, start_move, verify_workspace
+from migrate.chunks import CopyOptions, chunks_of, plan_bounds
+from migrate.context import make_context
+from migrate.throttle import StreamSlots
+from move_support import REPO, counts, home, run_mover
+
+EXTRA = [
+    "CREATE TABLE notes_text (id text PRIMARY KEY, workspace_id bigint NOT NULL REFERENCES workspaces (id), body text)",
+    "CREATE TABLE notes_uuid (id uuid PRIMARY KEY, workspace_id bigint NOT NULL REFERENCES workspaces (id), n int)",
+    "CREATE TABLE notes_pair (a int, b text, workspace_id bigint NOT NULL REFERENCES workspaces (id), PRIMARY KEY (a, b))",
+]
+
+
+def _extra_tables(env, ws, n=900):
+    for r in ("us", "eu"):
+        with psycopg.connect(env.dsn(r), autocommit=True) as c:
+            for stmt in EXTRA:
+                c.execute(stmt)
+    with psycopg.connect(env.dsn("us"), autocommit=True) as c:
+        # text keys whose order differs between collations ('B' < 'a' in C, not in en_US)
+        c.execute("INSERT INTO notes_text SELECT (ARRAY['a','B','é','Z','m'])[1 + i %% 5] || i, %s, 'x' || i FROM generate_series(1, %s) i", (ws, n))
+        c.execute("INSERT INTO notes_uuid SELECT gen_random_uuid(), %s, i FROM generate_series(1, %s) i", (ws, n))
+        c.execute("INSERT INTO notes_pair SELECT i %% 7, 'k' || i, %s FROM generate_series(1, %s) i", (ws, n))
+
+
+def test_chunk_bounds_cover_every_row_once(env):
+    s = env.seed(workspaces=3, rows=3000, seed=8)
+    ws = s.biggest if s.home[s.biggest] == "us" else s.workspaces["us"][0]
+    _extra_tables(env, ws)
+    ctx = make_context(env.catalogue, env.connections, ws, "us", "eu")
+    b = ctx.builder
+    with psycopg.connect(env.dsn("us"), autocommit=True) as c:
+        for table in ("messages", "notes_text", "notes_uuid", "notes_pair"):
+            total, total_sum = c.execute(b.checksum(table), b.params(str(ws))).fetchone()
+            bounds = plan_bounds(c, b, str(ws), table, total, 200, fk_order=False)
+            if table == "notes_pair":
+                assert bounds == [[None, None]]  # composite key: one chunk
+                continue
+            assert len(bounds) >= 3, (table, bounds)
+            assert bounds[0][0] is None and bounds[-1][1] is None
+            n = 0
+            sums = Decimal(0)
+            for ch in chunks_of(table, bounds, total):
+                k, h = c.execute(b.checksum_chunk(table, ch.lo is not None, ch.hi is not None), ch.params(b, str(ws))).fetchone()
+                assert k > 0
+                n += k
+                sums += Decimal(h)
+            assert (n, sums) == (total, Decimal(total_sum)), table
+        # messages references itself (thread replies): one chunk when foreign-key checks fire
+        (total,) = c.execute("SELECT count(*) FROM messages WHERE workspace_id = %s", (ws,)).fetchone()
+        assert plan_bounds(c, b, str(ws), "messages", total, 200, fk_order=True) == [[None, None]]
+
+
+def test_chunked_parallel_move_is_exact(env):
+    s = env.seed(workspaces=3, rows=3000, seed=9)
+    ws = s.biggest if s.home[s.biggest] == "us" else s.workspaces["us"][0]
+    _extra_tables(env, ws)
+    before = counts(env.dsn("us"), ws)
+    rec = start_move(env.catalogue, env.connections, ws, "eu", strategy="snapshot", copy_options=CopyOptions(jobs=3, chunk_rows=300))
+    assert rec.state == "cut_over"
+    assert counts(env.dsn("eu"), ws) == before
+    tables = rec.report["copy"]["tables"]
+    assert tables["notes_text"]["chunks"] >= 3 and tables["notes_uuid"]["chunks"] >= 3 and tables["notes_pair"]["chunks"] == 1
+    assert tables["messages"]["chunks"] > 1
+    assert rec.report["copy"]["options"]["jobs"] == 3
+    with psycopg.connect(env.dsn("eu"), autocommit=True) as c:
+        for t in ("notes_text", "notes_uuid", "notes_pair"):
+            assert c.execute(f"SELECT count(*) FROM {t} WHERE workspace_id = %s", (ws,)).fetchone()[0] == 900
+    assert verify_workspace(env.catalogue, env.connections, ws, "us", "eu").ok
+
+
+@pytest.mark.parametrize("point", ["chunk_copied", "copy_batch"])
+def test_kill9_mid_copy_redoes_only_unrecorded_chunks(env, point):
+    s = env.seed(workspaces=3, rows=12000, seed=21)
+    ws = s.biggest if s.home[s.biggest] == "us" else s.workspaces["us"][0]
+    before = counts(env.dsn("us"), ws)
+    p = run_mover(env, "move", "start", str(ws), "--to", "eu", "--yes", "--strategy", "snapshot", "--jobs", "2", "--chunk-rows", "400",
+                  kill_at=point, kill_after=4)
+    assert p.returncode == -signal.SIGKILL, p.stderr
+    (rec,) = move_status(env.connections, None)[:1]
+    recorded = {t: dict(v["done"]) for t, v in rec.checkpoints["copy"]["chunks"].items()}
+    assert sum(len(v) for v in recorded.values()) >= 1
+    rec = resume_move(env.catalogue, env.connections, rec.id, copy_options=CopyOptions(jobs=2, chunk_rows=400))
+    assert rec.state == "cut_over"
+    assert counts(env.dsn("eu"), ws) == before
+    after = rec.checkpoints["copy"]["chunks"]
+    for t, chunks in recorded.items():
+        for i, res in chunks.items():
+            assert after[t]["done"][i] == res  # recorded before the kill: not copied again
+    removed = sum(v.get("removed_first", 0) for v in rec.report["copy"]["tables"].values())
+    assert removed <= 2 * 400  # at most one chunk per stream was redone
+    if point == "chunk_copied":
+        assert removed > 0  # the 4th chunk had committed, unrecorded: its rows were removed, then copied again
+    assert verify_workspace(env.catalogue, env.connections, ws, "us", "eu").ok
+    assert home(env, ws)[:2] == ("eu", "active")
+
+
+HOLDER = """
+import sys, time
+sys.path.insert(0, {repo!r})
+from migrate.throttle import StreamSlots
+s = StreamSlots({dsn!r}, 'us', 2)
+with s.slot():
+    with s.slot():
+        print('held', flush=True)
+        time.sleep(2)
+        print('releasing', flush=True)
+"""
+
+
+def test_stream_cap_holds_across_processes(env):
+    slots = StreamSlots(env.control_dsn, "us", 2)
+    child = subprocess.Popen([sys.executable, "-c", HOLDER.format(repo=str(REPO), dsn=env.control_dsn)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline().strip() == "held"
+        with psycopg.connect(env.control_dsn, autocommit=True) as c:
+            assert slots.held(c) == 2
+        other = StreamSlots(env.control_dsn, "eu", 2)  # another region's slots are free
+        with other.slot():
+            pass
+        with slots.slot():
+            # acquired only once the other process let go: it said so before releasing
+            ready, _, _ = select.select([child.stdout], [], [], 0)
+            assert ready and child.stdout.readline().strip() == "releasing"
+    finally:
+        child.wait(timeout=30)
+
+
+def test_a_chunk_failing_its_checksum_is_named_and_recopied_alone(env):
+    s = env.seed(workspaces=3, rows=6000, seed=4)
+    ws = s.biggest if s.home[s.biggest] == "us" else s.workspaces["us"][0]
+    before = counts(env.dsn("us"), ws)
+    opts = CopyOptions(jobs=2, chunk_rows=300)
+    rec = start_move(env.catalogue, env.connections, ws, "eu", strategy="snapshot", copy_options=opts, stop_after="copied")
+    bounds = rec.checkpoints["copy"]["chunks"]["messages"]["bounds"]
+    assert len(bounds) >= 3
+    lo, hi = bounds[1]
+    with psycopg.connect(env.dsn("eu"), autocommit=True) as c:
+        (victim,) = c.execute("SELECT min(id) FROM messages WHERE workspace_id = %s AND id > %s AND id <= %s", (ws, lo, hi)).fetchone()
+        c.execute("UPDATE messages SET body = 'tampered' WHERE id = %s", (victim,))
+    with pytest.raises(Exception) as exc:
+        resume_move(env.catalogue, env.connections, rec.id, copy_options=opts)
+    msg = str(exc.value)
+    assert f"differing chunks: 2/{len(bounds)} ({lo}..{hi}]" in msg and str(victim) in msg
+    (rec,) = move_status(env.connections, rec.id)
+    assert rec.checkpoints["copy"]["redo_after_verify"] == {"messages": [1]}
+    rec = resume_move(env.catalogue, env.connections, rec.id, copy_options=opts)
+    assert rec.state == "cut_over"
+    chunk_rows = rec.report["copy"]["tables"]["messages"]
+    with psycopg.connect(env.dsn("us"), autocommit=True) as c:
+        (in_chunk,) = c.execute("SELECT count(*) FROM messages WHERE workspace_id = %s AND id > %s AND id <= %s", (ws, lo, hi)).fetchone()
+    assert chunk_rows["removed_first"] == in_chunk  # only that chunk was removed and copied again
+    assert counts(env.dsn("eu"), ws) == before
+    with psycopg.connect(env.dsn("eu"), autocommit=True) as c:
+        assert c.execute("SELECT count(*) FROM messages WHERE body = 'tampered'").fetchone()[0] == 0
