@@ -31,7 +31,23 @@ CREATE TABLE inboxes (id bigint PRIMARY KEY, account_id bigint NOT NULL REFERENC
                       widget_token text NOT NULL UNIQUE);
 CREATE TABLE conversations (id bigint PRIMARY KEY, account_id bigint NOT NULL REFERENCES accounts, inbox_id bigint NOT NULL REFERENCES inboxes,
                             uuid uuid NOT NULL UNIQUE DEFAULT gen_random_uuid(), assignee_id bigint REFERENCES users,
-                            additional_attributes json);
+                            additional_attributes json, display_id bigint NOT NULL);
+CREATE UNIQUE INDEX conversations_display ON conversations (account_id, display_id);
+CREATE TABLE portals (id bigint PRIMARY KEY, account_id bigint NOT NULL REFERENCES accounts, slug text NOT NULL UNIQUE);
+CREATE TABLE portals_members (portal_id bigint NOT NULL REFERENCES portals, user_id bigint NOT NULL REFERENCES users);  -- no primary key
+-- one sequence per tenant, made by a trigger; conversations are numbered from it by another
+CREATE FUNCTION accounts_make_seq() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    EXECUTE format('CREATE SEQUENCE IF NOT EXISTS %I.%I', TG_TABLE_SCHEMA, 'conv_dpid_seq_' || NEW.id);
+    RETURN NULL;
+END $$;
+CREATE TRIGGER accounts_after_insert AFTER INSERT ON accounts FOR EACH ROW EXECUTE FUNCTION accounts_make_seq();
+CREATE FUNCTION conversations_display_id() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    NEW.display_id := nextval(format('%I.%I', TG_TABLE_SCHEMA, 'conv_dpid_seq_' || NEW.account_id));
+    RETURN NEW;
+END $$;
+CREATE TRIGGER conversations_before_insert BEFORE INSERT ON conversations FOR EACH ROW EXECUTE FUNCTION conversations_display_id();
 CREATE TABLE messages (id bigint PRIMARY KEY, account_id bigint NOT NULL REFERENCES accounts, conversation_id bigint NOT NULL REFERENCES conversations,
                        content text, sender_type text, sender_id bigint, content_attributes json);
 CREATE TABLE tags (id bigint PRIMARY KEY, name text NOT NULL UNIQUE);
@@ -58,6 +74,8 @@ WORKSPACE = """workspace:
     active_storage_blobs: active_storage_attachments.blob_id
   natural_keys:
     tags: [name]
+  tenant_objects:
+    sequences: ["conv_dpid_seq_{workspace_id}"]
   object_prefix: "accounts/{workspace_id}/"
 """
 
@@ -79,10 +97,12 @@ def _fill(dsn: str, accounts: list[int], base: int, tags: tuple[str, str]) -> No
             c.execute("INSERT INTO accounts VALUES (%s, %s, %s)", (acc, f"Account {acc}", '{"tz": "UTC"}'))
             c.execute("INSERT INTO account_users VALUES (%s, %s, %s, 'admin')", (n, acc, base + 10)); n += 1
             c.execute("INSERT INTO agent_bots VALUES (%s, %s, 'own bot')", (n, acc)); own_bot = n; n += 1
+            c.execute("INSERT INTO portals VALUES (%s, %s, %s)", (n, acc, f"help-{acc}"))
+            c.execute("INSERT INTO portals_members VALUES (%s, %s), (%s, %s)", (n, base + 10, n, base + 11)); n += 1
             for i in range(2):
                 c.execute("INSERT INTO inboxes VALUES (%s, %s, %s, %s)", (n, acc, f"inbox {i}", f"tok-{acc}-{i}-{base}")); inbox = n; n += 1
                 for j in range(3 * (5 if acc == accounts[0] else 1)):
-                    c.execute("INSERT INTO conversations (id, account_id, inbox_id, assignee_id, additional_attributes) VALUES (%s, %s, %s, %s, %s)",
+                    c.execute("INSERT INTO conversations (id, account_id, inbox_id, assignee_id, additional_attributes, display_id) VALUES (%s, %s, %s, %s, %s, 0)",
                               (n, acc, inbox, base + 11, '{"browser": "Firefox"}')); conv = n; n += 1
                     c.execute("INSERT INTO taggings VALUES (%s, %s, 'Conversation', %s)", (n, base + 6 + j % 2, conv)); n += 1
                     for k, (stype, sid) in enumerate([("User", base + 10), ("AgentBot", own_bot), ("AgentBot", base + 900), (None, None)]):
@@ -107,6 +127,7 @@ def _tenant(dsn: str, acc: int) -> dict[str, int]:
         "messages": one("SELECT count(*) FROM messages WHERE account_id = %s"),
         "taggings": one("SELECT count(*) FROM taggings t JOIN conversations c ON c.id = t.taggable_id WHERE c.account_id = %s"),
         "attachments": one("SELECT count(*) FROM active_storage_attachments a JOIN messages m ON a.record_type = 'Message' AND m.id = a.record_id WHERE m.account_id = %s"),
+        "portals_members": one("SELECT count(*) FROM portals_members m JOIN portals p ON p.id = m.portal_id WHERE p.account_id = %s"),
         "blobs": one("SELECT count(DISTINCT b.id) FROM active_storage_blobs b JOIN active_storage_attachments a ON a.blob_id = b.id"
                      " JOIN messages m ON a.record_type = 'Message' AND m.id = a.record_id WHERE m.account_id = %s"),
     }
@@ -154,11 +175,19 @@ def test_tenant_moves_and_nothing_dangles_in_the_target(env, rails):
     result = verify_workspace(rails, env.connections, "1", "us", "eu")
     assert result.ok, result.problems()
     assert result.references and result.references["checked"] >= 8
+    # the app works in eu: a new conversation of the moved tenant is numbered after its last one
+    (last,) = _q(env.dsn("us"), "SELECT max(display_id) FROM conversations WHERE account_id = %s", 1)[0]
+    with psycopg.connect(eu, autocommit=True) as c:
+        (shown,) = c.execute("INSERT INTO rails.conversations (id, account_id, inbox_id, display_id) SELECT 9000001, 1, min(id), 0 FROM rails.inboxes"
+                             " WHERE account_id = 1 RETURNING display_id").fetchone()
+    assert shown == last + 1
+    with psycopg.connect(eu, autocommit=True) as c:
+        c.execute("DELETE FROM rails.conversations WHERE id = 9000001")
 
     # cleanup: the tenant's blobs leave us, the blob tenant 2 also attaches stays, shared rows stay
     cleanup_move(rails, env.connections, rec.id, grace=timedelta(0))
     us = env.dsn("us")
-    assert _tenant(us, 1) == {"conversations": 0, "messages": 0, "taggings": 0, "attachments": 0, "blobs": 0}
+    assert _tenant(us, 1) == {"conversations": 0, "messages": 0, "taggings": 0, "attachments": 0, "portals_members": 0, "blobs": 0}
     assert _q(us, "SELECT count(*) FROM active_storage_blobs WHERE key LIKE 'blob-%%' AND id NOT IN (SELECT blob_id FROM active_storage_attachments)")[0][0] == 0
     assert _q(us, "SELECT count(*) FROM active_storage_blobs WHERE key = 'shared-1000000'")[0][0] == 1
     assert _tenant(us, 2) == other  # tenant 2 lost nothing, its shared blob included
@@ -236,7 +265,7 @@ def test_online_move_and_rollback(env, rails):
     assert rec.state == "copied"
     rec = rollback_move(rails, env.connections, rec.id)
     assert rec.state == "rolled_back"
-    assert _tenant(env.dsn("eu"), 1) == {"conversations": 0, "messages": 0, "taggings": 0, "attachments": 0, "blobs": 0}
+    assert _tenant(env.dsn("eu"), 1) == {"conversations": 0, "messages": 0, "taggings": 0, "attachments": 0, "portals_members": 0, "blobs": 0}
 
     before = _tenant(env.dsn("us"), 1)
     rec = start_move(rails, env.connections, "1", "eu", strategy="online")
@@ -244,3 +273,22 @@ def test_online_move_and_rollback(env, rails):
     assert _tenant(env.dsn("eu"), 1) == before
     result = verify_workspace(rails, env.connections, "1", "us", "eu")
     assert result.ok, result.problems()
+
+
+def test_a_non_superuser_mover_moves_the_tenant_and_its_sequence(env, rails):
+    """Managed PostgreSQL gives no superuser: the sandbox's mover role (SET on
+    session_replication_role, member of the tables' owner) moves the tenant, triggers do not fire
+    during the copy, and the per-tenant sequence arrives at its position."""
+    src, dst = env.grant_role("us"), env.grant_role("eu")
+    conns = env.connections_as({"us": src, "eu": dst})
+    plan = plan_move(rails, conns, "1", "eu")
+    assert plan.ok, plan.refusals
+    before = _tenant(env.dsn("us"), 1)
+    rec = start_move(rails, conns, "1", "eu")
+    assert rec.state == "cut_over"
+    assert _tenant(env.dsn("eu"), 1) == before
+    # display ids are the source's, not renumbered by the BEFORE INSERT trigger
+    assert _q(env.dsn("eu"), "SELECT array_agg(display_id ORDER BY id) FROM conversations WHERE account_id = %s", 1) == \
+        _q(env.dsn("us"), "SELECT array_agg(display_id ORDER BY id) FROM conversations WHERE account_id = %s", 1)
+    assert _q(env.dsn("eu"), "SELECT last_value FROM conv_dpid_seq_1") == _q(env.dsn("us"), "SELECT last_value FROM conv_dpid_seq_1")
+    assert verify_workspace(rails, conns, "1", "us", "eu").ok

@@ -62,6 +62,11 @@ def grant_database(conn: psycopg.Connection[Any], role: str, *, owned_by_app: bo
             "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
             " WHERE n.nspname = %s AND c.relkind IN ('r', 'p') ORDER BY 1", (schema,)).fetchall():
             conn.execute(sql.SQL("ALTER TABLE {} OWNER TO {}").format(sql.Identifier(schema, tname), sql.Identifier(APP_OWNER)))
+        # sequences no column owns (an app's per-tenant ones) are the app's too; owned ones follow their table
+        for (qname,) in conn.execute(
+            "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = %s AND c.relkind = 'S'"
+            " AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.objid = c.oid AND d.deptype IN ('a', 'i')) ORDER BY 1", (schema,)).fetchall():
+            conn.execute(sql.SQL("ALTER SEQUENCE {} OWNER TO {}").format(sql.Identifier(schema, qname), sql.Identifier(APP_OWNER)))
         conn.execute(sql.SQL("ALTER SCHEMA {} OWNER TO {}").format(s, sql.Identifier(APP_OWNER)))
     conn.execute(sql.SQL("GRANT CONNECT, CREATE, TEMPORARY ON DATABASE {} TO {}").format(sql.Identifier(dbname), r))
     conn.execute(sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(s, r))
