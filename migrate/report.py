@@ -44,6 +44,9 @@ def build(rec: MoveRecord) -> dict[str, Any]:
         "fence_breakdown": (r.get("online") or {}).get("fence_breakdown"),
         "verify_timings": verify.get("timings"),
         "verify_source_checksums": verify.get("source_checksums"),
+        "references": verify.get("references"),
+        "shared_rows": (rec.plan or {}).get("globals") or [],
+        "plan_notes": (rec.plan or {}).get("notes") or [],
     }
 
 
@@ -89,6 +92,17 @@ def render(d: dict[str, Any]) -> str:
     if d.get("verify_timings"):
         lines.append("verify timings: " + ", ".join(f"{k.replace('_', ' ')} {v:.3f} s" for k, v in d["verify_timings"].items() if v is not None)
                      + (f" (source checksums: {d['verify_source_checksums']})" if d.get("verify_source_checksums") else ""))
+    refs = d.get("references") or {}
+    if refs:
+        lines.append(f"references checked: {refs.get('checked', 0)}; dangling in {d['target']}: {len(refs.get('dangling_in_target') or [])},"
+                     f" already dangling in {d['source']}: {len(refs.get('dangling_in_source') or [])}; shared rows differing: {len(refs.get('collisions') or [])}")
+        for p in refs.get("problems") or []:
+            lines.append(f"    {p}")
+    for g in d.get("shared_rows") or []:
+        why = g.get("why") or "global"
+        lines.append(f"shared rows {g['table']} ({why}): {g['referenced_rows']} referenced, {g['missing_in_target']} were missing in {d['target']} (copied, never overwritten, never deleted from {d['source']})")
+    for n in d.get("plan_notes") or []:
+        lines.append(f"decided at plan: {n}")
     lines.append(f"verified: {'yes' if d['verified'] else 'no'}")
     if d.get("deletion"):
         x = d["deletion"]

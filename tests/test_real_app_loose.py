@@ -147,6 +147,13 @@ def test_tenant_of_a_schema_without_foreign_keys_moves_whole(env, loose):
     assert _q(eu, "SELECT count(*) FROM users WHERE id = 'u4'") == [(1,)]
     result = verify_workspace(loose, env.connections, "ta", "us", "eu")
     assert result.ok, result.problems()
+    # the report says what was decided for the rows with an empty key, and what the references gave
+    from migrate import report
+
+    text = report.render(report.build(rec))
+    assert "decided at plan: channels: 2 rows have an empty team_id" in text
+    assert "shared rows channels (shared by several tenants, policy any): 1 referenced" in text
+    assert "dangling in eu: 1, already dangling in us: 1" in text  # the system emoji 'smile'
 
     cleanup_move(loose, env.connections, rec.id, grace=timedelta(0))
     assert _q(us, "SELECT count(*) FROM posts WHERE channel_id IN ('c-ta-1', 'c-ta-2')") == [(0,)]
