@@ -251,8 +251,14 @@ def _plan_references(sconn: psycopg.Connection[Any], b: Builder, params: dict[st
     and links whose empty value leaves rows reaching no workspace, named (they are not moved)."""
     for r in refs_mod.checked_refs(b):
         plan.references.append(r.describe())
-    for d in refs_mod.dangling(sconn, b, params):
+    missing, foreign = refs_mod.source_dangling(sconn, b, params)
+    for d in missing:
         plan.notes.append(d.line(source) + "; already so in the source, so verify tolerates these")
+    had = {d.ref: d.rows for d in missing}
+    for d in foreign:
+        if d.rows > had.get(d.ref, 0):
+            plan.refusals.append(f"reference {d.table}.{','.join(d.columns)} → {d.ref_table}: {d.rows - had.get(d.ref, 0)} rows of the workspace point at"
+                                 f" rows of another workspace ({', '.join(d.sample)}); the target would lack them")
     g = b.graph
     for name in g.order:
         if g.reach[name].kind != "key":

@@ -58,41 +58,89 @@ def _text(expr: sql.Composable) -> sql.Composable:
     return sql.SQL("({})::text").format(expr)
 
 
-def dangling_query(b: Builder, r: Ref) -> sql.Composed:
+def _into_moving(b: Builder, r: Ref) -> bool:
+    """The reference points into a table whose rows only the workspace's own rows fill in the target."""
+    g = b.graph
+    return g.reach[r.ref_table].moves and r.ref_table not in g.shared
+
+
+def dangling_query(b: Builder, r: Ref, *, carried_only: bool = False) -> sql.Composed:
+    """count and sample of the rows going to the target whose reference this database can't
+    resolve; with ``carried_only``, also (count, sample) of those whose referenced row exists but
+    does not go to the target (another tenant's row): the target will lack it."""
     t = b.graph.table(r.table)
     pt = b.graph.table(r.ref_table)
     m, p = sql.Identifier("dm"), sql.Identifier("dp")
-    match = []
-    present = []
-    for c, pc in zip(r.columns, r.ref_columns):
-        tc, ptc = t.column(c), pt.column(pc)
-        same = tc is not None and ptc is not None and tc.type == ptc.type
-        lhs = sql.SQL("{}.{}").format(p, sql.Identifier(pc))
-        rhs = sql.SQL("{}.{}").format(m, sql.Identifier(c))
-        match.append(sql.SQL("{} = {}").format(lhs, rhs) if same else sql.SQL("{} = {}").format(_text(lhs), _text(rhs)))
-        # NULL, and '' in text columns, mean "no reference"
-        present.append(sql.SQL("NULLIF({}, '') IS NOT NULL").format(_text(rhs)))
+
+    def matching(alias: sql.Identifier) -> sql.Composable:
+        parts = []
+        for c, pc in zip(r.columns, r.ref_columns):
+            tc, ptc = t.column(c), pt.column(pc)
+            lhs = sql.SQL("{}.{}").format(alias, sql.Identifier(pc))
+            rhs = sql.SQL("{}.{}").format(m, sql.Identifier(c))
+            same = tc is not None and ptc is not None and tc.type == ptc.type
+            parts.append(sql.SQL("{} = {}").format(lhs, rhs) if same else sql.SQL("{} = {}").format(_text(lhs), _text(rhs)))
+        return sql.SQL(" AND ").join(parts)
+
+    # NULL, and '' in text columns, mean "no reference"
+    present = [sql.SQL("NULLIF({}, '') IS NOT NULL").format(_text(sql.SQL("{}.{}").format(m, sql.Identifier(c)))) for c in r.columns]
     cond = [sql.SQL(" AND ").join(present)]
     if r.type_column:
         cond.append(sql.SQL("{}.{} = {}").format(m, sql.Identifier(r.type_column), sql.Literal(r.type_value)))
     cond.append(b.carried(r.table, m, 1, frozenset()))
     value = (_text(sql.SQL("{}.{}").format(m, sql.Identifier(r.columns[0]))) if len(r.columns) == 1
              else _text(sql.SQL("ROW({})").format(sql.SQL(", ").join(sql.SQL("{}.{}").format(m, sql.Identifier(c)) for c in r.columns))))
+    exists = sql.SQL("EXISTS (SELECT 1 FROM {ptbl} {p} WHERE {match})").format(ptbl=b.qname(r.ref_table), p=p, match=matching(p))
+    if not carried_only:
+        return sql.SQL(
+            "SELECT count(*), (array_agg(DISTINCT x.v))[1:{n}] FROM (SELECT {v} AS v FROM {tbl} {m} WHERE {cond} AND NOT {exists}) x"
+        ).format(n=sql.Literal(SAMPLE), v=value, tbl=b.qname(r.table), m=m, cond=sql.SQL(" AND ").join(cond), exists=exists)
+    q = sql.Identifier("dq")
+    carried = sql.SQL("EXISTS (SELECT 1 FROM {ptbl} {q} WHERE {match} AND {c})").format(
+        ptbl=b.qname(r.ref_table), q=q, match=matching(q),
+        c=b.carried(r.ref_table, q, 30, frozenset()))
     return sql.SQL(
-        "SELECT count(*), (array_agg(DISTINCT x.v))[1:{n}] FROM (SELECT {v} AS v FROM {tbl} {m} WHERE {cond}"
-        " AND NOT EXISTS (SELECT 1 FROM {ptbl} {p} WHERE {match})) x"
-    ).format(n=sql.Literal(SAMPLE), v=value, tbl=b.qname(r.table), m=m, cond=sql.SQL(" AND ").join(cond),
-             ptbl=b.qname(r.ref_table), p=p, match=sql.SQL(" AND ").join(match))
+        "SELECT count(*) FILTER (WHERE NOT x.e), (array_agg(DISTINCT x.v) FILTER (WHERE NOT x.e))[1:{n}],"
+        " count(*) FILTER (WHERE x.e), (array_agg(DISTINCT x.v) FILTER (WHERE x.e))[1:{n}]"
+        " FROM (SELECT {v} AS v, {exists} AS e FROM {tbl} {m} WHERE {cond} AND NOT {carried}) x"
+    ).format(n=sql.Literal(SAMPLE), v=value, exists=exists, tbl=b.qname(r.table), m=m, cond=sql.SQL(" AND ").join(cond), carried=carried)
 
 
-def dangling(conn: psycopg.Connection[Any], b: Builder, params: dict[str, Any]) -> list[Dangling]:
+def dangling(conn: psycopg.Connection[Any], b: Builder, params: dict[str, Any], *, refs: list[Ref] | None = None) -> list[Dangling]:
     """The references of the workspace's rows (and its shared rows) that this database can't resolve."""
     out = []
-    for r in checked_refs(b):
+    for r in (checked_refs(b) if refs is None else refs):
         n, sample = conn.execute(dangling_query(b, r), params).fetchone()
         if n:
             out.append(Dangling(r.describe(), r.table, list(r.columns), r.ref_table, int(n), [str(s) for s in (sample or [])]))
     return out
+
+
+def source_dangling(conn: psycopg.Connection[Any], b: Builder, params: dict[str, Any]) -> tuple[list[Dangling], list[Dangling]]:
+    """In the source: (references it can't resolve itself, references into the workspace's own
+    tables that point at rows which don't go to the target: another tenant's). The second are
+    what the target will lack, found without reading the target: verify proves the workspace's
+    rows identical on both sides, and the target gets no other rows of those tables from it."""
+    missing: list[Dangling] = []
+    foreign: list[Dangling] = []
+    for r in checked_refs(b):
+        if not _into_moving(b, r):
+            n, sample = conn.execute(dangling_query(b, r), params).fetchone()
+            if n:
+                missing.append(Dangling(r.describe(), r.table, list(r.columns), r.ref_table, int(n), [str(s) for s in (sample or [])]))
+            continue
+        n, sample, nf, fsample = conn.execute(dangling_query(b, r, carried_only=True), params).fetchone()
+        if n:
+            missing.append(Dangling(r.describe(), r.table, list(r.columns), r.ref_table, int(n), [str(s) for s in (sample or [])]))
+        if nf or n:
+            foreign.append(Dangling(r.describe(), r.table, list(r.columns), r.ref_table, int(n) + int(nf),
+                                    [str(s) for s in (fsample or [])] + [str(s) for s in (sample or [])]))
+    return missing, foreign
+
+
+def target_refs(b: Builder) -> list[Ref]:
+    """The references verify resolves in the target itself: those into tables holding shared rows."""
+    return [r for r in checked_refs(b) if not _into_moving(b, r)]
 
 
 def compare_dangling(src: list[Dangling], dst: list[Dangling]) -> tuple[list[Dangling], list[Dangling]]:

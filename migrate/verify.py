@@ -237,23 +237,38 @@ def verify_tables(a_dsn: str, b_dsn: str, b: Builder, ws: str, a_name: str = "so
 @transient
 def check_references(a_dsn: str, b_dsn: str, b: Builder, ws: str, a_name: str = "source", b_name: str = "target") -> dict[str, Any]:
     """Every reference the moved rows carry resolves in ``b`` wherever it resolved in ``a``, and
-    every shared row they point at has the same content on both sides."""
+    every shared row they point at has the same content on both sides. References into tables
+    holding shared rows are resolved in ``b`` itself; references into the workspace's own tables
+    are resolved in ``a`` against the rows that go to ``b`` (:func:`references.source_dangling`),
+    both sides at once."""
     params = b.params(ws)
-    with db.connect(a_dsn, autocommit=True) as ca, db.connect(b_dsn) as cb:
-        in_a = refs_mod.dangling(ca, b, params)
-        in_b = refs_mod.dangling(cb, b, params)
-        cb.rollback()
-        collisions = []
-        for g in b.graph.global_order:
-            try:
-                collisions += refs_mod.shared_collisions(ca, cb, b, g, params, a_name, b_name)
-            finally:
-                cb.rollback()
-    new, before = refs_mod.compare_dangling(in_a, in_b)
+
+    @transient
+    def source_side() -> tuple[list[Any], list[Any]]:
+        with db.connect(a_dsn, autocommit=True, application_name="residency-verify") as ca:
+            return refs_mod.source_dangling(ca, b, params)
+
+    @transient
+    def target_side() -> tuple[list[Any], list[Any]]:
+        with db.connect(a_dsn, autocommit=True) as ca, db.connect(b_dsn, application_name="residency-verify") as cb:
+            found = refs_mod.dangling(cb, b, params, refs=refs_mod.target_refs(b))
+            cb.rollback()
+            collisions = []
+            for g in b.graph.global_order:
+                try:
+                    collisions += refs_mod.shared_collisions(ca, cb, b, g, params, a_name, b_name)
+                finally:
+                    cb.rollback()
+            return found, collisions
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        fa, fb = pool.submit(source_side), pool.submit(target_side)
+        (in_a, foreign), (in_b, collisions) = fa.result(), fb.result()
+    new, before = refs_mod.compare_dangling(in_a, in_b + foreign)
     problems = [d.line(b_name) + (f" (the source has {next((x.rows for x in before if x.ref == d.ref), 0)})" if any(x.ref == d.ref for x in before) else "")
                 for d in new]
     problems += [c.line(a_name, b_name) for c in collisions]
-    return {"checked": len(refs_mod.checked_refs(b)), "dangling_in_target": refs_mod.to_dicts(in_b),
+    return {"checked": len(refs_mod.checked_refs(b)), "dangling_in_target": refs_mod.to_dicts(in_b + foreign),
             "dangling_in_source": refs_mod.to_dicts(in_a), "collisions": refs_mod.to_dicts(collisions), "problems": problems}
 
 
