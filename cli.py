@@ -1320,6 +1320,10 @@ def directory_import(c: Context, region: str, as_json: bool) -> None:
             click.echo(f"not registered: workspace '{w}' has a row in {res.root_table} of {region} but is registered in region '{h}'")
         click.echo(f"{region}: {res.root_rows} rows in {res.root_table}: {len(res.registered)} registered now, "
                    f"{res.already} already registered here, {len(res.elsewhere)} registered elsewhere")
+    if not res.ok:
+        sys.exit(1)
+
+
 # --------------------------------------------------------------------------- evidence (issue 12)
 
 
