@@ -210,8 +210,12 @@ class Builder:
             return sql.SQL("false")
         return parts[0] if len(parts) == 1 else sql.SQL("({})").format(sql.SQL(" OR ").join(parts))
 
-    def shared_needed(self, table: str, a: sql.Composable, depth: int, visiting: frozenset[str]) -> sql.Composable:
+    def shared_needed(self, table: str, a: sql.Composable, depth: int, visiting: frozenset[str], *, follow_self: bool = True) -> sql.Composable:
         g = self.graph
+        if follow_self and g.reach[table].kind == "global" and len(g.table(table).primary_key) == 1:
+            selfs = [r for r in g.refs if r.table == table == r.ref_table and len(r.columns) == 1 and not r.type_column]
+            if selfs:
+                return self._shared_closure(table, a, depth, visiting, selfs)
         visiting = visiting | {table}
         if depth > 12:  # shared rows pointing at shared rows pointing at ...: far beyond any schema seen
             return sql.SQL("false")
@@ -253,6 +257,22 @@ class Builder:
         elif r_.moves:
             cond = sql.SQL("{} AND NOT {}").format(cond, self.belongs(table, a, depth + 20))
         return cond
+
+    def _shared_closure(self, table: str, a: sql.Composable, depth: int, visiting: frozenset[str], selfs: list[Any]) -> sql.Composable:
+        """The needed rows of a global table that references itself (a user invited by a user),
+        followed to the end: a recursive query over the key and the referencing columns (UNION
+        stops at a cycle)."""
+        (pk,) = self.graph.table(table).primary_key
+        s0, sp, cte = sql.Identifier(f"s{depth}"), sql.Identifier(f"sp{depth}"), sql.Identifier(f"closure{depth}")
+        names = [sql.Identifier(f"r{i}") for i in range(len(selfs))]
+        base = self.shared_needed(table, s0, depth + 1, visiting, follow_self=False)
+        cols = lambda al: sql.SQL(", ").join(sql.SQL("{}.{}").format(al, sql.Identifier(r.columns[0])) for r in selfs)  # noqa: E731
+        join = sql.SQL(" OR ").join(sql.SQL("{}.{} = {}.{}").format(sp, sql.Identifier(r.ref_columns[0]), cte, n) for r, n in zip(selfs, names))
+        return sql.SQL(
+            "{a}.{pk} IN (WITH RECURSIVE {cte} (k, {names}) AS (SELECT {s0}.{pk}, {c0} FROM {tbl} {s0} WHERE {base}"
+            " UNION SELECT {sp}.{pk}, {cp} FROM {tbl} {sp} JOIN {cte} ON {join}) SELECT k FROM {cte})"
+        ).format(a=a, pk=sql.Identifier(pk), cte=cte, names=sql.SQL(", ").join(names), s0=s0, c0=cols(s0), tbl=self.qname(table),
+                 base=base, sp=sp, cp=cols(sp), join=join)
 
     def shared_policy(self, table: str, a: sql.Composable) -> sql.Composable:
         """Row ``a`` of ``table`` (a shared key value) is copied under its ``workspace.shared_rows``

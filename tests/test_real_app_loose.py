@@ -23,7 +23,7 @@ DDL = """
 CREATE SCHEMA mm;
 SET search_path = mm;
 CREATE TABLE teams (id text PRIMARY KEY, name text NOT NULL);
-CREATE TABLE users (id text PRIMARY KEY, username text NOT NULL UNIQUE);
+CREATE TABLE users (id text PRIMARY KEY, username text NOT NULL UNIQUE, invited_by text NOT NULL DEFAULT '');
 CREATE TABLE roles (id text PRIMARY KEY, name text NOT NULL UNIQUE, permissions text NOT NULL DEFAULT '');
 CREATE TABLE emoji (id text PRIMARY KEY, name text NOT NULL UNIQUE, creator_id text NOT NULL);
 CREATE TABLE team_members (team_id text NOT NULL, user_id text NOT NULL, role_name text NOT NULL, PRIMARY KEY (team_id, user_id));
@@ -51,6 +51,7 @@ WORKSPACE = """workspace:
     reactions.user_id: users
     reactions.emoji_name: emoji.name
     emoji.creator_id: users
+    users.invited_by: users          # a global row pointing at another of its table
   shared_rows:
     channels: {policy: any, members: channel_members.channel_id, member: user_id, tenant_of_member: team_members.user_id}
   object_prefix: "teams/{workspace_id}/"
@@ -64,8 +65,10 @@ def _x(c, q, *p):
 def _fill_us(dsn: str) -> None:
     with psycopg.connect(dsn, autocommit=True) as c:
         c.execute("SET search_path = mm")
-        for u in ("u1", "u2", "u3", "u4"):
+        for u in ("u1", "u2", "u3"):
             _x(c, "INSERT INTO users VALUES (%s, %s)", u, f"user-{u}")
+        for u, by in (("u8", ""), ("u9", "u8"), ("u4", "u9")):  # u4 was invited by u9, who was invited by u8
+            _x(c, "INSERT INTO users VALUES (%s, %s, %s)", u, f"user-{u}", by)
         _x(c, "INSERT INTO roles VALUES ('r-us-admin', 'team_admin'), ('r-us-user', 'team_user')")
         _x(c, "INSERT INTO emoji VALUES ('e1', 'party', 'u4')")  # made by a user of no moving team
         for t in ("ta", "tb"):
@@ -120,8 +123,9 @@ def test_plan_says_what_happens_to_shared_and_unreachable_rows(env, loose):
     plan = plan_move(loose, env.connections, "ta", "eu")
     assert plan.ok, plan.refusals
     shared = {g.table: (g.referenced_rows, g.missing_in_target) for g in plan.globals}
-    # u1, u2 (members, authors), u3 (a DM partner), u4 (made the custom emoji a reaction names)
-    assert shared["users"] == (4, 4)
+    # u1, u2 (members, authors), u3 (a DM partner), u4 (made the custom emoji a reaction names),
+    # u9 and u8 (who invited u4, and who invited u9)
+    assert shared["users"] == (6, 6)
     assert shared["roles"] == (2, 0)  # referenced by name: eu's roles of those names serve
     assert shared["emoji"] == (1, 1)
     assert shared["channels"] == (1, 1)  # dm-u1-u3 only: dm-u3-u4 has no member in ta
@@ -144,7 +148,7 @@ def test_tenant_of_a_schema_without_foreign_keys_moves_whole(env, loose):
     assert _q(eu, "SELECT count(*) FROM posts p WHERE NOT EXISTS (SELECT 1 FROM users u WHERE u.id = p.user_id)") == [(0,)]
     assert _q(eu, "SELECT count(*) FROM team_members m JOIN roles r ON r.name = m.role_name WHERE m.team_id = 'ta'") == [(2,)]
     assert _q(eu, "SELECT creator_id FROM emoji WHERE name = 'party'") == [("u4",)]
-    assert _q(eu, "SELECT count(*) FROM users WHERE id = 'u4'") == [(1,)]
+    assert _q(eu, "SELECT id FROM users WHERE id IN ('u4', 'u8', 'u9') ORDER BY 1") == [("u4",), ("u8",), ("u9",)]
     result = verify_workspace(loose, env.connections, "ta", "us", "eu")
     assert result.ok, result.problems()
     # the report says what was decided for the rows with an empty key, and what the references gave
@@ -160,7 +164,7 @@ def test_tenant_of_a_schema_without_foreign_keys_moves_whole(env, loose):
     assert _q(us, "SELECT count(*) FROM team_members WHERE team_id = 'ta'") == [(0,)]
     # what another tenant (or nobody) still needs stays: the shared DMs, the users, team tb
     assert _q(us, "SELECT count(*) FROM posts WHERE channel_id IN ('dm-u1-u3', 'dm-u3-u4', 'c-tb-1')") == [(90,)]
-    assert _q(us, "SELECT count(*) FROM users") == [(4,)]
+    assert _q(us, "SELECT count(*) FROM users") == [(6,)]
 
 
 def test_a_post_whose_author_is_missing_in_the_target_fails_verify(env, loose):
