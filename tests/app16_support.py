@@ -12,6 +12,23 @@ from click.testing import CliRunner
 
 REPO = Path(__file__).resolve().parent.parent
 
+# A Rails-style app's per-tenant sequence: made by an AFTER INSERT trigger on accounts, used by a
+# BEFORE INSERT trigger numbering each tenant's conversations (schema of the running DDL).
+PER_TENANT_SEQUENCE_TRIGGERS = """
+CREATE FUNCTION accounts_make_seq() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    EXECUTE format('CREATE SEQUENCE IF NOT EXISTS %I.%I', TG_TABLE_SCHEMA, 'conv_dpid_seq_' || NEW.id);
+    RETURN NULL;
+END $$;
+CREATE TRIGGER accounts_after_insert AFTER INSERT ON accounts FOR EACH ROW EXECUTE FUNCTION accounts_make_seq();
+CREATE FUNCTION conversations_display_id() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    NEW.display_id := nextval(format('%I.%I', TG_TABLE_SCHEMA, 'conv_dpid_seq_' || NEW.account_id));
+    RETURN NEW;
+END $$;
+CREATE TRIGGER conversations_before_insert BEFORE INSERT ON conversations FOR EACH ROW EXECUTE FUNCTION conversations_display_id();
+"""
+
 
 def catalogue_with(workspace_yaml: str, file: str = "app-regions.yaml") -> Any:
     from residency import catalogue

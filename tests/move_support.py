@@ -96,7 +96,8 @@ def load_app(env: Any, monkeypatch: Any, schema: str, ddl: str, workspace: str, 
     """Another application in schema ``schema`` of every region of this test's world: its DDL run
     in us and eu, its tenants (``homes``: id -> region) registered, and the catalogue with its own
     ``workspace:`` section (the rest of the repository's regions.yaml). The caller fills the rows."""
-    from residency import catalogue, directory
+    from app16_support import catalogue_with
+    from residency import directory
 
     monkeypatch.setenv("RESIDENCY_APP_SCHEMA", schema)
     for r in ("us", "eu"):
@@ -106,5 +107,4 @@ def load_app(env: Any, monkeypatch: Any, schema: str, ddl: str, workspace: str, 
         for ws, region in homes.items():
             directory.register(c, ws, region)
         c.commit()
-    text = (REPO / "regions.yaml").read_text()
-    return catalogue.loads(text[: text.index("workspace:")] + workspace, f"{schema}-regions.yaml")
+    return catalogue_with(workspace, f"{schema}-regions.yaml")

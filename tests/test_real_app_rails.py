@@ -17,7 +17,8 @@ import psycopg
 import pytest
 
 from migrate import cleanup_move, plan_move, start_move, verify_workspace
-from move_support import REPO, load_app
+from app16_support import PER_TENANT_SEQUENCE_TRIGGERS, regions_file
+from move_support import load_app
 
 DDL = """
 CREATE SCHEMA rails;
@@ -35,19 +36,6 @@ CREATE TABLE conversations (id bigint PRIMARY KEY, account_id bigint NOT NULL RE
 CREATE UNIQUE INDEX conversations_display ON conversations (account_id, display_id);
 CREATE TABLE portals (id bigint PRIMARY KEY, account_id bigint NOT NULL REFERENCES accounts, slug text NOT NULL UNIQUE);
 CREATE TABLE portals_members (portal_id bigint NOT NULL REFERENCES portals, user_id bigint NOT NULL REFERENCES users);  -- no primary key
--- one sequence per tenant, made by a trigger; conversations are numbered from it by another
-CREATE FUNCTION accounts_make_seq() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    EXECUTE format('CREATE SEQUENCE IF NOT EXISTS %I.%I', TG_TABLE_SCHEMA, 'conv_dpid_seq_' || NEW.id);
-    RETURN NULL;
-END $$;
-CREATE TRIGGER accounts_after_insert AFTER INSERT ON accounts FOR EACH ROW EXECUTE FUNCTION accounts_make_seq();
-CREATE FUNCTION conversations_display_id() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    NEW.display_id := nextval(format('%I.%I', TG_TABLE_SCHEMA, 'conv_dpid_seq_' || NEW.account_id));
-    RETURN NEW;
-END $$;
-CREATE TRIGGER conversations_before_insert BEFORE INSERT ON conversations FOR EACH ROW EXECUTE FUNCTION conversations_display_id();
 CREATE TABLE messages (id bigint PRIMARY KEY, account_id bigint NOT NULL REFERENCES accounts, conversation_id bigint NOT NULL REFERENCES conversations,
                        content text, sender_type text, sender_id bigint, content_attributes json);
 CREATE TABLE tags (id bigint PRIMARY KEY, name text NOT NULL UNIQUE);
@@ -55,7 +43,7 @@ CREATE TABLE taggings (id bigint PRIMARY KEY, tag_id bigint NOT NULL REFERENCES 
 CREATE TABLE active_storage_blobs (id bigint PRIMARY KEY, key text NOT NULL UNIQUE, filename text NOT NULL, byte_size bigint NOT NULL);
 CREATE TABLE active_storage_attachments (id bigint PRIMARY KEY, name text NOT NULL, record_type text NOT NULL, record_id bigint NOT NULL,
                                          blob_id bigint NOT NULL REFERENCES active_storage_blobs);
-"""
+""" + PER_TENANT_SEQUENCE_TRIGGERS  # one sequence per tenant, made by a trigger; conversations numbered from it
 
 WORKSPACE = """workspace:
   root_table: accounts
@@ -219,19 +207,12 @@ def test_colliding_global_rows_are_refused_by_content_and_by_natural_key(env, ra
     assert natural and "1000007" in natural[0] and "5000100" in natural[0], plan.refusals
 
 
-def _regions_file(tmp_path):
-    text = (REPO / "regions.yaml").read_text()
-    path = tmp_path / "rails-regions.yaml"
-    path.write_text(text[: text.index("workspace:")] + WORKSPACE)
-    return path
-
-
 def test_kill9_during_the_copy_then_resume(env, rails, tmp_path):
     from migrate import move_status
     from move_support import run_mover
 
     before = _tenant(env.dsn("us"), 1)
-    regions = _regions_file(tmp_path)
+    regions = regions_file(tmp_path, WORKSPACE)
     schema = {"RESIDENCY_APP_SCHEMA": "rails"}
     p = run_mover(env, "move", "start", "1", "--to", "eu", "--yes", kill_at="table_copied", kill_after=4, regions=regions, extra_env=schema)
     assert p.returncode == -9, p.stderr
