@@ -122,13 +122,20 @@ def delete_objects(ep: RegionEndpoints, buckets: tuple[str, ...], prefix: str) -
 
 @transient
 def _list_versions(client: Any, bucket: str, prefix: str) -> list[dict[str, Any]]:
+    """Every version and delete marker of the workspace's keys: the same literal prefix and
+    layout filter as :func:`list_objects`."""
     out: list[dict[str, Any]] = []
+    literal, match = prefix_of(prefix)
     try:
-        for page in client.get_paginator("list_object_versions").paginate(Bucket=bucket, Prefix=prefix):
+        for page in client.get_paginator("list_object_versions").paginate(Bucket=bucket, Prefix=literal):
             for v in page.get("Versions") or []:
+                if match is not None and not match(v["Key"]):
+                    continue
                 out.append({"key": v["Key"], "version_id": v["VersionId"], "kind": "version", "size": int(v.get("Size", 0)),
                             "latest": bool(v.get("IsLatest")), "etag": str(v.get("ETag", "")).strip('"')})
             for m in page.get("DeleteMarkers") or []:
+                if match is not None and not match(m["Key"]):
+                    continue
                 out.append({"key": m["Key"], "version_id": m["VersionId"], "kind": "delete_marker", "size": 0,
                             "latest": bool(m.get("IsLatest")), "etag": ""})
     except client.exceptions.NoSuchBucket:
