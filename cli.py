@@ -339,6 +339,13 @@ def _stacks_run(c: Context, op: str, region_names: tuple[str, ...], all_regions:
     engine = orchestrate.AutomationEngine(c.regions_path)
     summary = orchestrate.run(cat, op, names, engine=engine, canary=canary, parallel=parallel,
                               on_event=None if as_json else progress)
+    if op == "up":  # deploys are evidence: one audit entry per stack deployed
+        from stacks import deploys
+
+        try:
+            deploys.record(c.connections.control_dsn, summary, c.regions_path)
+        except ResidencyError as exc:
+            click.echo(f"warning: deploys not recorded in the audit log: {exc}", err=True)
     if as_json:
         emit_json(summary.as_dict())
     else:
