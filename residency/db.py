@@ -13,7 +13,7 @@ from typing import Any
 
 import psycopg
 from psycopg import sql
-from .errors import OperationError
+from .errors import OperationError, first_line
 from .retrying import bounded_retry
 
 log = logging.getLogger("residency.db")
@@ -50,7 +50,7 @@ def connect(dsn: str, *, autocommit: bool = False, application_name: str = "resi
     try:
         return _connect(dsn, autocommit=autocommit, application_name=application_name, **kwargs)
     except psycopg.OperationalError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         raise OperationError(f"cannot connect to {redact(dsn)}: {first}") from exc
 
 
