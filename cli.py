@@ -81,11 +81,6 @@ def table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
     return "\n".join(out)
 
 
-def fail(message: str, code: int = 1) -> None:
-    click.echo(f"error: {message}", err=True)
-    sys.exit(code)
-
-
 class ResidencyGroup(click.Group):
     """A click group that turns library errors into one line and an exit code."""
 

@@ -28,10 +28,6 @@ class Progress:
         return self.done / self.elapsed if self.elapsed > 0 else 0.0
 
     @property
-    def byte_rate(self) -> float:
-        return self.bytes / self.elapsed if self.elapsed > 0 else 0.0
-
-    @property
     def eta(self) -> float | None:
         if self.total is None or self.finished or self.rate <= 0:
             return None
