@@ -339,6 +339,13 @@ def _stacks_run(c: Context, op: str, region_names: tuple[str, ...], all_regions:
     engine = orchestrate.AutomationEngine(c.regions_path)
     summary = orchestrate.run(cat, op, names, engine=engine, canary=canary, parallel=parallel,
                               on_event=None if as_json else progress)
+    if op == "up":  # deploys are evidence: one audit entry per stack deployed
+        from stacks import deploys
+
+        try:
+            deploys.record(c.connections.control_dsn, summary, c.regions_path)
+        except ResidencyError as exc:
+            click.echo(f"warning: deploys not recorded in the audit log: {exc}", err=True)
     if as_json:
         emit_json(summary.as_dict())
     else:
@@ -674,17 +681,6 @@ def _input_first(c: Context, workspace: str, *regions: str) -> str:
     return c.catalogue.workspace.parse_id(workspace)
 
 
-def _parse_grace(text: str) -> Any:
-    import re
-    from datetime import timedelta
-
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*", text)
-    if not m:
-        raise InputError(f"--grace '{text}': give a number with a unit, such as 7d, 12h, 30m or 0")
-    n, unit = float(m.group(1)), m.group(2) or "s"
-    return timedelta(seconds=n * {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}[unit])
-
-
 def _move_row(m: Any) -> tuple[Any, ...]:
     return (m.id, m.workspace_id, f"{m.source} → {m.target}", m.strategy, m.state + (f" (in {m.resume_from})" if m.resume_from else ""),
             m.created_by, m.updated_at.strftime("%Y-%m-%d %H:%M:%S"), (m.error or "")[:80])
@@ -846,15 +842,16 @@ def move_rollback(c: Context, move_id: int) -> None:
 
 @move.command("cleanup")
 @click.argument("move_id", type=int)
-@click.option("--grace", default="7d", show_default=True, help="Keep the source copy this long after cut-over (e.g. 7d, 12h, 0).")
+@click.option("--grace", default="7d", show_default=True, help="Keep the source copy this long after cut-over (e.g. 7d, 2w, 1h30m, 0).")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation (required without a terminal).")
 @click.option("--json", "as_json", is_flag=True, help="Print the deletion record as JSON.")
 @pass_ctx
 def move_cleanup(c: Context, move_id: int, grace: str, yes: bool, as_json: bool) -> None:
     """After the grace period: delete the source copy and record what was deleted."""
     from migrate import cleanup_move, move_report
+    from residency.units import parse_duration
 
-    grace_td = _parse_grace(grace)
+    keep = parse_duration(grace, what="--grace", allow_zero=True)
     if not yes and not sys.stdin.isatty():
         raise InputError("move cleanup deletes the source copy: it needs --yes when not run from a terminal")
     conns = _conns(c)
@@ -864,7 +861,7 @@ def move_cleanup(c: Context, move_id: int, grace: str, yes: bool, as_json: bool)
         m = move_status(conns, move_id)[0]
         click.confirm(f"delete workspace {m.workspace_id}'s source copy in {m.source} (move {m.id}, {m.source} → {m.target})?"
                       " This cannot be undone", abort=True)
-    rec = cleanup_move(c.catalogue, conns, move_id, grace=grace_td, progress=_ProgressPrinter(as_json))
+    rec = cleanup_move(c.catalogue, conns, move_id, grace=keep, progress=_ProgressPrinter(as_json))
     d = move_report(conns, rec.id)["deletion"] or {}
     if as_json:
         emit_json(d)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from residency.errors import first_line
 from residency.sandbox.demo import DEMO_ROWS, DEMO_SEED, DEMO_WORKSPACES  # the demo's data set; its biggest workspace (about a third) is 1x
 
 from .common import Say, mb, run_child, vacuum_analyze
@@ -75,7 +76,7 @@ def online(sbx: BenchSandbox, scales: list[int], say: Say) -> dict[str, Any]:
         try:
             res = measure_online_fence(scale, sandbox=sbx, say=lambda m: say(f"fence: online {scale}x: {m}"))
         except Exception as exc:  # noqa: BLE001 - report it, don't lose the other sections
-            out[f"{scale}x"] = {"scale": scale, "error": f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"}
+            out[f"{scale}x"] = {"scale": scale, "error": f"{type(exc).__name__}: {first_line(exc, '')}"}
             out["status"] = "error"
             continue
         res = dict(res) if isinstance(res, dict) else {"result": res}

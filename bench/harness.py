@@ -19,6 +19,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
+from residency.errors import first_line
+
 from .sandbox import REPO, BenchSandbox, temporary_sandbox
 
 SECTIONS = ("copy", "verify", "memory", "fence", "plan")
@@ -102,7 +104,7 @@ def run(cfg: Config = FULL, only: tuple[str, ...] = SECTIONS, *, sandbox: BenchS
         try:
             results[name] = fn()
         except Exception as exc:  # noqa: BLE001 - one broken section must not hide the others
-            errors[name] = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+            errors[name] = f"{type(exc).__name__}: {first_line(exc, '')}"
             results[name] = {"error": errors[name], "traceback": traceback.format_exc(limit=8)}
             say(f"{name}: FAILED: {errors[name]}")
         results.setdefault("section_seconds", {})[name] = round(time.monotonic() - t, 1)

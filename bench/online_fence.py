@@ -40,6 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import psycopg  # noqa: E402
 
+from residency.errors import first_line  # noqa: E402
 from residency.sandbox.demo import DEMO_ROWS, DEMO_SEED, DEMO_WORKSPACES  # noqa: E402
 
 
@@ -95,7 +96,7 @@ class Writer(threading.Thread):
                     else:
                         self.other += 1
                         if len(self.errors) < 5:
-                            self.errors.append(str(exc).splitlines()[0])
+                            self.errors.append(first_line(exc))
                 if self.rate > 0:
                     self.stop_event.wait(1.0 / self.rate)
         self.t1 = time.monotonic()

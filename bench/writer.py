@@ -17,6 +17,8 @@ from typing import Any
 
 import psycopg
 
+from residency.errors import first_line
+
 
 class SteadyWriter(threading.Thread):
     def __init__(self, world: Any, workspace: str, bystander: str, rate: float = 50.0):
@@ -93,7 +95,7 @@ class SteadyWriter(threading.Thread):
                     else:
                         self.bystander_refused += 1
                     if len(self.errors) < 3 and "fence" not in str(exc).lower():
-                        self.errors.append(str(exc).strip().splitlines()[0][:200])
+                        self.errors.append(first_line(exc)[:200])
             nxt += interval
             delay = nxt - time.monotonic()
             if delay > 0:

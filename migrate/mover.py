@@ -15,7 +15,7 @@ from residency import anchor, audit, authz, db, directory, moves
 from residency.audit import Actor
 from residency.catalogue import Catalogue
 from residency.connections import Connections
-from residency.errors import InputError, OperationError, ResidencyError
+from residency.errors import InputError, OperationError, ResidencyError, first_line
 from residency.evidence import section_hash
 from residency.moves import MoveRecord
 
@@ -56,8 +56,9 @@ def unknown_workspace(plan: MovePlan) -> str | None:
 
 
 def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0]}" if text and not isinstance(exc, ResidencyError) else (text[0] if text else type(exc).__name__)
+    """Our errors as they are; anything else with its class name in front."""
+    first = first_line(exc)
+    return first if isinstance(exc, ResidencyError) or not str(exc).strip() else f"{type(exc).__name__}: {first}"
 
 
 def _drive(ctx: MoveContext, rec: MoveRecord, stop_after: str | None) -> MoveRecord:

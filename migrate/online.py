@@ -40,6 +40,7 @@ import psycopg
 
 from residency.catalogue import Catalogue
 from residency.connections import Connections
+from residency.errors import first_line
 from residency.moves import MoveRecord
 
 from . import copy as copy_mod
@@ -260,7 +261,7 @@ def _prepare_verify(ctx: MoveContext, rec: MoveRecord, src: psycopg.Connection[A
             lambda lsn: repl.wait_applied(src, dst, rec.id, lsn, timeout=SYNC_TIMEOUT, should_stop=ctx.should_stop, check=check),
         )
     except (incremental.Skip, psycopg.errors.QueryCanceled, psycopg.errors.LockNotAvailable) as exc:
-        phases.emit_state(ctx, f"incremental verification not prepared ({(str(exc).splitlines() or [''])[0]}); the fenced verification checks every row")
+        phases.emit_state(ctx, f"incremental verification not prepared ({first_line(exc, '')}); the fenced verification checks every row")
         return None
     check()
     incremental.PREPARED[rec.id] = prep
@@ -460,7 +461,7 @@ def cutover_phase(ctx: MoveContext, rec: MoveRecord) -> MoveRecord:
         teardown(ctx, rec)
         removed = round(time.monotonic() - t0, 3)
     except Exception as exc:  # noqa: BLE001 - the move is cut over; the leftovers are reported
-        phases.emit_state(ctx, f"cut over, but removing the replication of move {rec.id} failed ({(str(exc).splitlines() or [''])[0]});"
+        phases.emit_state(ctx, f"cut over, but removing the replication of move {rec.id} failed ({first_line(exc, '')});"
                    f" `residency move resume {rec.id}` removes it")
     st = rec.checkpoints.get("online") or {}
     breakdown = {
@@ -525,7 +526,7 @@ def plan_strategy(cat: Catalogue, conns: Connections, plan: Any, requested: str)
     try:
         pre = repl.preconditions(src_ep.dsn, dst_ep.dsn, repl.source_conninfo(plan.source, src_ep.dsn), g, b)
     except Exception as exc:  # noqa: BLE001 - a failed check is a refusal, not a crash
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        first = first_line(exc)
         pre = [repl.Precondition("checks", False, f"cannot check the online preconditions: {first}")]
     plan.preconditions = [p.__dict__ for p in pre]
     failing = [p for p in pre if not p.ok]

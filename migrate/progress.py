@@ -7,6 +7,10 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
+from residency.units import format_bytes, format_duration
+
+human_bytes = format_bytes  # the name migrate/plan.py imports
+
 
 @dataclass(frozen=True)
 class Progress:
@@ -22,10 +26,6 @@ class Progress:
     @property
     def rate(self) -> float:
         return self.done / self.elapsed if self.elapsed > 0 else 0.0
-
-    @property
-    def byte_rate(self) -> float:
-        return self.bytes / self.elapsed if self.elapsed > 0 else 0.0
 
     @property
     def eta(self) -> float | None:
@@ -63,37 +63,17 @@ class Meter:
         return p
 
 
-def human_bytes(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if abs(n) < 1024 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TB"
-
-
-def human_seconds(s: float | None) -> str:
-    if s is None:
-        return "?"
-    if s < 60:
-        return f"{s:.1f}s"
-    m, sec = divmod(int(s), 60)
-    if m < 60:
-        return f"{m}m{sec:02d}s"
-    h, m = divmod(m, 60)
-    return f"{h}h{m:02d}m"
-
-
 def render(p: Progress) -> str:
     """One line describing an event (used by the CLI for both terminal and plain output)."""
     if p.phase == "state" or p.message:
         return f"{p.phase}: {p.message or p.item}"
     total = f"/{p.total:,}" if p.total is not None else ""
     rate = f"{p.rate:,.0f}/s" if p.elapsed > 0 else ""
-    tail = "done" if p.finished else f"ETA {human_seconds(p.eta)}"
+    tail = "done" if p.finished else f"ETA {format_duration(p.eta)}"
     parts = [f"{p.phase} {p.item}: {p.done:,}{total}"]
     if p.bytes:
-        parts.append(human_bytes(p.bytes))
+        parts.append(format_bytes(p.bytes))
     if rate:
         parts.append(rate)
-    parts.append(f"{human_seconds(p.elapsed)}, {tail}")
+    parts.append(f"{format_duration(p.elapsed)}, {tail}")
     return ", ".join(parts)

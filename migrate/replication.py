@@ -27,7 +27,7 @@ from psycopg import sql
 
 from residency import db
 from residency.connections import Connections, redact
-from residency.errors import OperationError
+from residency.errors import OperationError, first_line
 
 from .graph import Graph
 from .introspect import introspect
@@ -510,7 +510,7 @@ def leftovers(conns: Connections, regions: list[str] | None = None) -> list[Left
                     mid = tg.rsplit("_", 1)[-1]
                     out.append(Leftover(region, "trigger", tg, int(mid) if mid.isdigit() else None))
         except (OperationError, psycopg.Error) as exc:
-            out.append(Leftover(region, "unreachable", redact(conns.region(region).dsn), None, str(exc).splitlines()[0] if str(exc) else ""))
+            out.append(Leftover(region, "unreachable", redact(conns.region(region).dsn), None, first_line(exc, "")))
     return out
 
 
@@ -604,7 +604,7 @@ def preconditions(src_dsn: str, dst_dsn: str, conninfo: str, g: Graph, b: Builde
                 finally:
                     t2.rollback()
         except (psycopg.Error, OperationError) as exc:
-            first = redact((str(exc).strip().splitlines() or [type(exc).__name__])[0])
+            first = redact(first_line(exc))
             out.append(Precondition("connectivity from target to source", False,
                                     f"the target server cannot open a replication connection to {redact(conninfo)}: {first}",
                                     "open the network path from the target's database server to the source's, allow a replication"

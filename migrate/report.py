@@ -7,7 +7,7 @@ from typing import Any
 
 from residency.moves import MoveRecord
 
-from .progress import human_bytes, human_seconds
+from residency.units import format_bytes, format_duration
 
 
 def build(rec: MoveRecord) -> dict[str, Any]:
@@ -75,20 +75,20 @@ def render(d: dict[str, Any]) -> str:
             lines.append("verified in full: " + ", ".join(t["table"] + (f" ({t['verify_detail']})" if t.get("verify_detail") else "") for t in full))
     objs = d.get("objects") or {}
     for bucket, o in (objs.get("buckets") or {}).items():
-        lines.append(f"objects {bucket}: {o['source_objects']} ({human_bytes(o['source_bytes'])}) → {o['target_objects']} ({human_bytes(o['target_bytes'])}) {'ok' if o['ok'] else 'MISMATCH'}")
+        lines.append(f"objects {bucket}: {o['source_objects']} ({format_bytes(o['source_bytes'])}) → {o['target_objects']} ({format_bytes(o['target_bytes'])}) {'ok' if o['ok'] else 'MISMATCH'}")
     for p in objs.get("problems") or []:
         lines.append(f"    {p}")
     if d.get("copy"):
         c = d["copy"]
         rate = f", {c['rows_per_second']:,} rows/s" if c.get("rows_per_second") else ""
-        lines.append(f"copied {c['rows']:,} rows ({human_bytes(c['bytes'] or 0)}) in {human_seconds(c['seconds'])}{rate}, attempts {c['attempts']}")
+        lines.append(f"copied {c['rows']:,} rows ({format_bytes(c['bytes'] or 0)}) in {format_duration(c['seconds'])}{rate}, attempts {c['attempts']}")
     if d.get("fence"):
         f = d["fence"]
-        lines.append(f"fence: from {f.get('fenced_at')}; workspace not writable for {human_seconds(f.get('seconds'))}" if f.get("seconds") is not None else f"fence: since {f.get('fenced_at')}")
+        lines.append(f"fence: from {f.get('fenced_at')}; workspace not writable for {format_duration(f.get('seconds'))}" if f.get("seconds") is not None else f"fence: since {f.get('fenced_at')}")
     if d.get("fence_breakdown"):
         lines.append("fence breakdown: " + ", ".join(f"{k.replace('_', ' ')} {v:.3f} s" for k, v in d["fence_breakdown"].items() if v is not None))
     if d.get("timing"):
-        lines.append(f"total time to cut-over: {human_seconds(d['timing'].get('total_seconds'))}")
+        lines.append(f"total time to cut-over: {format_duration(d['timing'].get('total_seconds'))}")
     if d.get("verify_timings"):
         lines.append("verify timings: " + ", ".join(f"{k.replace('_', ' ')} {v:.3f} s" for k, v in d["verify_timings"].items() if v is not None)
                      + (f" (source checksums: {d['verify_source_checksums']})" if d.get("verify_source_checksums") else ""))

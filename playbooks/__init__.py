@@ -26,7 +26,8 @@ from typing import Any, Mapping
 
 import jinja2
 
-from residency.errors import InputError
+from residency.errors import InputError, first_line
+from residency.units import format_bytes, format_duration
 
 TEMPLATES = Path(__file__).with_name("templates")
 PLAYBOOKS = ("new-region", "workspace-move", "move-scheduled", "move-completed", "source-deleted")
@@ -54,25 +55,10 @@ def environment() -> jinja2.Environment:
         trim_blocks=True,
         lstrip_blocks=True,
     )
-    env.filters["bytes"] = human_bytes
-    env.filters["duration"] = human_duration
+    env.filters["bytes"] = format_bytes
+    env.filters["duration"] = format_duration
     env.filters["thousands"] = lambda n: f"{int(n):,}"
     return env
-
-
-def human_bytes(n: Any) -> str:
-    n = float(n or 0)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TiB"
-
-
-def human_duration(seconds: Any) -> str:
-    from residency.requests import format_duration
-
-    return format_duration(float(seconds or 0))
 
 
 # --------------------------------------------------------------------------- contexts
@@ -413,7 +399,7 @@ def check_new_region(cat: Any, conns: Any, region: str) -> RegionCheck:
         except psycopg.Error as exc:
             from residency.connections import redact
 
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            first = first_line(exc)
             add(Step("database", "region database reachable", "not done", f"{redact(ep.dsn)}: {first}", ""))
         # buckets
         try:
@@ -446,7 +432,7 @@ def check_new_region(cat: Any, conns: Any, region: str) -> RegionCheck:
                          ("; ".join(sorted(diffs)[:10]) + (f" (+{len(diffs) - 10} more)" if len(diffs) > 10 else "")) if diffs
                          else f"{tables} tables, {len(a)} columns identical to {ref}", ""))
             except psycopg.Error as exc:
-                add(Step("schema", "schema matches an existing region", "not done", str(exc).splitlines()[0], ""))
+                add(Step("schema", "schema matches an existing region", "not done", first_line(exc), ""))
     # id ranges: the region's identity/serial sequences confined to its own range (issue 16)
     if ep is not None:
         import os
@@ -469,7 +455,7 @@ def check_new_region(cat: Any, conns: Any, region: str) -> RegionCheck:
             add(Step("ids", "id sequences confined to the region's range", "done" if x.confined else "not done", detail,
                      "residency regions ids --apply"))
         except psycopg.Error as exc:
-            add(Step("ids", "id sequences confined to the region's range", "not done", f"control plane: {str(exc).splitlines()[0]}",
+            add(Step("ids", "id sequences confined to the region's range", "not done", f"control plane: {first_line(exc)}",
                      "residency regions ids --apply"))
     # smoke move, routing
     try:
@@ -482,7 +468,7 @@ def check_new_region(cat: Any, conns: Any, region: str) -> RegionCheck:
                  f"move {row[0]} of {row[1]} is {row[2]}" if row else f"no completed move into {region} yet",
                  f"residency request create <test-workspace> --to {region} --window now/1h --requested-by <you>"))
     except psycopg.Error as exc:
-        add(Step("smoke-move", "smoke move of a test workspace", "not done", f"control plane: {str(exc).splitlines()[0]}", ""))
+        add(Step("smoke-move", "smoke move of a test workspace", "not done", f"control plane: {first_line(exc)}", ""))
     add(Step("routing", "directory and routing: region active", "done" if r.status == "active" else "not done",
              f"status {r.status}", f"set status: active for '{region}' in regions.yaml, merge, deploy"))
     add(Step("announce", "announcement", "manual", "tell sales and support the region is open",

@@ -191,9 +191,6 @@ class Catalogue:
             extra = f"; did you mean '{hint}'?" if hint else ""
             raise InputError(f"unknown region '{name}' (regions in {self.path}: {known}){extra}") from None
 
-    def jurisdiction_of(self, region: str) -> Jurisdiction:
-        return self.jurisdictions[self.region(region).jurisdiction]
-
 
 # --------------------------------------------------------------------------- loading
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Mapping
@@ -93,11 +93,6 @@ class Connections:
                 f"no connection for region '{name}': set RESIDENCY_{_env_name(name)}_DSN, "
                 f"add it to the connections file, or run `residency sandbox up`"
             ) from None
-
-    def with_region(self, ep: RegionEndpoints) -> "Connections":
-        regions = dict(self.regions)
-        regions[ep.region] = ep
-        return replace(self, regions=MappingProxyType(regions))
 
 
 REPLICA_SUFFIX = "-replica"

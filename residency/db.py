@@ -14,7 +14,7 @@ from typing import Any
 
 import psycopg
 from psycopg import sql
-from .errors import InputError, OperationError
+from .errors import InputError, OperationError, first_line
 from .retrying import bounded_retry
 
 log = logging.getLogger("residency.db")
@@ -85,8 +85,7 @@ def connect(dsn: str, *, autocommit: bool = False, application_name: str = "resi
 def _first(exc: BaseException) -> str:
     from .redaction import redact
 
-    lines = [ln.strip() for ln in str(exc).strip().splitlines() if ln.strip()]
-    return redact(lines[0] if lines else type(exc).__name__)
+    return redact(first_line(exc))
 
 
 def columns(record: type) -> sql.Composed:

@@ -124,7 +124,7 @@ def root_key(conn: psycopg.Connection[Any], schema: str, root_table: str) -> str
             (schema, root_table),
         ).fetchone()
         if not found:
-            raise InputError(f"the root table {schema}.{root_table} (workspace.root_table) does not exist in this database")
+            raise InputError(f"the root table {schema}.{root_table} (workspace.root_table) does not exist in the database")
         raise InputError(f"the root table {schema}.{root_table} needs a one-column primary key (the workspace id); it has {len(rows) or 'none'}")
     return str(rows[0][0])
 
@@ -147,7 +147,10 @@ def import_region(cp: psycopg.Connection[Any], app: psycopg.Connection[Any], reg
     """Register every root row of one region's database as a workspace homed there, inside the
     caller's transaction on ``cp``. Idempotent: ids already homed in ``region`` stay as they are;
     ids registered in another region are left alone and reported with their home."""
-    key = root_key(app, schema, root_table)
+    try:
+        key = root_key(app, schema, root_table)
+    except InputError as exc:
+        raise InputError(f"region {region}: {exc}") from None
     cp.execute("CREATE TEMP TABLE IF NOT EXISTS residency_import_ids (workspace_id text PRIMARY KEY) ON COMMIT DROP")
     cp.execute("TRUNCATE residency_import_ids")
     q = sql.SQL("COPY (SELECT {}::text FROM {} WHERE {} IS NOT NULL) TO STDOUT").format(

@@ -32,3 +32,12 @@ class CatalogueError(InputError):
     def __init__(self, problems: list[str]):
         self.problems = list(problems)
         super().__init__("\n".join(self.problems))
+
+
+def first_line(exc: BaseException, default: str | None = None) -> str:
+    """The first non-blank line of an exception's message, stripped: how one is shown in a
+    one-line report. Without a message: ``default``, or the exception's class name."""
+    for line in str(exc).splitlines():
+        if line.strip():
+            return line.strip()
+    return type(exc).__name__ if default is None else default

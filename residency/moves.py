@@ -44,10 +44,6 @@ class MoveRecord:
     lease_owner: str | None
     lease_until: datetime | None
 
-    @property
-    def is_open(self) -> bool:
-        return self.state not in CLOSED
-
 
 _COLS = columns(MoveRecord)
 

@@ -29,6 +29,7 @@ import psycopg
 from psycopg.types.json import Jsonb
 from tenacity import RetryError
 
+from .errors import first_line
 from .retrying import bounded_retry
 
 log = logging.getLogger("residency.notify")
@@ -67,7 +68,8 @@ def render_notice(event: str, req: Any, *, cat: Any = None, move: Any = None, **
             if name in cat.regions:
                 reg = cat.regions[name]
                 region_info[name] = {"jurisdiction": reg.jurisdiction, "law": cat.jurisdictions[reg.jurisdiction].law or ""}
-    from .requests import Window, format_duration
+    from .requests import Window
+    from .units import format_duration
 
     ctx = {
         "event": event,
@@ -242,7 +244,7 @@ class Notifier:
         try:
             conn = psycopg.connect(self.control_dsn, autocommit=True, connect_timeout=5, application_name="residency-notify")
         except psycopg.Error as exc:
-            log.warning("notices not delivered: control plane unreachable: %s", str(exc).splitlines()[0] if str(exc) else exc)
+            log.warning("notices not delivered: control plane unreachable: %s", first_line(exc))
             return out
         with conn:
             for nid in notice_ids:

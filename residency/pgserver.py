@@ -308,10 +308,6 @@ class Server:
             raise OperationError(f"{os.path.basename(args[0])} failed for {self.datadir}: {msg}")
         return cp
 
-    @property
-    def dsn_base(self) -> str:
-        return f"postgresql://{SUPERUSER}@127.0.0.1:{self.port}"
-
     def dsn(self, dbname: str = "postgres") -> str:
         return local_dsn(self.port, dbname)
 

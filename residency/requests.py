@@ -34,7 +34,8 @@ from . import audit, authz, directory, moves, policy
 from .audit import Actor
 from .catalogue import Catalogue
 from .db import columns
-from .errors import InputError, OperationError, ResidencyError
+from .errors import InputError, OperationError, ResidencyError, first_line
+from .units import format_duration, parse_duration
 
 STATES = ("pending", "approved", "running", "done", "failed", "skipped", "refused", "cancelled")
 LIVE = ("pending", "approved", "running")
@@ -45,27 +46,7 @@ the strategy the plan chose."""
 
 # --------------------------------------------------------------------------- windows, durations, emails
 
-_SHORT_DURATION = re.compile(r"^(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m(?!s))?(?:(\d+)s)?$")
-_ISO_DURATION = re.compile(r"^P(?:(\d+)D)?(?:T(?:(\d+)H)?(?:(\d+)M)?(?:(\d+(?:\.\d+)?)S)?)?$")
 _EMAIL = re.compile(r"^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)+$")
-
-
-def parse_duration(text: str) -> timedelta:
-    """``2h``, ``90m``, ``1h30m``, ``1d``, ``45s`` or ISO 8601 ``PT2H``, ``PT1H30M``, ``P1DT2H``."""
-    t = text.strip()
-    m = _ISO_DURATION.match(t.upper()) if t.upper().startswith("P") else None
-    if m and any(m.groups()):
-        d, h, mi, s = m.groups()
-        td = timedelta(days=int(d or 0), hours=int(h or 0), minutes=int(mi or 0), seconds=float(s or 0))
-    else:
-        m = _SHORT_DURATION.match(t.lower())
-        if not t or not m or not any(m.groups()):
-            raise InputError(f"duration '{text}' is not understood: use e.g. 2h, 90m, 1h30m or ISO 8601 PT2H")
-        d, h, mi, s = m.groups()
-        td = timedelta(days=int(d or 0), hours=int(h or 0), minutes=int(mi or 0), seconds=int(s or 0))
-    if td <= timedelta(0):
-        raise InputError(f"duration '{text}' must be longer than zero")
-    return td
 
 
 def parse_instant(text: str, now: datetime | None = None) -> datetime:
@@ -111,18 +92,6 @@ def parse_window(text: str, now: datetime | None = None) -> Window:
         if end <= start:
             raise InputError(f"window '{text}' ends before it starts") from None
     return Window(start, end)
-
-
-def format_duration(td: timedelta | float) -> str:
-    """``2h``, ``1h30m``, ``45s``: short and exact to the second."""
-    secs = int(round(td.total_seconds() if isinstance(td, timedelta) else td))
-    if secs <= 0:
-        return "0s"
-    d, rem = divmod(secs, 86400)
-    h, rem = divmod(rem, 3600)
-    m, s = divmod(rem, 60)
-    out = (f"{d}d" if d else "") + (f"{h}h" if h else "") + (f"{m}m" if m else "") + (f"{s}s" if s else "")
-    return out
 
 
 def validate_email(text: str) -> str:
@@ -432,7 +401,7 @@ def create(
                 strategy = getattr(plan, "strategy", None) or "snapshot"
             est = estimate(plan_sizes(plan), strategy, throughput)
         except ResidencyError as exc:
-            refusal = f"plan: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+            refusal = f"plan: {first_line(exc)}"
     if refusal is None and est and est["seconds"] > win.duration.total_seconds():
         refusal = (
             f"the window ({format_duration(win.duration)}) is shorter than the move's estimated "

@@ -47,7 +47,7 @@ from . import requests as rq
 from .audit import Actor
 from .catalogue import Catalogue
 from .db import connect
-from .errors import OperationError, ResidencyError
+from .errors import OperationError, ResidencyError, first_line
 
 log = logging.getLogger("residency.worker")
 
@@ -350,7 +350,7 @@ class Worker:
         try:
             plan = self.mover.plan(self.cat, self.conns, req.workspace_id, req.target, req.strategy)
         except ResidencyError as exc:
-            return self._finish(req, "failed", f"plan: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}", None)
+            return self._finish(req, "failed", f"plan: {first_line(exc)}", None)
         est = rq.estimate(plan_sizes(plan), req.strategy, self.config.throughput)
         now = conn.execute("SELECT now()").fetchone()[0]  # type: ignore[index]
         conn.commit()
@@ -404,7 +404,7 @@ class Worker:
                 waiting = self._give_back_if_leased(req, move)
                 if waiting is not None:
                     return waiting
-            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            first = first_line(exc)
             if getattr(exc, "refusals", None):  # migrate.MoveRefused: every refusal, not the heading line
                 first = "move refused: " + "; ".join(exc.refusals)  # type: ignore[attr-defined]
             return self._finish(req, "failed", f"move: {first}", move)
@@ -500,7 +500,7 @@ class _Heartbeat:
             if self._move_id is not None:
                 self.notice_state(moves.get(c, self._move_id), c)
         except psycopg.Error as exc:
-            log.warning("heartbeat for request %s: %s", self.req.id, str(exc).splitlines()[0] if str(exc) else exc)
+            log.warning("heartbeat for request %s: %s", self.req.id, first_line(exc))
 
     def notice_state(self, move: moves.MoveRecord | None, c: psycopg.Connection[Any] | None = None) -> None:
         """Keep a notice when the move's state differs from the last one seen."""

@@ -60,6 +60,7 @@ class StackResult:
     changes: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
     error: str | None = None
+    outputs_sha256: str | None = None  # after a successful up: the digest of the stack's outputs (stacks.deploys)
 
 
 @dataclass
@@ -187,6 +188,14 @@ def _run_one(engine: Engine, handle: Any, region: str, op: str, wave: int, emit:
         emit("failed", region, res.error or "")
         return res
     res = StackResult(region, op, wave, "succeeded", {k: int(v) for k, v in changes.items()}, time.monotonic() - t0)
+    read_outputs = getattr(engine, "outputs", None)  # optional: engines that can read a stack's outputs
+    if op == "up" and callable(read_outputs):
+        from .deploys import outputs_digest
+
+        try:
+            res.outputs_sha256 = outputs_digest(read_outputs(handle))
+        except Exception as exc:  # noqa: BLE001 - the deploy succeeded; the digest is missing, and says why
+            res.error = f"outputs not read: {_one_line(exc)}"
     emit("done", region, ", ".join(f"{k} {v}" for k, v in res.changes.items()) or "no changes")
     return res
 
@@ -241,3 +250,7 @@ class AutomationEngine:
         except auto.errors.CommandError as exc:
             raise OperationError(_one_line(exc)) from None
         raise InputError(f"unknown operation '{op}'")
+
+    def outputs(self, handle: Any) -> dict[str, Any]:
+        """The stack's outputs (secret values included: only their digest is recorded)."""
+        return {k: v.value for k, v in handle.outputs().items()}

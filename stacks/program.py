@@ -17,10 +17,30 @@ def regions_path() -> str:
     return os.environ.get(catalogue.ENV_VAR) or str(PROJECT_DIR.parent / catalogue.DEFAULT_PATH)
 
 
+CONTROL_STACK = "control"
+
+
+def build_control(cat: catalogue.Catalogue):
+    """The control plane's stack: the audit anchor (signing key and Object Lock digest bucket), in
+    ``$RESIDENCY_CONTROL_AWS_REGION`` or the first region's AWS region."""
+    from .anchor import AuditAnchor
+
+    first = next(iter(cat.regions.values()))
+    aws_region = os.environ.get("RESIDENCY_CONTROL_AWS_REGION") or first.aws_region
+    anchor = AuditAnchor("audit", aws_region)
+    pulumi.export("audit_kms_key", anchor.key.arn)
+    pulumi.export("audit_bucket", anchor.bucket.bucket)
+    pulumi.export("audit_aws_region", aws_region)
+    return anchor
+
+
 def build(cat: catalogue.Catalogue, stack: str):
-    """Build the region the stack is named after and export what other tools need."""
+    """Build the region the stack is named after (or, for the ``control`` stack, the audit
+    anchor) and export what other tools need."""
     from .component import RegionalEnvironment
 
+    if stack == CONTROL_STACK and stack not in cat.regions:
+        return build_control(cat)
     region = cat.region(stack)
     env = RegionalEnvironment(region.name, cat, region)
     pulumi.export("region", region.name)

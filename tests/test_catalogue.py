@@ -80,7 +80,7 @@ def test_shipped_file_has_three_regions(cat: Catalogue) -> None:
     assert cat.jurisdictions["EU"].law == "GDPR"
     assert cat.jurisdictions["EU"].aws_regions == ("eu-west-1", "eu-central-1", "eu-north-1")
     assert cat.region("eu").cidr == "10.20.0.0/16"
-    assert cat.jurisdiction_of("au").name == "AU"
+    assert cat.jurisdictions[cat.region("au").jurisdiction].name == "AU"
 
 
 def test_override_applies_only_to_its_region(cat: Catalogue) -> None:
@@ -339,8 +339,9 @@ def test_every_problem_is_one_line() -> None:
             assert "\n" not in line and "Traceback" not in line, name
 
 
-def test_known_aws_regions_match_botocore() -> None:
-    """Our list of AWS regions names only regions botocore knows (commercial partition)."""
+def test_known_aws_regions_come_from_botocore() -> None:
+    """Every region botocore has endpoints for is known, in its own partition; its pseudo-regions
+    (aws-global) are not regions a stack can be built in."""
     import json
 
     import botocore
@@ -348,7 +349,11 @@ def test_known_aws_regions_match_botocore() -> None:
     from residency.aws_regions import AWS_REGIONS, OTHER_PARTITIONS
 
     endpoints = json.loads((Path(botocore.__file__).parent / "data" / "endpoints.json").read_text())
-    partitions = {p["partition"]: set(p["regions"]) for p in endpoints["partitions"]}
-    assert AWS_REGIONS <= partitions["aws"]
-    for region, partition in OTHER_PARTITIONS.items():
-        assert region in partitions[partition]
+    for p in endpoints["partitions"]:
+        regions = set(p["regions"])
+        if p["partition"] == "aws":
+            assert regions <= AWS_REGIONS
+        else:
+            assert {OTHER_PARTITIONS.get(r) for r in regions} == {p["partition"]}
+    assert "aws-global" not in AWS_REGIONS and not any(r.endswith("-global") for r in OTHER_PARTITIONS)
+    assert not AWS_REGIONS & set(OTHER_PARTITIONS)

@@ -88,7 +88,7 @@ def test_import_of_a_region_without_the_root_table_is_one_line(env, tmp_path, mo
         c.execute("CREATE SCHEMA app16")
     r = cli(regions, "directory", "import", "--region", "au")
     assert r.exit_code == 2
-    assert r.output.strip() == "error: the root table app16.accounts (workspace.root_table) does not exist in this database"
+    assert r.output.strip() == "error: region au: the root table app16.accounts (workspace.root_table) does not exist in the database"
     r = cli(regions, "directory", "import", "--region", "mars")
     assert r.exit_code == 2 and "unknown region 'mars'" in r.output
     from residency import directory

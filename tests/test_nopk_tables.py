@@ -236,3 +236,23 @@ def test_online_move_copies_join_tables_whole_under_the_fence(world):
     assert verify_workspace(cat, env.connections, "2", "us", "eu").ok
     with psycopg.connect(env.dsn("us"), autocommit=True) as c:
         assert c.execute("SELECT count(*) FROM pg_publication").fetchone()[0] == 0
+
+
+def test_a_join_row_changed_on_its_way_fails_the_moves_verify_naming_the_table(world):
+    """A trigger in the target (ENABLE ALWAYS: it fires even during the copy) rewrites one join
+    row: the move's own verification fails, naming the table and the group, and never cuts over."""
+    from residency.errors import OperationError
+
+    env, cat = world
+    with psycopg.connect(env.dsn("eu"), autocommit=True) as c:
+        c.execute("SET search_path = jt")
+        c.execute("CREATE FUNCTION bend() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN"
+                  " IF NEW.portal_id = 2033 AND NEW.user_id = 1 + (2033 * 7 + 1) % 300 THEN NEW.user_id := 300; END IF; RETURN NEW; END $$")
+        c.execute("CREATE TRIGGER bend BEFORE INSERT ON portal_members FOR EACH ROW EXECUTE FUNCTION bend()")
+        c.execute("ALTER TABLE portal_members ENABLE ALWAYS TRIGGER bend")
+    with pytest.raises(OperationError) as exc:
+        start_move(cat, env.connections, "2", "eu")
+    msg = str(exc.value)
+    assert "verification failed: portal_members:" in msg and "portal_id=2033 (200 rows in source, 200 in target, contents differ)" in msg
+    (rec,) = move_status(env.connections, None, open_only=False)[:1]
+    assert rec.state == "failed" and "cut_over_at" not in rec.checkpoints

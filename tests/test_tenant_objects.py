@@ -152,3 +152,14 @@ def test_verify_fails_while_the_target_lacks_the_tenants_sequence(env, app):
     rec = resume_move(app, env.connections, rec.id)  # copies again, recreating it
     assert rec.state == "cut_over"
     assert _sequences(env.dsn("eu"))["conv_dpid_seq_3"] == 2 and _new_conversation(env.dsn("eu"), 3) == 3
+
+
+def test_an_online_move_carries_the_tenants_sequence_too(env, app):
+    for r in ("us", "eu"):
+        with psycopg.connect(env.dsn(r), autocommit=True) as c:
+            c.execute("CREATE UNIQUE INDEX conversations_account_id_id ON rails.conversations (account_id, id)")
+            c.execute("ALTER TABLE rails.conversations REPLICA IDENTITY USING INDEX conversations_account_id_id")
+    rec = start_move(app, env.connections, 1, "eu", strategy="online")
+    assert rec.state == "cut_over" and rec.strategy == "online"
+    assert _sequences(env.dsn("eu"))["conv_dpid_seq_1"] == 3
+    assert _new_conversation(env.dsn("eu"), 1) == 4
