@@ -155,7 +155,15 @@ class ResidencyGroup(click.Group):
                 n = len(err.problems)
                 click.echo(f"{n} problem{'s' if n != 1 else ''} found", err=True)
                 ctx.exit(err.exit_code)
-            click.echo(f"error: {_error_line(err)}", err=True)
+            refusals = getattr(err, "refusals", None)
+            if refusals and len(refusals) > 1:  # migrate.MoveRefused: one refusal per line
+                from residency.redaction import redact
+
+                click.echo(redact(f"error: move refused ({len(refusals)} refusals):"), err=True)
+                for r in refusals:
+                    click.echo(redact(f"  - {r}"), err=True)
+            else:
+                click.echo(f"error: {_error_line(err)}", err=True)
             ctx.exit(err.exit_code)
 
 

@@ -17,7 +17,6 @@ from typing import Any
 from residency import audit
 from residency.digests import canonical
 
-from .orchestrate import Summary
 
 
 def outputs_digest(outputs: dict[str, Any]) -> str:
@@ -42,7 +41,8 @@ def regions_commit(path: str | Path) -> dict[str, Any]:
             "sha256": hashlib.sha256(p.read_bytes()).hexdigest()}
 
 
-def record(control: Any, summary: Summary, regions_path: str | Path, actor: audit.Actor | None = None) -> list[audit.Entry]:
+def record(control: Any, summary: Any, regions_path: str | Path, actor: audit.Actor | None = None) -> list[audit.Entry]:
+    # summary: a stacks.orchestrate.Summary (not imported: orchestrate imports this module)
     """One ``stack.deployed`` entry per stack ``up`` that succeeded."""
     if summary.op != "up":
         return []

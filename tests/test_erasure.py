@@ -63,7 +63,7 @@ def test_deletion_record_lists_backup_expiry_and_report_the_last_copy_date(env):
     s = env.seed(workspaces=3, rows=1500, seed=22)
     ws = s.smallest_in("us")
     rec = start_move(env.catalogue, env.connections, ws, "eu")
-    p = run_mover(env, "move", "cleanup", str(rec.id), "--grace", "0")
+    p = run_mover(env, "move", "cleanup", str(rec.id), "--grace", "0", "--yes")
     assert p.returncode == 0, p.stderr
     days = env.catalogue.region("us").environment.retention.backups_days
     d = move_report(env.connections, rec.id)["deletion"]
