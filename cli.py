@@ -134,14 +134,49 @@ class ResidencyCommand(click.Command):
             ctx.exit(err.exit_code)
 
 
+class _UsageLine(click.ClickException):
+    """A usage error (a missing option, a bad value) as one line, exit 2; JSON too with --json."""
+
+    exit_code = 2
+
+    def __init__(self, exc: click.UsageError, as_json: bool):
+        path = exc.ctx.command_path if exc.ctx is not None else "residency"
+        super().__init__(f"{exc.format_message()} (see `{path} --help`)")
+        self.as_json = as_json
+
+    def show(self, file: Any = None) -> None:
+        from residency.redaction import redact
+
+        line = redact(self.format_message())
+        if self.as_json:
+            click.echo(json.dumps({"error": line, "code": self.exit_code}, ensure_ascii=False))
+        click.echo(f"error: {line}", err=True)
+
+
+def _wants_json(args: Iterable[str]) -> bool:
+    return any(a == "--json" for a in args)
+
+
 class ResidencyGroup(click.Group):
     """A click group that turns library errors into one line and an exit code."""
 
     command_class = ResidencyCommand
 
-    def invoke(self, ctx: click.Context) -> Any:
+    def make_context(self, info_name: str | None, args: list[str], parent: click.Context | None = None, **extra: Any) -> click.Context:
         try:
-            return super().invoke(ctx)
+            return super().make_context(info_name, args, parent=parent, **extra)
+        except click.UsageError as exc:
+            raise _UsageLine(exc, _wants_json(args)) from None
+
+    def invoke(self, ctx: click.Context) -> Any:
+        rest = list(getattr(ctx, "_protected_args", None) or getattr(ctx, "protected_args", None) or []) + list(ctx.args)
+        try:
+            try:
+                return super().invoke(ctx)
+            except click.UsageError as exc:
+                raise _UsageLine(exc, _wants_json(rest)) from None
+        except _UsageLine:
+            raise
         except Exception as exc:
             debug = bool(ctx.find_root().params.get("debug"))
             if debug:

@@ -25,7 +25,7 @@ MASK = "***"
 
 _URL_PASSWORD = re.compile(r"((?:[A-Za-z][A-Za-z0-9+.-]*:?)?//[^:/@\s'\"]*:)([^@\s'\"/]+)(@)")
 _KV_PASSWORD = re.compile(r"""(\b(?:pg)?pass(?:word|wd)?\b\s*[=:]\s*)('[^']*'|"[^"]*"|[^\s,;'"}]+)""", re.I)
-_MIN_SECRET = 4  # shorter "secrets" would blank out ordinary words
+_MIN_SECRET = 8  # shorter "secrets" would blank out ordinary words (the patterns still catch them in DSNs)
 
 _lock = threading.Lock()
 _secrets: set[str] = set()

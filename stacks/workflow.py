@@ -30,19 +30,39 @@ def canary_of(cat: Catalogue, canary: str | None = None) -> str:
     return default_canary(cat, names)
 
 
-_PY_SETUP = """\
-      - uses: actions/checkout@v4
-      - uses: actions/setup-python@v5
+# Every action pinned to a full commit SHA (a tag can be moved; a commit cannot), with its tag as a
+# comment so a reader (and Dependabot) knows what it is. Update both together.
+ACTIONS = {
+    "checkout": ("actions/checkout", "11bd71901bbe5b1630ceea73d27597364c9af683", "v4.2.2"),
+    "setup-python": ("actions/setup-python", "a26af69be951a213d495a4c3e4e4022e16d87065", "v5.6.0"),
+    "pulumi": ("pulumi/actions", "8582a9e8cc630786854029b4e09281acd6794b58", "v6.6.1"),
+    "aws-credentials": ("aws-actions/configure-aws-credentials", "b47578312673ae6fa5b5096b330d9fbac3d116df", "v4.2.1"),
+}
+
+
+def uses(key: str) -> str:
+    repo, sha, tag = ACTIONS[key]
+    return f"{repo}@{sha} # {tag}"
+
+
+_PY_SETUP = f"""\
+      - uses: {uses("checkout")}
+        with:
+          persist-credentials: false
+      - uses: {uses("setup-python")}
         with:
           python-version: "3.11"
       - name: Install residency
         run: python -m pip install -e .
 """
 
-_PULUMI_SETUP = """\
+_PULUMI_SETUP = f"""\
       - name: Install the pulumi CLI
-        uses: pulumi/actions@v6
+        uses: {uses("pulumi")}
 """
+
+# Only the jobs that assume the deploy role may ask GitHub for an OIDC token.
+_DEPLOY_PERMISSIONS = "    permissions:\n      contents: read\n      id-token: write\n"
 
 _SETUP = _PY_SETUP + _PULUMI_SETUP
 
@@ -55,7 +75,7 @@ env:
 
 def _creds(aws_region: str) -> str:
     return (
-        "      - uses: aws-actions/configure-aws-credentials@v4\n"
+        f"      - uses: {uses('aws-credentials')}\n"
         "        with:\n"
         "          role-to-assume: ${{ vars.DEPLOY_ROLE_ARN }}\n"
         f"          aws-region: {aws_region}\n"
@@ -67,7 +87,7 @@ def render(cat: Catalogue, canary: str | None = None) -> str:
     names = deployable(cat)
     first = canary_of(cat, canary)
     out = [HEADER, "name: deploy\n\n", "on:\n  pull_request:\n  push:\n    branches: [main]\n\n",
-           "permissions:\n  contents: read\n  id-token: write\n\n",
+           "permissions:\n  contents: read\n\n",
            "concurrency:\n  group: deploy-${{ github.ref }}\n  cancel-in-progress: false\n\n", _ENV, "\njobs:\n"]
     # pull requests: plan offline, then preview each region (canary first in the list)
     out.append("  plan:\n    if: github.event_name == 'pull_request'\n    runs-on: ubuntu-latest\n    steps:\n")
@@ -77,7 +97,8 @@ def render(cat: Catalogue, canary: str | None = None) -> str:
     for n in ordered:
         r = cat.regions[n]
         job = f"preview-{n}"
-        out.append(f"  {job}:\n    if: github.event_name == 'pull_request'\n    needs: [plan]\n    runs-on: ubuntu-latest\n    steps:\n")
+        out.append(f"  {job}:\n    if: github.event_name == 'pull_request'\n    needs: [plan]\n    runs-on: ubuntu-latest\n"
+                   f"{_DEPLOY_PERMISSIONS}    steps:\n")
         out.append(_SETUP)
         out.append(_creds(r.aws_region))
         out.append(f"      - name: Preview {n} ({r.aws_region}, {r.jurisdiction})\n        run: residency stacks preview --region {n}\n\n")
@@ -88,7 +109,7 @@ def render(cat: Catalogue, canary: str | None = None) -> str:
         needs = "" if n == first else f"    needs: [deploy-{first}]\n"
         label = "canary" if n == first else "after the canary"
         out.append(f"  {job}:\n    if: github.event_name == 'push' && github.ref == 'refs/heads/main'\n{needs}"
-                   f"    runs-on: ubuntu-latest\n    environment: {n}\n    steps:\n")
+                   f"    runs-on: ubuntu-latest\n    environment: {n}\n{_DEPLOY_PERMISSIONS}    steps:\n")
         out.append(_SETUP)
         out.append(_creds(r.aws_region))
         out.append(f"      - name: Deploy {n} ({label}; {r.aws_region}, {r.jurisdiction})\n        run: residency stacks up --region {n}\n\n")

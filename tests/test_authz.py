@@ -170,3 +170,24 @@ def test_an_operator_login_moves_a_workspace_and_the_audit_names_it(env):
         assert len(entries) >= 5 and {e.actor for e in entries} == {"sandbox_operator"}
         assert all(e.origin.endswith(" for oncall@example.com") for e in entries)
         assert audit.verify(c).ok
+
+
+def test_the_worker_runs_requests_as_an_operator_login(world):
+    from dataclasses import replace
+
+    from residency.worker import Worker, WorkerConfig
+
+    fm = FakeMover(world.dsn)
+    with psycopg.connect(_as(world.dsn, "sandbox_requester")) as c:
+        r = rq.create(c, world.cat, world.conns, "ws-1", "eu", _window(), "amy@example.com", planner=fm.plan)
+    with psycopg.connect(_as(world.dsn, "sandbox_approver")) as c:
+        rq.approve(c, world.cat, r.id)
+    ops = replace(world.conns, control_dsn=_as(world.dsn, "sandbox_operator"))
+    w = Worker(world.cat, ops, worker_id="w-ops", mover_=fm, config=WorkerConfig(lease_seconds=10))
+    try:
+        outs = w.run(once=True)
+    finally:
+        w.close()
+    assert [(o.request_id, o.state) for o in outs] == [(r.id, "done")]
+    with psycopg.connect(world.dsn) as c:
+        assert {e.actor for e in audit.entries(c, subject=r.subject)} == {"sandbox_requester", "sandbox_approver", "sandbox_operator"}

@@ -264,3 +264,12 @@ def test_move_cleanup_needs_yes_without_a_terminal(cli_env):
     p = run_mover(cli_env, "move", "cleanup", "1", "--grace", "0")
     assert p.returncode == 2, p.stderr
     assert p.stderr.strip().splitlines() == ["error: move cleanup deletes the source copy: it needs --yes when not run from a terminal"]
+
+
+def test_usage_errors_are_one_line_exit_2_and_json_with_json():
+    line = _one_line(_run(["move", "plan"]), 2)
+    assert line.startswith("error: Missing argument 'WORKSPACE'") and "--help" in line
+    r = _run(["move", "plan", "1", "--json"])
+    assert r.exit_code == 2 and json.loads(r.stdout)["code"] == 2 and "--to" in json.loads(r.stdout)["error"]
+    assert "No such option '--bogus'" in _one_line(_run(["--bogus"]), 2)
+    assert "not a valid integer" in _one_line(_run(["move", "status", "abc"]), 2)
