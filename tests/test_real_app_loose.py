@@ -175,3 +175,39 @@ def test_a_post_whose_author_is_missing_in_the_target_fails_verify(env, loose):
     result = verify_workspace(loose, env.connections, "ta", "us", "eu")
     assert not result.ok
     assert any("dangling reference posts.user_id → users" in p and "u2" in p for p in result.problems()), result.problems()
+
+
+def test_online_move_then_kill9_free_resume_of_cleanup(env, loose, tmp_path):
+    """The online strategy on a schema without foreign keys: the plan's replica-identity fixes
+    applied, the move follows the team while it stays writable, and a cleanup killed after the
+    rows went is finished by running it again."""
+    import re
+
+    from app16_support import regions_file
+    from migrate import move_status
+    from move_support import run_mover
+
+    plan = plan_move(loose, env.connections, "ta", "eu", "online")
+    fixes = [m.group(1) for r in plan.refusals for m in [re.search(r"fix: (.*)$", r)] if m and "replica identity" in r]
+    with psycopg.connect(env.dsn("us"), autocommit=True) as c:
+        for f in fixes:
+            for stmt in f.split(";"):
+                if stmt.strip():
+                    c.execute(stmt)
+    plan = plan_move(loose, env.connections, "ta", "eu", "online")
+    assert plan.ok, plan.refusals
+    rec = start_move(loose, env.connections, "ta", "eu", strategy="online")
+    assert rec.state == "cut_over" and rec.strategy == "online"
+    assert _q(env.dsn("eu"), "SELECT count(*) FROM posts WHERE channel_id IN ('c-ta-1', 'c-ta-2', 'dm-u1-u3')") == [(90,)]
+    assert verify_workspace(loose, env.connections, "ta", "us", "eu").ok
+
+    regions = regions_file(tmp_path, WORKSPACE)
+    p = run_mover(env, "move", "cleanup", str(rec.id), "--grace", "0", "--yes", kill_at="cleanup_rows_deleted", regions=regions,
+                  extra_env={"RESIDENCY_APP_SCHEMA": "mm"})
+    assert p.returncode == -9, p.stderr
+    p = run_mover(env, "move", "cleanup", str(rec.id), "--grace", "0", "--yes", regions=regions, extra_env={"RESIDENCY_APP_SCHEMA": "mm"})
+    assert p.returncode == 0, p.stderr + p.stdout
+    (done,) = [m for m in move_status(env.connections, None, open_only=False) if m.id == rec.id]
+    assert done.state == "cleaned"
+    assert _q(env.dsn("us"), "SELECT count(*) FROM posts WHERE channel_id IN ('c-ta-1', 'c-ta-2')") == [(0,)]
+    assert _q(env.dsn("us"), "SELECT count(*) FROM posts WHERE channel_id = 'dm-u1-u3'") == [(30,)]  # still u3's
