@@ -37,6 +37,22 @@ def catalogue_with(workspace_yaml: str, file: str = "app-regions.yaml") -> Any:
     return catalogue.loads(text[: text.index("workspace:")] + workspace_yaml, file)
 
 
+def apply_replica_identity_fixes(dsn: str, plan: Any) -> list[str]:
+    """Run, in the database at ``dsn``, the statements an online plan's replica-identity refusals
+    give as their fix (what an operator would do); returns those fixes."""
+    import re
+
+    import psycopg
+
+    fixes = [m.group(1) for r in plan.refusals for m in [re.search(r"fix: (.*)$", r)] if m and "replica identity" in r]
+    with psycopg.connect(dsn, autocommit=True) as c:
+        for f in fixes:
+            for stmt in f.split(";"):
+                if stmt.strip():
+                    c.execute(stmt)
+    return fixes
+
+
 def regions_file(tmp_path: Path, workspace_yaml: str) -> Path:
     text = (REPO / "regions.yaml").read_text()
     p = tmp_path / "regions.yaml"

@@ -181,19 +181,12 @@ def test_online_move_then_kill9_free_resume_of_cleanup(env, loose, tmp_path):
     """The online strategy on a schema without foreign keys: the plan's replica-identity fixes
     applied, the move follows the team while it stays writable, and a cleanup killed after the
     rows went is finished by running it again."""
-    import re
-
-    from app16_support import regions_file
+    from app16_support import apply_replica_identity_fixes, regions_file
     from migrate import move_status
     from move_support import run_mover
 
     plan = plan_move(loose, env.connections, "ta", "eu", "online")
-    fixes = [m.group(1) for r in plan.refusals for m in [re.search(r"fix: (.*)$", r)] if m and "replica identity" in r]
-    with psycopg.connect(env.dsn("us"), autocommit=True) as c:
-        for f in fixes:
-            for stmt in f.split(";"):
-                if stmt.strip():
-                    c.execute(stmt)
+    apply_replica_identity_fixes(env.dsn("us"), plan)
     plan = plan_move(loose, env.connections, "ta", "eu", "online")
     assert plan.ok, plan.refusals
     rec = start_move(loose, env.connections, "ta", "eu", strategy="online")
