@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     from residency import catalogue
     from residency.sandbox.world import World
 
-    from migrate import start_move
+    from residency.migrate import start_move
 
     cat = catalogue.load(a.regions)
     world = World(cat, a.home, a.token)
@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
             events.append((time.monotonic(), ev.item, ev.message))
 
     t0 = time.monotonic()
-    from migrate.chunks import CopyOptions
+    from residency.migrate.chunks import CopyOptions
 
     opts = CopyOptions(jobs=a.jobs) if a.jobs else None
     rec = start_move(cat, world.connections, a.workspace, a.to, strategy=a.strategy, progress=progress, stop_after=a.stop_after, copy_options=opts)

@@ -37,7 +37,7 @@ def _one_line(q: str) -> str:
 def pipe_commands(world: Any, ws: str) -> list[tuple[str, str, str]]:
     """(table, source \\copy, target \\copy) for the global rows and every moving table, in the
     mover's order, with the mover's own SELECTs (values bound by psycopg, not by hand)."""
-    from migrate.context import make_context
+    from residency.migrate.context import make_context
 
     ctx = make_context(world.catalogue, world.connections, ws, SOURCE, TARGET)
     b, g = ctx.builder, ctx.graph
@@ -78,9 +78,9 @@ def _reset_target(world: Any) -> None:
 
 
 def run(sbx: BenchSandbox, rows: int, runs: int, say: Say) -> dict[str, Any]:
-    from migrate import rollback_move
-    from migrate.verify import verify_tables
-    from migrate.context import make_context
+    from residency.migrate import rollback_move
+    from residency.migrate.verify import verify_tables
+    from residency.migrate.context import make_context
 
     world = sbx.world("c")
     try:

@@ -124,8 +124,8 @@ def measure_online_fence(scale: float = 1, *, sandbox: Any = None, rate: float =
         with temporary_sandbox(say) as sb:
             return measure_online_fence(scale, sandbox=sb, rate=rate, say=say)
 
-    from migrate import move_report, start_move, verify_workspace
-    from migrate.replication import leftovers
+    from residency.migrate import move_report, start_move, verify_workspace
+    from residency.migrate.replication import leftovers
     from residency.sandbox.world import World
     import uuid
 

@@ -114,7 +114,7 @@ def target_rows(dsn: str, tables: list[str]) -> int:
 
 
 def run(sbx: BenchSandbox, rows: int, runs: int, jobs: list[int], pipes: int, say: Say) -> dict[str, Any]:
-    from migrate import plan_move, rollback_move
+    from residency.migrate import plan_move, rollback_move
 
     world = sbx.world("p")
     pc_src: str | None = None

@@ -109,7 +109,7 @@ def run(sbx: BenchSandbox, n_tables: int, runs: int, say: Say) -> dict[str, Any]
     from residency import directory
     from residency.sandbox.world import World
 
-    from migrate import plan_move
+    from residency.migrate import plan_move
 
     lay = layout(n_tables)
     world = sbx.world("p")

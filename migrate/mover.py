@@ -19,7 +19,7 @@ from residency.errors import InputError, OperationError, ResidencyError, first_l
 from residency.evidence import section_hash
 from residency.moves import MoveRecord
 
-from . import faults, finish, objects, strategy as strategy_mod
+from . import faults, finish, objects, strategies as strategy_mod
 from .context import MoveContext, make_context
 from .lease import Lease
 from .phases import details, subject

@@ -50,7 +50,7 @@ from .context import MoveContext
 from .phases import checkpoint, record
 from .progress import Progress
 from .retry import transient as retry_transient
-from .strategy import Strategy, register
+from .strategy import Strategy
 
 # Default strategy by size: above this many bytes (rows' pg_column_size) a snapshot move would
 # keep the workspace read-only for too long, and online is chosen when its preconditions hold.
@@ -494,7 +494,6 @@ ONLINE = Strategy(
     },
     teardown=teardown,
 )
-register(ONLINE)
 
 
 # ------------------------------------------------------------------------------ plan

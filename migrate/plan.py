@@ -114,7 +114,7 @@ def plan_move(cat: Catalogue, conns: Connections, workspace_id: object, target: 
     """Everything a move would do, or every reason it must not; changes nothing."""
     t0 = time.monotonic()
     ws = cat.workspace.parse_id(workspace_id)  # bad input before any connection
-    from .strategy import get as get_strategy
+    from .strategies import get as get_strategy
 
     if strategy != "auto":  # auto: chosen by size (migrate.online.plan_strategy)
         get_strategy(strategy)  # an unknown strategy is bad input

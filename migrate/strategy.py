@@ -1,6 +1,7 @@
 """Strategies: which component drives each state of a move. ``snapshot`` fences first, then
 copies, verifies and cuts over. An ``online`` strategy (logical replication with row filters,
-fence only for the last catch-up) registers its own phases here and reuses the rest."""
+fence only for the last catch-up, :mod:`.online`) has its own phases and reuses the rest.
+:mod:`.strategies` knows them all by name."""
 
 from __future__ import annotations
 
@@ -34,21 +35,3 @@ SNAPSHOT = Strategy(
         "verified": phases.cutover_phase,
     },
 )
-
-STRATEGIES: dict[str, Strategy] = {"snapshot": SNAPSHOT}
-
-
-def register(strategy: Strategy) -> None:
-    STRATEGIES[strategy.name] = strategy
-
-
-def get(name: str) -> Strategy:
-    _load_builtin()
-    try:
-        return STRATEGIES[name]
-    except KeyError:
-        raise InputError(f"unknown strategy '{name}' (known: {', '.join(STRATEGIES)})") from None
-
-
-def _load_builtin() -> None:
-    from . import online  # noqa: F401 - registers the ``online`` strategy

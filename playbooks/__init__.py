@@ -107,8 +107,9 @@ def region_context(cat: Any, name: str) -> dict[str, Any]:
 
 def move_context(cat: Any, move: Any = None, request: Any = None, throughput: Any = None) -> dict[str, Any]:
     """What the move playbooks and notices need, from a MoveRecord and/or a Request (or dicts)."""
-    from residency import requests as rq
-    from residency.worker import plan_sizes
+    from residency.ops import estimates as rq
+    from residency.ops.estimates import plan_sizes
+    from residency.ops.windows import Window
 
     if move is None and request is None:
         raise PlaybookError("a move or a request is needed (--move ID or --request ID)")
@@ -124,7 +125,7 @@ def move_context(cat: Any, move: Any = None, request: Any = None, throughput: An
     est = rq.estimate(sizes or {}, strategy, throughput)
     window = None
     if r:
-        window = {"text": str(rq.Window(request.window_start, request.window_end)) if not isinstance(request, Mapping) else r.get("window", ""),
+        window = {"text": str(Window(request.window_start, request.window_end)) if not isinstance(request, Mapping) else r.get("window", ""),
                   "start": r.get("window_start"), "end": r.get("window_end")}
     report = m.get("report") or {}
     return {

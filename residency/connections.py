@@ -13,7 +13,8 @@ Resolution order, first match wins, per item:
               buckets: {attachments: acme-us-attachments}}
        audit: {kms_key: "arn:aws:kms:...", bucket: residency-audit-digests, aws_region: us-east-1}
 
-3. the running local sandbox (``residency sandbox up``).
+3. a fallback the caller hands down: the CLI passes the running local sandbox's
+   (``residency sandbox up``); the library never looks for the sandbox itself.
 
 Secrets (passwords) belong in the DSN's environment (``PGPASSFILE``, ``PGPASSWORD``) or the
 connections file, never in regions.yaml; :func:`redact` strips them before anything is shown.
@@ -176,11 +177,13 @@ def _check_file(path: Path, data: Any) -> dict[str, Any]:
     return data
 
 
-def resolve(cat: Catalogue, env: Mapping[str, str] | None = None, *, use_sandbox: bool = True) -> Connections:
+def resolve(cat: Catalogue, env: Mapping[str, str] | None = None, *, fallback: Connections | None = None) -> Connections:
     """Resolve the control plane and every region of ``cat`` that can be reached.
 
-    Regions without any configured connection are left out; :meth:`Connections.region` then
-    explains how to add one.
+    ``fallback`` fills what the environment and the connections file leave unset: the CLI hands
+    down the running sandbox's connections (the sandbox is a development package; nothing here
+    imports it). Regions without any configured connection are left out;
+    :meth:`Connections.region` then explains how to add one.
     """
     from .redaction import register_dsn, register_environment
 
@@ -189,11 +192,7 @@ def resolve(cat: Catalogue, env: Mapping[str, str] | None = None, *, use_sandbox
     path = _connections_file()
     data = _read_file(path)
     file_regions = data.get("regions") or {}
-    sandbox = None
-    if use_sandbox:
-        from . import sandbox as sandbox_mod  # local import: the sandbox is optional
-
-        sandbox = sandbox_mod.sandbox_connections(cat)
+    sandbox = fallback
 
     control = env.get("RESIDENCY_CONTROL_DSN") or (data.get("control") or {}).get("dsn")
     source = "environment" if env.get("RESIDENCY_CONTROL_DSN") else (str(path) if control else "")

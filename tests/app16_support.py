@@ -70,6 +70,6 @@ def use_env_connections(env: Any, tmp_path: Path, monkeypatch: Any) -> None:
 
 
 def cli(regions: Path, *args: str) -> Any:
-    from cli import main
+    from residency.cli import main
 
     return CliRunner().invoke(main, ["--regions", str(regions), *args])

@@ -9,7 +9,7 @@ import json
 import psycopg
 import pytest
 
-from migrate import start_move
+from residency.migrate import start_move
 from move_support import run_mover
 from residency import anchor, audit
 from residency.connections import AnchorConfig
@@ -158,7 +158,7 @@ def test_a_digest_signed_by_another_key_detected(env):
 
 
 def test_the_worker_writes_the_periodic_digest_when_idle(env, monkeypatch):
-    from residency.worker import Worker
+    from residency.ops.worker import Worker
 
     _record(env, 3)
     monkeypatch.setenv(anchor.INTERVAL_ENV, "0")

@@ -7,7 +7,7 @@ import json
 
 import psycopg
 
-from migrate import start_move
+from residency.migrate import start_move
 from move_support import run_mover
 
 

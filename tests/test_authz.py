@@ -15,11 +15,11 @@ from click.testing import CliRunner
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from cli import main
+from residency.cli import main
 from move_support import connections_env
 from request_helpers import REPO, FakeMover, control_plane
 from residency import audit, authz, directory
-from residency import requests as rq
+from residency.ops import requests as rq
 from residency.audit import Actor
 from residency.errors import OperationError
 
@@ -155,7 +155,7 @@ def test_whoami_and_roles(env, monkeypatch):
 def test_an_operator_login_moves_a_workspace_and_the_audit_names_it(env):
     from dataclasses import replace
 
-    from migrate import cleanup_move, start_move
+    from residency.migrate import cleanup_move, start_move
 
     seed = env.seed(workspaces=2, rows=200, seed=7)
     ws = seed.smallest_in("us")
@@ -175,7 +175,7 @@ def test_an_operator_login_moves_a_workspace_and_the_audit_names_it(env):
 def test_the_worker_runs_requests_as_an_operator_login(world):
     from dataclasses import replace
 
-    from residency.worker import Worker, WorkerConfig
+    from residency.ops.worker import Worker, WorkerConfig
 
     fm = FakeMover(world.dsn)
     with psycopg.connect(_as(world.dsn, "sandbox_requester")) as c:

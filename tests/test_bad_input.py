@@ -16,7 +16,7 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from cli import main
+from residency.cli import main
 from move_support import connections_env, run_mover
 
 REPO = Path(__file__).resolve().parents[1]

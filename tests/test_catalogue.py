@@ -17,7 +17,7 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from cli import main
+from residency.cli import main
 from residency import catalogue
 from residency.catalogue import Catalogue, DatabaseSpec, Environment, Region, load, loads
 from residency.errors import CatalogueError, InputError

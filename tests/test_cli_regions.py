@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner, Result
 
-from cli import main
+from residency.cli import main
 from residency.errors import InputError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -216,7 +216,7 @@ def test_usage_errors_exit_2() -> None:
 
 def test_json_rendering_handles_every_catalogue_object() -> None:
     """Catalogue objects hold read-only mappings; the CLI's JSON helper must render them all."""
-    import cli
+    from residency.cli import core as cli
     from residency.catalogue import load
 
     cat = load(SHIPPED)

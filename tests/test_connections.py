@@ -30,7 +30,7 @@ def test_environment_variables_name_each_region(cat):
         "RESIDENCY_EU_DSN": "postgresql://mover@db.eu/app",
         "RESIDENCY_EU_S3_ENDPOINT": "http://127.0.0.1:9000",
     }
-    conns = connections.resolve(cat, env, use_sandbox=False)
+    conns = connections.resolve(cat, env)
     assert conns.control_dsn == "postgresql://cp@control/residency"
     assert set(conns.regions) == {"us", "eu"}
     assert conns.region("eu").s3_endpoint == "http://127.0.0.1:9000"
@@ -40,14 +40,14 @@ def test_environment_variables_name_each_region(cat):
 
 
 def test_missing_region_explains_how_to_add_it(cat):
-    conns = connections.resolve(cat, {"RESIDENCY_CONTROL_DSN": "postgresql://x/y"}, use_sandbox=False)
+    conns = connections.resolve(cat, {"RESIDENCY_CONTROL_DSN": "postgresql://x/y"})
     with pytest.raises(InputError, match="RESIDENCY_AU_DSN"):
         conns.region("au")
 
 
 def test_no_control_plane_is_one_clear_error(cat):
     with pytest.raises(InputError, match="no control plane configured"):
-        connections.resolve(cat, {}, use_sandbox=False)
+        connections.resolve(cat, {})
 
 
 def test_connections_file_with_bucket_names_and_env_overrides(cat, tmp_path, monkeypatch):
@@ -59,7 +59,7 @@ def test_connections_file_with_bucket_names_and_env_overrides(cat, tmp_path, mon
         "  us: {dsn: 'postgresql://m@db.us/app'}\n"
     )
     monkeypatch.setenv(connections.CONNECTIONS_ENV, str(f))
-    conns = connections.resolve(cat, {"RESIDENCY_US_DSN": "postgresql://m@override/app"}, use_sandbox=False)
+    conns = connections.resolve(cat, {"RESIDENCY_US_DSN": "postgresql://m@override/app"})
     assert conns.control_dsn == "postgresql://cp@file/residency"
     assert conns.source == str(f)
     assert conns.region("au").bucket("attachments") == "acme-au-files"
@@ -70,7 +70,7 @@ def test_connections_file_with_bucket_names_and_env_overrides(cat, tmp_path, mon
 def test_named_connections_file_must_exist(cat, tmp_path, monkeypatch):
     monkeypatch.setenv(connections.CONNECTIONS_ENV, str(tmp_path / "missing.yaml"))
     with pytest.raises(InputError, match="connections file not found"):
-        connections.resolve(cat, {}, use_sandbox=False)
+        connections.resolve(cat, {})
 
 
 def test_broken_connections_file_names_line(cat, tmp_path, monkeypatch):
@@ -78,7 +78,7 @@ def test_broken_connections_file_names_line(cat, tmp_path, monkeypatch):
     f.write_text("control: {dsn: x\nregions: [\n")
     monkeypatch.setenv(connections.CONNECTIONS_ENV, str(f))
     with pytest.raises(InputError, match=r"c\.yaml:\d+:\d+: connections file is not valid YAML"):
-        connections.resolve(cat, {}, use_sandbox=False)
+        connections.resolve(cat, {})
 
 
 @pytest.mark.parametrize(

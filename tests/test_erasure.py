@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from migrate import cleanup_move, move_report, start_move
-from migrate.report import render
+from residency.migrate import cleanup_move, move_report, start_move
+from residency.migrate.report import render
 from move_support import run_mover
 
 

@@ -11,7 +11,7 @@ from datetime import timedelta
 import psycopg
 import pytest
 
-from migrate import cleanup_move, evidence as build, start_move
+from residency.migrate import cleanup_move, evidence as build, start_move
 from move_support import run_mover
 from residency import anchor, audit, evidence
 from residency.connections import AnchorConfig
@@ -49,7 +49,7 @@ def test_pack_of_a_cleaned_move_verifies_offline(cleaned, monkeypatch):
     assert any("each signed" in f for f in res.facts) and any("no copy after" in f for f in res.facts)
     from click.testing import CliRunner
 
-    import cli
+    from residency import cli
 
     r = CliRunner().invoke(cli.main, ["evidence", "verify", str(path)], env={"RESIDENCY_CONTROL_DSN": "postgresql://nowhere.invalid/x"})
     assert r.exit_code == 0, r.output

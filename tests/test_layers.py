@@ -1,40 +1,60 @@
-"""Import cycles between the project's own modules, found by reading their imports with ``ast``.
+"""The project's layers, read from its imports with ``ast``: one way, no cycles, one installed name.
 
 Every import counts, also one inside a function (a lazy import hides a cycle from Python, not
-from the design). A cycle is reported as the set of modules that import each other round.
-DESIGN.md wants none; the ones that exist today are listed in KNOWN_CYCLES, so a new cycle, or
-a module joining a known one, fails here, and a cycle that is gone must leave the list.
+from the design). Modules are named as installed: the folders migrate/, stacks/ and playbooks/
+are ``residency.migrate``, ``residency.stacks`` and ``residency.playbooks`` (pyproject's
+package-dir). The layers, lowest first (README "Layout"):
+
+0. foundation: ``residency.*`` (catalogue, policy, db, audit, directory, connections, ...);
+1. the mover ``residency.migrate`` and the deploys ``residency.stacks``, side by side;
+2. orchestration: ``residency.ops`` (requests, worker, notices) and ``residency.playbooks``;
+3. the CLI ``residency.cli`` and the development sandbox ``residency.sandbox``, which nothing
+   below imports (the CLI hands the sandbox's connections down).
 """
 
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
+import tomllib
+import zipfile
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-ROOTS = ("residency", "migrate", "stacks", "playbooks")
+import pytest
 
-# Known violations, to be removed by issue 17's re-layering (foundation, mover, orchestration,
-# CLI; the sandbox a development package). Each entry is one cycle's set of modules.
-KNOWN_CYCLES: list[frozenset[str]] = [
-    # issue 17: the mover's strategies and the online mover import each other
-    frozenset({"migrate.online", "migrate.strategy"}),
-    # issue 17: notices render playbooks; requests and the worker send notices; playbooks read requests
-    frozenset({"playbooks", "residency.notify", "residency.requests", "residency.worker"}),
-    # issue 17: connections.resolve() asks the sandbox, which builds Connections
-    frozenset({"residency.connections", "residency.sandbox", "residency.sandbox.core"}),
-]
+REPO = Path(__file__).resolve().parents[1]
+# folder in the checkout -> installed package name
+ROOTS = {"residency": "residency", "migrate": "residency.migrate", "stacks": "residency.stacks", "playbooks": "residency.playbooks"}
+
+KNOWN_CYCLES: list[frozenset[str]] = []
+
+LAYERS = (  # (prefix, layer): the longest matching prefix decides
+    ("residency", 0),
+    ("residency.migrate", 1),
+    ("residency.stacks", 1),
+    ("residency.ops", 2),
+    ("residency.playbooks", 2),
+    ("residency.cli", 3),
+    ("residency.sandbox", 3),
+    ("cli", 4),  # the checkout's entry shim
+)
+
+
+def layer(module: str) -> int:
+    best = max((p for p, _ in LAYERS if module == p or module.startswith(p + ".")), key=len)
+    return dict(LAYERS)[best]
 
 
 def module_files() -> dict[str, Path]:
-    """module name -> file, for cli.py and every .py under the project's packages."""
+    """module name (as installed) -> file, for cli.py and every .py under the project's folders."""
     mods = {"cli": REPO / "cli.py"}
-    for root in ROOTS:
-        for path in sorted((REPO / root).rglob("*.py")):
-            parts = list(path.relative_to(REPO).with_suffix("").parts)
+    for folder, installed in ROOTS.items():
+        for path in sorted((REPO / folder).rglob("*.py")):
+            parts = list(path.relative_to(REPO / folder).with_suffix("").parts)
             if parts[-1] == "__init__":
                 parts.pop()
-            mods[".".join(parts)] = path
+            mods[".".join([installed, *parts])] = path
     return mods
 
 
@@ -116,11 +136,13 @@ def _show(cycle: frozenset[str], graph: dict[str, set[str]]) -> str:
 def test_the_graph_sees_the_imports_it_should() -> None:
     """The reader itself: absolute, relative, `from pkg import module` and lazy imports."""
     g = import_graph()
-    assert "residency.catalogue" in g["cli"]  # from residency import catalogue as catalogue_mod
+    assert "residency.cli" in g["cli"]  # from residency.cli import main
+    assert "residency.catalogue" in g["residency.cli.core"]  # from residency import catalogue as catalogue_mod
     assert "residency.errors" in g["residency.db"]  # from .errors import ...
     assert "residency.sandbox.core" in g["residency.sandbox"]  # the package's re-exports
-    assert "migrate.progress" in g["migrate.plan"]  # imported inside a function
-    assert all(m.split(".")[0] in (*ROOTS, "cli") for targets in g.values() for m in targets)  # only our own
+    assert "residency.migrate.progress" in g["residency.migrate.plan"]  # imported inside a function
+    assert "residency.ops.windows" in g["residency.ops.notify"]  # from .windows import ... inside a function
+    assert all(m == "cli" or m.startswith("residency") for targets in g.values() for m in targets)  # only our own
 
 
 def test_no_new_import_cycles() -> None:
@@ -134,3 +156,41 @@ def test_known_cycles_are_still_real() -> None:
     """When a known cycle is broken, take it off KNOWN_CYCLES so it cannot come back."""
     gone = [c for c in KNOWN_CYCLES if c not in cycles(import_graph())]
     assert not gone, "no longer cycles, remove from KNOWN_CYCLES: " + "; ".join(str(sorted(c)) for c in gone)
+
+
+def test_imports_run_one_way() -> None:
+    """No module imports a layer above its own (the foundation nothing above it, and so on)."""
+    g = import_graph()
+    up = sorted(f"{a} (layer {layer(a)}) imports {b} (layer {layer(b)})" for a, bs in g.items() for b in bs if layer(b) > layer(a))
+    assert not up, "imports that climb a layer:\n" + "\n".join(up)
+
+
+def test_nothing_in_production_imports_the_sandbox() -> None:
+    g = import_graph()
+    users = sorted(a for a, bs in g.items() for b in bs
+                   if layer(b) == 3 and b.startswith("residency.sandbox") and not a.startswith(("residency.sandbox", "residency.cli", "cli")))
+    assert not users, f"the sandbox is a development package; imported by {users}"
+
+
+def test_the_layers_are_not_empty() -> None:
+    """The layer table names real packages (a renamed folder would make the checks above vacuous)."""
+    seen = {layer(m) for m in module_files()}
+    assert seen == {0, 1, 2, 3, 4}
+
+
+def test_installed_names_are_all_under_residency(tmp_path: Path) -> None:
+    """The wheel puts one import name into site-packages, ``residency`` (no ``cli``, ``migrate``,
+    ``stacks`` or ``playbooks`` to clash with other distributions), with the templates and SQL it reads."""
+    declared = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
+    assert all(p == "residency" or p.startswith("residency.") for p in declared)
+    r = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path), str(REPO)],
+                       capture_output=True, text=True, timeout=300)
+    if r.returncode != 0:
+        pytest.fail(f"building the wheel failed: {r.stderr[-2000:]}")
+    (wheel,) = tmp_path.glob("residency-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    top = {n.split("/")[0] for n in names if not n.split("/")[0].endswith((".dist-info", ".data"))}
+    assert top == {"residency"}
+    for needed in ("residency/migrate/copy.py", "residency/stacks/Pulumi.yaml", "residency/sandbox/schema.sql",
+                   "residency/playbooks/templates/events/notice.txt.j2", "residency/cli/move.py"):
+        assert needed in names, f"{needed} missing from the wheel"

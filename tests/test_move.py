@@ -7,8 +7,8 @@ from datetime import timedelta
 import psycopg
 import pytest
 
-from migrate import cleanup_move, move_report, plan_move, rollback_move, start_move, verify_workspace
-from migrate.report import render
+from residency.migrate import cleanup_move, move_report, plan_move, rollback_move, start_move, verify_workspace
+from residency.migrate.report import render
 from move_support import counts, home, objects
 
 
@@ -55,7 +55,7 @@ def _with_region_status(cat, name, status):
 
 
 def _refused(env, ws, target, cat=None):
-    from migrate import MoveRefused
+    from residency.migrate import MoveRefused
 
     cat = cat or env.catalogue
     plan = plan_move(cat, env.connections, ws, target)
@@ -111,7 +111,7 @@ def test_refusals_schema_keys_unreached(env):
 
 
 def test_same_workspace_twice_one_refused(env):
-    from migrate import MoveRefused
+    from residency.migrate import MoveRefused
 
     s = env.seed(workspaces=3, rows=600, seed=7)
     ws = s.smallest_in("us")

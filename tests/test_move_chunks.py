@@ -14,10 +14,10 @@ from decimal import Decimal
 import psycopg
 import pytest
 
-from migrate import move_status, resume_move, start_move, verify_workspace
-from migrate.chunks import CopyOptions, chunks_of, plan_bounds
-from migrate.context import make_context
-from migrate.throttle import StreamSlots
+from residency.migrate import move_status, resume_move, start_move, verify_workspace
+from residency.migrate.chunks import CopyOptions, chunks_of, plan_bounds
+from residency.migrate.context import make_context
+from residency.migrate.throttle import StreamSlots
 from move_support import REPO, counts, home, run_mover
 
 EXTRA = [
@@ -114,7 +114,7 @@ def test_kill9_mid_copy_redoes_only_unrecorded_chunks(env, point):
 HOLDER = """
 import sys, time
 sys.path.insert(0, {repo!r})
-from migrate.throttle import StreamSlots
+from residency.migrate.throttle import StreamSlots
 s = StreamSlots({dsn!r}, 'us', 2)
 with s.slot():
     with s.slot():

@@ -14,7 +14,7 @@ import psycopg
 import psycopg.sql
 import pytest
 
-from migrate import cleanup_move, move_status, resume_move, rollback_move, verify_workspace
+from residency.migrate import cleanup_move, move_status, resume_move, rollback_move, verify_workspace
 from move_support import counts, home, objects, run_mover
 
 

@@ -10,8 +10,8 @@ from datetime import timedelta
 import psycopg
 import pytest
 
-from migrate import cleanup_move, plan_move, resume_move, start_move, verify_workspace
-from migrate.plan import render
+from residency.migrate import cleanup_move, plan_move, resume_move, start_move, verify_workspace
+from residency.migrate.plan import render
 from move_support import counts, home
 
 ALTERED = "rewritten by a target trigger"
@@ -97,7 +97,7 @@ def test_neither_plan_lists_the_trigger_and_verify_names_it(env):
     assert home(env, ws)[:2] == ("us", "frozen") or home(env, ws)[0] == "us"
     with psycopg.connect(env.dsn("eu"), autocommit=True) as c:
         c.execute("DROP TRIGGER rewrite_body ON messages")
-    from migrate import move_status
+    from residency.migrate import move_status
 
     rec = resume_move(env.catalogue, conns, move_status(conns, None)[0].id)
     assert rec.state == "cut_over"

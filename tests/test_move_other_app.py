@@ -15,7 +15,7 @@ from datetime import timedelta
 import psycopg
 import pytest
 
-from migrate import cleanup_move, plan_move, start_move, verify_workspace
+from residency.migrate import cleanup_move, plan_move, start_move, verify_workspace
 from move_support import REPO
 
 DDL = """

@@ -82,7 +82,9 @@ def test_a_planted_password_appears_nowhere(env, tmp_path):
     regions = {r: {"dsn": _with_password(ep.dsn, pw), "s3_endpoint": ep.s3_endpoint, "buckets": dict(ep.buckets)}
                for r, ep in env.connections.regions.items()}
     conf = tmp_path / "connections.yaml"  # holds the password on purpose; outside the sandbox
-    conf.write_text(yaml.safe_dump({"control": {"dsn": _with_password(env.control_dsn, pw)}, "regions": regions}))
+    audit = {"kms_key": env.anchor.kms_key_id, "bucket": env.anchor.bucket, "aws_region": env.anchor.aws_region,
+             "endpoint": env.anchor.endpoint}  # this test's own anchor, not the session sandbox's shared one
+    conf.write_text(yaml.safe_dump({"control": {"dsn": _with_password(env.control_dsn, pw)}, "regions": regions, "audit": audit}))
     base = {"RESIDENCY_CONNECTIONS": str(conf), "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
             "RESIDENCY_SANDBOX_HOME": env.sandbox.home}
 

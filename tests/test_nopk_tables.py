@@ -18,7 +18,7 @@ from datetime import timedelta
 import psycopg
 import pytest
 
-from migrate import cleanup_move, move_status, plan_move, resume_move, start_move, verify_workspace
+from residency.migrate import cleanup_move, move_status, plan_move, resume_move, start_move, verify_workspace
 from move_support import REPO, connections_env
 
 DDL = """

@@ -13,9 +13,9 @@ from typing import Any
 import pytest
 
 from request_helpers import ALICE, BOB, FakeMover, cp  # noqa: F401  (cp is a fixture)
-from residency import notify, requests as rq
+from residency.ops import notify, requests as rq
 from residency.errors import InputError
-from residency.worker import Worker, WorkerConfig
+from residency.ops.worker import Worker, WorkerConfig
 
 
 class Hook:

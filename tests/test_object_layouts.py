@@ -11,8 +11,8 @@ import psycopg
 import pytest
 
 from app16_support import catalogue_with
-from migrate import cleanup_move, plan_move, rollback_move, start_move, verify_workspace
-from migrate.objects import list_objects
+from residency.migrate import cleanup_move, plan_move, rollback_move, start_move, verify_workspace
+from residency.migrate.objects import list_objects
 from residency.connections import s3_client
 from residency.errors import CatalogueError
 

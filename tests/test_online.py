@@ -15,9 +15,9 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from migrate import move_report, move_status, plan_move, resume_move, rollback_move, start_move, verify_workspace
-from migrate.plan import render
-from migrate.replication import leftovers
+from residency.migrate import move_report, move_status, plan_move, resume_move, rollback_move, start_move, verify_workspace
+from residency.migrate.plan import render
+from residency.migrate.replication import leftovers
 from move_support import counts, home, objects, run_mover
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -185,7 +185,7 @@ def test_plan_preconditions_explain_the_fix(world, monkeypatch):
     # size decides by default
     auto = plan_move(env.catalogue, env.connections, ws, "eu", "auto")
     assert auto.strategy == "snapshot" and "chosen by size" in auto.strategy_reason
-    monkeypatch.setattr("migrate.online.ONLINE_THRESHOLD_BYTES", 1)
+    monkeypatch.setattr("residency.migrate.online.ONLINE_THRESHOLD_BYTES", 1)
     auto = plan_move(env.catalogue, env.connections, ws, "eu", "auto")
     assert auto.strategy == "online" and "chosen by size" in auto.strategy_reason
 

@@ -13,8 +13,8 @@ from __future__ import annotations
 import psycopg
 import pytest
 
-from migrate import incremental, move_report, resume_move, start_move, verify_workspace
-from migrate.replication import leftovers
+from residency.migrate import incremental, move_report, resume_move, start_move, verify_workspace
+from residency.migrate.replication import leftovers
 from move_support import counts, home
 from residency.errors import OperationError
 
@@ -61,7 +61,7 @@ def _table(rec_or_report, name):
 
 
 def _the_move(env):
-    from migrate import move_status
+    from residency.migrate import move_status
 
     return move_status(env.connections, None)[0]
 

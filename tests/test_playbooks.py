@@ -9,11 +9,11 @@ from pathlib import Path
 import jinja2
 import pytest
 
-import playbooks
-from residency import requests as rq
+from residency import playbooks
+from residency.ops import requests as rq
 from request_helpers import REPO
 from residency import catalogue, moves
-from residency.requests import Request
+from residency.ops.requests import Request
 
 CAT = catalogue.load(REPO / "regions.yaml")
 NOW = datetime(2030, 5, 1, 12, 0, tzinfo=timezone.utc)

@@ -15,8 +15,8 @@ from datetime import timedelta
 import psycopg
 import pytest
 
-from migrate import cleanup_move, plan_move, start_move, verify_workspace
-from migrate.plan import render
+from residency.migrate import cleanup_move, plan_move, start_move, verify_workspace
+from residency.migrate.plan import render
 from move_support import load_app
 
 DDL = """
@@ -152,7 +152,7 @@ def test_tenant_of_a_schema_without_foreign_keys_moves_whole(env, loose):
     result = verify_workspace(loose, env.connections, "ta", "us", "eu")
     assert result.ok, result.problems()
     # the report says what was decided for the rows with an empty key, and what the references gave
-    from migrate import report
+    from residency.migrate import report
 
     text = report.render(report.build(rec))
     assert "decided at plan: channels: 2 rows have an empty team_id" in text
@@ -182,7 +182,7 @@ def test_online_move_then_kill9_free_resume_of_cleanup(env, loose, tmp_path):
     applied, the move follows the team while it stays writable, and a cleanup killed after the
     rows went is finished by running it again."""
     from app16_support import apply_replica_identity_fixes, regions_file
-    from migrate import move_status
+    from residency.migrate import move_status
     from move_support import run_mover
 
     plan = plan_move(loose, env.connections, "ta", "eu", "online")

@@ -16,7 +16,7 @@ from datetime import timedelta
 import psycopg
 import pytest
 
-from migrate import cleanup_move, plan_move, start_move, verify_workspace
+from residency.migrate import cleanup_move, plan_move, start_move, verify_workspace
 from app16_support import PER_TENANT_SEQUENCE_TRIGGERS, apply_replica_identity_fixes, regions_file
 from move_support import load_app
 
@@ -208,7 +208,7 @@ def test_colliding_global_rows_are_refused_by_content_and_by_natural_key(env, ra
 
 
 def test_kill9_during_the_copy_then_resume(env, rails, tmp_path):
-    from migrate import move_status
+    from residency.migrate import move_status
     from move_support import run_mover
 
     before = _tenant(env.dsn("us"), 1)
@@ -226,7 +226,7 @@ def test_kill9_during_the_copy_then_resume(env, rails, tmp_path):
 
 
 def test_online_move_and_rollback(env, rails):
-    from migrate import rollback_move
+    from residency.migrate import rollback_move
 
     # the plan names the replica identities the row filters need, with the statement that fixes each
     plan = plan_move(rails, env.connections, "1", "eu", "online")

@@ -16,8 +16,8 @@ import sys
 import psycopg
 import pytest
 
-from migrate import move_status, plan_move
-from migrate.plan import render
+from residency.migrate import move_status, plan_move
+from residency.migrate.plan import render
 from move_support import REPO, connections_env
 
 DDL = """

@@ -10,7 +10,7 @@ import json
 
 import psycopg
 
-import playbooks
+from residency import playbooks
 from app16_support import REPO, cli, use_env_connections
 
 T = 10**12

@@ -7,7 +7,8 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from request_helpers import ALICE, BOB, FakeMover, cp  # noqa: F401  (cp is a fixture)
-from residency import audit, requests as rq
+from residency import audit
+from residency.ops import requests as rq
 from residency.audit import Actor
 from residency.errors import InputError, OperationError
 

@@ -8,7 +8,7 @@ from datetime import datetime, timedelta, timezone
 import yaml
 from click.testing import CliRunner
 
-from cli import main
+from residency.cli import main
 from request_helpers import REPO, control_plane
 
 

@@ -71,7 +71,7 @@ def test_region_numbers_survive_reordering_regions(sandbox, tmp_path):
 
 
 def test_cli_status_json_lists_every_server_healthy(sandbox):
-    from cli import main
+    from residency.cli import main
 
     r = CliRunner().invoke(main, ["--regions", str(sandbox.catalogue.path), "sandbox", "status", "--json"])
     assert r.exit_code == 0, r.output
@@ -84,7 +84,7 @@ def test_cli_status_json_lists_every_server_healthy(sandbox):
 
 
 def test_cli_seed_bad_input_is_one_line(sandbox):
-    from cli import main
+    from residency.cli import main
 
     r = CliRunner().invoke(main, ["--regions", str(sandbox.catalogue.path), "sandbox", "seed", "--workspaces", "10", "--rows", "5"])
     assert r.exit_code == 2
@@ -94,7 +94,7 @@ def test_cli_seed_bad_input_is_one_line(sandbox):
 
 
 def test_cli_status_without_sandbox(tmp_path, monkeypatch):
-    from cli import main
+    from residency.cli import main
 
     monkeypatch.setenv("RESIDENCY_SANDBOX_HOME", str(tmp_path / "none"))
     r = CliRunner().invoke(main, ["sandbox", "status"])

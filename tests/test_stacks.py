@@ -14,7 +14,7 @@ import pytest
 from residency import policy
 from residency.catalogue import load, with_region
 from residency.errors import InputError
-from stacks.plan import RecordingMocks, plan, plan_region, reset_runtime
+from residency.stacks.plan import RecordingMocks, plan, plan_region, reset_runtime
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -83,7 +83,7 @@ def test_plan_runs_are_isolated(cat):
 
 @pulumi.runtime.test
 def test_backup_region_outside_the_jurisdiction_is_refused_before_anything_is_built(cat, mocks):
-    from stacks.component import RegionalEnvironment
+    from residency.stacks.component import RegionalEnvironment
 
     bad = dataclasses.replace(cat.regions["eu"], backup_region="us-west-2")  # bypasses the loader's check
     cat2 = with_region(cat, bad)
@@ -103,7 +103,7 @@ def test_plan_of_a_region_with_a_foreign_backup_region_is_refused(cat):
 
 @pulumi.runtime.test
 def test_database_and_buckets_are_encrypted_with_a_key_of_their_own_region(cat, mocks):
-    from stacks.component import RegionalEnvironment
+    from residency.stacks.component import RegionalEnvironment
 
     region = cat.regions["eu"]
     env = RegionalEnvironment("eu", cat, region)
@@ -181,7 +181,7 @@ def _res(urn_stack: str, rtype: str, name: str, props: dict, region: str):
 
 
 def test_policy_pack_rejects_a_bucket_replicating_out_of_the_jurisdiction(cat):
-    from stacks.policypack import rules
+    from residency.stacks.policypack import rules
 
     resources = [
         _res("eu", "aws:s3/bucket:Bucket", "src", {"bucket": "residency-eu-attachments"}, "eu-west-1"),
@@ -207,7 +207,7 @@ def test_policy_pack_rejects_a_bucket_replicating_out_of_the_jurisdiction(cat):
 
 
 def test_policy_pack_passes_the_program_as_planned(cat):
-    from stacks.policypack import rules
+    from residency.stacks.policypack import rules
 
     rp = plan_region(cat, "au")
     resources = [_res("au", r.type, r.name, r.props, r.aws_region or "") for r in rp.resources
@@ -221,7 +221,7 @@ def test_policy_pack_passes_the_program_as_planned(cat):
 
 def test_policy_pack_tolerates_values_unknown_during_preview(cat):
     from pulumi_policy import proxy
-    from stacks.policypack import rules
+    from residency.stacks.policypack import rules
 
     props = proxy.unknown_checking_proxy({"storageEncrypted": True, "kmsKeyId": proxy.UNKNOWN_STRING_VALUE})
     seen: list[str] = []
@@ -230,8 +230,8 @@ def test_policy_pack_tolerates_values_unknown_during_preview(cat):
 
 
 def test_program_selects_the_region_by_stack_name(cat, monkeypatch):
-    from stacks import program
-    from stacks.plan import run_program
+    from residency.stacks import program
+    from residency.stacks.plan import run_program
 
     monkeypatch.setenv("RESIDENCY_REGIONS", REGIONS)
     m = run_program(program.main, stack="au")
@@ -252,7 +252,7 @@ def test_pulumi_project_files_exist():
 def test_resources_sharing_a_name_are_compared_type_by_type(cat):
     """A bucket's configurations share its name; registration order differs between runs, so their
     equally named properties must never stand in for each other."""
-    from stacks.plan import PlannedResource, RegionPlan, compare
+    from residency.stacks.plan import PlannedResource, RegionPlan, compare
 
     sse = ("aws:s3/bucketServerSideEncryptionConfiguration:BucketServerSideEncryptionConfiguration", {"rules": [{"sse": "aws:kms"}]})
     life = ("aws:s3/bucketLifecycleConfiguration:BucketLifecycleConfiguration", {"rules": [{"id": "retention"}]})

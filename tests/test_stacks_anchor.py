@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from stacks.plan import reset_runtime, run_program
+from residency.stacks.plan import reset_runtime, run_program
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -15,7 +15,7 @@ REGIONS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 
 def test_control_stack_builds_the_audit_anchor(monkeypatch):
-    from stacks import program
+    from residency.stacks import program
 
     monkeypatch.setenv("RESIDENCY_REGIONS", REGIONS)
     monkeypatch.setenv("RESIDENCY_CONTROL_AWS_REGION", "eu-central-1")

@@ -9,7 +9,7 @@ import subprocess
 import psycopg
 
 from residency.catalogue import load
-from stacks import deploys, orchestrate
+from residency.stacks import deploys, orchestrate
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REGIONS = os.path.join(ROOT, "regions.yaml")

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 from residency.catalogue import load, loads
 from residency.errors import InputError
-from stacks import orchestrate
+from residency.stacks import orchestrate
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -145,7 +145,7 @@ def test_missing_pulumi_cli_is_one_line_and_exit_2(monkeypatch):
     monkeypatch.setattr(orchestrate.shutil, "which", lambda name: None)
     with pytest.raises(InputError, match="get.pulumi.com"):
         orchestrate.AutomationEngine(REGIONS).ensure_available()
-    from cli import main
+    from residency.cli import main
 
     result = CliRunner().invoke(main, ["--regions", REGIONS, "stacks", "up", "--all"])
     assert result.exit_code == 2

@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 
 from residency.catalogue import load
-from stacks import parity
-from stacks.plan import plan_region, reset_runtime
+from residency.stacks import parity
+from residency.stacks.plan import plan_region, reset_runtime
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -156,7 +156,7 @@ def test_parity_names_every_drift_of_the_drifted_region(drifted):
 def test_parity_cli_renders_drifts_and_exits_1(drifted, moto_endpoint):
     from click.testing import CliRunner
 
-    from cli import main
+    from residency.cli import main
 
     result = CliRunner().invoke(main, ["--regions", REGIONS, "stacks", "parity", "--region", "au", "--region", "us",
                                        "--endpoint-url", moto_endpoint])

@@ -9,7 +9,7 @@ import yaml
 from click.testing import CliRunner
 
 from residency.catalogue import load, loads
-from stacks import workflow
+from residency.stacks import workflow
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REGIONS = os.path.join(ROOT, "regions.yaml")

@@ -12,8 +12,8 @@ import psycopg
 import pytest
 
 from app16_support import PER_TENANT_SEQUENCE_TRIGGERS, catalogue_with
-from migrate import cleanup_move, plan_move, rollback_move, start_move
-from migrate.plan import render
+from residency.migrate import cleanup_move, plan_move, rollback_move, start_move
+from residency.migrate.plan import render
 from residency.errors import CatalogueError
 
 WORKSPACE = """workspace:
@@ -141,7 +141,7 @@ def test_tenant_objects_are_validated_with_their_line(value, message):
 
 
 def test_verify_fails_while_the_target_lacks_the_tenants_sequence(env, app):
-    from migrate import resume_move
+    from residency.migrate import resume_move
     from residency.errors import OperationError
 
     rec = start_move(app, env.connections, 3, "eu", stop_after="copied")

@@ -15,7 +15,7 @@ import uuid
 import psycopg
 import pytest
 
-from migrate import MoveRefused, move_status, plan_move, start_move
+from residency.migrate import MoveRefused, move_status, plan_move, start_move
 from move_support import REPO
 
 DDL = """

@@ -7,8 +7,8 @@ from datetime import timedelta
 import pytest
 from click.testing import CliRunner
 
-from cli import main
-from residency import requests as rq
+from residency.cli import main
+from residency.ops import requests as rq
 from residency.errors import InputError
 from residency.units import format_bytes, format_duration, parse_duration
 

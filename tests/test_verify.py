@@ -7,7 +7,7 @@ import json
 
 import psycopg
 
-from migrate import move_report, resume_move, start_move, verify_workspace
+from residency.migrate import move_report, resume_move, start_move, verify_workspace
 from move_support import counts, run_mover
 
 

@@ -7,8 +7,8 @@ from __future__ import annotations
 import psycopg
 import pytest
 
-from migrate import fence, move_report, resume_move, start_move, verify_workspace
-from migrate.context import make_context
+from residency.migrate import fence, move_report, resume_move, start_move, verify_workspace
+from residency.migrate.context import make_context
 from move_support import counts
 from residency.errors import OperationError
 

@@ -16,8 +16,9 @@ from pathlib import Path
 import psycopg
 
 from request_helpers import ALICE, BOB, REPO, FakeMover, cp, wait_for  # noqa: F401  (cp is a fixture)
-from residency import audit, directory, moves, requests as rq
-from residency.worker import Worker, WorkerConfig, run_workers
+from residency import audit, directory, moves
+from residency.ops import requests as rq
+from residency.ops.worker import Worker, WorkerConfig, run_workers
 
 TESTS = Path(__file__).resolve().parent
 
@@ -86,7 +87,7 @@ def test_a_worker_killed_mid_move_is_taken_over_and_its_move_resumed(cp):
         from request_helpers import FakeMover
         from residency import catalogue
         from residency.connections import Connections
-        from residency.worker import Worker, WorkerConfig
+        from residency.ops.worker import Worker, WorkerConfig
         dsn = {cp.dsn!r}
         cat = catalogue.load({str(cp.cat.path)!r})
         w = Worker(cat, Connections(dsn, MappingProxyType({{}})), worker_id="doomed",

@@ -13,10 +13,11 @@ from datetime import datetime, timedelta, timezone
 import psycopg
 import yaml
 
-import playbooks
+from residency import playbooks
 from request_helpers import ALICE, BOB, REPO, control_plane, wait_for
-from residency import audit, directory, moves, requests as rq
-from residency.worker import Worker, WorkerConfig, run_workers
+from residency import audit, directory, moves
+from residency.ops import requests as rq
+from residency.ops.worker import Worker, WorkerConfig, run_workers
 
 
 def _window() -> str:

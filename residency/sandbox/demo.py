@@ -137,10 +137,10 @@ def as_login(conns: Connections, login: str) -> Connections:
 def demo_move(cat: Catalogue, conns: Connections, say: Callable[[str], None], source: str = "us", target: str = "eu") -> dict[str, Any]:
     """The mover's part of the demo: plan and move one workspace from ``source`` to ``target``
     (the smallest one homed there that may move), verified, and return its report."""
-    from migrate import move_report, plan_move, start_move
-    from migrate.plan import render as render_plan
-    from migrate.progress import render as render_progress
-    from migrate.report import render as render_report
+    from residency.migrate import move_report, plan_move, start_move
+    from residency.migrate.plan import render as render_plan
+    from residency.migrate.progress import render as render_progress
+    from residency.migrate.report import render as render_report
 
     from .. import directory
     from ..errors import OperationError

@@ -188,7 +188,7 @@ class World:
                 roles.create_role(admin, role, set_replication_role=set_replication_role, owner_member=owner)
                 self._roles.append((region, role))
         with psycopg.connect(self.dsn(region), autocommit=True) as c:
-            from migrate.introspect import app_schema
+            from residency.migrate.introspect import app_schema
 
             roles.grant_database(c, role, owned_by_app=True, schema=app_schema())
         return make_conninfo(self.dsn(region), user=role)

@@ -12,7 +12,7 @@ from pulumi_policy import (  # noqa: E402
     StackValidationPolicy,
 )
 
-from stacks.policypack import rules  # noqa: E402
+from residency.stacks.policypack import rules  # noqa: E402
 
 PolicyPack(
     name=rules.NAME,

@@ -17,7 +17,7 @@ UNKNOWN = "<unknown during preview>"
 
 
 def load_catalogue() -> catalogue.Catalogue:
-    from stacks.program import regions_path  # lazily: the program imports pulumi
+    from residency.stacks.program import regions_path  # lazily: the program imports pulumi
 
     return catalogue.load(regions_path())
 

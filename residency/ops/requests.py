@@ -30,12 +30,16 @@ import psycopg
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
-from . import audit, authz, directory, moves, policy
-from .audit import Actor
-from .catalogue import Catalogue
-from .db import columns
-from .errors import InputError, OperationError, ResidencyError, first_line
-from .units import format_duration, parse_duration
+from residency import audit, authz, directory, moves, policy
+from residency.audit import Actor
+from residency.catalogue import Catalogue
+from residency.db import columns
+from residency.errors import InputError, OperationError, ResidencyError, first_line
+from residency.units import format_duration, parse_duration
+
+from .estimates import DEFAULT_OVERHEAD, DEFAULT_THROUGHPUT, ONLINE_FENCE, Throughput, estimate, plan_sizes  # noqa: F401
+from .moving import Mover, mover  # noqa: F401
+from .windows import Window, parse_instant, parse_window  # noqa: F401
 
 STATES = ("pending", "approved", "running", "done", "failed", "skipped", "refused", "cancelled")
 LIVE = ("pending", "approved", "running")
@@ -49,119 +53,11 @@ the strategy the plan chose."""
 _EMAIL = re.compile(r"^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)+$")
 
 
-def parse_instant(text: str, now: datetime | None = None) -> datetime:
-    """An ISO 8601 date-time with an explicit offset (``Z`` or ``+01:00``), or ``now``."""
-    t = text.strip()
-    if t.lower() == "now":
-        return now or datetime.now(timezone.utc)
-    try:
-        dt = datetime.fromisoformat(t.replace("z", "Z").replace("Z", "+00:00") if t.endswith(("Z", "z")) else t)
-    except ValueError:
-        raise InputError(f"window start '{text}' is not an ISO 8601 date-time such as 2025-03-01T22:00Z") from None
-    if dt.tzinfo is None:
-        raise InputError(f"window start '{text}' has no time zone: add Z for UTC or an offset such as +01:00")
-    return dt.astimezone(timezone.utc)
-
-
-@dataclass(frozen=True)
-class Window:
-    start: datetime
-    end: datetime
-
-    @property
-    def duration(self) -> timedelta:
-        return self.end - self.start
-
-    def __str__(self) -> str:
-        return f"{self.start.astimezone(timezone.utc).isoformat(timespec='minutes').replace('+00:00', 'Z')}/{format_duration(self.duration)}"
-
-
-def parse_window(text: str, now: datetime | None = None) -> Window:
-    """``START/DURATION`` (``2025-03-01T22:00Z/2h``) or an ISO 8601 interval ``START/END``."""
-    if text.count("/") != 1:
-        raise InputError(f"window '{text}' must be START/DURATION, e.g. 2025-03-01T22:00Z/2h")
-    a, b = text.split("/")
-    start = parse_instant(a, now)
-    try:
-        end = start + parse_duration(b)
-    except InputError as dur_exc:
-        try:
-            end = parse_instant(b, now)
-        except InputError:
-            raise dur_exc from None
-        if end <= start:
-            raise InputError(f"window '{text}' ends before it starts") from None
-    return Window(start, end)
-
-
 def validate_email(text: str) -> str:
     t = (text or "").strip()
     if len(t) > 254 or not _EMAIL.match(t):
         raise InputError(f"requested-by '{text}' is not an email address (name@example.com)")
     return t.lower()
-
-
-# --------------------------------------------------------------------------- estimates
-
-
-def _parse_rate(text: str) -> float:
-    m = re.match(r"^\s*(\d+(?:\.\d+)?)\s*([kmg]?i?b)?(?:/s)?\s*$", text.lower())
-    if not m:
-        raise InputError(f"throughput '{text}' is not understood: use bytes per second, e.g. 50MB/s")
-    unit = (m.group(2) or "b").replace("i", "")
-    return float(m.group(1)) * {"b": 1, "kb": 1024, "mb": 1024**2, "gb": 1024**3}[unit]
-
-
-DEFAULT_THROUGHPUT = 20 * 1024**2  # bytes per second through copy + verify, end to end
-DEFAULT_OVERHEAD = 30.0            # seconds: plan, fence, schema checks, cut-over
-ONLINE_FENCE = 5.0                 # seconds an online move stays fenced: measured < 1 s (bench/online_fence.py), with margin
-
-
-@dataclass(frozen=True)
-class Throughput:
-    """How fast a move goes, to estimate whether it fits its window. ``$RESIDENCY_MOVE_THROUGHPUT``
-    (e.g. ``50MB/s``) and ``$RESIDENCY_MOVE_OVERHEAD`` (seconds) set them; the worker has flags."""
-
-    bytes_per_second: float = DEFAULT_THROUGHPUT
-    overhead_seconds: float = DEFAULT_OVERHEAD
-
-    @classmethod
-    def from_env(cls, env: dict[str, str] | None = None) -> "Throughput":
-        env = dict(os.environ) if env is None else env
-        bps = _parse_rate(env["RESIDENCY_MOVE_THROUGHPUT"]) if env.get("RESIDENCY_MOVE_THROUGHPUT") else DEFAULT_THROUGHPUT
-        try:
-            over = float(env.get("RESIDENCY_MOVE_OVERHEAD") or DEFAULT_OVERHEAD)
-        except ValueError:
-            raise InputError("RESIDENCY_MOVE_OVERHEAD must be a number of seconds") from None
-        if bps <= 0 or over < 0:
-            raise InputError("move throughput must be positive and overhead not negative")
-        return cls(bps, over)
-
-    @classmethod
-    def parse(cls, rate: str | None = None, overhead: float | None = None) -> "Throughput":
-        base = cls.from_env()
-        return cls(_parse_rate(rate) if rate else base.bytes_per_second, base.overhead_seconds if overhead is None else overhead)
-
-
-def estimate(sizes: dict[str, Any], strategy: str, throughput: Throughput | None = None) -> dict[str, Any]:
-    """How long a move of ``sizes`` (from :func:`residency.worker.plan_sizes`) should take, and how
-    long the workspace stays fenced (read-only)."""
-    tp = throughput or Throughput.from_env()
-    total_bytes = int(sizes.get("bytes", 0)) + int(sizes.get("object_bytes", 0))
-    seconds = tp.overhead_seconds + total_bytes / tp.bytes_per_second
-    fence = seconds if strategy == "snapshot" else min(seconds, ONLINE_FENCE)
-    return {
-        "rows": int(sizes.get("rows", 0)),
-        "bytes": int(sizes.get("bytes", 0)),
-        "objects": int(sizes.get("objects", 0)),
-        "object_bytes": int(sizes.get("object_bytes", 0)),
-        "tables": sizes.get("tables", {}),
-        "seconds": round(seconds, 1),
-        "fence_seconds": round(fence, 1),
-        "throughput_bytes_per_second": tp.bytes_per_second,
-        "overhead_seconds": tp.overhead_seconds,
-        "strategy": strategy,
-    }
 
 
 # --------------------------------------------------------------------------- the record
@@ -281,7 +177,7 @@ def transition(
     """Move a request to ``to_state`` only if it is in one of ``expect`` (and, with ``worker``,
     only while that worker holds it); OperationError otherwise. Runs in the caller's transaction."""
     expect = list(expect)
-    from .redaction import redact, redact_obj
+    from residency.redaction import redact, redact_obj
 
     sets = [sql.SQL("state = %s, state_reason = %s, updated_at = now()")]
     params: list[Any] = [to_state, redact(reason) if reason is not None else None]
@@ -329,8 +225,6 @@ def _notice(conn: psycopg.Connection[Any], req: Request, event: str, notifier: A
 
 
 def _default_planner() -> Planner:
-    from .worker import mover
-
     return mover().plan
 
 
@@ -394,8 +288,6 @@ def create(
             refusal = f"workspace '{ws}' already has an open move {om.id} ({om.state})"
     if refusal is None:
         try:
-            from .worker import plan_sizes
-
             plan = (planner or _default_planner())(cat, conns, ws, target, strategy)
             if strategy == "auto":
                 strategy = getattr(plan, "strategy", None) or "snapshot"
@@ -411,7 +303,7 @@ def create(
         conn.commit()
 
     if refusal is not None:
-        from .redaction import redact
+        from residency.redaction import redact
 
         refusal = redact(refusal)
     state = "refused" if refusal else "pending"
@@ -558,7 +450,7 @@ def import_csv(
     Each row stands alone: a bad row gets its own error line and the others go ahead. ``ok`` is
     True for a row recorded as pending; refused rows are recorded and reported with why.
     """
-    from .files import read_text
+    from residency.files import read_text
 
     p = Path(path)
     text = read_text(p, max_bytes=CSV_MAX_BYTES, what="CSV file").removeprefix("\ufeff")

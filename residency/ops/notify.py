@@ -29,8 +29,8 @@ import psycopg
 from psycopg.types.json import Jsonb
 from tenacity import RetryError
 
-from .errors import first_line
-from .retrying import bounded_retry
+from residency.errors import first_line
+from residency.retrying import bounded_retry
 
 log = logging.getLogger("residency.notify")
 
@@ -57,7 +57,7 @@ def _plain(value: Any) -> Any:
 
 def render_notice(event: str, req: Any, *, cat: Any = None, move: Any = None, **extra: Any) -> tuple[str, str]:
     """(subject, body) of a notice, from ``playbooks/templates/events/notice.txt.j2``."""
-    from playbooks import environment
+    from residency.playbooks import environment
 
     if event not in EVENTS:
         raise ValueError(f"unknown notice event {event!r}")
@@ -68,8 +68,8 @@ def render_notice(event: str, req: Any, *, cat: Any = None, move: Any = None, **
             if name in cat.regions:
                 reg = cat.regions[name]
                 region_info[name] = {"jurisdiction": reg.jurisdiction, "law": cat.jurisdictions[reg.jurisdiction].law or ""}
-    from .requests import Window
-    from .units import format_duration
+    from .windows import Window
+    from residency.units import format_duration
 
     ctx = {
         "event": event,
@@ -124,7 +124,7 @@ def webhook_url_from_config(env: Mapping[str, str] | None = None) -> str | None:
     env = os.environ if env is None else env
     url = env.get(WEBHOOK_ENV)
     if not url:
-        from .connections import _connections_file, _read_file
+        from residency.connections import _connections_file, _read_file
 
         try:
             data = _read_file(_connections_file())
@@ -135,7 +135,7 @@ def webhook_url_from_config(env: Mapping[str, str] | None = None) -> str | None:
         return None
     parts = urllib.parse.urlsplit(str(url))
     if parts.scheme not in ("http", "https") or not parts.netloc:
-        from .errors import InputError
+        from residency.errors import InputError
 
         raise InputError(f"webhook URL must be http(s)://host/...; got a {parts.scheme or 'schemeless'} URL")
     return str(url)

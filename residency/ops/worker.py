@@ -42,118 +42,16 @@ from typing import Any, Callable, Mapping
 
 import psycopg
 
-from . import audit, moves
+from residency import audit, moves
 from . import requests as rq
-from .audit import Actor
-from .catalogue import Catalogue
-from .db import connect
-from .errors import OperationError, ResidencyError, first_line
+from .estimates import plan_sizes  # noqa: F401
+from .moving import Mover, mover  # noqa: F401
+from residency.audit import Actor
+from residency.catalogue import Catalogue
+from residency.db import connect
+from residency.errors import OperationError, ResidencyError, first_line
 
 log = logging.getLogger("residency.worker")
-
-# --------------------------------------------------------------------------- the mover adapter
-
-
-@dataclass(frozen=True)
-class Mover:
-    """What the worker needs from the mover. ``start`` and ``resume`` run the move through
-    cut-over and return its final :class:`~residency.moves.MoveRecord`; ``owner`` is the
-    worker's id, for the move's lease."""
-
-    plan: Callable[[Catalogue, Any, str, str, str], Any]
-    start: Callable[..., moves.MoveRecord]
-    resume: Callable[..., moves.MoveRecord]
-
-
-def mover() -> Mover:
-    """The real mover (``migrate``), adapted to :class:`Mover`."""
-    try:
-        import migrate  # noqa: F401
-        from migrate import plan_move, resume_move, start_move
-    except ImportError as exc:
-        missing = str(exc)
-
-        def unavailable(*_a: Any, **_k: Any) -> Any:
-            raise OperationError(f"the mover (migrate/) is not available: {missing}")
-
-        return Mover(unavailable, unavailable, unavailable)
-
-    def plan(cat: Catalogue, conns: Any, ws: str, target: str, strategy: str) -> Any:
-        p = plan_move(cat, conns, ws, target, strategy=strategy)
-        if not getattr(p, "ok", True):  # the mover returns its refusals; a request needs a reason
-            raise OperationError("; ".join(p.refusals))
-        return p
-
-    def start(cat: Catalogue, conns: Any, ws: str, target: str, *, strategy: str, actor: Actor, owner: str, progress: Any = None) -> moves.MoveRecord:
-        return start_move(cat, conns, ws, target, strategy=strategy, actor=actor, progress=progress)
-
-    def resume(cat: Catalogue, conns: Any, move_id: int, *, actor: Actor, owner: str, progress: Any = None) -> moves.MoveRecord:
-        return resume_move(cat, conns, move_id, actor=actor, progress=progress)
-
-    return Mover(plan, start, resume)
-
-
-def _as_dict(obj: Any) -> Any:
-    if obj is None:
-        return {}
-    if isinstance(obj, Mapping):
-        return dict(obj)
-    for attr in ("to_dict", "as_dict"):
-        if callable(getattr(obj, attr, None)):
-            return getattr(obj, attr)()
-    if is_dataclass(obj) and not isinstance(obj, type):
-        return asdict(obj)
-    return obj
-
-
-def _num(v: Any) -> int:
-    try:
-        return int(v or 0)
-    except (TypeError, ValueError):
-        return 0
-
-
-def plan_sizes(plan: Any) -> dict[str, Any]:
-    """A plan's sizes as ``{rows, bytes, objects, object_bytes, tables: {name: {rows, bytes}}}``.
-
-    Accepts the mover's plan object (or its dict): tables as a list of entries or a mapping
-    name → entry, each with ``rows`` and ``bytes``; objects as a count, a list of entries with
-    ``size``, or a mapping with ``count`` and ``bytes``.
-    """
-    p = _as_dict(plan)
-    if not isinstance(p, Mapping):
-        return {"rows": 0, "bytes": 0, "objects": 0, "object_bytes": 0, "tables": {}}
-    if "sizes" in p and isinstance(_as_dict(p["sizes"]), Mapping):
-        p = {**p, **_as_dict(p["sizes"])}
-    tables: dict[str, dict[str, int]] = {}
-    raw = p.get("tables") or {}
-    items = raw.items() if isinstance(raw, Mapping) else [(None, t) for t in raw]
-    for name, t in items:
-        t = _as_dict(t)
-        if not isinstance(t, Mapping):
-            continue
-        n = str(name or t.get("name") or t.get("table") or f"table{len(tables) + 1}")
-        if t.get("global") or t.get("kind") == "global" or t.get("how") == "global":
-            continue
-        tables[n] = {"rows": _num(t.get("rows")), "bytes": _num(t.get("bytes"))}
-    objs = p.get("objects")
-    objs = _as_dict(objs) if objs is not None and not isinstance(objs, (int, list, tuple)) else objs
-    if isinstance(objs, Mapping) and objs and all(isinstance(_as_dict(v), Mapping) for v in objs.values()):
-        per = [_as_dict(v) for v in objs.values()]  # per bucket: {objects, bytes}
-        count = sum(_num(v.get("objects", v.get("count"))) for v in per)
-        obytes = sum(_num(v.get("bytes")) for v in per)
-    elif isinstance(objs, Mapping):
-        count, obytes = _num(objs.get("count", objs.get("objects"))), _num(objs.get("bytes"))
-    elif isinstance(objs, (list, tuple)):
-        count = len(objs)
-        obytes = sum(_num((_as_dict(o) or {}).get("size")) if isinstance(_as_dict(o), Mapping) else 0 for o in objs)
-    else:
-        count, obytes = _num(objs), 0
-    obytes = obytes or _num(p.get("object_bytes"))
-    rows = sum(t["rows"] for t in tables.values()) or _num(p.get("rows"))
-    nbytes = sum(t["bytes"] for t in tables.values()) or _num(p.get("bytes"))
-    return {"rows": rows, "bytes": nbytes, "objects": count, "object_bytes": obytes, "tables": tables}
-
 
 # --------------------------------------------------------------------------- the worker
 
@@ -231,7 +129,7 @@ class Worker:
 
     def _periodic_digest(self) -> None:
         """When idle: the audit chain's periodic signed digest, if one is due (residency.anchor)."""
-        from . import anchor
+        from residency import anchor
 
         cfg = getattr(self.conns, "anchor", None)
         now = time.monotonic()
@@ -539,15 +437,15 @@ def run_workers(
     worker_id: str | None = None,
 ) -> list[Outcome]:
     """Run ``concurrency`` workers (threads, each with its own connection) until done/stopped."""
-    from .controlplane import ensure_schema
+    from residency.controlplane import ensure_schema
 
     if concurrency < 1:
-        from .errors import InputError
+        from residency.errors import InputError
 
         raise InputError("--concurrency must be at least 1")
     with connect(conns.control_dsn) as c:
         ensure_schema(c)
-        from . import authz
+        from residency import authz
 
         authz.require(c, authz.OPERATOR, "running the worker")
     base = worker_id or default_worker_id()
