@@ -14,10 +14,10 @@ from typing import Any
 
 import psycopg
 
-from residency import db, directory, moves, policy
+from residency import admission, db, directory
 from residency.catalogue import Catalogue
 from residency.connections import Connections, redact
-from residency.errors import InputError, ResidencyError
+from residency.errors import ResidencyError
 
 from . import graph as graph_mod
 from . import references as refs_mod
@@ -135,28 +135,13 @@ def plan_move(cat: Catalogue, conns: Connections, workspace_id: object, target: 
 
 def _plan(cat: Catalogue, conns: Connections, ws: str, target: str, plan: MovePlan) -> None:
     with db.connect(conns.control_dsn, autocommit=True) as cp:
-        entry = directory.get(cp, ws)
-        if entry is None:
-            plan.refusals.append(f"unknown workspace '{ws}': it is not in the directory")
-            return
-        plan.source = entry.region
-        open_move = moves.open_move_for(cp, ws)
-    source = entry.region
-    decision = policy.may_move(cat, source, target)  # the one place the rule lives
-    plan.policy = decision.reason
-    if source == target:
-        plan.refusals.append(f"target equals home: workspace '{ws}' is already in region '{target}'")
-    elif not cat.region(target).is_active:
-        plan.refusals.append(f"target region '{target}' is not active (status {cat.region(target).status}): {decision.reason}")
-    elif not decision:
-        plan.refusals.append(f"policy forbids the move: {decision.reason}")
-    if open_move is not None:
-        plan.refusals.append(
-            f"a move is already running for workspace '{ws}': move {open_move.id} ({open_move.state}, {open_move.source} → {open_move.target})"
-        )
+        adm = admission.check(cp, cat, ws, target)  # unknown, already there, inactive, policy, open move
+    plan.refusals += adm.refusals
+    plan.policy = adm.policy
+    if adm.source is None:
+        return
+    plan.source = source = adm.source
     if source == target or source not in cat.regions:
-        if source not in cat.regions:
-            plan.refusals.append(f"workspace '{ws}' is homed in '{source}', which regions.yaml does not define")
         return
     try:
         src_ep, dst_ep = conns.region(source), conns.region(target)

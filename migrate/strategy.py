@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable
 
-from residency.errors import InputError
+
 from residency.moves import MoveRecord
 
 from . import phases

@@ -15,6 +15,7 @@ package-dir). The layers, lowest first (README "Layout"):
 from __future__ import annotations
 
 import ast
+import shutil
 import subprocess
 import sys
 import tomllib
@@ -183,7 +184,13 @@ def test_installed_names_are_all_under_residency(tmp_path: Path) -> None:
     ``stacks`` or ``playbooks`` to clash with other distributions), with the templates and SQL it reads."""
     declared = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
     assert all(p == "residency" or p.startswith("residency.") for p in declared)
-    r = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path), str(REPO)],
+    src = tmp_path / "src"  # a copy: building in the checkout would leave build/ behind in it
+    src.mkdir()
+    keep = ("pyproject.toml", "README.md", "cli.py", *ROOTS)
+    for name in keep:
+        (shutil.copytree if (REPO / name).is_dir() else shutil.copy2)(REPO / name, src / name, **(
+            {"ignore": shutil.ignore_patterns("__pycache__")} if (REPO / name).is_dir() else {}))
+    r = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path), str(src)],
                        capture_output=True, text=True, timeout=300)
     if r.returncode != 0:
         pytest.fail(f"building the wheel failed: {r.stderr[-2000:]}")

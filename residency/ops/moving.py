@@ -30,7 +30,6 @@ class Mover:
 def mover() -> Mover:
     """The real mover (``migrate``), adapted to :class:`Mover`."""
     try:
-        from residency import migrate  # noqa: F401
         from residency.migrate import plan_move, resume_move, start_move
     except ImportError as exc:
         missing = str(exc)

@@ -22,7 +22,7 @@ import csv
 import os
 import re
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
@@ -30,12 +30,12 @@ import psycopg
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
-from residency import audit, authz, directory, moves, policy
+from residency import admission, audit, authz, directory, moves, policy
 from residency.audit import Actor
 from residency.catalogue import Catalogue
 from residency.db import columns
 from residency.errors import InputError, OperationError, ResidencyError, first_line
-from residency.units import format_duration, parse_duration
+from residency.units import format_duration
 
 from .estimates import DEFAULT_OVERHEAD, DEFAULT_THROUGHPUT, ONLINE_FENCE, Throughput, estimate, plan_sizes  # noqa: F401
 from .moving import Mover, mover  # noqa: F401
@@ -272,9 +272,9 @@ def create(
         conn.commit()  # the lookup above opened a transaction; the record gets its own
     refusal: str | None = None
     est: dict[str, Any] = {}
-    d = policy.may_move(cat, home.region, target)
-    if not d:
-        refusal = f"policy: {d.reason}"
+    adm = admission.check(conn, cat, ws, target)  # the mover's plan checks the same, in the same words
+    if not adm:
+        refusal = adm.refusals[0]
     if refusal is None:
         other = conn.execute(
             "SELECT id, state FROM residency.requests WHERE workspace_id = %s AND state = ANY(%s) ORDER BY id LIMIT 1",
@@ -282,10 +282,6 @@ def create(
         ).fetchone()
         if other:
             refusal = f"workspace '{ws}' already has request {other[0]} ({other[1]})"
-    if refusal is None:
-        om = moves.open_move_for(conn, ws)
-        if om:
-            refusal = f"workspace '{ws}' already has an open move {om.id} ({om.state})"
     if refusal is None:
         try:
             plan = (planner or _default_planner())(cat, conns, ws, target, strategy)

@@ -36,9 +36,9 @@ import socket
 import threading
 import time
 import uuid
-from dataclasses import asdict, dataclass, field, is_dataclass
-from datetime import datetime, timedelta, timezone
-from typing import Any, Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any, Callable
 
 import psycopg
 
