@@ -107,9 +107,9 @@ def region_context(cat: Any, name: str) -> dict[str, Any]:
 
 def move_context(cat: Any, move: Any = None, request: Any = None, throughput: Any = None) -> dict[str, Any]:
     """What the move playbooks and notices need, from a MoveRecord and/or a Request (or dicts)."""
-    from residency.ops import estimates as rq
-    from residency.ops.estimates import plan_sizes
-    from residency.ops.windows import Window
+    from residency import estimates as rq
+    from residency.estimates import plan_sizes
+    from residency.windows import Window
 
     if move is None and request is None:
         raise PlaybookError("a move or a request is needed (--move ID or --request ID)")

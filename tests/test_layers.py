@@ -6,8 +6,9 @@ are ``residency.migrate``, ``residency.stacks`` and ``residency.playbooks`` (pyp
 package-dir). The layers, lowest first (README "Layout"):
 
 0. foundation: ``residency.*`` (catalogue, policy, db, audit, directory, connections, ...);
-1. the mover ``residency.migrate`` and the deploys ``residency.stacks``, side by side;
-2. orchestration: ``residency.ops`` (requests, worker, notices) and ``residency.playbooks``;
+1. engines, side by side: the mover ``residency.migrate``, the deploys ``residency.stacks`` and the
+   runbooks and notices ``residency.playbooks`` (DESIGN.md's "engines");
+2. orchestration: ``residency.ops`` (requests, worker, notices);
 3. the CLI ``residency.cli`` and the development sandbox ``residency.sandbox``, which nothing
    below imports (the CLI hands the sandbox's connections down).
 """
@@ -34,8 +35,8 @@ LAYERS = (  # (prefix, layer): the longest matching prefix decides
     ("residency", 0),
     ("residency.migrate", 1),
     ("residency.stacks", 1),
+    ("residency.playbooks", 1),
     ("residency.ops", 2),
-    ("residency.playbooks", 2),
     ("residency.cli", 3),
     ("residency.sandbox", 3),
     ("cli", 4),  # the checkout's entry shim
@@ -142,7 +143,7 @@ def test_the_graph_sees_the_imports_it_should() -> None:
     assert "residency.errors" in g["residency.db"]  # from .errors import ...
     assert "residency.sandbox.core" in g["residency.sandbox"]  # the package's re-exports
     assert "residency.migrate.progress" in g["residency.migrate.plan"]  # imported inside a function
-    assert "residency.ops.windows" in g["residency.ops.notify"]  # from .windows import ... inside a function
+    assert "residency.windows" in g["residency.ops.notify"]  # imported inside a function
     assert all(m == "cli" or m.startswith("residency") for targets in g.values() for m in targets)  # only our own
 
 

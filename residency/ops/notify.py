@@ -68,7 +68,7 @@ def render_notice(event: str, req: Any, *, cat: Any = None, move: Any = None, **
             if name in cat.regions:
                 reg = cat.regions[name]
                 region_info[name] = {"jurisdiction": reg.jurisdiction, "law": cat.jurisdictions[reg.jurisdiction].law or ""}
-    from .windows import Window
+    from residency.windows import Window
     from residency.units import format_duration
 
     ctx = {

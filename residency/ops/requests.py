@@ -37,9 +37,9 @@ from residency.db import columns
 from residency.errors import InputError, OperationError, ResidencyError, first_line
 from residency.units import format_duration
 
-from .estimates import DEFAULT_OVERHEAD, DEFAULT_THROUGHPUT, ONLINE_FENCE, Throughput, estimate, plan_sizes  # noqa: F401
+from residency.estimates import DEFAULT_OVERHEAD, DEFAULT_THROUGHPUT, ONLINE_FENCE, Throughput, estimate, plan_sizes  # noqa: F401
 from .moving import Mover, mover  # noqa: F401
-from .windows import Window, parse_instant, parse_window  # noqa: F401
+from residency.windows import Window, parse_instant, parse_window  # noqa: F401
 
 STATES = ("pending", "approved", "running", "done", "failed", "skipped", "refused", "cancelled")
 LIVE = ("pending", "approved", "running")

@@ -44,7 +44,7 @@ import psycopg
 
 from residency import audit, moves
 from . import requests as rq
-from .estimates import plan_sizes  # noqa: F401
+from residency.estimates import plan_sizes  # noqa: F401
 from .moving import Mover, mover  # noqa: F401
 from residency.audit import Actor
 from residency.catalogue import Catalogue
