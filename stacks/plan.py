@@ -20,10 +20,6 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import pulumi
-from pulumi.runtime import mocks as _mocks
-from pulumi.runtime import settings as _settings
-from pulumi.runtime.stack import run_pulumi_func
-from pulumi.runtime.sync_await import _sync_await
 
 from residency import policy
 from residency.catalogue import Catalogue, Region
@@ -54,7 +50,7 @@ class RecordingMocks(pulumi.runtime.Mocks):
         self.records: list[tuple[str, str, dict[str, Any], str | None]] = []
         self.provider_regions: dict[str, str] = {}
 
-    def new_resource(self, args: _mocks.MockResourceArgs) -> tuple[str | None, dict]:
+    def new_resource(self, args: pulumi.runtime.MockResourceArgs) -> tuple[str | None, dict]:
         inputs = _whole_numbers(dict(args.inputs))
         rid = f"{args.name}-id"
         if args.typ.startswith("pulumi:providers:"):
@@ -81,23 +77,31 @@ class RecordingMocks(pulumi.runtime.Mocks):
             state["name"] = args.name
         return rid, state
 
-    def call(self, args: _mocks.MockCallArgs) -> tuple[dict, list[tuple[str, str]] | None]:
+    def call(self, args: pulumi.runtime.MockCallArgs) -> tuple[dict, list[tuple[str, str]] | None]:
         return {}, None
 
 
 def reset_runtime() -> None:
-    """Forget any root resource and outstanding work of a previous run in this process."""
-    _settings.ROOT.set(None)
-    _settings.SETTINGS.rpc_manager.clear()
-    _settings.SETTINGS.outputs.clear()
+    """Forget the root stack resource of a previous run in this process (Pulumi's public
+    ``reset_options``; :func:`pulumi.runtime.set_mocks` then makes a fresh one)."""
+    pulumi.runtime.reset_options(project=PROJECT, stack="stack")
 
 
 def run_program(program: Callable[[], Any], stack: str, preview: bool = False) -> RecordingMocks:
-    """Run ``program`` under fresh mocks as stack ``stack`` and return what it registered."""
+    """Run ``program`` under fresh mocks as stack ``stack`` and return what it registered.
+
+    Only Pulumi's public testing API: :func:`pulumi.runtime.set_mocks` installs the mocks (with a
+    fresh settings bag, so nothing outstanding from a previous run is awaited), and the
+    :func:`pulumi.runtime.test` wrapper runs the program and waits until every registration and
+    every ``apply`` has been answered; an exception of the program is raised here."""
     mocks = RecordingMocks()
-    reset_runtime()
+    pulumi.runtime.reset_options(project=PROJECT, stack=stack, preview=preview)
     pulumi.runtime.set_mocks(mocks, project=PROJECT, stack=stack, preview=preview)
-    _sync_await(run_pulumi_func(program))
+
+    def run() -> None:  # the program's return value is not an output to wait for
+        program()
+
+    pulumi.runtime.test(run)()
     return mocks
 
 

@@ -8,7 +8,8 @@ to is the stack's name, read from the resource's URN (``urn:pulumi:<stack>::<pro
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping
+from collections.abc import Mapping, Sequence
+from typing import Any, Callable
 
 from residency import catalogue, policy
 
@@ -29,19 +30,24 @@ def stack_of(urn: str) -> str:
 
 
 def plain(value: Any) -> Any:
-    """pulumi-policy's unknown-checking proxies unwrapped into plain values; values unknown during
-    preview become :data:`UNKNOWN` instead of aborting the whole check."""
-    from pulumi_policy import proxy
-
-    if isinstance(value, (proxy._DictProxy, proxy._ListProxy)):
-        value = value["__target"]  # the raw container; its elements may be proxies themselves
+    """A resource's properties as plain dicts and lists. pulumi-policy hands them over as read-only
+    ``Mapping`` and ``Sequence`` views (``ResourceValidationArgs.props``) that raise its
+    ``UnknownValueError`` when a value unknown during preview is read; such a value becomes
+    :data:`UNKNOWN` here instead of aborting the whole check."""
     if isinstance(value, Mapping):
-        return {k: plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [plain(v) for v in value]
-    if isinstance(value, str) and proxy._is_unknown(value):
-        return UNKNOWN
+        return {k: _read(value, k) for k in value}
+    if isinstance(value, Sequence) and not isinstance(value, (str, bytes)):
+        return [_read(value, i) for i in range(len(value))]
     return value
+
+
+def _read(container: Any, key: Any) -> Any:
+    from pulumi_policy.proxy import UnknownValueError  # lazily: only the engine's policy run needs it
+
+    try:
+        return plain(container[key])
+    except UnknownValueError:
+        return UNKNOWN
 
 
 def _provider_region(provider: Any) -> str | None:
