@@ -65,6 +65,21 @@ def preflight(cat: Catalogue, region: Region) -> None:
         raise InputError(f"region '{region.name}': backup copies refused: {d.reason}")
 
 
+@dataclass(frozen=True, kw_only=True)
+class RegionalEnvironmentArgs:
+    """The inputs of a :class:`RegionalEnvironment`, typed, as Pulumi's own resources take an
+    ``...Args`` object: the catalogue (for the residency rules) and the region it builds."""
+
+    catalogue: Catalogue
+    region: Region
+    az_count: int = AZ_COUNT
+    """Private subnets, one per availability zone."""
+
+    @property
+    def tags(self) -> dict[str, str]:
+        return tags_for(self.region)
+
+
 @dataclass
 class BucketSet:
     bucket: aws.s3.Bucket
@@ -72,47 +87,79 @@ class BucketSet:
 
 
 class RegionalEnvironment(pulumi.ComponentResource):
-    """One region's environment: network, database, buckets, queues, roles, backup copies."""
+    """One region's environment: network, database, buckets, queues, roles, backup copies.
 
-    def __init__(self, name: str, cat: Catalogue, region: Region, opts: pulumi.ResourceOptions | None = None):
-        preflight(cat, region)  # before registering anything
+    ``RegionalEnvironment(name, RegionalEnvironmentArgs(catalogue=cat, region=region))``. Each
+    resource group is built by its own method, in dependency order: providers, keys, network,
+    database, backups, buckets (with their replicas and replication role), queues, roles."""
+
+    vpc: aws.ec2.Vpc
+    database: aws.rds.Instance
+    buckets: dict[str, BucketSet]
+    queues: dict[str, aws.sqs.Queue]
+
+    def __init__(self, name: str, args: RegionalEnvironmentArgs, opts: pulumi.ResourceOptions | None = None):
+        preflight(args.catalogue, args.region)  # before registering anything
         super().__init__(TYPE, name, None, opts)
-        self.region = region
-        env = region.environment
-        tags = tags_for(region)
-        n = region.name
+        self.args = args
+        self.region = args.region
+        self._make_providers()
+        self._make_keys()
+        self._make_network()
+        self._make_database()
+        self._make_backups()
+        self._make_buckets()
+        self._make_queues()
+        self._make_roles()
+        self.register_outputs({
+            "region": self.region.name, "aws_region": self.region.aws_region, "backup_region": self.region.backup_region,
+            "vpc_id": self.vpc.id, "database_endpoint": self.database.endpoint,
+            "buckets": {b: s.bucket.bucket for b, s in self.buckets.items()},
+            "queues": {q: s.url for q, s in self.queues.items()},
+        })
 
-        self.provider = aws.Provider(f"{n}-aws", region=region.aws_region, opts=pulumi.ResourceOptions(parent=self))
-        self.backup_provider = aws.Provider(f"{n}-aws-backup", region=region.backup_region, opts=pulumi.ResourceOptions(parent=self))
-        here = pulumi.ResourceOptions(parent=self, provider=self.provider)
-        there = pulumi.ResourceOptions(parent=self, provider=self.backup_provider)
+    # -- explicit providers: the region's and its backup region's; never a default provider
+    def _make_providers(self) -> None:
+        n = self.region.name
+        self.provider = aws.Provider(f"{n}-aws", region=self.region.aws_region, opts=pulumi.ResourceOptions(parent=self))
+        self.backup_provider = aws.Provider(f"{n}-aws-backup", region=self.region.backup_region,
+                                            opts=pulumi.ResourceOptions(parent=self))
+        self.here = pulumi.ResourceOptions(parent=self, provider=self.provider)
+        self.there = pulumi.ResourceOptions(parent=self, provider=self.backup_provider)
 
-        # -- keys: one per AWS region, never multi-region
+    # -- keys: one per AWS region, never multi-region
+    def _make_keys(self) -> None:
+        r, n, tags = self.region, self.region.name, self.args.tags
         self.key = aws.kms.Key(
-            f"{n}-key", description=f"residency {n}: data at rest in {region.aws_region}",
-            multi_region=False, enable_key_rotation=True, deletion_window_in_days=30, tags=tags, opts=here,
+            f"{n}-key", description=f"residency {n}: data at rest in {r.aws_region}",
+            multi_region=False, enable_key_rotation=True, deletion_window_in_days=30, tags=tags, opts=self.here,
         )
         self.backup_key = aws.kms.Key(
-            f"{n}-backup-key", description=f"residency {n}: backup copies in {region.backup_region}",
-            multi_region=False, enable_key_rotation=True, deletion_window_in_days=30, tags=tags, opts=there,
+            f"{n}-backup-key", description=f"residency {n}: backup copies in {r.backup_region}",
+            multi_region=False, enable_key_rotation=True, deletion_window_in_days=30, tags=tags, opts=self.there,
         )
 
-        # -- network: a VPC with private subnets across availability zones
-        self.vpc = aws.ec2.Vpc(f"{n}-vpc", cidr_block=region.cidr, enable_dns_hostnames=True, enable_dns_support=True,
+    # -- network: a VPC with private subnets across availability zones
+    def _make_network(self) -> None:
+        r, n, tags, here = self.region, self.region.name, self.args.tags, self.here
+        self.vpc = aws.ec2.Vpc(f"{n}-vpc", cidr_block=r.cidr, enable_dns_hostnames=True, enable_dns_support=True,
                                tags={**tags, "Name": f"{PREFIX}-{n}"}, opts=here)
         self.subnets = [
             aws.ec2.Subnet(f"{n}-private-{az[-1]}", vpc_id=self.vpc.id, cidr_block=cidr, availability_zone=az,
                            map_public_ip_on_launch=False, tags={**tags, "Name": f"{PREFIX}-{n}-private-{az[-1]}"}, opts=here)
-            for az, cidr in private_subnets(region)
+            for az, cidr in private_subnets(r, self.args.az_count)
         ]
         self.db_security_group = aws.ec2.SecurityGroup(
             f"{n}-db-sg", vpc_id=self.vpc.id, description="PostgreSQL from inside the VPC only",
-            ingress=[aws.ec2.SecurityGroupIngressArgs(protocol="tcp", from_port=5432, to_port=5432, cidr_blocks=[region.cidr])],
+            ingress=[aws.ec2.SecurityGroupIngressArgs(protocol="tcp", from_port=5432, to_port=5432, cidr_blocks=[r.cidr])],
             egress=[], tags=tags, opts=here,
         )
 
-        # -- database
-        major = env.database.version.split(".")[0]
+    # -- database: PostgreSQL in the private subnets, encrypted with the region's key
+    def _make_database(self) -> None:
+        r, n, tags, here = self.region, self.region.name, self.args.tags, self.here
+        db = r.environment.database
+        major = db.version.split(".")[0]
         self.db_subnets = aws.rds.SubnetGroup(f"{n}-db-subnets", subnet_ids=[s.id for s in self.subnets], tags=tags, opts=here)
         self.db_parameters = aws.rds.ParameterGroup(
             f"{n}-db-params", family=f"postgres{major}", description="residency: logical replication for online moves, TLS only",
@@ -123,48 +170,39 @@ class RegionalEnvironment(pulumi.ComponentResource):
             tags=tags, opts=here,
         )
         self.database = aws.rds.Instance(
-            f"{n}-db", identifier=db_identifier(region), engine=env.database.engine, engine_version=env.database.version,
-            instance_class=env.database.instance_class, allocated_storage=env.database.storage_gb, storage_type="gp3",
-            multi_az=env.database.multi_az, storage_encrypted=True, kms_key_id=self.key.arn,
-            backup_retention_period=retention.backup_days(region), copy_tags_to_snapshot=True,
+            f"{n}-db", identifier=db_identifier(r), engine=db.engine, engine_version=db.version,
+            instance_class=db.instance_class, allocated_storage=db.storage_gb, storage_type="gp3",
+            multi_az=db.multi_az, storage_encrypted=True, kms_key_id=self.key.arn,
+            backup_retention_period=retention.backup_days(r), copy_tags_to_snapshot=True,
             db_subnet_group_name=self.db_subnets.name, parameter_group_name=self.db_parameters.name,
             vpc_security_group_ids=[self.db_security_group.id], publicly_accessible=False,
             username="residency", manage_master_user_password=True, iam_database_authentication_enabled=True,
-            deletion_protection=True, skip_final_snapshot=False, final_snapshot_identifier=f"{db_identifier(region)}-final",
+            deletion_protection=True, skip_final_snapshot=False, final_snapshot_identifier=f"{db_identifier(r)}-final",
             tags=tags, opts=here,
         )
+
+    # -- backups: the database's automated backups copied to the backup region, inside the jurisdiction
+    def _make_backups(self) -> None:
         self.database_backups = aws.rds.InstanceAutomatedBackupsReplication(
-            f"{n}-db-backups", source_db_instance_arn=self.database.arn, kms_key_id=self.backup_key.arn,
-            retention_period=retention.backup_days(region), opts=there,
+            f"{self.region.name}-db-backups", source_db_instance_arn=self.database.arn, kms_key_id=self.backup_key.arn,
+            retention_period=retention.backup_days(self.region), opts=self.there,
         )
 
-        # -- buckets, each with an encrypted, versioned replica in the backup region
+    # -- buckets, each with an encrypted, versioned replica in the backup region
+    def _make_buckets(self) -> None:
+        r, n, tags = self.region, self.region.name, self.args.tags
         self.replication_role = aws.iam.Role(
             f"{n}-s3-replication", name=f"{PREFIX}-{n}-s3-replication",
-            assume_role_policy=_assume("s3.amazonaws.com"), tags=tags, opts=here,
+            assume_role_policy=_assume("s3.amazonaws.com"), tags=tags, opts=self.here,
         )
-        self.buckets: dict[str, BucketSet] = {}
-        for b in env.buckets:
-            src = self._bucket(f"{n}-{b}", bucket_name(region, b), self.key, tags, here, retention.noncurrent_version_days(region))
-            dst = self._bucket(f"{n}-{b}-replica", bucket_name(region, b, replica=True), self.backup_key, tags, there,
-                               retention.noncurrent_version_days(region))
-            aws.s3.BucketReplicationConfig(
-                f"{n}-{b}-replication", bucket=src.bucket.bucket, role=self.replication_role.arn,
-                rules=[aws.s3.BucketReplicationConfigRuleArgs(
-                    id="backup", status="Enabled", filter=aws.s3.BucketReplicationConfigRuleFilterArgs(prefix=""),
-                    delete_marker_replication=aws.s3.BucketReplicationConfigRuleDeleteMarkerReplicationArgs(status="Enabled"),
-                    source_selection_criteria=aws.s3.BucketReplicationConfigRuleSourceSelectionCriteriaArgs(
-                        sse_kms_encrypted_objects=aws.s3.BucketReplicationConfigRuleSourceSelectionCriteriaSseKmsEncryptedObjectsArgs(status="Enabled")),
-                    destination=aws.s3.BucketReplicationConfigRuleDestinationArgs(
-                        bucket=policy.s3_bucket_arn(bucket_name(region, b, replica=True)),
-                        encryption_configuration=aws.s3.BucketReplicationConfigRuleDestinationEncryptionConfigurationArgs(
-                            replica_kms_key_id=self.backup_key.arn)),
-                )],
-                opts=pulumi.ResourceOptions(parent=self, provider=self.provider, depends_on=[src.versioning, dst.versioning]),
-            )
+        self.buckets = {}
+        for b in r.environment.buckets:
+            src = self._bucket(f"{n}-{b}", bucket_name(r, b), self.key, tags, self.here, retention.noncurrent_version_days(r))
+            dst = self._bucket(f"{n}-{b}-replica", bucket_name(r, b, replica=True), self.backup_key, tags, self.there,
+                               retention.noncurrent_version_days(r))
+            self._make_replication(b, src, dst)
             self.buckets[b] = BucketSet(src.bucket, dst.bucket)
-        src_arns = [policy.s3_bucket_arn(bucket_name(region, b)) for b in env.buckets]
-        dst_arns = [policy.s3_bucket_arn(bucket_name(region, b, replica=True)) for b in env.buckets]
+        src_arns, dst_arns = self._bucket_arns()
         aws.iam.RolePolicy(
             f"{n}-s3-replication", role=self.replication_role.id,
             policy=pulumi.Output.all(self.key.arn, self.backup_key.arn).apply(lambda k: _doc([
@@ -175,17 +213,45 @@ class RegionalEnvironment(pulumi.ComponentResource):
                 {"Action": ["kms:Decrypt"], "Resource": [k[0]]},
                 {"Action": ["kms:Encrypt", "kms:GenerateDataKey"], "Resource": [k[1]]},
             ])),
-            opts=here,
+            opts=self.here,
         )
 
-        # -- queues
+    def _make_replication(self, b: str, src: "_Made", dst: "_Made") -> None:
+        r = self.region
+        aws.s3.BucketReplicationConfig(
+            f"{r.name}-{b}-replication", bucket=src.bucket.bucket, role=self.replication_role.arn,
+            rules=[aws.s3.BucketReplicationConfigRuleArgs(
+                id="backup", status="Enabled", filter=aws.s3.BucketReplicationConfigRuleFilterArgs(prefix=""),
+                delete_marker_replication=aws.s3.BucketReplicationConfigRuleDeleteMarkerReplicationArgs(status="Enabled"),
+                source_selection_criteria=aws.s3.BucketReplicationConfigRuleSourceSelectionCriteriaArgs(
+                    sse_kms_encrypted_objects=aws.s3.BucketReplicationConfigRuleSourceSelectionCriteriaSseKmsEncryptedObjectsArgs(status="Enabled")),
+                destination=aws.s3.BucketReplicationConfigRuleDestinationArgs(
+                    bucket=policy.s3_bucket_arn(bucket_name(r, b, replica=True)),
+                    encryption_configuration=aws.s3.BucketReplicationConfigRuleDestinationEncryptionConfigurationArgs(
+                        replica_kms_key_id=self.backup_key.arn)),
+            )],
+            opts=pulumi.ResourceOptions(parent=self, provider=self.provider, depends_on=[src.versioning, dst.versioning]),
+        )
+
+    def _bucket_arns(self) -> tuple[list[str], list[str]]:
+        """The ARNs of the region's buckets and of their replicas (known before anything exists)."""
+        names = self.region.environment.buckets
+        return ([policy.s3_bucket_arn(bucket_name(self.region, b)) for b in names],
+                [policy.s3_bucket_arn(bucket_name(self.region, b, replica=True)) for b in names])
+
+    # -- queues
+    def _make_queues(self) -> None:
+        r, tags = self.region, self.args.tags
         self.queues = {
-            q: aws.sqs.Queue(f"{n}-{q}", name=queue_name(region, q), kms_master_key_id=self.key.arn,
-                             kms_data_key_reuse_period_seconds=300, message_retention_seconds=14 * 24 * 3600, tags=tags, opts=here)
-            for q in env.queues
+            q: aws.sqs.Queue(f"{r.name}-{q}", name=queue_name(r, q), kms_master_key_id=self.key.arn,
+                             kms_data_key_reuse_period_seconds=300, message_retention_seconds=14 * 24 * 3600, tags=tags, opts=self.here)
+            for q in r.environment.queues
         }
 
-        # -- roles: the application and the mover, each with only what it needs
+    # -- roles: the application and the mover, each with only what it needs
+    def _make_roles(self) -> None:
+        r, n, tags, here = self.region, self.region.name, self.args.tags, self.here
+        src_arns, dst_arns = self._bucket_arns()
         queue_arns = [q.arn for q in self.queues.values()]
         self.app_role = aws.iam.Role(f"{n}-app", name=f"{PREFIX}-{n}-app", assume_role_policy=_assume("ecs-tasks.amazonaws.com"),
                                      tags=tags, opts=here)
@@ -196,7 +262,7 @@ class RegionalEnvironment(pulumi.ComponentResource):
                 {"Action": ["s3:ListBucket"], "Resource": src_arns},
                 {"Action": ["sqs:SendMessage", "sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:GetQueueAttributes"], "Resource": list(v[2:])},
                 {"Action": ["kms:Decrypt", "kms:GenerateDataKey"], "Resource": [v[0]]},
-                {"Action": ["rds-db:connect"], "Resource": [f"arn:aws:rds-db:{region.aws_region}:*:dbuser:{v[1]}/app"]},
+                {"Action": ["rds-db:connect"], "Resource": [f"arn:aws:rds-db:{r.aws_region}:*:dbuser:{v[1]}/app"]},
             ])),
             opts=here,
         )
@@ -212,17 +278,10 @@ class RegionalEnvironment(pulumi.ComponentResource):
                 {"Action": ["s3:ListBucketVersions"], "Resource": dst_arns},
                 {"Action": ["s3:DeleteObjectVersion"], "Resource": [f"{a}/*" for a in dst_arns]},
                 {"Action": ["kms:Decrypt", "kms:Encrypt", "kms:GenerateDataKey"], "Resource": [v[0]]},
-                {"Action": ["rds-db:connect"], "Resource": [f"arn:aws:rds-db:{region.aws_region}:*:dbuser:{v[1]}/mover"]},
+                {"Action": ["rds-db:connect"], "Resource": [f"arn:aws:rds-db:{r.aws_region}:*:dbuser:{v[1]}/mover"]},
             ])),
             opts=here,
         )
-
-        self.register_outputs({
-            "region": region.name, "aws_region": region.aws_region, "backup_region": region.backup_region,
-            "vpc_id": self.vpc.id, "database_endpoint": self.database.endpoint,
-            "buckets": {b: s.bucket.bucket for b, s in self.buckets.items()},
-            "queues": {q: s.url for q, s in self.queues.items()},
-        })
 
     def _bucket(self, lname: str, name: str, key: aws.kms.Key, tags: dict[str, str], opts: pulumi.ResourceOptions, retention_days: int):
         bucket = aws.s3.Bucket(lname, bucket=name, force_destroy=False, tags=tags, opts=opts)

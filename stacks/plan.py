@@ -123,10 +123,10 @@ class RegionPlan:
 
 def plan_region(cat: Catalogue, region: Region | str) -> RegionPlan:
     """Every resource ``region``'s stack would get, recorded under mocks (nothing deployed)."""
-    from .component import RegionalEnvironment  # late: importing pulumi_aws is slow
+    from .component import RegionalEnvironment, RegionalEnvironmentArgs  # late: importing pulumi_aws is slow
 
     r = cat.region(region) if isinstance(region, str) else region
-    mocks = run_program(lambda: RegionalEnvironment(r.name, cat, r), stack=r.name)
+    mocks = run_program(lambda: RegionalEnvironment(r.name, RegionalEnvironmentArgs(catalogue=cat, region=r)), stack=r.name)
     norm = _Normaliser(cat, r)
     resources = [
         PlannedResource(typ, name, norm.name(name), aws_region, policy.normalize_props(inputs))  # type: ignore[arg-type]

@@ -37,12 +37,12 @@ def build_control(cat: catalogue.Catalogue):
 def build(cat: catalogue.Catalogue, stack: str):
     """Build the region the stack is named after (or, for the ``control`` stack, the audit
     anchor) and export what other tools need."""
-    from .component import RegionalEnvironment
+    from .component import RegionalEnvironment, RegionalEnvironmentArgs
 
     if stack == CONTROL_STACK and stack not in cat.regions:
         return build_control(cat)
     region = cat.region(stack)
-    env = RegionalEnvironment(region.name, cat, region)
+    env = RegionalEnvironment(region.name, RegionalEnvironmentArgs(catalogue=cat, region=region))
     pulumi.export("region", region.name)
     pulumi.export("aws_region", region.aws_region)
     pulumi.export("backup_region", region.backup_region)

@@ -83,12 +83,12 @@ def test_plan_runs_are_isolated(cat):
 
 @pulumi.runtime.test
 def test_backup_region_outside_the_jurisdiction_is_refused_before_anything_is_built(cat, mocks):
-    from residency.stacks.component import RegionalEnvironment
+    from residency.stacks.component import RegionalEnvironment, RegionalEnvironmentArgs
 
     bad = dataclasses.replace(cat.regions["eu"], backup_region="us-west-2")  # bypasses the loader's check
     cat2 = with_region(cat, bad)
     with pytest.raises(InputError, match="outside jurisdiction EU"):
-        RegionalEnvironment("eu", cat2, bad)
+        RegionalEnvironment("eu", RegionalEnvironmentArgs(catalogue=cat2, region=bad))
     assert mocks.records == []
 
 
@@ -103,10 +103,10 @@ def test_plan_of_a_region_with_a_foreign_backup_region_is_refused(cat):
 
 @pulumi.runtime.test
 def test_database_and_buckets_are_encrypted_with_a_key_of_their_own_region(cat, mocks):
-    from residency.stacks.component import RegionalEnvironment
+    from residency.stacks.component import RegionalEnvironment, RegionalEnvironmentArgs
 
     region = cat.regions["eu"]
-    env = RegionalEnvironment("eu", cat, region)
+    env = RegionalEnvironment("eu", RegionalEnvironmentArgs(catalogue=cat, region=region))
     outs = [env.database.storage_encrypted, env.database.kms_key_id, env.key.arn, env.backup_key.arn,
             env.database_backups.kms_key_id]
 
