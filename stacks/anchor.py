@@ -17,10 +17,11 @@ from residency.digests import KEY_SPEC
 TYPE = "residency:stacks:AuditAnchor"
 RETENTION_DAYS = 2557  # seven years
 BUCKET = "residency-audit-digests"
+ALIAS = "alias/residency-audit"
 
 
 class AuditAnchor(pulumi.ComponentResource):
-    def __init__(self, name: str, aws_region: str, *, bucket: str = BUCKET, retention_days: int = RETENTION_DAYS,
+    def __init__(self, name: str, aws_region: str, *, bucket: str = BUCKET, alias: str = ALIAS, retention_days: int = RETENTION_DAYS,
                  opts: pulumi.ResourceOptions | None = None):
         super().__init__(TYPE, name, None, opts)
         tags = {"residency:component": "audit-anchor", "residency:managed-by": "pulumi"}
@@ -31,7 +32,7 @@ class AuditAnchor(pulumi.ComponentResource):
             customer_master_key_spec=KEY_SPEC, key_usage="SIGN_VERIFY", multi_region=False,
             deletion_window_in_days=30, tags=tags, opts=here,
         )
-        self.alias = aws.kms.Alias(f"{name}-signing-key", name="alias/residency-audit", target_key_id=self.key.key_id, opts=here)
+        self.alias = aws.kms.Alias(f"{name}-signing-key", name=alias, target_key_id=self.key.key_id, opts=here)
         self.bucket = aws.s3.Bucket(f"{name}-digests", bucket=bucket, object_lock_enabled=True, force_destroy=False, tags=tags, opts=here)
         self.versioning = aws.s3.BucketVersioning(
             f"{name}-digests", bucket=self.bucket.bucket,

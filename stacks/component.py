@@ -19,30 +19,32 @@ from residency import policy, retention
 from residency.catalogue import Catalogue, Region
 from residency.errors import InputError
 
+from .names import DEFAULT_ENV, resource_prefix
+
 TYPE = "residency:stacks:RegionalEnvironment"
 AZ_COUNT = 3
-PREFIX = "residency"
 
 
-def tags_for(region: Region) -> dict[str, str]:
+def tags_for(region: Region, env: str = DEFAULT_ENV) -> dict[str, str]:
     return {
         "residency:region": region.name,
         "residency:jurisdiction": region.jurisdiction,
+        "residency:environment": env,
         "residency:managed-by": "pulumi",
     }
 
 
-def bucket_name(region: Region, bucket: str, replica: bool = False) -> str:
+def bucket_name(region: Region, bucket: str, replica: bool = False, env: str = DEFAULT_ENV) -> str:
     """Deterministic names, so they are known at preview time and parity can find them."""
-    return f"{PREFIX}-{region.name}-{bucket}" + ("-replica" if replica else "")
+    return f"{resource_prefix(env)}-{region.name}-{bucket}" + ("-replica" if replica else "")
 
 
-def queue_name(region: Region, queue: str) -> str:
-    return f"{PREFIX}-{region.name}-{queue}"
+def queue_name(region: Region, queue: str, env: str = DEFAULT_ENV) -> str:
+    return f"{resource_prefix(env)}-{region.name}-{queue}"
 
 
-def db_identifier(region: Region) -> str:
-    return f"{PREFIX}-{region.name}"
+def db_identifier(region: Region, env: str = DEFAULT_ENV) -> str:
+    return f"{resource_prefix(env)}-{region.name}"
 
 
 def private_subnets(region: Region, count: int = AZ_COUNT) -> list[tuple[str, str]]:
@@ -72,12 +74,19 @@ class RegionalEnvironmentArgs:
 
     catalogue: Catalogue
     region: Region
+    env: str = DEFAULT_ENV
+    """The environment (``production``, ``staging``, ...): the stack is ``<env>-<region>``."""
     az_count: int = AZ_COUNT
     """Private subnets, one per availability zone."""
 
     @property
     def tags(self) -> dict[str, str]:
-        return tags_for(self.region)
+        return tags_for(self.region, self.env)
+
+    @property
+    def prefix(self) -> str:
+        """The prefix of the physical names (see :func:`residency.stacks.names.resource_prefix`)."""
+        return resource_prefix(self.env)
 
 
 @dataclass
@@ -143,10 +152,10 @@ class RegionalEnvironment(pulumi.ComponentResource):
     def _make_network(self) -> None:
         r, n, tags, here = self.region, self.region.name, self.args.tags, self.here
         self.vpc = aws.ec2.Vpc(f"{n}-vpc", cidr_block=r.cidr, enable_dns_hostnames=True, enable_dns_support=True,
-                               tags={**tags, "Name": f"{PREFIX}-{n}"}, opts=here)
+                               tags={**tags, "Name": f"{self.args.prefix}-{n}"}, opts=here)
         self.subnets = [
             aws.ec2.Subnet(f"{n}-private-{az[-1]}", vpc_id=self.vpc.id, cidr_block=cidr, availability_zone=az,
-                           map_public_ip_on_launch=False, tags={**tags, "Name": f"{PREFIX}-{n}-private-{az[-1]}"}, opts=here)
+                           map_public_ip_on_launch=False, tags={**tags, "Name": f"{self.args.prefix}-{n}-private-{az[-1]}"}, opts=here)
             for az, cidr in private_subnets(r, self.args.az_count)
         ]
         self.db_security_group = aws.ec2.SecurityGroup(
@@ -170,14 +179,14 @@ class RegionalEnvironment(pulumi.ComponentResource):
             tags=tags, opts=here,
         )
         self.database = aws.rds.Instance(
-            f"{n}-db", identifier=db_identifier(r), engine=db.engine, engine_version=db.version,
+            f"{n}-db", identifier=db_identifier(r, self.args.env), engine=db.engine, engine_version=db.version,
             instance_class=db.instance_class, allocated_storage=db.storage_gb, storage_type="gp3",
             multi_az=db.multi_az, storage_encrypted=True, kms_key_id=self.key.arn,
             backup_retention_period=retention.backup_days(r), copy_tags_to_snapshot=True,
             db_subnet_group_name=self.db_subnets.name, parameter_group_name=self.db_parameters.name,
             vpc_security_group_ids=[self.db_security_group.id], publicly_accessible=False,
             username="residency", manage_master_user_password=True, iam_database_authentication_enabled=True,
-            deletion_protection=True, skip_final_snapshot=False, final_snapshot_identifier=f"{db_identifier(r)}-final",
+            deletion_protection=True, skip_final_snapshot=False, final_snapshot_identifier=f"{db_identifier(r, self.args.env)}-final",
             tags=tags, opts=here,
         )
 
@@ -192,13 +201,13 @@ class RegionalEnvironment(pulumi.ComponentResource):
     def _make_buckets(self) -> None:
         r, n, tags = self.region, self.region.name, self.args.tags
         self.replication_role = aws.iam.Role(
-            f"{n}-s3-replication", name=f"{PREFIX}-{n}-s3-replication",
+            f"{n}-s3-replication", name=f"{self.args.prefix}-{n}-s3-replication",
             assume_role_policy=_assume("s3.amazonaws.com"), tags=tags, opts=self.here,
         )
         self.buckets = {}
         for b in r.environment.buckets:
-            src = self._bucket(f"{n}-{b}", bucket_name(r, b), self.key, tags, self.here, retention.noncurrent_version_days(r))
-            dst = self._bucket(f"{n}-{b}-replica", bucket_name(r, b, replica=True), self.backup_key, tags, self.there,
+            src = self._bucket(f"{n}-{b}", bucket_name(r, b, env=self.args.env), self.key, tags, self.here, retention.noncurrent_version_days(r))
+            dst = self._bucket(f"{n}-{b}-replica", bucket_name(r, b, replica=True, env=self.args.env), self.backup_key, tags, self.there,
                                retention.noncurrent_version_days(r))
             self._make_replication(b, src, dst)
             self.buckets[b] = BucketSet(src.bucket, dst.bucket)
@@ -226,7 +235,7 @@ class RegionalEnvironment(pulumi.ComponentResource):
                 source_selection_criteria=aws.s3.BucketReplicationConfigRuleSourceSelectionCriteriaArgs(
                     sse_kms_encrypted_objects=aws.s3.BucketReplicationConfigRuleSourceSelectionCriteriaSseKmsEncryptedObjectsArgs(status="Enabled")),
                 destination=aws.s3.BucketReplicationConfigRuleDestinationArgs(
-                    bucket=policy.s3_bucket_arn(bucket_name(r, b, replica=True)),
+                    bucket=policy.s3_bucket_arn(bucket_name(r, b, replica=True, env=self.args.env)),
                     encryption_configuration=aws.s3.BucketReplicationConfigRuleDestinationEncryptionConfigurationArgs(
                         replica_kms_key_id=self.backup_key.arn)),
             )],
@@ -236,14 +245,14 @@ class RegionalEnvironment(pulumi.ComponentResource):
     def _bucket_arns(self) -> tuple[list[str], list[str]]:
         """The ARNs of the region's buckets and of their replicas (known before anything exists)."""
         names = self.region.environment.buckets
-        return ([policy.s3_bucket_arn(bucket_name(self.region, b)) for b in names],
-                [policy.s3_bucket_arn(bucket_name(self.region, b, replica=True)) for b in names])
+        return ([policy.s3_bucket_arn(bucket_name(self.region, b, env=self.args.env)) for b in names],
+                [policy.s3_bucket_arn(bucket_name(self.region, b, replica=True, env=self.args.env)) for b in names])
 
     # -- queues
     def _make_queues(self) -> None:
         r, tags = self.region, self.args.tags
         self.queues = {
-            q: aws.sqs.Queue(f"{r.name}-{q}", name=queue_name(r, q), kms_master_key_id=self.key.arn,
+            q: aws.sqs.Queue(f"{r.name}-{q}", name=queue_name(r, q, self.args.env), kms_master_key_id=self.key.arn,
                              kms_data_key_reuse_period_seconds=300, message_retention_seconds=14 * 24 * 3600, tags=tags, opts=self.here)
             for q in r.environment.queues
         }
@@ -253,7 +262,7 @@ class RegionalEnvironment(pulumi.ComponentResource):
         r, n, tags, here = self.region, self.region.name, self.args.tags, self.here
         src_arns, dst_arns = self._bucket_arns()
         queue_arns = [q.arn for q in self.queues.values()]
-        self.app_role = aws.iam.Role(f"{n}-app", name=f"{PREFIX}-{n}-app", assume_role_policy=_assume("ecs-tasks.amazonaws.com"),
+        self.app_role = aws.iam.Role(f"{n}-app", name=f"{self.args.prefix}-{n}-app", assume_role_policy=_assume("ecs-tasks.amazonaws.com"),
                                      tags=tags, opts=here)
         aws.iam.RolePolicy(
             f"{n}-app", role=self.app_role.id,
@@ -266,7 +275,7 @@ class RegionalEnvironment(pulumi.ComponentResource):
             ])),
             opts=here,
         )
-        self.mover_role = aws.iam.Role(f"{n}-mover", name=f"{PREFIX}-{n}-mover", assume_role_policy=_assume("ecs-tasks.amazonaws.com"),
+        self.mover_role = aws.iam.Role(f"{n}-mover", name=f"{self.args.prefix}-{n}-mover", assume_role_policy=_assume("ecs-tasks.amazonaws.com"),
                                        tags=tags, opts=here)
         aws.iam.RolePolicy(
             f"{n}-mover", role=self.mover_role.id,

@@ -18,6 +18,10 @@ from residency import audit
 from residency.digests import canonical
 
 
+def subject(stack: str) -> str:
+    """The audit subject of a stack's deploys: ``stack/<env>-<region>``."""
+    return f"stack/{stack}"
+
 
 def outputs_digest(outputs: dict[str, Any]) -> str:
     return hashlib.sha256(canonical({k: outputs[k] for k in sorted(outputs)})).hexdigest()
@@ -43,7 +47,7 @@ def regions_commit(path: str | Path) -> dict[str, Any]:
 
 def record(control: Any, summary: Any, regions_path: str | Path, actor: audit.Actor | None = None) -> list[audit.Entry]:
     # summary: a stacks.orchestrate.Summary (not imported: orchestrate imports this module)
-    """One ``stack.deployed`` entry per stack ``up`` that succeeded."""
+    """One ``stack.deployed`` entry (subject ``stack/<env>-<region>``) per stack ``up`` that succeeded."""
     if summary.op != "up":
         return []
     source = regions_commit(regions_path)
@@ -51,8 +55,8 @@ def record(control: Any, summary: Any, regions_path: str | Path, actor: audit.Ac
     for r in summary.results:
         if r.status != "succeeded":
             continue
-        out.append(audit.record(control, "stack.deployed", f"stack/{r.region}", {
-            "region": r.region, "wave": r.wave, "changes": r.changes, "regions_yaml": source,
+        out.append(audit.record(control, "stack.deployed", subject(r.stack), {
+            "stack": r.stack, "env": summary.env, "region": r.region, "wave": r.wave, "changes": r.changes, "regions_yaml": source,
             "outputs_sha256": r.outputs_sha256, "seconds": round(r.seconds, 3),
         }, actor))
     return out

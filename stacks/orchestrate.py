@@ -1,7 +1,8 @@
 """Deploy orchestration: the canary region first, then the rest in parallel waves.
 
-``run(cat, op, regions, canary=..., parallel=..., engine=...)`` previews, updates or refreshes the
-stacks of the given regions (one stack per region, named after it):
+``run(cat, op, regions, env=..., canary=..., parallel=..., engine=...)`` previews, updates or
+refreshes the stacks of the given regions in one environment (one stack per region and
+environment, named ``<env>-<region>``: :mod:`residency.stacks.names`):
 
 1. the canary region alone; if it fails, nothing else runs;
 2. the remaining regions in waves of at most ``parallel`` stacks, in regions.yaml order. Before a
@@ -26,6 +27,8 @@ from typing import Any, Callable, Protocol
 from residency.catalogue import Catalogue
 from residency.errors import InputError, OperationError
 
+from .names import DEFAULT_ENV, env_name, stack_name
+
 OPS = ("preview", "up", "refresh")
 PROJECT_DIR = Path(__file__).resolve().parent
 POLICY_PACK = PROJECT_DIR / "policypack"
@@ -41,8 +44,8 @@ class Engine(Protocol):
     def ensure_available(self) -> None:
         """Raise :class:`InputError` when the engine can't run at all (no CLI)."""
 
-    def select(self, region: str) -> Any:
-        """Select (or create) the region's stack; never called concurrently. Returns a handle."""
+    def select(self, stack: str) -> Any:
+        """Select (or create) the stack ``<env>-<region>``; never called concurrently. Returns a handle."""
 
     def run(self, handle: Any, op: str) -> dict[str, int]:
         """Run ``op`` on a selected stack; return its change counts; raise on failure."""
@@ -61,6 +64,7 @@ class StackResult:
     seconds: float = 0.0
     error: str | None = None
     outputs_sha256: str | None = None  # after a successful up: the digest of the stack's outputs (stacks.deploys)
+    stack: str = ""       # the stack's name, <env>-<region>
 
 
 @dataclass
@@ -69,6 +73,7 @@ class Summary:
     canary: str
     waves: list[list[str]]
     results: list[StackResult]
+    env: str = DEFAULT_ENV
 
     @property
     def ok(self) -> bool:
@@ -79,7 +84,7 @@ class Summary:
         return [r for r in self.results if r.status == "failed"]
 
     def as_dict(self) -> dict[str, Any]:
-        return {"op": self.op, "canary": self.canary, "waves": self.waves, "ok": self.ok,
+        return {"op": self.op, "env": self.env, "canary": self.canary, "waves": self.waves, "ok": self.ok,
                 "results": [asdict(r) for r in self.results]}
 
 
@@ -134,13 +139,16 @@ def run(
     regions: list[str],
     *,
     engine: Engine,
+    env: str | None = None,
     canary: str | None = None,
     parallel: int = 4,
     on_event: Event | None = None,
 ) -> Summary:
-    """Run ``op`` over ``regions``: canary first, then parallel waves, stopping at the first failure."""
+    """Run ``op`` over the stacks ``<env>-<region>`` of ``regions``: canary first, then parallel
+    waves, stopping at the first failure. ``env``: see :func:`residency.stacks.names.env_name`."""
     if op not in OPS:
         raise InputError(f"unknown operation '{op}'; one of {', '.join(OPS)}")
+    env = env_name(env)
     canary, waves = order(cat, regions, canary, parallel)
     engine.ensure_available()
     emit = on_event or (lambda kind, region, detail: None)
@@ -157,7 +165,7 @@ def run(
         for r in wave:  # one at a time: concurrent selects corrupt the workspace
             emit("select", r, f"wave {w}")
             try:
-                handles[r] = engine.select(r)
+                handles[r] = engine.select(stack_name(env, r))
             except Exception as exc:  # noqa: BLE001 - reported per stack
                 results[r] = StackResult(r, op, w, "failed", error=f"select: {_one_line(exc)}")
                 emit("failed", r, results[r].error or "")
@@ -175,7 +183,9 @@ def run(
         if any(results[r].status == "failed" for r in wave):
             stopped = True
     ordered = [results[r] for wave in plan for r in wave]
-    return Summary(op, canary, waves, ordered)
+    for res in ordered:
+        res.stack = stack_name(env, res.region)
+    return Summary(op, canary, waves, ordered, env)
 
 
 def _run_one(engine: Engine, handle: Any, region: str, op: str, wave: int, emit: Event) -> StackResult:
@@ -227,12 +237,12 @@ class AutomationEngine:
         if shutil.which("pulumi") is None:
             raise InputError(INSTALL_HINT)
 
-    def select(self, region: str) -> Any:
+    def select(self, stack: str) -> Any:
         from pulumi import automation as auto
 
         opts = auto.LocalWorkspaceOptions(work_dir=str(self.project_dir), env_vars={"RESIDENCY_REGIONS": self.regions_path})
         with self._lock:
-            return auto.create_or_select_stack(stack_name=region, work_dir=str(self.project_dir), opts=opts)
+            return auto.create_or_select_stack(stack_name=stack, work_dir=str(self.project_dir), opts=opts)
 
     def run(self, handle: Any, op: str) -> dict[str, int]:
         from pulumi import automation as auto

@@ -24,6 +24,7 @@ import pulumi
 from residency import policy
 from residency.catalogue import Catalogue, Region
 
+from .names import DEFAULT_ENV, stack_name
 from .orchestrate import deployable
 
 ACCOUNT = "123456789012"
@@ -121,12 +122,13 @@ class RegionPlan:
         return dict(sorted(Counter(r.type for r in self.resources).items()))
 
 
-def plan_region(cat: Catalogue, region: Region | str) -> RegionPlan:
-    """Every resource ``region``'s stack would get, recorded under mocks (nothing deployed)."""
+def plan_region(cat: Catalogue, region: Region | str, env: str = DEFAULT_ENV) -> RegionPlan:
+    """Every resource the stack ``<env>-<region>`` would get, recorded under mocks (nothing deployed)."""
     from .component import RegionalEnvironment, RegionalEnvironmentArgs  # late: importing pulumi_aws is slow
 
     r = cat.region(region) if isinstance(region, str) else region
-    mocks = run_program(lambda: RegionalEnvironment(r.name, RegionalEnvironmentArgs(catalogue=cat, region=r)), stack=r.name)
+    args = RegionalEnvironmentArgs(catalogue=cat, region=r, env=env)
+    mocks = run_program(lambda: RegionalEnvironment(r.name, args), stack=stack_name(env, r.name))
     norm = _Normaliser(cat, r)
     resources = [
         PlannedResource(typ, name, norm.name(name), aws_region, policy.normalize_props(inputs))  # type: ignore[arg-type]
@@ -206,10 +208,10 @@ class Plan:
         }
 
 
-def plan(cat: Catalogue, regions: list[str] | None = None) -> Plan:
-    """Plan every region (default: every region that is not retired) and compare them."""
+def plan(cat: Catalogue, regions: list[str] | None = None, env: str = DEFAULT_ENV) -> Plan:
+    """Plan every region's stack in ``env`` (default: every region that is not retired) and compare them."""
     names = regions or deployable(cat)
-    plans = {n: plan_region(cat, n) for n in names}
+    plans = {n: plan_region(cat, n, env) for n in names}
     types = sorted({r.type for p in plans.values() for r in p.resources})
     return Plan(plans, types, compare(cat, plans))
 

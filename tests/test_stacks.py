@@ -229,14 +229,27 @@ def test_policy_pack_tolerates_values_unknown_during_preview(cat):
     assert seen == []
 
 
-def test_program_selects_the_region_by_stack_name(cat, monkeypatch):
+def test_program_selects_the_environment_and_region_by_stack_name(cat, monkeypatch):
     from residency.stacks import program
     from residency.stacks.plan import run_program
 
     monkeypatch.setenv("RESIDENCY_REGIONS", REGIONS)
-    m = run_program(program.main, stack="au")
+    m = run_program(program.main, stack="production-au")
     regions = {rec[3] for rec in m.records if rec[0].startswith("aws:")}
     assert regions == {"ap-southeast-2", "ap-southeast-4"}
+    buckets = {rec[2]["bucket"] for rec in m.records if rec[0] == "aws:s3/bucket:Bucket"}
+    assert "residency-au-attachments" in buckets  # production keeps the names the mover and parity know
+    # staging of the same region: its own physical names, so both can exist (bucket names are global)
+    m = run_program(program.main, stack="staging-au")
+    staging = {rec[2]["bucket"] for rec in m.records if rec[0] == "aws:s3/bucket:Bucket"}
+    assert "residency-staging-au-attachments" in staging and not staging & buckets
+    tags = next(rec[2]["tags"] for rec in m.records if rec[0] == "aws:ec2/vpc:Vpc")
+    assert tags["residency:environment"] == "staging" and tags["residency:region"] == "au"
+    # a bare region name (the old scheme) is refused, saying how to rename the stack
+    with pytest.raises(InputError, match=r"<env>-<region>.*pulumi stack rename production-au -s au"):
+        run_program(program.main, stack="au")
+    with pytest.raises(InputError, match="did you mean"):
+        run_program(program.main, stack="production-ua")
     reset_runtime()
 
 

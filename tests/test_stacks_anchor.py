@@ -19,7 +19,7 @@ def test_control_stack_builds_the_audit_anchor(monkeypatch):
 
     monkeypatch.setenv("RESIDENCY_REGIONS", REGIONS)
     monkeypatch.setenv("RESIDENCY_CONTROL_AWS_REGION", "eu-central-1")
-    m = run_program(program.main, stack="control")
+    m = run_program(program.main, stack="production-control")
     by_type = {}
     for typ, name, props, region in m.records:
         by_type.setdefault(typ, []).append((props, region))
@@ -33,4 +33,9 @@ def test_control_stack_builds_the_audit_anchor(monkeypatch):
     assert ver["versioningConfiguration"]["status"] == "Enabled"
     assert {r for _, _, _, r in m.records if r} == {"eu-central-1"}
     assert not any(t.startswith("aws:rds") or t.startswith("aws:ec2") for t in by_type)  # no region's environment
+    (alias, _), = by_type["aws:kms/alias:Alias"]
+    assert alias["name"] == "alias/residency-audit" and bucket["bucket"] == "residency-audit-digests"
+    m = run_program(program.main, stack="staging-control")  # another environment: its own anchor
+    names = {props.get("bucket") or props.get("name") for typ, _, props, _ in m.records if typ in ("aws:s3/bucket:Bucket", "aws:kms/alias:Alias")}
+    assert names == {"residency-staging-audit-digests", "alias/residency-staging-audit"}
     reset_runtime()

@@ -30,11 +30,13 @@ def _six_regions():
 
 
 class FakeEngine:
-    """Records the order of calls; fails where told; proves selects never overlap."""
+    """Records the order of calls (by region; the stack names selected in ``stacks``); fails where
+    told; proves selects never overlap."""
 
     def __init__(self, fail: set[str] = frozenset(), fail_select: set[str] = frozenset(), delay: float = 0.05):
         self.fail, self.fail_select, self.delay = set(fail), set(fail_select), delay
         self.calls: list[tuple[str, str]] = []
+        self.stacks: list[str] = []
         self.lock = threading.Lock()
         self.selecting = 0
         self.max_selecting = 0
@@ -44,8 +46,10 @@ class FakeEngine:
     def ensure_available(self) -> None:
         self.calls.append(("check", ""))
 
-    def select(self, region: str):
+    def select(self, stack: str):
+        region = stack.partition("-")[2]
         with self.lock:
+            self.stacks.append(stack)
             self.selecting += 1
             self.max_selecting = max(self.max_selecting, self.selecting)
             self.calls.append(("select", region))
@@ -97,6 +101,20 @@ def test_canary_first_then_waves_selected_one_at_a_time(cat6):
     assert [r.region for r in s.results] == ["eu", "us", "au", "de", "us2", "au2"]
     assert [r.wave for r in s.results] == [0, 1, 1, 2, 2, 3]
     assert all(r.changes == {"create": 43} for r in s.results)
+    assert eng.stacks[:3] == ["production-eu", "production-us", "production-au"]  # <env>-<region>, production by default
+    assert [r.stack for r in s.results][:2] == ["production-eu", "production-us"] and s.as_dict()["env"] == "production"
+
+
+def test_staging_and_production_are_different_stacks(cat6, monkeypatch):
+    eng = FakeEngine()
+    s = orchestrate.run(cat6, "preview", ["us", "eu"], engine=eng, env="staging")
+    assert eng.stacks == ["staging-us", "staging-eu"] and s.env == "staging"
+    monkeypatch.setenv("RESIDENCY_ENV", "qa")
+    eng = FakeEngine()
+    orchestrate.run(cat6, "preview", ["us"], engine=eng)
+    assert eng.stacks == ["qa-us"]
+    with pytest.raises(InputError, match="environment 'Prod-1'"):
+        orchestrate.run(cat6, "preview", ["us"], engine=FakeEngine(), env="Prod-1")
 
 
 def test_a_failed_canary_stops_everything(cat6):

@@ -17,7 +17,7 @@ from .core import Context, emit_json, json_option, main, pass_ctx, ResidencyGrou
 
 
 def _stacks_run(c: Context, op: str, region_names: tuple[str, ...], all_regions: bool, canary: str | None,
-                parallel: int, as_json: bool) -> None:
+                parallel: int, as_json: bool, env: str | None = None) -> None:
     from residency.errors import OperationError
     from residency.stacks import orchestrate
 
@@ -28,7 +28,7 @@ def _stacks_run(c: Context, op: str, region_names: tuple[str, ...], all_regions:
         click.echo(f"{op} {region}: {kind}{': ' + detail if detail else ''}", err=True)
 
     engine = orchestrate.AutomationEngine(c.regions_path)
-    summary = orchestrate.run(cat, op, names, engine=engine, canary=canary, parallel=parallel,
+    summary = orchestrate.run(cat, op, names, engine=engine, env=env, canary=canary, parallel=parallel,
                               on_event=None if as_json else progress)
     if op == "up":  # deploys are evidence: one audit entry per stack deployed
         from residency.stacks import deploys
@@ -40,16 +40,24 @@ def _stacks_run(c: Context, op: str, region_names: tuple[str, ...], all_regions:
     if as_json:
         emit_json(summary.as_dict())
     else:
-        rows = [(r.region, "canary" if r.wave == 0 else f"wave {r.wave}", r.status,
+        rows = [(r.stack, "canary" if r.wave == 0 else f"wave {r.wave}", r.status,
                  ", ".join(f"{k} {v}" for k, v in r.changes.items()) or "-", f"{r.seconds:.1f}s", r.error or "")
                 for r in summary.results]
-        click.echo(table(("REGION", "ORDER", "STATUS", "CHANGES", "TIME", "ERROR"), rows))
+        click.echo(table(("STACK", "ORDER", "STATUS", "CHANGES", "TIME", "ERROR"), rows))
     if not summary.ok:
         failed = ", ".join(r.region for r in summary.failed)
         raise OperationError(f"{op} failed in {failed}; later regions were not run")
 
 
+def _env_option(fn: Callable) -> Callable:
+    from residency.stacks.names import DEFAULT_ENV, ENV_VAR
+
+    return click.option("--env", metavar="E", envvar=ENV_VAR, default=DEFAULT_ENV, show_default=True,
+                        help=f"The environment: the stacks are <env>-<region> (also ${ENV_VAR}).")(fn)
+
+
 def _stacks_options(fn: Callable) -> Callable:
+    fn = _env_option(fn)
     fn = click.option("--json", "as_json", is_flag=True, help="Print JSON.")(fn)
     fn = click.option("--parallel", type=int, default=4, show_default=True, help="Stacks per wave after the canary.")(fn)
     fn = click.option("--canary", metavar="R", help="The region that goes first, alone (default: the first active one).")(fn)
@@ -66,35 +74,40 @@ def stacks() -> None:
 @stacks.command("preview")
 @_stacks_options
 @pass_ctx
-def stacks_preview(c: Context, region_names: tuple[str, ...], all_regions: bool, canary: str | None, parallel: int, as_json: bool) -> None:
+def stacks_preview(c: Context, region_names: tuple[str, ...], all_regions: bool, canary: str | None, parallel: int, as_json: bool,
+                  env: str) -> None:
     """Preview the stacks: canary first, then parallel waves; stops at the first failure."""
-    _stacks_run(c, "preview", region_names, all_regions, canary, parallel, as_json)
+    _stacks_run(c, "preview", region_names, all_regions, canary, parallel, as_json, env)
 
 
 @stacks.command("up")
 @_stacks_options
 @pass_ctx
-def stacks_up(c: Context, region_names: tuple[str, ...], all_regions: bool, canary: str | None, parallel: int, as_json: bool) -> None:
+def stacks_up(c: Context, region_names: tuple[str, ...], all_regions: bool, canary: str | None, parallel: int, as_json: bool,
+                  env: str) -> None:
     """Deploy the stacks: canary first, then parallel waves; stops at the first failure."""
-    _stacks_run(c, "up", region_names, all_regions, canary, parallel, as_json)
+    _stacks_run(c, "up", region_names, all_regions, canary, parallel, as_json, env)
 
 
 @stacks.command("refresh")
 @_stacks_options
 @pass_ctx
-def stacks_refresh(c: Context, region_names: tuple[str, ...], all_regions: bool, canary: str | None, parallel: int, as_json: bool) -> None:
+def stacks_refresh(c: Context, region_names: tuple[str, ...], all_regions: bool, canary: str | None, parallel: int, as_json: bool,
+                  env: str) -> None:
     """Refresh the stacks' state from the cloud: canary first, then parallel waves."""
-    _stacks_run(c, "refresh", region_names, all_regions, canary, parallel, as_json)
+    _stacks_run(c, "refresh", region_names, all_regions, canary, parallel, as_json, env)
 
 
 @stacks.command("plan")
+@_env_option
 @json_option
 @pass_ctx
-def stacks_plan(c: Context, as_json: bool) -> None:
+def stacks_plan(c: Context, as_json: bool, env: str) -> None:
     """Offline: every resource each region would get, side by side, and what differs (no CLI, no cloud)."""
     from residency.stacks import plan as plan_mod
+    from residency.stacks.names import env_name
 
-    p = plan_mod.plan(c.catalogue)
+    p = plan_mod.plan(c.catalogue, env=env_name(env))
     if as_json:
         emit_json(p.as_dict())
     else:
