@@ -1,8 +1,12 @@
 """The CI deploy workflow, generated from regions.yaml (`residency ci workflow`).
 
-Pull requests: the offline plan (no credentials needed), then a preview of every region's stack.
-Merge to main: the canary region is deployed first; every other region is its own job that needs
-the canary, so GitHub runs them in parallel once the canary succeeds and not at all if it fails.
+Pull requests: the offline plan (no credentials needed), then a preview of every stack.
+Merge to main: for each environment in turn (``--env``, repeatable, in promotion order, e.g.
+``--env staging --env production``; default ``production``), the canary region's stack
+``<env>-<region>`` is deployed first; every other region is its own job that needs the canary, so
+GitHub runs them in parallel once the canary succeeds and not at all if it fails. The next
+environment's canary needs every deploy of the one before it. Each deploy job runs in the GitHub
+environment named after its stack, where protection rules and variables can differ per stack.
 The committed file is checked by a test: regenerate it after changing regions.yaml.
 """
 
@@ -13,6 +17,7 @@ from pathlib import Path
 from residency.catalogue import Catalogue
 from residency.errors import InputError
 
+from .names import DEFAULT_ENV, env_name, stack_name
 from .orchestrate import default_canary, deployable
 
 DEFAULT_PATH = Path(".github/workflows/deploy.yml")
@@ -82,49 +87,69 @@ def _creds(aws_region: str) -> str:
     )
 
 
-def render(cat: Catalogue, canary: str | None = None) -> str:
-    """The workflow's text. Deterministic: same regions.yaml, same bytes."""
+def _envs(envs: list[str] | tuple[str, ...] | None) -> list[str]:
+    out = [env_name(e) for e in (envs or (DEFAULT_ENV,))]
+    if len(set(out)) != len(out):
+        raise InputError(f"--env given twice: {', '.join(out)}")
+    return out
+
+
+def render(cat: Catalogue, canary: str | None = None, envs: list[str] | tuple[str, ...] | None = None) -> str:
+    """The workflow's text. Deterministic: same regions.yaml and arguments, same bytes."""
     names = deployable(cat)
     first = canary_of(cat, canary)
+    environments = _envs(envs)
     out = [HEADER, "name: deploy\n\n", "on:\n  pull_request:\n  push:\n    branches: [main]\n\n",
            "permissions:\n  contents: read\n\n",
            "concurrency:\n  group: deploy-${{ github.ref }}\n  cancel-in-progress: false\n\n", _ENV, "\njobs:\n"]
-    # pull requests: plan offline, then preview each region (canary first in the list)
+    # pull requests: plan offline, then preview each stack (canary first in the list)
     out.append("  plan:\n    if: github.event_name == 'pull_request'\n    runs-on: ubuntu-latest\n    steps:\n")
     out.append(_PY_SETUP)
     out.append("      - name: Offline plan (every region side by side)\n        run: residency stacks plan\n\n")
     ordered = [first] + [n for n in names if n != first]
-    for n in ordered:
-        r = cat.regions[n]
-        job = f"preview-{n}"
-        out.append(f"  {job}:\n    if: github.event_name == 'pull_request'\n    needs: [plan]\n    runs-on: ubuntu-latest\n"
-                   f"{_DEPLOY_PERMISSIONS}    steps:\n")
-        out.append(_SETUP)
-        out.append(_creds(r.aws_region))
-        out.append(f"      - name: Preview {n} ({r.aws_region}, {r.jurisdiction})\n        run: residency stacks preview --region {n}\n\n")
-    # merge: canary, then every other region in parallel after it
-    for n in ordered:
-        r = cat.regions[n]
-        job = f"deploy-{n}"
-        needs = "" if n == first else f"    needs: [deploy-{first}]\n"
-        label = "canary" if n == first else "after the canary"
-        out.append(f"  {job}:\n    if: github.event_name == 'push' && github.ref == 'refs/heads/main'\n{needs}"
-                   f"    runs-on: ubuntu-latest\n    environment: {n}\n{_DEPLOY_PERMISSIONS}    steps:\n")
-        out.append(_SETUP)
-        out.append(_creds(r.aws_region))
-        out.append(f"      - name: Deploy {n} ({label}; {r.aws_region}, {r.jurisdiction})\n        run: residency stacks up --region {n}\n\n")
+    for env in environments:
+        for n in ordered:
+            r = cat.regions[n]
+            stack = stack_name(env, n)
+            out.append(f"  preview-{stack}:\n    if: github.event_name == 'pull_request'\n    needs: [plan]\n    runs-on: ubuntu-latest\n"
+                       f"{_DEPLOY_PERMISSIONS}    steps:\n")
+            out.append(_SETUP)
+            out.append(_creds(r.aws_region))
+            out.append(f"      - name: Preview {stack} ({r.aws_region}, {r.jurisdiction})\n"
+                       f"        run: residency stacks preview --env {env} --region {n}\n\n")
+    # merge: per environment, canary, then every other region in parallel after it; the next
+    # environment's canary after every deploy of the one before
+    before: list[str] = []
+    for env in environments:
+        jobs = []
+        for n in ordered:
+            r = cat.regions[n]
+            stack = stack_name(env, n)
+            needs = before if n == first else [f"deploy-{stack_name(env, first)}"]
+            label = "canary" if n == first else "after the canary"
+            out.append(f"  deploy-{stack}:\n    if: github.event_name == 'push' && github.ref == 'refs/heads/main'\n"
+                       + (f"    needs: [{', '.join(needs)}]\n" if needs else "")
+                       + f"    runs-on: ubuntu-latest\n    environment: {stack}\n{_DEPLOY_PERMISSIONS}    steps:\n")
+            out.append(_SETUP)
+            out.append(_creds(r.aws_region))
+            out.append(f"      - name: Deploy {stack} ({label}; {r.aws_region}, {r.jurisdiction})\n"
+                       f"        run: residency stacks up --env {env} --region {n}\n\n")
+            jobs.append(f"deploy-{stack}")
+        before = jobs
     return "".join(out).rstrip("\n") + "\n"
 
 
-def is_stale(cat: Catalogue, path: str | Path = DEFAULT_PATH, canary: str | None = None) -> bool:
+def is_stale(cat: Catalogue, path: str | Path = DEFAULT_PATH, canary: str | None = None,
+             envs: list[str] | tuple[str, ...] | None = None) -> bool:
     p = Path(path)
-    return not p.is_file() or p.read_text(encoding="utf-8") != render(cat, canary)
+    return not p.is_file() or p.read_text(encoding="utf-8") != render(cat, canary, envs)
 
 
-def write(cat: Catalogue, path: str | Path = DEFAULT_PATH, canary: str | None = None) -> bool:
+def write(cat: Catalogue, path: str | Path = DEFAULT_PATH, canary: str | None = None,
+          envs: list[str] | tuple[str, ...] | None = None) -> bool:
     """Write the workflow; return whether the file changed."""
     p = Path(path)
-    text = render(cat, canary)
+    text = render(cat, canary, envs)
     if p.is_file() and p.read_text(encoding="utf-8") == text:
         return False
     p.parent.mkdir(parents=True, exist_ok=True)

@@ -30,7 +30,9 @@ def test_a_new_region_makes_the_committed_workflow_stale(tmp_path):
     out = tmp_path / "deploy.yml"
     assert workflow.write(cat, out) is True and workflow.write(cat, out) is False
     assert not workflow.is_stale(cat, out)
-    result = CliRunner().invoke(__import__("cli").main, ["--regions", REGIONS, "ci", "workflow", "--check", str(out)])
+    from residency.cli import main
+
+    result = CliRunner().invoke(main, ["--regions", REGIONS, "ci", "workflow", "--check", str(out)])
     assert result.exit_code == 1 and "stale" in result.output
 
 
@@ -38,13 +40,32 @@ def test_workflow_previews_on_pull_requests_and_deploys_canary_first():
     cat = load(REGIONS)
     doc = yaml.safe_load(workflow.render(cat))
     jobs = doc["jobs"]
-    assert set(jobs) == {"plan", "preview-us", "preview-eu", "preview-au", "deploy-us", "deploy-eu", "deploy-au"}
-    assert "needs" not in jobs["deploy-us"]
-    assert jobs["deploy-eu"]["needs"] == ["deploy-us"] and jobs["deploy-au"]["needs"] == ["deploy-us"]
+    assert set(jobs) == {"plan", "preview-production-us", "preview-production-eu", "preview-production-au",
+                         "deploy-production-us", "deploy-production-eu", "deploy-production-au"}
+    assert "needs" not in jobs["deploy-production-us"]
+    assert jobs["deploy-production-eu"]["needs"] == ["deploy-production-us"] == jobs["deploy-production-au"]["needs"]
     assert all("pull_request" in jobs[j]["if"] for j in jobs if j.startswith(("plan", "preview")))
     assert all("push" in jobs[j]["if"] for j in jobs if j.startswith("deploy"))
-    assert jobs["deploy-au"]["steps"][-1]["run"] == "residency stacks up --region au"
+    assert jobs["deploy-production-au"]["steps"][-1]["run"] == "residency stacks up --env production --region au"
+    assert jobs["deploy-production-au"]["environment"] == "production-au"  # the GitHub environment is the stack
     assert workflow.render(cat, canary="eu") != workflow.render(cat)
+
+
+def test_workflow_promotes_staging_then_production():
+    """Both environments deploy: staging canary first, its other regions after it, and production's
+    canary only once every staging stack is deployed."""
+    cat = load(REGIONS)
+    jobs = yaml.safe_load(workflow.render(cat, envs=["staging", "production"]))["jobs"]
+    assert "needs" not in jobs["deploy-staging-us"]
+    assert jobs["deploy-staging-eu"]["needs"] == ["deploy-staging-us"]
+    assert jobs["deploy-production-us"]["needs"] == ["deploy-staging-us", "deploy-staging-eu", "deploy-staging-au"]
+    assert jobs["deploy-production-au"]["needs"] == ["deploy-production-us"]
+    assert jobs["deploy-staging-eu"]["steps"][-1]["run"] == "residency stacks up --env staging --region eu"
+    assert jobs["preview-staging-au"]["steps"][-1]["run"] == "residency stacks preview --env staging --region au"
+    from residency.errors import InputError
+
+    with pytest.raises(InputError, match="given twice"):
+        workflow.render(cat, envs=["staging", "staging"])
 
 
 def test_generated_workflow_has_no_zizmor_finding(tmp_path):
@@ -57,7 +78,7 @@ def test_generated_workflow_has_no_zizmor_finding(tmp_path):
     zizmor = shutil.which("zizmor") or os.path.join(os.path.dirname(sys.executable), "zizmor")
     assert os.path.exists(zizmor), "zizmor is a test dependency: pip install -e '.[test]'"
     out = tmp_path / ".github" / "workflows" / "deploy.yml"
-    workflow.write(load(REGIONS), out)
+    workflow.write(load(REGIONS), out, envs=["staging", "production"])
     p = subprocess.run([zizmor, "--offline", "--no-progress", "--format", "plain", str(out)], capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, p.stdout + p.stderr
     assert "No findings to report" in p.stdout + p.stderr

@@ -162,20 +162,22 @@ def ci() -> None:
 @click.option("--output", metavar="FILE", help="Write the workflow here (e.g. .github/workflows/deploy.yml) instead of printing it.")
 @click.option("--check", "check_path", metavar="FILE", help="Exit 1 if FILE is not what would be generated.")
 @click.option("--canary", metavar="R", help="The region deployed first (default: the first active one).")
+@click.option("--env", "envs", multiple=True, metavar="E",
+              help="An environment to deploy, in promotion order (repeatable, e.g. --env staging --env production; default production).")
 @pass_ctx
-def ci_workflow(c: Context, output: str | None, check_path: str | None, canary: str | None) -> None:
-    """The deploy workflow: preview on pull requests, deploy on merge, canary region first."""
+def ci_workflow(c: Context, output: str | None, check_path: str | None, canary: str | None, envs: tuple[str, ...]) -> None:
+    """The deploy workflow: preview on pull requests, deploy on merge, canary region first, one environment after another."""
     from residency.stacks import workflow
 
     cat = c.catalogue
     if check_path:
-        if workflow.is_stale(cat, check_path, canary):
+        if workflow.is_stale(cat, check_path, canary, envs):
             click.echo(f"{check_path} is stale; regenerate it: residency ci workflow --output {check_path}", err=True)
             sys.exit(1)
         click.echo(f"{check_path} is up to date")
         return
     if output:
-        changed = workflow.write(cat, output, canary)
+        changed = workflow.write(cat, output, canary, envs)
         click.echo(f"{output}: {'written' if changed else 'already up to date'}")
         return
-    click.echo(workflow.render(cat, canary), nl=False)
+    click.echo(workflow.render(cat, canary, envs), nl=False)
