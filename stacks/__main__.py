@@ -1,10 +1,7 @@
-"""Entry point the pulumi CLI runs for this project (see Pulumi.yaml)."""
+"""The program the pulumi CLI runs for this project (Pulumi.yaml). Its Python language host runs
+this directory's ``__main__.py`` with the project's virtualenv (``../.venv``), where ``residency``
+is installed (``./run`` installs it, editable), so the package imports like any other library."""
 
-import os
-import sys
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from residency.stacks.program import main  # noqa: E402
+from residency.stacks.program import main
 
 main()

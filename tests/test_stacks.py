@@ -176,7 +176,7 @@ def test_a_planned_stack_with_replication_out_of_the_jurisdiction_is_rejected(ca
 
 def _res(urn_stack: str, rtype: str, name: str, props: dict, region: str):
     return SimpleNamespace(resource_type=rtype, name=name, props=props,
-                           urn=f"urn:pulumi:{urn_stack}::residency::{rtype}::{name}",
+                           urn=f"urn:pulumi:production-{urn_stack}::residency::{rtype}::{name}",
                            provider=SimpleNamespace(props={"region": region}, resource_type="pulumi:providers:aws"))
 
 

@@ -24,9 +24,23 @@ def load_catalogue() -> catalogue.Catalogue:
 
 
 def stack_of(urn: str) -> str:
-    """The stack (= region) name in a resource URN."""
+    """The stack's name (``<env>-<region>``) in a resource URN."""
     head = urn.split("::", 1)[0]  # urn:pulumi:<stack>
     return head.split(":")[-1]
+
+
+def _region(urn: str, cat: catalogue.Catalogue, report_violation: ReportViolation) -> str | None:
+    """The region the stack of ``urn`` builds; None (nothing to check) for a ``<env>-control``
+    stack, or after reporting a stack name that is not ``<env>-<region>``."""
+    from residency.errors import InputError
+    from residency.stacks.names import parse
+
+    try:
+        name = parse(stack_of(urn), cat)
+    except InputError as exc:
+        report_violation(f"{exc} (regions: {cat.path})")
+        return None
+    return None if name.is_control else name.target
 
 
 def plain(value: Any) -> Any:
@@ -64,9 +78,8 @@ ReportViolation = Callable[..., None]
 def validate_resource(args: Any, report_violation: ReportViolation, cat: catalogue.Catalogue | None = None) -> None:
     """Every residency rule that one resource can be checked against on its own."""
     cat = cat or load_catalogue()
-    region = stack_of(args.urn)
-    if region not in cat.regions:
-        report_violation(f"stack '{region}' is not a region in {cat.path}")
+    region = _region(args.urn, cat, report_violation)
+    if region is None:
         return
     for d in policy.check_resource(cat, region, args.resource_type, plain(args.props), _provider_region(args.provider)):
         report_violation(d.reason)
@@ -78,12 +91,30 @@ def validate_stack(args: Any, report_violation: ReportViolation, cat: catalogue.
     cat = cat or load_catalogue()
     if not args.resources:
         return
-    region = stack_of(args.resources[0].urn)
-    if region not in cat.regions:
-        report_violation(f"stack '{region}' is not a region in {cat.path}")
+    region = _region(args.resources[0].urn, cat, report_violation)
+    if region is None:
         return
     items = [(r.resource_type, plain(r.props), _provider_region(r.provider)) for r in args.resources]
     single = {d.reason for t, p, a in items for d in policy.check_resource(cat, region, t, p, a)}
     for d in policy.check_resources(cat, region, items):
         if d.reason not in single:  # already reported by the resource policy
             report_violation(d.reason)
+
+
+def policies() -> list[Any]:
+    """The pack's two policies (what ``__main__.py`` serves to the engine)."""
+    from pulumi_policy import ResourceValidationPolicy, StackValidationPolicy
+
+    return [
+        ResourceValidationPolicy(
+            name="residency-resource",
+            description="No resource outside the region's allowed AWS regions, no replication outside the "
+            "jurisdiction, no multi-region KMS keys, no unencrypted storage.",
+            validate=validate_resource,
+        ),
+        StackValidationPolicy(
+            name="residency-stack",
+            description="Replication only to buckets the stack declares, inside the jurisdiction; every bucket SSE-KMS.",
+            validate=validate_stack,
+        ),
+    ]
