@@ -1,32 +1,45 @@
-"""A move's evidence pack: one file a customer checks offline (no database, no network).
+"""Evidence packs: one file a customer checks offline (no database, no network).
 
-The pack (``residency move evidence ID --out FILE``, built by :mod:`migrate.evidence`) is JSON,
-written canonically (keys sorted, one-space indent, ASCII, a final newline), so that every byte
-is significant::
+Two kinds share one canonical form, one seal and this one checker; only their record sections
+differ (:data:`FORMATS`):
 
-    format          "residency-evidence-pack/1"
+- a **move's** pack (``residency move evidence ID --out FILE``, built by :mod:`migrate.evidence`),
+  format ``residency-evidence-pack/1``;
+- a **region's deploys** (``residency stacks evidence REGION --out FILE``, built by
+  :mod:`stacks.evidence`), format ``residency-deploy-evidence/1``.
+
+A pack is JSON, written canonically (:func:`dumps`: keys sorted, one-space indent, ASCII, a final
+newline), so that every byte is significant. Every pack has::
+
+    format          which kind, above
     generated_at    when the pack was made (UTC)
-    move            id, workspace_id, source, target, strategy, state, created_at, created_by
-    plan            the plan the move ran (tables, rows, bytes, objects, policy)
-    verification    per table: rows and checksums in the source and the target; objects
-    deletion        the deletion record (rows, checksums, every object version and delete
-                    marker deleted, what still holds data and until when), or null before cleanup
-    audit_entries   the move's entries of the audit chain: seq, at, actor, origin, action,
+    ...             the kind's record sections (below)
+    audit_entries   the subject's entries of the audit chain: seq, at, actor, origin, action,
                     subject, details, prev_hash, hash
     digests         the signed digests covering those entries (see residency.digests), a run
                     without gaps
     public_key      key_id, signing_algorithm (ECDSA_SHA_256), pem, sha256_fingerprint
     seal            sections: the SHA-256 of each section above (canonical JSON); signature:
-                    the audit key's signature over "residency-evidence-pack/1\\n<SHA-256 of the
-                    canonical sections object>"
+                    the audit key's signature over "<format>\\n<SHA-256 of the canonical
+                    sections object>"
+
+A move's records: ``move`` (id, workspace_id, source, target, strategy, state, created_at,
+created_by), ``plan``, ``verification`` (per table: rows and checksums on both sides; objects) and
+``deletion`` (the deletion record, or null before cleanup). The audit subject is ``move/<id>``.
+
+A deploy pack's records: ``stack`` (name ``<env>-<region>``, env, region, aws_region,
+backup_region, jurisdiction) and ``deploys`` (per ``stack.deployed`` entry: seq, at, the
+regions.yaml commit and SHA-256, the SHA-256 of the stack's outputs, the changes). The audit
+subject is ``stack/<env>-<region>``.
 
 :func:`verify` checks: the canonical form; the public key and its fingerprint (and, given one,
 that it is the key the customer was told about); every digest's signature, numbering and links;
-every entry's hash (recomputed from its fields as :func:`residency.audit.entry_hash`), its link to
-the entry before it when that one is in the pack too, and that a digest signed it; that the plan,
-the verification and the deletion record are the ones the chain recorded (the SHA-256 in the
-``move.planned``, ``move.verified`` and ``move.cleaned`` entries); the counts and checksums in the
-records; and the seal over every section.
+every entry's hash (recomputed from its fields as :func:`residency.audit.entry_hash`), its subject,
+its link to the entry before it when that one is in the pack too, and that a digest signed it;
+then the kind's records against the entries that vouch for them (a move's plan, verification and
+deletion record are the ones the chain recorded, by SHA-256, and their counts add up; a deploy's
+regions.yaml commit and outputs digest are the ones its entry recorded); and the seal over every
+section.
 """
 
 from __future__ import annotations
@@ -36,12 +49,16 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, Callable
 
 from . import digests
 
-FORMAT = "residency-evidence-pack/1"
-SECTIONS = ("format", "generated_at", "move", "plan", "verification", "deletion", "audit_entries", "digests", "public_key")
+MOVE_FORMAT = "residency-evidence-pack/1"
+DEPLOY_FORMAT = "residency-deploy-evidence/1"
+FORMAT = MOVE_FORMAT  # the first kind; kept for callers that predate the deploy pack
+_COMMON = ("format", "generated_at", "audit_entries", "digests", "public_key")
+SECTIONS = _COMMON[:2] + ("move", "plan", "verification", "deletion") + _COMMON[2:]
+DEPLOY_SECTIONS = _COMMON[:2] + ("stack", "deploys") + _COMMON[2:]
 
 
 def _roundtrip(value: Any) -> Any:
@@ -53,8 +70,14 @@ def section_hash(value: Any) -> str:
     return hashlib.sha256(digests.canonical(_roundtrip(value))).hexdigest()
 
 
-def seal_message(sections: dict[str, str]) -> bytes:
-    return f"{FORMAT}\n{hashlib.sha256(digests.canonical(sections)).hexdigest()}".encode()
+def seal_message(sections: dict[str, str], fmt: str = MOVE_FORMAT) -> bytes:
+    """What the audit key signs to seal a pack of kind ``fmt``: ``<fmt>\\n<SHA-256 of the sections' hashes>``."""
+    return f"{fmt}\n{hashlib.sha256(digests.canonical(sections)).hexdigest()}".encode()
+
+
+def sections_of(pack: dict[str, Any]) -> dict[str, str]:
+    """The SHA-256 of each section of ``pack``'s kind (what the seal covers)."""
+    return {name: section_hash(pack.get(name)) for name in FORMATS[pack["format"]].sections}
 
 
 def dumps(pack: dict[str, Any]) -> bytes:
@@ -68,6 +91,9 @@ class PackCheck:
     facts: list[str] = field(default_factory=list)
     move_id: int | None = None
     key_fingerprint: str | None = None
+    format: str | None = None
+    label: str = "evidence"
+    """What the pack is of, for a person: ``move 3``, ``stack production-eu``."""
 
     @property
     def ok(self) -> bool:
@@ -92,16 +118,17 @@ def verify(data: bytes, *, pinned_key: bytes | None = None) -> PackCheck:
     except ValueError as exc:
         out.problems.append(f"not valid JSON: {exc}")
         return out
-    if not isinstance(pack, dict) or pack.get("format") != FORMAT:
-        out.problems.append(f"not a {FORMAT} file")
+    kind = FORMATS.get(pack.get("format")) if isinstance(pack, dict) else None  # type: ignore[arg-type]
+    if kind is None:
+        out.problems.append(f"not an evidence pack (format is none of {', '.join(FORMATS)})")
         return out
+    out.format = kind.name
     canon = dumps(pack)
     if canon != data:
         pos = next((i for i, (a, b) in enumerate(zip(canon, data)) if a != b), min(len(canon), len(data)))
         out.problems.append(f"not in canonical form at {_where(data, pos)} (edited?)")
-    move = pack.get("move") or {}
-    out.move_id = move.get("id")
-    subject = f"move/{move.get('id')}"
+    subject = kind.subject(pack)
+    out.label = subject.replace("/", " ", 1)
 
     # -- the key
     pk = pack.get("public_key") or {}
@@ -130,13 +157,13 @@ def verify(data: bytes, *, pinned_key: bytes | None = None) -> PackCheck:
     # -- the seal over every section
     seal = pack.get("seal") or {}
     sections = seal.get("sections") or {}
-    for name in SECTIONS:
+    for name in kind.sections:
         if sections.get(name) != section_hash(pack.get(name)):
             out.problems.append(f"{name}: differs from the sealed hash (edited after the pack was made)")
-    extra = sorted(set(pack) - set(SECTIONS) - {"seal"})
+    extra = sorted(set(pack) - set(kind.sections) - {"seal"})
     if extra:
         out.problems.append(f"unsealed sections: {', '.join(extra)}")
-    if not _sig_ok(key, seal_message(sections), str(seal.get("signature", ""))):
+    if not _sig_ok(key, seal_message(sections, kind.name), str(seal.get("signature", ""))):
         out.problems.append("seal: the signature does not verify with the audit key")
 
     # -- digests
@@ -145,7 +172,7 @@ def verify(data: bytes, *, pinned_key: bytes | None = None) -> PackCheck:
     if check.digests:
         out.facts.append(f"{check.digests} signed digests, entries {min(check.covered, default=0)}..{max(check.covered, default=0)}")
 
-    # -- the move's audit entries
+    # -- the subject's audit entries
     from .audit import entry_hash
 
     entries = pack.get("audit_entries") or []
@@ -173,6 +200,15 @@ def verify(data: bytes, *, pinned_key: bytes | None = None) -> PackCheck:
         by_seq[seq] = e
     if entries:
         out.facts.append(f"{len(entries)} audit entries of {subject}, each signed")
+    kind.check(pack, entries, out)
+    return out
+
+
+def _check_move(pack: dict[str, Any], entries: list[dict[str, Any]], out: PackCheck) -> None:
+    """A move's records: the entries its state requires, the plan, verification and deletion record
+    bound to the entries that recorded their SHA-256, and their counts."""
+    move = pack.get("move") or {}
+    out.move_id = move.get("id")
     actions = {e.get("action"): e for e in entries}
     state = move.get("state")
     needed = ["move.planned"] + (["move.verified", "move.cut_over"] if state in ("cut_over", "cleaned") else []) \
@@ -226,7 +262,62 @@ def verify(data: bytes, *, pinned_key: bytes | None = None) -> PackCheck:
                          f" no copy after {d.get('no_copy_after')}")
     elif move.get("state") == "cleaned":
         out.problems.append("deletion: the move is cleaned but the pack has no deletion record")
-    return out
+
+
+def _check_deploys(pack: dict[str, Any], entries: list[dict[str, Any]], out: PackCheck) -> None:
+    """A region's deploys: one ``stack.deployed`` entry per deploy listed, each deploy's regions.yaml
+    commit and SHA-256 and outputs digest the ones its entry recorded, for this stack."""
+    stack = pack.get("stack") or {}
+    name = stack.get("name")
+    if name != f"{stack.get('env')}-{stack.get('region')}":
+        out.problems.append(f"stack: name {name} is not <env>-<region> ({stack.get('env')}-{stack.get('region')})")
+    if not entries:
+        out.problems.append(f"audit_entries: no stack.deployed entry of {name}")
+    by_seq = {e.get("seq"): e for e in entries}
+    listed = pack.get("deploys") or []
+    if [d.get("seq") for d in listed] != [e.get("seq") for e in entries]:
+        out.problems.append("deploys: not one per audit entry, in order (" + ", ".join(str(d.get("seq")) for d in listed) + ")")
+    for d in listed:
+        e = by_seq.get(d.get("seq"))
+        if e is None:
+            continue
+        label = f"deploy {d.get('seq')}"
+        details = e.get("details") or {}
+        if e.get("action") != "stack.deployed":
+            out.problems.append(f"{label}: entry {e.get('seq')} is {e.get('action')}, not stack.deployed")
+        for key in ("regions_yaml", "outputs_sha256", "changes"):
+            if d.get(key) != details.get(key):
+                out.problems.append(f"{label}: {key} differs from the one entry {e.get('seq')} (stack.deployed) recorded")
+        if d.get("at") != e.get("at"):
+            out.problems.append(f"{label}: at differs from entry {e.get('seq')}'s")
+        for key in ("stack", "env", "region"):
+            want = name if key == "stack" else stack.get(key)
+            if details.get(key) != want:
+                out.problems.append(f"{label}: entry {e.get('seq')} is of {key} {details.get(key)}, not {want}")
+    if listed:
+        last = listed[-1]
+        src = last.get("regions_yaml") or {}
+        commit = src.get("commit") or "no commit"
+        dirty = " (modified since that commit)" if src.get("modified_since_commit") else ""
+        out.facts.append(f"{len(listed)} deploy{'s' if len(listed) != 1 else ''} of stack {name}; the last at {last.get('at')}:"
+                         f" regions.yaml {commit}{dirty} sha256 {src.get('sha256')}, outputs sha256 {last.get('outputs_sha256')}")
+
+
+@dataclass(frozen=True)
+class PackFormat:
+    """One kind of pack: its sections (the seal covers exactly these), the audit subject its
+    entries must have, and the checks of its own records."""
+
+    name: str
+    sections: tuple[str, ...]
+    subject: Callable[[dict[str, Any]], str]
+    check: Callable[[dict[str, Any], list[dict[str, Any]], PackCheck], None]
+
+
+FORMATS: dict[str, PackFormat] = {
+    MOVE_FORMAT: PackFormat(MOVE_FORMAT, SECTIONS, lambda p: f"move/{(p.get('move') or {}).get('id')}", _check_move),
+    DEPLOY_FORMAT: PackFormat(DEPLOY_FORMAT, DEPLOY_SECTIONS, lambda p: f"stack/{(p.get('stack') or {}).get('name')}", _check_deploys),
+}
 
 
 def _sig_ok(key: Any, message: bytes, signature_b64: str) -> bool:
