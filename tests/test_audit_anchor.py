@@ -10,6 +10,7 @@ import psycopg
 import pytest
 
 from residency.migrate import start_move
+from audit_support import as_admin as _admin, rehash_from as _rehash_from
 from move_support import run_mover
 from residency import anchor, audit
 from residency.connections import AnchorConfig
@@ -47,29 +48,6 @@ def _setup(env):
 
 def _digest_last(env):
     return anchor.read_digests(env.anchor).items[-1]["digest"]["last_seq"]
-
-
-def _admin(env, fn):
-    """Act as a database administrator: the append-only trigger off, the change, the trigger on."""
-    with psycopg.connect(env.control_dsn, autocommit=True) as c:
-        c.execute("ALTER TABLE residency.audit DISABLE TRIGGER audit_append_only")
-        try:
-            fn(c)
-        finally:
-            c.execute("ALTER TABLE residency.audit ENABLE TRIGGER audit_append_only")
-
-
-def _rehash_from(c, seq):
-    """Recompute every hash from ``seq`` on and the head: the chain is consistent again."""
-    prev = c.execute("SELECT hash FROM residency.audit WHERE seq = %s", (seq - 1,)).fetchone()
-    prev = prev[0] if prev else audit.GENESIS
-    for e in list(audit.entries(c)):
-        if e.seq < seq:
-            continue
-        h = audit.entry_hash(e.seq, e.at, e.actor, e.origin, e.action, e.subject, e.details, prev)
-        c.execute("UPDATE residency.audit SET prev_hash = %s, hash = %s WHERE seq = %s", (prev, h, e.seq))
-        prev = h
-    c.execute("UPDATE residency.audit_head SET seq = (SELECT max(seq) FROM residency.audit), hash = %s", (prev,))
 
 
 def test_a_move_ends_with_a_signed_digest_covering_its_entries(env):

@@ -12,6 +12,7 @@ import psycopg
 import pytest
 
 from residency.migrate import cleanup_move, evidence as build, start_move
+from audit_support import as_admin, rehash_from
 from move_support import run_mover
 from residency import anchor, audit, evidence
 from residency.connections import AnchorConfig
@@ -91,15 +92,12 @@ def test_pack_catches_a_rehashed_chain_and_a_digest_by_another_key(env, tmp_path
     # digest still signs the old hash (the seal is fine: the tool sealed what it read)
     with psycopg.connect(env.control_dsn, autocommit=True) as c:
         seq = c.execute("SELECT seq FROM residency.audit WHERE subject = %s AND action = 'move.copied'", (f"move/{rec.id}",)).fetchone()[0]
-        c.execute("ALTER TABLE residency.audit DISABLE TRIGGER audit_append_only")
+
+    def edit(c):
         c.execute("UPDATE residency.audit SET details = jsonb_set(details, '{rows}', '1') WHERE seq = %s", (seq,))
-        prev = c.execute("SELECT hash FROM residency.audit WHERE seq = %s", (seq - 1,)).fetchone()[0]
-        for e in [e for e in audit.entries(c) if e.seq >= seq]:
-            h = audit.entry_hash(e.seq, e.at, e.actor, e.origin, e.action, e.subject, e.details, prev)
-            c.execute("UPDATE residency.audit SET prev_hash = %s, hash = %s WHERE seq = %s", (prev, h, e.seq))
-            prev = h
-        c.execute("UPDATE residency.audit_head SET hash = %s", (prev,))
-        c.execute("ALTER TABLE residency.audit ENABLE TRIGGER audit_append_only")
+        rehash_from(c, seq)
+
+    as_admin(env, edit)
     res = evidence.verify(evidence.dumps(build.build(env.connections, rec.id)))
     assert any(p.startswith(f"entry {seq} (move.copied move/{rec.id}): differs from the hash signed in digest 1") for p in res.problems), res.problems
 

@@ -92,12 +92,13 @@ def evidence_verify(file: str, key_file: str | None, as_json: bool) -> None:
         fail(f"{exc.filename}: {exc.strerror}", 2)
     res = evidence_mod.verify(data, pinned_key=pinned)
     if as_json:
-        emit_json({"ok": res.ok, "move_id": res.move_id, "problems": res.problems, "facts": res.facts, "key_fingerprint": res.key_fingerprint})
+        emit_json({"ok": res.ok, "format": res.format, "of": res.label, "move_id": res.move_id, "problems": res.problems, "facts": res.facts,
+                   "key_fingerprint": res.key_fingerprint})
     else:
         for f in res.facts:
             click.echo(f"ok: {f}")
         for p in res.problems:
             click.echo(f"FAILED: {p}")
-        click.echo(f"{file}: move {res.move_id}: " + ("evidence verified" if res.ok else f"NOT verified ({len(res.problems)} problems)"))
+        click.echo(f"{file}: {res.label}: " + ("evidence verified" if res.ok else f"NOT verified ({len(res.problems)} problems)"))
     if not res.ok:
         sys.exit(1)

@@ -153,6 +153,33 @@ def stacks_parity(c: Context, region_names: tuple[str, ...], endpoint_url: str |
         sys.exit(1)
 
 
+@stacks.command("evidence")
+@click.argument("region")
+@_env_option
+@click.option("--out", "out", required=True, metavar="FILE", help="Where to write the pack.")
+@click.option("--last", type=int, metavar="N", help="Only the last N deploys (default: every deploy of the stack).")
+@click.option("--seq", type=int, metavar="S", help="Only the deploy recorded as audit entry S.")
+@json_option
+@pass_ctx
+def stacks_evidence(c: Context, region: str, env: str, out: str, last: int | None, seq: int | None, as_json: bool) -> None:
+    """Write the evidence pack of a region's deploys (stack <env>-<region>): one file verified offline
+    with `residency evidence verify`.
+
+    \b
+    Examples:
+      residency stacks evidence eu --out eu-deploys.json
+      residency stacks evidence eu --env staging --last 1 --out staging-eu.json
+    """
+    from residency.stacks import evidence
+
+    res = evidence.write(c.connections, c.catalogue, region, out, env, last=last, seq=seq)
+    if as_json:
+        emit_json(res)
+    else:
+        click.echo(f"stack {res['stack']}: evidence pack {res['path']} ({res['bytes']:,} bytes, {res['deploys']} deploys,"
+                   f" {res['digests']} signed digests, key sha256 {res['key_fingerprint']})")
+
+
 @main.group(cls=ResidencyGroup)
 def ci() -> None:
     """CI files generated from regions.yaml."""
