@@ -3,7 +3,8 @@
 
 Kept apart from ``__main__.py`` (which constructs the :class:`pulumi_policy.PolicyPack` and so
 needs the engine) so tests can call them with hand-made arguments. The region a resource belongs
-to is the stack's name, read from the resource's URN (``urn:pulumi:<stack>::<project>::...``).
+to comes from the stack's name, ``<env>-<region>``, read from the resource's URN
+(``urn:pulumi:<stack>::<project>::...``); an ``<env>-control`` stack has no region to check.
 """
 
 from __future__ import annotations
