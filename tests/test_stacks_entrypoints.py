@@ -36,7 +36,11 @@ class Recording(pulumi.runtime.Mocks):
 assert "residency" not in sys.modules
 mocks = Recording()
 pulumi.runtime.set_mocks(mocks, project="residency", stack=sys.argv[2])
-pulumi.runtime.test(lambda: runpy.run_path(sys.argv[1], run_name="__main__") and None)()
+if sys.argv[1].startswith("-m "):  # python -m residency.stacks
+    run = lambda: runpy.run_module(sys.argv[1][3:], run_name="__main__", alter_sys=True) and None
+else:  # the language host: the project directory's __main__.py
+    run = lambda: runpy.run_path(sys.argv[1], run_name="__main__") and None
+pulumi.runtime.test(run)()
 print(json.dumps(mocks.seen))
 """
 
@@ -50,13 +54,14 @@ def test_entry_points_have_no_path_tricks():
         assert "sys.path" not in open(path, encoding="utf-8").read(), path
 
 
-@pytest.mark.parametrize("stack,aws_regions,bucket", [
-    ("production-eu", {"eu-west-1", "eu-central-1"}, "residency-eu-attachments"),
-    ("staging-au", {"ap-southeast-2", "ap-southeast-4"}, "residency-staging-au-attachments"),
+@pytest.mark.parametrize("program,stack,aws_regions,bucket", [
+    (STACKS, "production-eu", {"eu-west-1", "eu-central-1"}, "residency-eu-attachments"),
+    (STACKS, "staging-au", {"ap-southeast-2", "ap-southeast-4"}, "residency-staging-au-attachments"),
+    ("-m residency.stacks", "production-us", {"us-east-1", "us-west-2"}, "residency-us-attachments"),
 ])
-def test_the_program_runs_as_the_language_host_runs_it(tmp_path, stack, aws_regions, bucket):
+def test_the_program_runs_as_the_language_host_runs_it(tmp_path, program, stack, aws_regions, bucket):
     env = {**os.environ, "RESIDENCY_REGIONS": os.path.join(ROOT, "regions.yaml")}
-    p = subprocess.run(_isolated("-c", PROGRAM, STACKS, stack), cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    p = subprocess.run(_isolated("-c", PROGRAM, program, stack), cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr[-2000:]
     seen = json.loads(p.stdout.strip().splitlines()[-1])
     assert {r for t, r, _ in seen if t == "pulumi:providers:aws"} == aws_regions
