@@ -24,11 +24,16 @@ from .names import env_name, stack_name
 ACTION = "stack.deployed"
 
 
-def _choose(entries: list[audit.Entry], stack: str, last: int | None, seq: int | None) -> list[audit.Entry]:
+def stack_of(cat: Catalogue, region: str, env: str | None = None, *, last: int | None = None, seq: int | None = None) -> str:
+    """The stack whose deploys a pack would hold, once the request is checked (before any connection)."""
     if last is not None and seq is not None:
         raise InputError("give either --last N or --seq S, not both")
     if last is not None and last < 1:
         raise InputError(f"--last must be at least 1, not {last}")
+    return stack_name(env_name(env), cat.region(region).name)
+
+
+def _choose(entries: list[audit.Entry], stack: str, last: int | None, seq: int | None) -> list[audit.Entry]:
     if seq is not None:
         chosen = [e for e in entries if e.seq == seq]
         if not chosen:
@@ -41,9 +46,8 @@ def _choose(entries: list[audit.Entry], stack: str, last: int | None, seq: int |
 def build(conns: Connections, cat: Catalogue, region: str, env: str | None = None, *, last: int | None = None,
           seq: int | None = None) -> dict[str, Any]:
     """The pack of the deploys of stack ``<env>-<region>``: all of them, the ``last`` N, or entry ``seq``."""
-    r = cat.region(region)
-    env = env_name(env)
-    stack = stack_name(env, r.name)
+    stack = stack_of(cat, region, env, last=last, seq=seq)
+    r, env = cat.region(region), env_name(env)
     cfg = anchor.require(conns.anchor)
     with db.connect(conns.control_dsn, autocommit=True) as cp:
         entries = [e for e in audit.entries(cp, deploys.subject(stack)) if e.action == ACTION]

@@ -105,6 +105,10 @@ def test_one_deploy_the_last_n_and_another_environment(deployed):
     assert evidence.verify(evidence.dumps(st)).ok
     with pytest.raises(InputError, match=f"entry {us.seq} is not a deploy of stack production-eu"):
         stack_evidence.build(env.connections, cat, "eu", seq=us.seq)
+    for bad in (["--last", "1", "--seq", str(us.seq)], ["--last", "0"], ["--env", "Prod"]):
+        p = run_mover(env, "stacks", "evidence", "eu", "--out", str(os.path.join(ROOT, "never-written")), *bad)
+        assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1, p.stderr
+    assert not os.path.exists(os.path.join(ROOT, "never-written"))
     p = run_mover(env, "stacks", "evidence", "au", "--out", os.devnull + "x")
     assert p.returncode == 1 and "stack production-au has no deploy in the audit log" in p.stderr
 

@@ -172,6 +172,7 @@ def stacks_evidence(c: Context, region: str, env: str, out: str, last: int | Non
     """
     from residency.stacks import evidence
 
+    evidence.stack_of(c.catalogue, region, env, last=last, seq=seq)  # bad input refused before connecting
     res = evidence.write(c.connections, c.catalogue, region, out, env, last=last, seq=seq)
     if as_json:
         emit_json(res)
