@@ -330,3 +330,59 @@ def test_cli_request_approve_list_show_revoke(world, monkeypatch):
     assert r.exit_code == 0 and "access 1 revoked" in r.stdout
     r = _cli(world.env, monkeypatch, "sandbox_requester", "access", "list", "--active", "--json")
     assert r.stdout.strip() == "[]"
+
+
+def test_a_rails_style_app_owned_polymorphic_and_shared_rows(env, monkeypatch):
+    """The Rails-style schema of tests/test_real_app_rails.py: ActiveStorage blobs owned through
+    attachments, polymorphic taggings and attachments, bots shared through a NULL key."""
+    from move_support import load_app
+    from test_real_app_rails import DDL, WORKSPACE, _fill, _q, _tenant
+
+    cat = replace(load_app(env, monkeypatch, "rails", DDL, WORKSPACE, {"1": "us", "2": "us", "3": "eu"}),
+                  operator_access=env.catalogue.operator_access)
+    _fill(env.dsn("us"), [1, 2], 1_000_000, ("churn-risk", "vip"))
+    conns = env.connections_as({"us": env.grant_role("us")})
+    with psycopg.connect(_as(env.control_dsn, "sandbox_requester"), autocommit=True) as c:
+        r = lifecycle.request(c, cat, conns, "1", US_OP, "all", duration="1h", reason="ticket 9")
+    with psycopg.connect(_as(env.control_dsn, "sandbox_approver"), autocommit=True) as c:
+        g = lifecycle.approve(c, cat, conns, r.grant.id)
+    with psycopg.connect(_as(env.control_dsn, "sandbox_requester"), autocommit=True) as c:
+        pw = lifecycle.password(c, conns, g.id)
+    expected = _tenant(env.dsn("us"), 1)
+    try:
+        with _operator(r.dsn, pw) as op:
+            one = lambda q: op.execute(q).fetchone()[0]  # noqa: E731
+            assert one("SELECT count(*) FROM conversations") == expected["conversations"]
+            assert one("SELECT count(*) FROM messages") == expected["messages"]
+            assert one("SELECT count(*) FROM taggings") == expected["taggings"]
+            assert one("SELECT count(*) FROM portals_members") == expected["portals_members"]  # no primary key, FK only
+            assert one("SELECT count(*) FROM active_storage_attachments WHERE record_type = 'Message'") == expected["attachments"]
+            # owned blobs, plus the shared avatar's blob the workspace's messages reach through a user
+            assert one("SELECT count(*) FROM active_storage_blobs") == expected["blobs"] + 1
+            bots = {name for (name,) in op.execute("SELECT name FROM agent_bots")}
+            assert bots == {"own bot", "shared helper"} and one("SELECT count(*) FROM agent_bots") == 2  # not account 2's
+            assert one("SELECT count(DISTINCT account_id) FROM messages") == 1
+            assert {t for (t,) in op.execute("SELECT name FROM tags")} <= {"churn-risk", "vip"}
+        assert _q(env.dsn("us"), "SELECT count(*) FROM messages WHERE account_id = 2")[0][0] > 0
+    finally:
+        with psycopg.connect(env.control_dsn, autocommit=True) as c:
+            lifecycle.revoke(c, conns, g.id)
+
+
+@pytest.mark.parametrize("section, problem", [
+    ('  operators:\n    "*@x.example": {based_in: EX}\n', "regions.yaml:{line}:31: operator_access.operators.'*@x.example': jurisdiction 'EX' is not defined (defined: AU, EU, US); did you mean EU?"),
+    ('  operators:\n    "support": {based_in: EU}\n', "regions.yaml:{line}:5: operator_access.operators.'support': an operator is an email pattern such as '*@eu.support.example.com'"),
+    ('  max_duration: 9d\n  operators:\n    "*@x.example": {based_in: EU}\n', "regions.yaml:{dur}:17: operator_access: max_duration 9d is too long; at most 7d"),
+    ('  operators:\n    "*@x.example": {based_in: EU, may_see: [US]}\n', "regions.yaml:{line}:35: operator_access.operators.'*@x.example': unknown key 'may_see'; allowed: based_in, may_access"),
+])
+def test_the_operator_access_section_is_validated_line_exact(section, problem):
+    from residency import catalogue
+    from residency.errors import CatalogueError
+
+    text = (REPO / "regions.yaml").read_text()
+    head = text[: text.index("operator_access:")]  # the section is the file's last
+    body = head + "operator_access:\n" + section
+    first = head.count("\n") + 1
+    with pytest.raises(CatalogueError) as exc:
+        catalogue.loads(body, "regions.yaml")
+    assert exc.value.problems == [problem.format(line=first + section.count("\n"), dur=first + 1)]
