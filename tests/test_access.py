@@ -218,8 +218,9 @@ def test_the_grant_exists_only_in_the_home_region(world):
             psycopg.connect(_as(world.env.dsn(region), g.role_name), password=pw, connect_timeout=5).close()
 
 
-def test_a_move_ends_the_grant(world):
-    from residency.migrate import start_move
+def test_a_move_ends_the_grant(world, tmp_path):
+    from residency import evidence
+    from residency.migrate import evidence as pack_of, start_move
 
     g, dsn, pw = world.grant("all")
     ops = replace(world.conns, control_dsn=_as(world.env.control_dsn, "sandbox_operator"))
@@ -233,6 +234,12 @@ def test_a_move_ends_the_grant(world):
         ended = [e for e in audit.entries(c, f"move/{rec.id}") if e.action == "move.access_ended"]
         assert ended and ended[0].details["grants"][0]["access_id"] == g.id
         assert ended[0].details["grants"][0]["consent"]["by"] == "sandbox_approver"
+    # the move's evidence pack carries the ended grant and its consent, signed with the rest
+    out = pack_of.write(world.conns, rec.id, tmp_path / "pack")
+    data = (tmp_path / "pack").read_bytes()
+    assert out["entries"] and evidence.verify(data).ok
+    entry = next(e for e in __import__("json").loads(data)["audit_entries"] if e["action"] == "move.access_ended")
+    assert entry["details"]["grants"][0]["consent"]["via"] == "approval"
 
 
 def test_the_applications_role_sees_and_writes_exactly_what_it_did_before(world):
@@ -324,6 +331,14 @@ def test_cli_request_approve_list_show_revoke(world, monkeypatch):
     assert r.exit_code == 0 and "access 1 granted" in r.stdout, r.output
     r = _cli(world.env, monkeypatch, "sandbox_requester", "access", "list", "--active", "--json")
     assert r.exit_code == 0 and [g["id"] for g in __import__("json").loads(r.stdout)] == [1]
+    r = _cli(world.env, monkeypatch, "sandbox_requester", "access", "password", "1")
+    assert r.exit_code == 0
+    secret = r.stdout.strip()
+    dsn = __import__("json").loads(_cli(world.env, monkeypatch, "sandbox_requester", "access", "show", "1", "--json").stdout)
+    with _operator(lifecycle.dsn_for(world.env.dsn("us"), dsn["role_name"]), secret) as op:
+        assert op.execute("SELECT count(DISTINCT workspace_id) FROM messages").fetchone()[0] == 1
+    r = _cli(world.env, monkeypatch, "sandbox_operator", "access", "sweep")
+    assert r.exit_code == 0 and r.stdout.strip() == "0 accesses ended"  # not expired yet
     r = _cli(world.env, monkeypatch, "sandbox_requester", "access", "show", "1")
     assert "consent       sandbox_approver via approval" in r.stdout and "access.granted" in r.stdout
     r = _cli(world.env, monkeypatch, "sandbox_requester", "access", "revoke", "1")
