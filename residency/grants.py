@@ -73,16 +73,19 @@ class Grant:
 COLUMNS = columns(Grant)
 
 
+def _select(conn: psycopg.Connection[Any], where: sql.Composable, params: list[Any], *, suffix: str = "") -> list[Grant]:
+    q = sql.SQL("SELECT {} FROM residency.access_grants WHERE {} ORDER BY id DESC LIMIT %s{}").format(COLUMNS, where, sql.SQL(suffix))
+    return [Grant(*r) for r in conn.execute(q, params).fetchall()]
+
+
 def get(conn: psycopg.Connection[Any], grant_id: int | str, *, for_update: bool = False) -> Grant:
-    try:
-        gid = int(grant_id)
-    except (TypeError, ValueError):
-        raise InputError(f"access id '{grant_id}' is not a number") from None
-    q = sql.SQL("SELECT {} FROM residency.access_grants WHERE id = %s{}").format(COLUMNS, sql.SQL(" FOR UPDATE" if for_update else ""))
-    row = conn.execute(q, (gid,)).fetchone()
-    if row is None:
+    """One grant by id (InputError naming a bad or unknown one)."""
+    if not str(grant_id).strip().isdigit():
+        raise InputError(f"access id '{grant_id}' is not a number")
+    found = _select(conn, sql.SQL("id = %s"), [int(grant_id), 1], suffix=" FOR UPDATE" if for_update else "")
+    if not found:
         raise InputError(f"unknown access {grant_id}")
-    return Grant(*row)
+    return found[0]
 
 
 def list_grants(conn: psycopg.Connection[Any], *, active: bool = False, workspace_id: str | None = None, limit: int = 200) -> list[Grant]:
@@ -94,8 +97,7 @@ def list_grants(conn: psycopg.Connection[Any], *, active: bool = False, workspac
     if workspace_id is not None:
         where.append(sql.SQL("workspace_id = %s"))
         params.append(str(workspace_id))
-    q = sql.SQL("SELECT {} FROM residency.access_grants WHERE {} ORDER BY id DESC LIMIT %s").format(COLUMNS, sql.SQL(" AND ").join(where))
-    return [Grant(*r) for r in conn.execute(q, [*params, limit]).fetchall()]
+    return _select(conn, sql.SQL(" AND ").join(where), [*params, limit])
 
 
 # --------------------------------------------------------------------------- ending a grant in its region

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import click
+
+from residency.units import format_duration
 
 from .core import Context, _control, emit_json, _jsonable, json_option, main, _notifier, pass_ctx, ResidencyGroup, table
 
@@ -14,6 +16,13 @@ _HEADERS = ("ID", "WORKSPACE", "REGION", "OPERATOR", "SCOPE", "MODE", "STATE", "
 def _row(g: Any) -> tuple[Any, ...]:
     return (g.id, g.workspace_id, g.region, g.operator, ",".join(g.scope), "read-write" if g.write else "read-only", g.state,
             f"{g.expires_at:%Y-%m-%d %H:%M %Z}" if g.expires_at else "", (g.state_reason or "")[:60])
+
+
+def _with_control(c: Context, call: Callable[[Any, Any], Any]) -> Any:
+    """``call(control connection, connections)`` inside one control-plane connection."""
+    conns, conn = _control(c)
+    with conn:
+        return call(conn, conns)
 
 
 @main.group(cls=ResidencyGroup)
@@ -58,12 +67,7 @@ def access_request(c: Context, workspace: str, operator: str, scope: str, write:
 @pass_ctx
 def access_approve(c: Context, access_id: str, as_json: bool) -> None:
     """Consent on the customer's behalf (residency_approver, not the role that asked), then grant."""
-    from residency.access import lifecycle
-
-    conns, conn = _control(c)
-    with conn:
-        g = lifecycle.approve(conn, c.catalogue, conns, access_id)
-    _granted(g, as_json)
+    _consent(c, as_json, "approve", access_id)
 
 
 @access.command("consent")
@@ -72,15 +76,14 @@ def access_approve(c: Context, access_id: str, as_json: bool) -> None:
 @pass_ctx
 def access_consent(c: Context, token: str, as_json: bool) -> None:
     """Consent by redeeming the one-time token of the customer's notice, then grant."""
+    _consent(c, as_json, "consent", token)
+
+
+def _consent(c: Context, as_json: bool, how: str, what: str) -> None:
+    """``how``: ``approve`` (an access id) or ``consent`` (a token); then the grant is printed."""
     from residency.access import lifecycle
 
-    conns, conn = _control(c)
-    with conn:
-        g = lifecycle.consent(conn, c.catalogue, conns, token)
-    _granted(g, as_json)
-
-
-def _granted(g: Any, as_json: bool) -> None:
+    g = _with_control(c, lambda conn, conns: getattr(lifecycle, how)(conn, c.catalogue, conns, what))
     if as_json:
         emit_json(_jsonable(g.public()))
         return
@@ -96,9 +99,7 @@ def access_password(c: Context, access_id: str, as_json: bool) -> None:
     """A fresh password for a granted access, for the role that asked; shown once, never stored."""
     from residency.access import lifecycle
 
-    conns, conn = _control(c)
-    with conn:
-        secret = lifecycle.password(conn, conns, access_id)
+    secret = _with_control(c, lambda conn, conns: lifecycle.password(conn, conns, access_id))
     emit_json({"access_id": int(access_id), "password": secret}) if as_json else click.echo(secret)
 
 
@@ -111,9 +112,7 @@ def access_list(c: Context, active: bool, workspace: str | None, as_json: bool) 
     """Access requests and grants, newest first."""
     from residency import grants
 
-    _, conn = _control(c)
-    with conn:
-        rows = grants.list_grants(conn, active=active, workspace_id=workspace)
+    rows = _with_control(c, lambda conn, _: grants.list_grants(conn, active=active, workspace_id=workspace))
     emit_json([_jsonable(g.public()) for g in rows]) if as_json else click.echo(table(_HEADERS, [_row(g) for g in rows]))
 
 
@@ -125,23 +124,23 @@ def access_show(c: Context, access_id: str, as_json: bool) -> None:
     """One access: scope, consent (who, how, when), the grant's life in the audit log."""
     from residency.access import lifecycle
 
-    _, conn = _control(c)
-    with conn:
-        d = lifecycle.show(conn, access_id)
+    d = _with_control(c, lambda conn, _: lifecycle.show(conn, access_id))
     if as_json:
         emit_json(_jsonable(d))
         return
-    cons = d["consent"] or {}
-    lines = [f"access        {d['id']}: {d['operator']} → workspace {d['workspace_id']} in {d['region']}",
-             f"scope         {','.join(d['scope'])} ({'read-write' if d['write'] else 'read-only'}) for {d['duration_seconds']}s",
-             f"reason        {d['reason']}",
-             f"state         {d['state']}" + (f": {d['state_reason']}" if d["state_reason"] else ""),
-             f"requested by  {d['requested_by']} at {d['created_at']:%Y-%m-%d %H:%M:%S %Z}",
-             f"consent       " + (f"{cons['by']} via {cons['via']} at {cons['at']}" if cons else "-"),
-             f"role          {d['role_name'] or '-'}" + (f", expires {d['expires_at']:%Y-%m-%d %H:%M:%S %Z}" if d["expires_at"] else ""),
-             "audit"]
-    lines += [f"  {e['seq']:>6}  {e['at'][:19]}  {e['action']:<22} {e['actor']}" for e in d["audit"]]
-    click.echo("\n".join(lines))
+    cons, exp = d["consent"] or {}, d["expires_at"]
+    fields = (
+        ("access", f"{d['id']}: {d['operator']} → workspace {d['workspace_id']} in {d['region']}"),
+        ("scope", f"{','.join(d['scope'])} ({'read-write' if d['write'] else 'read-only'}) for {format_duration(d['duration_seconds'])}"),
+        ("reason", d["reason"]),
+        ("state", d["state"] + (f": {d['state_reason']}" if d["state_reason"] else "")),
+        ("requested by", f"{d['requested_by']} at {d['created_at']:%Y-%m-%d %H:%M:%S %Z}"),
+        ("consent", f"{cons['by']} via {cons['via']} at {cons['at']}" if cons else "-"),
+        ("role", (d["role_name"] or "-") + (f", expires {exp:%Y-%m-%d %H:%M:%S %Z}" if exp else "")),
+    )
+    out = [f"{label:<13} {value}" for label, value in fields] + ["audit"]
+    out += [f"  {e['seq']:>6}  {e['at'][:19]}  {e['action']:<22} {e['actor']}" for e in d["audit"]]
+    click.echo("\n".join(out))
 
 
 @access.command("revoke")
@@ -152,9 +151,7 @@ def access_revoke(c: Context, access_id: str, as_json: bool) -> None:
     """End an access now: the role can't log in, its sessions end, its views are dropped."""
     from residency.access import lifecycle
 
-    conns, conn = _control(c)
-    with conn:
-        g = lifecycle.revoke(conn, conns, access_id)
+    g = _with_control(c, lambda conn, conns: lifecycle.revoke(conn, conns, access_id))
     emit_json(_jsonable(g.public())) if as_json else click.echo(f"access {g.id} {g.state}: {g.state_reason}")
 
 
@@ -165,9 +162,7 @@ def access_sweep(c: Context, as_json: bool) -> None:
     """End expired grants and unconsented requests whose token expired; drop orphaned roles."""
     from residency.access import lifecycle
 
-    conns, conn = _control(c)
-    with conn:
-        ended = lifecycle.sweep_expired(conn, conns)
+    ended = _with_control(c, lambda conn, conns: lifecycle.sweep_expired(conn, conns))
     if as_json:
         emit_json([_jsonable(g.public()) for g in ended])
     else:
