@@ -106,12 +106,20 @@ def test_walkthrough_reads_one_workspaces_messages_after_consent(world):
     with _operator(r.dsn, pw) as op:
         assert op.execute("SELECT id, body FROM messages ORDER BY id").fetchall() == mine and mine
         assert op.execute("SHOW log_statement").fetchone()[0] == "all"
+        op.execute("SELECT count(*) FROM messages WHERE body LIKE 'ticket-4711-probe%'")
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
             op.execute("SET log_statement = 'none'")
         with pytest.raises(psycopg.errors.UndefinedTable):  # out of scope: not even a view of it
             op.execute("SELECT * FROM channels")
         with pytest.raises(psycopg.errors.InsufficientPrivilege):  # the application's table itself
             op.execute("SELECT * FROM public.messages")
+    # every statement of the operator is in the region server's log, under its role
+    from residency.sandbox.core import read_state
+
+    log = open(read_state(world.env.sandbox.home)["regions"]["us"]["log"], errors="replace").read()
+    assert any(g.role_name in line and "statement: SELECT count(*) FROM messages WHERE body LIKE 'ticket-4711-probe%'" in line
+               for line in log.splitlines())
+    assert pw not in log and token not in log
     with psycopg.connect(world.env.control_dsn, autocommit=True) as c:
         actions = [e.action for e in audit.entries(c, f"access/{g.id}")]
         assert actions == ["access.requested", "access.consented", "access.granted", "access.password_issued"]

@@ -330,7 +330,7 @@ def sweep_expired(cp: psycopg.Connection[Any], conns: Any, *, actor: Actor | Non
             with connect(ep.dsn, autocommit=True) as rc:
                 mine = str(rc.execute("SELECT current_database()").fetchone()[0])  # type: ignore[index]
                 orphans = [r for (r,) in rc.execute(
-                    "SELECT nspname FROM pg_namespace WHERE nspname LIKE %s", (grants.ROLE_PREFIX + "%",)).fetchall() if r not in live]
+                    "SELECT nspname FROM pg_namespace WHERE starts_with(nspname, %s)", (grants.ROLE_PREFIX,)).fetchall() if r not in live]
         except OperationError:
             continue  # an unreachable region is swept next time
         for role in orphans:
