@@ -25,7 +25,7 @@ from psycopg import sql
 from . import audit
 from .audit import Actor
 from .db import columns, connect
-from .errors import InputError
+from .errors import InputError, OperationError
 
 ROLE_PREFIX = "residency_access_"
 LOGIN_GROUP = "residency_access_login"
@@ -155,7 +155,11 @@ def end_for_workspace(control_dsn: str, region_dsn: str, workspace_id: str, regi
     with connect(control_dsn, autocommit=True) as cp:
         if cp.execute("SELECT to_regclass('residency.access_grants')").fetchone()[0] is None:  # type: ignore[index]
             return out
-        live = [g for g in list_grants(cp, workspace_id=workspace_id, limit=10_000) if g.state in LIVE and g.region == region]
+        try:
+            live = [g for g in list_grants(cp, workspace_id=workspace_id, limit=10_000) if g.state in LIVE and g.region == region]
+        except psycopg.errors.InsufficientPrivilege:
+            raise OperationError(f"cannot end workspace {workspace_id}'s operator-access grants: this control-plane role may not"
+                                 " read residency.access_grants; run `residency controlplane roles` as the admin") from None
         for g in live:
             out.append(end(cp, region_dsn, g, "ended", why, actor))
     return out
