@@ -14,7 +14,7 @@ from datetime import datetime, timezone
 from decimal import Decimal
 from typing import Any, Callable
 
-from residency import audit, directory, moves
+from residency import audit, directory, grants, moves
 from residency.errors import OperationError
 from residency.evidence import section_hash
 from residency.moves import MoveRecord
@@ -410,8 +410,15 @@ def cutover_phase(ctx: MoveContext, rec: MoveRecord) -> MoveRecord:
     fenced_at = rec.checkpoints.get("fenced_at")
     fence_seconds = _seconds_between(fenced_at, at)
     total = _seconds_between(rec.created_at.astimezone(timezone.utc).isoformat(), at)
+    # operator access does not follow the data: the workspace's grants in the source end here
+    ended = grants.end_for_workspace(ctx.conns.control_dsn, ctx.src.dsn, rec.workspace_id, rec.source,
+                                     f"move {rec.id} cut over to {rec.target}; a grant does not follow the data", ctx.actor)
     with ctx.connect("control", autocommit=False) as cp:
         with cp.transaction():
+            if ended:
+                audit.append(cp, "move.access_ended", subject(rec), details(rec, grants=[
+                    {"access_id": g.id, "operator": g.operator, "role": g.role_name, "consent": g.consent,
+                     "granted_at": g.granted_at, "ended_at": g.ended_at} for g in ended]), ctx.actor)
             entry = directory.move_home(cp, rec.workspace_id, rec.source, rec.target)
             moves.checkpoint(cp, rec.id, {"cut_over_at": at})
             moves.update_report(cp, rec.id, {

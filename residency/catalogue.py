@@ -174,12 +174,27 @@ class WorkspaceSpec:
 
 
 @dataclass(frozen=True)
+class OperatorAccess:
+    """``operator_access:``: who may be granted a look at a workspace, and from where (issue 13).
+
+    ``operators`` maps an email pattern (``*`` matches any characters; first match wins) to the
+    jurisdiction its staff are ``based_in`` and the jurisdictions they ``may_access`` (default: only
+    their own). ``max_duration`` bounds a grant; ``consent_valid_for`` a consent token."""
+
+    operators: tuple[tuple[str, str, tuple[str, ...]], ...]
+    """(pattern, based_in, may_access), in file order."""
+    max_duration_seconds: int = 8 * 3600
+    consent_valid_for_seconds: int = 24 * 3600
+
+
+@dataclass(frozen=True)
 class Catalogue:
     path: str
     jurisdictions: Mapping[str, Jurisdiction]
     environment: Environment
     regions: Mapping[str, Region]
     workspace: WorkspaceSpec
+    operator_access: OperatorAccess | None = None
 
     def region(self, name: str) -> Region:
         """The region called ``name``, or an :class:`InputError` naming the known ones."""
@@ -358,7 +373,7 @@ class _Validator:
         if root is None or (isinstance(root, Scalar) and root.value is None):
             self.err(Mark(self.file, 1, 1), "file is empty; expected a mapping with jurisdictions, environment, regions, workspace")
             return None
-        top = self.mapping(root, "top level", Mark(self.file, 1, 1), ("jurisdictions", "environment", "regions", "workspace"))
+        top = self.mapping(root, "top level", Mark(self.file, 1, 1), ("jurisdictions", "environment", "regions", "workspace"), ("operator_access",))
         if top is None:
             return None
         jur = self.jurisdictions(top.items.get("jurisdictions"), top.keys.get("jurisdictions", top.mark))
@@ -368,9 +383,63 @@ class _Validator:
             env = None  # already reported; don't report it again through each region's overrides
         regions = self.regions(top.items.get("regions"), top.keys.get("regions", top.mark), jur, env, env_node)
         ws = self.workspace(top.items.get("workspace"), top.keys.get("workspace", top.mark))
+        access = self.operator_access(top.items.get("operator_access"), top.keys.get("operator_access", top.mark), jur)
         if self.problems or jur is None or env is None or regions is None or ws is None:
             return None
-        return Catalogue(self.file, MappingProxyType(jur), env, MappingProxyType(regions), ws)
+        return Catalogue(self.file, MappingProxyType(jur), env, MappingProxyType(regions), ws, access)
+
+    def operator_access(self, node: YNode | None, mark: Mark, jur: dict[str, Jurisdiction] | None) -> OperatorAccess | None:
+        """The optional ``operator_access:`` section (see :class:`OperatorAccess`)."""
+        from .units import parse_duration
+
+        where = "operator_access"
+        m = self.mapping(node, where, mark, ("operators",), ("max_duration", "consent_valid_for"))
+        if m is None:
+            return None
+        seconds: dict[str, int] = {}
+        for key, default, ceiling in (("max_duration", 8 * 3600, 7 * 86400), ("consent_valid_for", 24 * 3600, 30 * 86400)):
+            text = self.scalar(m, key, where, str, default=None)
+            if text is None:
+                seconds[key] = default
+                continue
+            try:
+                secs = int(parse_duration(text, what=key).total_seconds())
+            except InputError as exc:
+                self.err(m.items[key].mark, f"{where}: {exc}")
+                continue
+            if secs > ceiling:
+                self.err(m.items[key].mark, f"{where}: {key} {text} is too long; at most {ceiling // 86400}d")
+                continue
+            seconds[key] = secs
+        om = self.mapping(m.items.get("operators"), f"{where}.operators", m.keys.get("operators", m.mark), ())
+        known = sorted(jur or {})
+
+        def juris_problem(v: str) -> str | None:
+            if jur is None or v in jur or v in self.broken_jurisdictions:
+                return None
+            hint = _closest(v.lower(), [j.lower() for j in known], limit=1)
+            return f"jurisdiction '{v}' is not defined (defined: {', '.join(known) or 'none'})" + (f"; did you mean {hint.upper()}?" if hint else "")
+
+        ops: list[tuple[str, str, tuple[str, ...]]] = []
+        for pattern, onode in (om.items.items() if om else []):
+            w = f"{where}.operators.'{pattern}'"
+            pmark = om.keys[pattern]  # type: ignore[union-attr]
+            if pattern.count("@") != 1 or any(ch.isspace() for ch in pattern) or pattern.endswith("@"):
+                self.err(pmark, f"{w}: an operator is an email pattern such as '*@eu.support.example.com'")
+                continue
+            em = self.mapping(onode, w, pmark, ("based_in",), ("may_access",))
+            if em is None:
+                continue
+            based = self.scalar(em, "based_in", w, str, check=juris_problem)
+            may = self.str_list(em, "may_access", w, check=juris_problem, default=None)
+            if based is None or may is None:
+                continue
+            ops.append((pattern.lower(), based, may or (based,)))
+        if om is not None and not om.items:
+            self.err(om.mark, f"{where}.operators: list at least one operator pattern, such as '*@eu.support.example.com': {{based_in: EU}}")
+        if len(seconds) < 2 or om is None:
+            return None
+        return OperatorAccess(tuple(ops), seconds["max_duration"], seconds["consent_valid_for"])
 
     def jurisdictions(self, node: YNode | None, mark: Mark) -> dict[str, Jurisdiction] | None:
         m = self.mapping(node, "jurisdictions", mark, ())

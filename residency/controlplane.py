@@ -284,3 +284,68 @@ def ensure_roles(conn: psycopg.Connection[Any], *, logins: dict[str, str] | None
                 conn.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(login)))
             conn.execute(sql.SQL("GRANT {} TO {}").format(sql.Identifier(role), sql.Identifier(login)))
     return list(ROLES)
+
+
+# --------------------------------------------------------------------------- operator access (issue 13)
+# One row per request for a look at a workspace (residency/grants.py, residency/access/): who asked
+# (the role, and the operator's email), the scope, the consent (who, how, when, scope, duration)
+# and the grant's life in the home region's database. Only a token's SHA-256 is kept.
+
+_DDL += """
+CREATE TABLE IF NOT EXISTS residency.access_grants (
+    id               bigserial PRIMARY KEY,
+    workspace_id     text NOT NULL,
+    region           text NOT NULL,
+    operator         text NOT NULL,
+    scope            text[] NOT NULL,
+    write            boolean NOT NULL DEFAULT false,
+    duration_seconds integer NOT NULL CHECK (duration_seconds > 0),
+    reason           text NOT NULL,
+    state            text NOT NULL CHECK (state IN ('pending', 'refused', 'granted', 'revoked', 'expired', 'ended', 'cancelled')),
+    state_reason     text,
+    requested_by     text NOT NULL,
+    requested_for    text,
+    created_at       timestamptz NOT NULL DEFAULT now(),
+    token_sha256     text,
+    token_expires_at timestamptz,
+    consent          jsonb,
+    role_name        text,
+    granted_at       timestamptz,
+    expires_at       timestamptz,
+    ended_at         timestamptz,
+    ended_by         text
+);
+CREATE INDEX IF NOT EXISTS access_grants_live ON residency.access_grants (workspace_id) WHERE state IN ('pending', 'granted');
+
+-- Consent comes from the customer's side, never from the role that asked: the database refuses it.
+CREATE OR REPLACE FUNCTION residency.access_consent_check() RETURNS trigger
+LANGUAGE plpgsql AS $fn$
+BEGIN
+    IF NEW.consent IS NOT NULL AND OLD.consent IS NULL
+       AND NOT (SELECT rolsuper FROM pg_roles WHERE rolname = session_user) THEN
+        IF OLD.requested_by = session_user::text OR NEW.consent->>'by' IS DISTINCT FROM session_user::text THEN
+            RAISE EXCEPTION 'access % was requested by %: only the customer''s side consents', NEW.id, OLD.requested_by
+                USING ERRCODE = 'insufficient_privilege';
+        END IF;
+        IF NEW.consent->>'via' = 'approval' AND NOT pg_has_role(session_user, 'residency_approver', 'MEMBER') THEN
+            RAISE EXCEPTION 'approving access % needs role residency_approver', NEW.id USING ERRCODE = 'insufficient_privilege';
+        END IF;
+    END IF;
+    RETURN NEW;
+END $fn$;
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_trigger
+                   WHERE tgrelid = 'residency.access_grants'::regclass AND tgname = 'access_consent_check') THEN
+        CREATE TRIGGER access_consent_check BEFORE UPDATE ON residency.access_grants
+            FOR EACH ROW EXECUTE FUNCTION residency.access_consent_check();
+    END IF;
+END $$;
+"""
+
+_ROLES_DDL += """
+GRANT SELECT, INSERT, UPDATE ON residency.access_grants TO residency_requester, residency_approver, residency_operator;
+GRANT USAGE ON SEQUENCE residency.access_grants_id_seq TO residency_requester;
+GRANT ALL ON residency.access_grants TO residency_admin;
+GRANT ALL ON SEQUENCE residency.access_grants_id_seq TO residency_admin;
+"""

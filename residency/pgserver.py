@@ -13,7 +13,8 @@ directory must then be reachable by that account, which :func:`reachable_by` che
 Settings are sized for a laptop or a 2-core CI box (``shared_buffers=32MB``) and trade
 durability for speed (``fsync=off``, ``full_page_writes=off``): a sandbox's data is disposable
 and is lost only if the machine itself crashes. ``synchronous_commit`` stays on, so a killed
-server loses no committed transaction. Authentication is ``trust`` on loopback and the socket only.
+server loses no committed transaction. Authentication is ``trust`` on loopback and the socket only, but for operator-access roles
+(members of ``residency_access_login``), which need their password.
 """
 
 from __future__ import annotations
@@ -71,6 +72,20 @@ SETTINGS: dict[str, str] = {
 }
 
 _CONF_FILE = "residency.conf"
+_HBA_FILE = "residency_hba.conf"
+HBA = """# written by residency.pgserver; changed on every start
+# operator-access roles (residency/grants.py) log in with their password, so VALID UNTIL and a
+# revoked password mean what they mean on a managed database; everyone else: trust, loopback only
+local all +residency_access_login scram-sha-256
+host all +residency_access_login 127.0.0.1/32 scram-sha-256
+host all +residency_access_login ::1/128 scram-sha-256
+local all all trust
+host all all 127.0.0.1/32 trust
+host all all ::1/128 trust
+local replication all trust
+host replication all 127.0.0.1/32 trust
+host replication all ::1/128 trust
+"""
 INSTALL_HINT = (
     "no PostgreSQL server binaries found (looked for initdb/pg_ctl on PATH, in `pg_config --bindir` "
     "and /usr/lib/postgresql/*/bin): install them, e.g. `apt-get install postgresql` "
@@ -343,6 +358,12 @@ class Server:
         lines = [f"{k} = {v}" for k, v in SETTINGS.items()]
         lines.append(f"port = {self.port}")
         lines.append(f"unix_socket_directories = '{self.datadir}'")
+        hba = os.path.join(self.datadir, _HBA_FILE)
+        with open(hba, "w") as f:
+            f.write(HBA)
+        if not self.account.is_self:
+            os.chown(hba, self.account.uid, self.account.gid)
+        lines.append(f"hba_file = '{hba}'")
         path = os.path.join(self.datadir, _CONF_FILE)
         with open(path, "w") as f:
             f.write("# written by residency.pgserver; changed on every start\n" + "\n".join(lines) + "\n")

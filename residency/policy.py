@@ -306,3 +306,34 @@ def check_resources(cat: Catalogue, region: str, resources: list[tuple[str, obje
         if name not in encrypted:
             out.append(Decision(False, f"{_S3_BUCKET}: bucket '{name}' has no SSE-KMS encryption configuration"))
     return out
+
+
+# --------------------------------------------------------------------------- operator access (issue 13)
+
+
+def operator_rule(cat: Catalogue, operator: str) -> tuple[str, str, tuple[str, ...]] | None:
+    """The first ``operator_access.operators`` entry whose pattern matches ``operator`` (an email)."""
+    import fnmatch
+
+    access = cat.operator_access
+    for pattern, based_in, may in (access.operators if access else ()):
+        if fnmatch.fnmatchcase(operator.lower(), pattern):
+            return pattern, based_in, may
+    return None
+
+
+def may_access(cat: Catalogue, operator: str, region: str) -> Decision:
+    """May ``operator`` (an email) be granted a look at a workspace whose home is ``region``?
+    Only when regions.yaml's ``operator_access`` lists the operator and lets their staff see the
+    region's jurisdiction (by default only the jurisdiction they are based in)."""
+    r = cat.region(region)
+    if cat.operator_access is None:
+        return Decision(False, f"{cat.path} has no operator_access section; no operator may be granted access")
+    rule = operator_rule(cat, operator)
+    if rule is None:
+        return Decision(False, f"operator {operator} matches no operator_access.operators pattern in {cat.path}")
+    pattern, based_in, may = rule
+    if r.jurisdiction not in may:
+        return Decision(False, f"operator {operator} ({pattern}, based in {based_in}) may access {', '.join(may)},"
+                               f" not region '{r.name}' in jurisdiction {r.jurisdiction}")
+    return Decision(True, f"operator {operator} ({pattern}, based in {based_in}) may access {r.jurisdiction}")

@@ -47,8 +47,23 @@ def create_role(admin: psycopg.Connection[Any], name: str, *, set_replication_ro
 
 
 def ensure_mover(admin: psycopg.Connection[Any]) -> None:
-    """The sandbox's standard mover role (see the module docstring)."""
+    """The sandbox's standard mover role (see the module docstring), which also manages operator
+    access grants (issue 13)."""
     create_role(admin, MOVER, set_replication_role=True, owner_member=True)
+    grant_access_management(admin, MOVER)
+
+
+def grant_access_management(admin: psycopg.Connection[Any], name: str) -> None:
+    """What the role that manages operator-access grants needs, as a managed database's admin can
+    grant it (RDS's master user has each): CREATEROLE (temporary login roles), ``SET ON PARAMETER
+    log_statement`` (PostgreSQL 15+: ``ALTER ROLE ... SET log_statement = 'all'`` for a grant's role)
+    and ``pg_signal_backend`` (a revoked grant's sessions are terminated)."""
+    role = sql.Identifier(name)
+    admin.execute(sql.SQL("ALTER ROLE {} CREATEROLE").format(role))
+    admin.execute(sql.SQL("GRANT pg_signal_backend TO {}").format(role))
+    (ver,) = admin.execute("SELECT current_setting('server_version_num')::int").fetchone()
+    if ver >= 150000:
+        admin.execute(sql.SQL("GRANT SET ON PARAMETER log_statement TO {}").format(role))
 
 
 def grant_database(conn: psycopg.Connection[Any], role: str, *, owned_by_app: bool, schema: str = "public") -> None:
