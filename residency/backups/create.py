@@ -93,7 +93,7 @@ def create_backup(cat: Catalogue, conns: Connections, workspace_id: object, *, o
     opts = options or BackupOptions()
     ws = cat.workspace.parse_id(workspace_id)
     t0 = time.monotonic()
-    with db.connect(conns.control_dsn) as cp:
+    with db.connect(conns.control_dsn, autocommit=True) as cp:
         ensure_schema(cp)
         region = home_region(cp, ws)
         ep = conns.region(region)

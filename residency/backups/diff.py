@@ -85,7 +85,7 @@ def _merge(d: TableDiff, a: Iterator[tuple[Any, int]], b: Iterator[tuple[Any, in
 def diff_backups(cat: Catalogue, conns: Connections, workspace_id: object, a: object, b: object = "now", *, limit: int = MAX_KEYS) -> DiffResult:
     """Records added, changed and deleted from backup ``a`` to backup ``b`` (or ``now``)."""
     ws = cat.workspace.parse_id(workspace_id)
-    with db.connect(conns.control_dsn) as cp:
+    with db.connect(conns.control_dsn, autocommit=True) as cp:
         ensure_schema(cp)
         ra = records.get_backup(cp, a)
         rb = None if str(b) == "now" else records.get_backup(cp, b)

@@ -82,7 +82,7 @@ def restore(cat: Catalogue, conns: Connections, workspace_id: object, backup_id:
         raise InputError("--key needs --table (the table the keys are of)")
     if table and not keys:
         raise InputError(f"--table {table} needs at least one --key")
-    with db.connect(conns.control_dsn) as cp:
+    with db.connect(conns.control_dsn, autocommit=True) as cp:
         ensure_schema(cp)
         rec = records.get_backup(cp, backup_id)
         if rec.workspace_id != ws:

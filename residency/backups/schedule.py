@@ -123,7 +123,7 @@ def expire_backups(cat: Catalogue, conns: Connections, now: datetime | None = No
     halfway (``running`` for longer than ``stale_after``: ``abandoned``)."""
     now = now or datetime.now(timezone.utc)
     out = ExpireResult()
-    with db.connect(conns.control_dsn) as cp:
+    with db.connect(conns.control_dsn, autocommit=True) as cp:
         ensure_schema(cp)
         due = cp.execute("SELECT id FROM residency.backups WHERE state = 'complete' AND expires_at <= %s ORDER BY id", (now,)).fetchall()
         cp.commit()

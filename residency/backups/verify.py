@@ -47,7 +47,7 @@ class BackupCheck:
 
 
 def verify_backup(cat: Catalogue, conns: Connections, backup_id: object, *, content: bool = True) -> BackupCheck:
-    with db.connect(conns.control_dsn) as cp:
+    with db.connect(conns.control_dsn, autocommit=True) as cp:
         ensure_schema(cp)
         rec = records.get_backup(cp, backup_id)
         t, man = reading.manifest(conns, rec)
@@ -111,7 +111,9 @@ def _chunk(check: BackupCheck, t: Any, name: str, tinfo: dict[str, Any], c: dict
                 pass
             check.rows += c["rows"]
     except Exception as exc:  # noqa: BLE001 - a damaged chunk is a finding, not a crash
-        check.problems.append(f"{label} data ({c['data']['key']}): cannot be read back: {first_line(exc)}")
+        raw = hashlib.sha256(store.get_bytes(t, c["data"]["key"])).hexdigest()
+        differs = f"sha256 {raw[:16]}…, the manifest says {c['data']['sha256'][:16]}…; " if raw != c["data"]["sha256"] else ""
+        check.problems.append(f"{label} data ({c['data']['key']}): {differs}cannot be read back: {first_line(exc)}")
         return
     if sha.hexdigest() != c["data"]["sha256"]:
         check.problems.insert(0, f"{label} data ({c['data']['key']}): sha256 {sha.hexdigest()[:16]}…, the manifest says {c['data']['sha256'][:16]}…")

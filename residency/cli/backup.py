@@ -47,7 +47,7 @@ def backup_list(c: Context, workspace: str, as_json: bool) -> None:
     from residency.db import connect
 
     ws = _input_first(c, workspace)
-    with connect(c.connections.control_dsn) as cp:
+    with connect(c.connections.control_dsn, autocommit=True) as cp:
         ensure_schema(cp)
         rows = list_backups(cp, ws)
     if as_json:
@@ -71,7 +71,7 @@ def backup_show(c: Context, backup_id: str, as_json: bool) -> None:
     from residency.controlplane import ensure_schema
     from residency.db import connect
 
-    with connect(c.connections.control_dsn) as cp:
+    with connect(c.connections.control_dsn, autocommit=True) as cp:
         ensure_schema(cp)
         r = get_backup(cp, backup_id, complete_only=False)
     if as_json:
