@@ -39,7 +39,7 @@ from residency.migrate.progress import Meter, Progress
 from residency.objectkeys import prefix_of
 from residency.redaction import redact
 
-from . import copytext, records, schedule, shape as shape_mod, sqlparts, store
+from . import copytext, records, rules, shape as shape_mod, sqlparts, store
 
 FORMAT = "residency-backup/1"
 BATCH = 256 * 1024
@@ -102,7 +102,7 @@ def create_backup(cat: Catalogue, conns: Connections, workspace_id: object, *, o
         except store.BackupRefused as exc:
             audit.record(cp, "backup.refused", f"workspace:{ws}", {"workspace_id": ws, "region": region, "reason": str(exc)})
             raise
-        rule = schedule.rule_for(cat, region, ws)
+        rule = rules.rule_for(cat, region, ws)
         keep = keep if keep is not None else rule.keep
         mode = opts.objects or rule.objects
         bid = records.start(cp, ws, region, t.aws_region, t.bucket)

@@ -11,7 +11,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, Callable
 
 from residency import audit, db
-from residency.catalogue import BackupRule, Catalogue
+from residency.catalogue import Catalogue
 from residency.connections import Connections
 from residency.controlplane import ensure_schema
 from residency.errors import ResidencyError, first_line
@@ -19,33 +19,10 @@ from residency.migrate.progress import Progress
 from residency.redaction import redact
 
 from . import records, store
+from .rules import Rule, rule_for  # noqa: F401 - rule_for is part of this module's interface
 
 STALE_AFTER = timedelta(hours=6)
 """A ``running`` backup older than this was killed: its objects are removed by the expiry sweep."""
-
-
-@dataclass(frozen=True)
-class Rule:
-    every: timedelta | None
-    keep: timedelta
-    objects: str
-
-
-def rule_for(cat: Catalogue, region: str, workspace_id: str) -> Rule:
-    """The backup rule of a workspace: its own override, then its region's, then the section's;
-    without a ``backups:`` section nothing is scheduled and backups are kept
-    ``environment.retention.backups_days``."""
-    keep_default = timedelta(days=cat.region(region).environment.retention.backups_days)
-    p = cat.backups
-    chain: list[BackupRule] = []
-    if p is not None:
-        chain = [r for r in (p.workspaces.get(str(workspace_id)), p.regions.get(region), p.default) if r is not None]
-
-    def first(name: str) -> Any:
-        return next((getattr(r, name) for r in chain if getattr(r, name) is not None), None)
-
-    every = first("every")
-    return Rule(every or None, first("keep") or keep_default, first("objects") or "copy")
 
 
 def _lock_key(workspace_id: str) -> int:
