@@ -130,6 +130,8 @@ def _closure(t: Any, man: dict[str, Any], table: str, keys: list[str], bid: int)
     tinfo = man["tables"][table]
     kt = tinfo["key_type"]
     want: Want = {table: {}}
+    edges = [shape_mod.Edge(**e) for e in man.get("edges", [])]
+    owned: dict[str, set[str]] = {}  # rows owned through a restored row (a blob of an attachment) come with it
     for k in keys:
         try:
             typed = reading.typed(k, kt)
@@ -140,8 +142,8 @@ def _closure(t: Any, man: dict[str, Any], table: str, keys: list[str], bid: int)
         if hit is None:
             raise InputError(f"{table} {k} is not in backup {bid}: it was added after the backup or belongs to another workspace")
         want[table][str(typed)] = (int(hit[1] or 0), c["index"])
+        _note_owned(man, edges, table, hit, owned)
     asked = {(table, k) for k in want[table]}
-    edges = [shape_mod.Edge(**e) for e in man.get("edges", [])]
     frontier = {table: set(want[table])}
     while frontier:
         new: dict[str, set[str]] = {}
@@ -167,9 +169,25 @@ def _closure(t: Any, man: dict[str, Any], table: str, keys: list[str], bid: int)
                         if k not in got:
                             got[k] = (int(f[1] or 0), c["index"])
                             new.setdefault(child, set()).add(k)
+                            _note_owned(man, edges, child, f, owned)
                         break
         frontier = new
+    for name, ks in owned.items():
+        tinfo_o = man["tables"][name]
+        for k, h, _, ci in reading.entries(t, tinfo_o):
+            if str(k) in ks:
+                want.setdefault(name, {})[str(k)] = (h, ci)
     return want, asked
+
+
+def _note_owned(man: dict[str, Any], edges: list[shape_mod.Edge], table: str, line: list[str | None], owned: dict[str, set[str]]) -> None:
+    """A restored row of ``table`` points at rows owned through it (``workspace.owned_through``)."""
+    links = man["tables"][table]["links"]
+    for e in edges:
+        if e.child == table and man["tables"].get(e.parent, {}).get("reach") == "owned" and e.column in links:
+            v = line[2 + links.index(e.column)]
+            if v is not None:
+                owned.setdefault(e.parent, set()).add(v)
 
 
 def _may_hold(c: dict[str, Any], e: shape_mod.Edge, parents: set[str], man: dict[str, Any]) -> bool:

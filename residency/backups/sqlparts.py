@@ -134,26 +134,27 @@ def keep_keys(temp: str, key: str) -> sql.Composed:
     return sql.SQL("DELETE FROM {} WHERE NOT ({}::text = ANY(%(keys)s::text[]))").format(sql.Identifier(temp), sql.Identifier(key))
 
 
+def hash_list(b: Builder, table: str, x: sql.Composable, columns: Sequence[str]) -> sql.Composed:
+    """``columns`` of row ``x`` as the row hash reads them (as text where the type has no hash)."""
+    return sql.SQL(", ").join(
+        sql.SQL("{}.{}").format(x, sql.Identifier(c.name)) if c.hashable else sql.SQL("{}.{}::text AS {}").format(x, sql.Identifier(c.name), sql.Identifier(c.name))
+        for c in b.graph.table(table).columns if c.name in columns)
+
+
 def temp_hashes(temp: str, b: Builder, table: str, columns: Sequence[str]) -> sql.Composed:
     """(key text, row hash) of the temp table's rows, hashed like the key index."""
-    t = b.graph.table(table)
     x = sql.Identifier("x")
-    (pk,) = t.primary_key
-    hc = sql.SQL(", ").join(
-        sql.SQL("{}.{}").format(x, sql.Identifier(c.name)) if c.hashable else sql.SQL("{}.{}::text AS {}").format(x, sql.Identifier(c.name), sql.Identifier(c.name))
-        for c in t.columns if c.name in columns)
+    (pk,) = b.graph.table(table).primary_key
+    hc = hash_list(b, table, x, columns)
     return sql.SQL("SELECT h.{pk}::text, hash_record_extended(h, 0) FROM (SELECT {hc} FROM {tmp} {x}) h").format(
         pk=sql.Identifier(pk), hc=hc, tmp=sql.Identifier(temp), x=x)
 
 
 def target_hashes(b: Builder, table: str, columns: Sequence[str]) -> sql.Composed:
     """(key text, row hash) of the target's rows of ``table`` whose key is in ``%(keys)s``."""
-    t = b.graph.table(table)
     x = sql.Identifier("x")
-    (pk,) = t.primary_key
-    hc = sql.SQL(", ").join(
-        sql.SQL("{}.{}").format(x, sql.Identifier(c.name)) if c.hashable else sql.SQL("{}.{}::text AS {}").format(x, sql.Identifier(c.name), sql.Identifier(c.name))
-        for c in t.columns if c.name in columns)
+    (pk,) = b.graph.table(table).primary_key
+    hc = hash_list(b, table, x, columns)
     return sql.SQL("SELECT h.{pk}::text, hash_record_extended(h, 0) FROM (SELECT {hc} FROM {tbl} {x} WHERE {x}.{pk}::text = ANY(%(keys)s::text[])) h").format(
         pk=sql.Identifier(pk), hc=hc, tbl=b.qname(table), x=x)
 

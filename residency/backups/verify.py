@@ -124,11 +124,8 @@ def _temp_checksum(b: Any, table: str, temp: str, columns: list[str]) -> sql.Com
     inner = sqlparts.temp_hashes(temp, b, table, columns) if len(b.graph.table(table).primary_key) == 1 else None
     if inner is not None:
         return sql.SQL("SELECT count(*), coalesce(sum(x.h::numeric), 0) FROM ({}) x(k, h)").format(inner)
-    t = b.graph.table(table)
     y = sql.Identifier("y")
-    hc = sql.SQL(", ").join(
-        sql.SQL("{}.{}").format(y, sql.Identifier(c.name)) if c.hashable else sql.SQL("{}.{}::text AS {}").format(y, sql.Identifier(c.name), sql.Identifier(c.name))
-        for c in t.columns if c.name in columns)
+    hc = sqlparts.hash_list(b, table, y, columns)
     return sql.SQL("SELECT count(*), coalesce(sum(hash_record_extended(h, 0)::numeric), 0) FROM (SELECT {hc} FROM {tmp} {y}) h").format(
         hc=hc, tmp=sql.Identifier(temp), y=y)
 
