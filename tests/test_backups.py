@@ -271,3 +271,37 @@ def test_backups_policy_errors_are_line_exact():
     problems = exc.value.problems
     assert any(p.startswith(f"r.yaml:{n + 3}:10: backups: every 'sometimes' is not understood") for p in problems), problems
     assert any(p.startswith(f"r.yaml:{n + 5}:5: backups.regions: unknown region 'mars'") for p in problems), problems
+
+
+def test_the_done_when_scenario_through_the_cli(world):
+    """`backup create`, `backup diff` naming the deleted conversation, `restore --table conversations
+    --key K`, `backup verify`, each with --json, as a user runs them."""
+    from residency.cli import main
+
+    env, ws, _ = world
+    c = rich_conversation(env.dsn("us"), ws)
+    before = conversation_rows(env.dsn("us"), c)
+    ce = connections_env(env)
+
+    def run(*args: str) -> dict:
+        r = CliRunner().invoke(main, [*args, "--json"], env=ce)
+        assert r.exit_code == 0, r.output
+        return json.loads(r.output)
+
+    made = run("backup", "create", str(ws))
+    assert made["aws_region"] == "us-west-2" and made["kms_key"] == f"alias/{env.backup_buckets['us']}"
+    with psycopg.connect(env.dsn("us"), autocommit=True) as conn:
+        for stmt in DELETE_CONVERSATION:
+            conn.execute(stmt, {"c": c})
+    d = run("backup", "diff", str(ws), str(made["id"]))
+    conv = next(t for t in d["tables"] if t["table"] == "conversations")
+    assert conv["keys"]["deleted"] == [c]
+    r = run("restore", str(ws), "--from", str(made["id"]), "--table", "conversations", "--key", str(c))
+    assert r["verified"] and r["restored"] == sum(len(v) for v in before.values())
+    assert conversation_rows(env.dsn("us"), c) == before
+    assert run("backup", "verify", str(made["id"]))["ok"]
+    shown = run("backup", "show", str(made["id"]))
+    assert shown["state"] == "complete" and shown["summary"]["tables"]["messages"]["rows"] > 0
+    # bad input: one line, exit 2
+    r = CliRunner().invoke(main, ["restore", str(ws), "--from", str(made["id"]), "--table", "conversations", "--key", "123456789"], env=ce)
+    assert r.exit_code == 2 and len(r.output.strip().splitlines()) == 1 and "is not in backup" in r.output
