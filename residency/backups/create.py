@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -155,9 +154,7 @@ def _write(cat: Catalogue, ep: RegionEndpoints, t: store.BackupTarget, ws: str, 
         plans: dict[str, list[tuple[Any, Any]]] = {}
         counts: dict[str, int] = {}
         for table in sh.tables:
-            (n,) = snap.conn.execute(sqlparts.count(b, table), b.params(ws)).fetchone()
-            counts[table] = int(n)
-            plans[table] = _bounds(snap.conn, b, ws, table, int(n), opts.chunk_rows)
+            counts[table], plans[table] = _bounds(snap.conn, b, ws, table, opts.chunk_rows)
         tasks = [(table, i, lo, hi) for table in sh.tables for i, (lo, hi) in enumerate(plans[table])]
         tasks.sort(key=lambda x: -counts[x[0]] / len(plans[x[0]]))
 
@@ -194,18 +191,23 @@ def _write(cat: Catalogue, ep: RegionEndpoints, t: store.BackupTarget, ws: str, 
     }
 
 
-def _bounds(conn: Any, b: Any, ws: str, table: str, rows: int, chunk_rows: int) -> list[tuple[Any, Any]]:
-    n = math.ceil(rows / chunk_rows) if rows > 0 else 1
-    if n <= 1 or b.chunk_key(table) is None or not b.graph.reach[table].moves:
-        return [(None, None)]
-    (vals,) = conn.execute(sqlparts.bounds(b, table), b.params(ws, fractions=[i / n for i in range(1, n)])).fetchone()
+def _bounds(conn: Any, b: Any, ws: str, table: str, chunk_rows: int) -> tuple[int, list[tuple[Any, Any]]]:
+    """(rows, [(lo, hi), ...]): a table with a chunk key is cut every ``chunk_rows`` keys, read in
+    one sorted pass (:func:`sqlparts.cuts`); any other table is one chunk."""
+    if b.chunk_key(table) is None or not b.graph.reach[table].moves:
+        (n,) = conn.execute(sqlparts.count(b, table), b.params(ws)).fetchone()
+        return int(n), [(None, None)]
+    found = conn.execute(sqlparts.cuts(b, table), b.params(ws, every=chunk_rows)).fetchall()
+    n = int(found[-1][0]) if found else 0
     cuts: list[Any] = []
-    for v in vals or []:
+    for rn, v in found:
+        if int(rn) == n or v is None:
+            continue
         v = v if isinstance(v, int) else str(v)
-        if v is not None and (not cuts or cuts[-1] != v):
+        if not cuts or cuts[-1] != v:
             cuts.append(v)
     ends = [None, *cuts, None]
-    return [(ends[i], ends[i + 1]) for i in range(len(ends) - 1)]
+    return n, [(ends[i], ends[i + 1]) for i in range(len(ends) - 1)]
 
 
 def _params(b: Any, ws: str, lo: Any, hi: Any) -> dict[str, Any]:

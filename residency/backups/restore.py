@@ -33,7 +33,7 @@ from residency.migrate.introspect import introspect
 from residency.migrate.sqlbuild import Builder
 from residency.redaction import redact
 
-from . import reading, records, shape as shape_mod, sqlparts
+from . import copytext, reading, records, shape as shape_mod, sqlparts, store
 
 MAX_NAMED = 20
 
@@ -153,24 +153,30 @@ def _closure(t: Any, man: dict[str, Any], table: str, keys: list[str], bid: int)
                 continue
             links = cinfo["links"]
             ckt = cinfo["key_type"]
+            # compared as the raw bytes of the key index (integer and plain text values need no
+            # unescaping), so a scanned line costs one split; a hit is decoded in full
+            probes = [(e, 2 + links.index(e.column), 2 + links.index(e.type_column) if e.type_column else None,
+                       {_raw(p) for p in frontier[e.parent]}, _raw(e.type_value) if e.type_value is not None else None)
+                      for e in mine if e.column in links]
             for c in cinfo["chunks"]:
                 if not any(_may_hold(c, e, frontier[e.parent], man) for e in mine):
                     continue
-                for f in reading.key_lines(t, c):
-                    vals = f[2:]
-                    for e in mine:
-                        v = vals[links.index(e.column)] if e.column in links else None
-                        if v is None or v not in frontier[e.parent]:
-                            continue
-                        if e.type_column and vals[links.index(e.type_column)] != e.type_value:
-                            continue
-                        k = str(reading.typed(f[0], ckt))
-                        got = want.setdefault(child, {})
-                        if k not in got:
-                            got[k] = (int(f[1] or 0), c["index"])
-                            new.setdefault(child, set()).add(k)
-                            _note_owned(man, edges, child, f, owned)
-                        break
+                for line in store.lines(t, c["keys"]["key"]):
+                    raw = line.split(b"\t")
+                    hit = None
+                    for e, ci, ti, want_vals, tv in probes:
+                        if ci < len(raw) and raw[ci] in want_vals and (ti is None or raw[ti] == tv):
+                            hit = e
+                            break
+                    if hit is None or (raw[0] == b"\\N" and raw[1] == b"\\N"):
+                        continue
+                    f = copytext.split(line)
+                    k = str(reading.typed(f[0], ckt))
+                    got = want.setdefault(child, {})
+                    if k not in got:
+                        got[k] = (int(f[1] or 0), c["index"])
+                        new.setdefault(child, set()).add(k)
+                        _note_owned(man, edges, child, f, owned)
         frontier = new
     for name, ks in owned.items():
         tinfo_o = man["tables"][name]
@@ -178,6 +184,11 @@ def _closure(t: Any, man: dict[str, Any], table: str, keys: list[str], bid: int)
             if str(k) in ks:
                 want.setdefault(name, {})[str(k)] = (h, ci)
     return want, asked
+
+
+def _raw(value: str) -> bytes:
+    """A value as COPY's text format writes it."""
+    return value.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r").encode()
 
 
 def _note_owned(man: dict[str, Any], edges: list[shape_mod.Edge], table: str, line: list[str | None], owned: dict[str, set[str]]) -> None:

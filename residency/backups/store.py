@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
+import threading
 import zlib
 from dataclasses import dataclass
 from typing import Any, BinaryIO, Iterator
@@ -43,7 +44,18 @@ class BackupTarget:
     endpoint: RegionEndpoints
 
     def client(self) -> Any:
-        return s3_client(self.endpoint, self.aws_region)
+        """One S3 client per endpoint and AWS region, shared by the streams (boto3 clients are
+        thread-safe; making one costs more than a small chunk's upload)."""
+        key = (self.endpoint.s3_endpoint, self.aws_region)
+        with _LOCK:
+            c = _CLIENTS.get(key)
+            if c is None:
+                c = _CLIENTS[key] = s3_client(self.endpoint, self.aws_region)
+        return c
+
+
+_LOCK = threading.Lock()
+_CLIENTS: dict[tuple[str | None, str], Any] = {}
 
 
 def kms_alias(bucket: str) -> str:
