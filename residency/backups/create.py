@@ -192,16 +192,19 @@ def _write(cat: Catalogue, ep: RegionEndpoints, t: store.BackupTarget, ws: str, 
 
 
 def _bounds(conn: Any, b: Any, ws: str, table: str, chunk_rows: int) -> tuple[int, list[tuple[Any, Any]]]:
-    """(rows, [(lo, hi), ...]): a table with a chunk key is cut every ``chunk_rows`` keys, read in
-    one sorted pass (:func:`sqlparts.cuts`); any other table is one chunk."""
+    """(rows, [(lo, hi), ...]): a table with a chunk key is cut into ranges of about
+    ``chunk_rows`` rows at its key quantiles (count and quantiles in one sorted pass, at most
+    :data:`sqlparts.CUT_STEPS` chunks); any other table is one chunk."""
     if b.chunk_key(table) is None or not b.graph.reach[table].moves:
         (n,) = conn.execute(sqlparts.count(b, table), b.params(ws)).fetchone()
         return int(n), [(None, None)]
-    found = conn.execute(sqlparts.cuts(b, table), b.params(ws, every=chunk_rows)).fetchall()
-    n = int(found[-1][0]) if found else 0
+    steps = sqlparts.CUT_STEPS
+    n, vals = conn.execute(sqlparts.cuts(b, table), b.params(ws, fractions=[i / steps for i in range(1, steps)])).fetchone()
+    n = int(n)
+    every = max(1, -(-chunk_rows * steps // max(n, 1)))  # quantile steps per chunk, rounded up
     cuts: list[Any] = []
-    for rn, v in found:
-        if int(rn) == n or v is None:
+    for i, v in enumerate(vals or [], start=1):
+        if i % every or v is None or n <= chunk_rows:
             continue
         v = v if isinstance(v, int) else str(v)
         if not cuts or cuts[-1] != v:
