@@ -69,8 +69,9 @@ def world(env):
     return env, ws, env.connections_as({"us": mover})
 
 
-def test_backup_diff_restore_a_deleted_conversation(world):
+def test_backup_diff_restore_a_deleted_conversation(world, monkeypatch):
     env, ws, conns = world
+    monkeypatch.setenv("RESIDENCY_BACKUP_BLOCK_ROWS", "16")  # blocks of 16 rows: a restore reads a few by byte range
     cat = env.catalogue
     c = rich_conversation(env.dsn("us"), ws)
     res = create_backup(cat, conns, ws, options=BackupOptions(chunk_rows=300))  # small chunks: several per table
@@ -102,6 +103,8 @@ def test_backup_diff_restore_a_deleted_conversation(world):
     got = {t.table: t.restored for t in r.tables}
     assert got == {t: len(v) for t, v in before.items()}
     assert r.chunks_read < r.chunks_total  # only the chunks holding the records were read
+    man = json.loads(env.s3("us", backup=True).get_object(Bucket=res.bucket, Key=res.prefix + "manifest.json")["Body"].read())
+    assert all(len(c["data"]["blocks"]) == -(-c["rows"] // 16) for c in man["tables"]["messages"]["chunks"])
     # nothing differs from the backup any more
     assert diff_backups(cat, conns, ws, res.id).changes == 0
     # again: nothing to do, nothing overwritten
@@ -130,8 +133,9 @@ def test_restore_never_overwrites_a_dependant_changed_since_the_backup(world):
         assert conn.execute("SELECT subject FROM conversations WHERE id = %s", (c,)).fetchone()[0] != "renamed"
 
 
-def test_verify_names_a_flipped_byte(world):
+def test_verify_names_a_flipped_byte(world, monkeypatch):
     env, ws, conns = world
+    monkeypatch.setenv("RESIDENCY_BACKUP_BLOCK_ROWS", "50")
     res = create_backup(env.catalogue, conns, ws, options=BackupOptions(chunk_rows=500))
     assert verify_backup(env.catalogue, conns, res.id).ok
     s3 = env.s3("us", backup=True)

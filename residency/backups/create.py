@@ -238,6 +238,46 @@ def _pump(cur: Any, query: Any, params: dict[str, Any], obj: store.SpooledObject
             obj.keep_tail(buf)
 
 
+BLOCK_ROWS = 1000
+"""Rows per independently compressed block of a data chunk (``$RESIDENCY_BACKUP_BLOCK_ROWS``): a
+restore fetches only the blocks holding its rows (HTTP range reads)."""
+HEADER = b"PGCOPY\n\xff\r\n\x00" + b"\x00" * 8
+TRAILER = b"\xff\xff"
+
+
+def _pump_rows(cur: Any, query: Any, params: dict[str, Any], obj: store.SpooledObject) -> int:
+    """A binary COPY's rows, without its header and trailer (constant: readers put them back),
+    in blocks of :data:`BLOCK_ROWS` rows. One CopyData message is one row."""
+    every = max(1, store.env_int("RESIDENCY_BACKUP_BLOCK_ROWS", BLOCK_ROWS))
+    buf = bytearray()
+    rows = 0
+    pending: bytes | None = None  # one message behind, so the trailer is known when it comes
+    with cur.copy(query, params) as cp:
+        for data in cp:
+            if pending:
+                buf += pending
+                rows += 1
+                if rows % every == 0:
+                    obj.write(bytes(buf))
+                    buf.clear()
+                    obj.new_block()
+                elif len(buf) >= BATCH:
+                    obj.write(bytes(buf))
+                    buf.clear()
+            data = bytes(data)
+            if rows == 0 and pending is None and data.startswith(HEADER):
+                data = data[len(HEADER):]
+            pending = data
+    if pending is not None and pending.endswith(TRAILER):
+        pending = pending[: -len(TRAILER)]
+        if pending:
+            buf += pending
+            rows += 1
+    if buf:
+        obj.write(bytes(buf))
+    return rows
+
+
 def _chunk(dsn: str, sh: shape_mod.Shape, ws: str, t: store.BackupTarget, prefix: str, table: str, index: int, of: int,
            lo: Any, hi: Any, snapshot: str, expected: int, emit: Callable[[Progress], None]) -> dict[str, Any]:
     b = sh.builder
@@ -249,7 +289,8 @@ def _chunk(dsn: str, sh: shape_mod.Shape, ws: str, t: store.BackupTarget, prefix
         if not _begin_snapshot(src, snapshot):
             raise OperationError("the backup's snapshot ended before every chunk was read; run the backup again")
         with src.cursor() as cur:
-            _pump(cur, sqlparts.copy_out(b, table, lo is not None, hi is not None), params, data)
+            cur.execute("SET LOCAL work_mem = '64MB'")  # the chunk's rows are sorted by key: in memory
+            nrows = _pump_rows(cur, sqlparts.copy_out(b, table, lo is not None, hi is not None), params, data)
             _pump(cur, sqlparts.key_index(b, table, sh.links(table), lo=lo is not None, hi=hi is not None), params, keys, tail=True)
         src.execute("COMMIT")
     trailer = json.loads(copytext.split(keys.tail.rstrip(b"\n").rsplit(b"\n", 1)[-1])[-1] or "{}")
@@ -261,6 +302,8 @@ def _chunk(dsn: str, sh: shape_mod.Shape, ws: str, t: store.BackupTarget, prefix
         store.put(t, key, f)
         f.close()
         entries[kind] = {"key": key, "raw": obj.raw, "bytes": obj.stored, "sha256": obj.sha.hexdigest()}
+        if kind == "data":
+            entries[kind].update(rows=nrows, block_rows=max(1, store.env_int("RESIDENCY_BACKUP_BLOCK_ROWS", BLOCK_ROWS)), blocks=obj.blocks)
     faults.point("backup_chunk_written")
     meter.add(int(trailer.get("rows", 0)), data.raw)
     meter.finish(int(trailer.get("rows", 0)))

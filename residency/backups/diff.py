@@ -102,7 +102,7 @@ def diff_backups(cat: Catalogue, conns: Connections, workspace_id: object, a: ob
             d = TableDiff(name)
             ia = reading.entries(ta, ma["tables"][name]) if name in ma["tables"] else iter(())
             ib = reading.entries(tb, mb["tables"][name]) if name in mb["tables"] else iter(())
-            _merge(d, ((k, h) for k, h, _, _ in ia), ((k, h) for k, h, _, _ in ib), limit)
+            _merge(d, ((k, h) for k, h, *_ in ia), ((k, h) for k, h, *_ in ib), limit)
             out.tables.append(d)
         return out
     with db.connect(conns.region(ra.region).dsn) as conn:
@@ -114,7 +114,7 @@ def diff_backups(cat: Catalogue, conns: Connections, workspace_id: object, a: ob
         for name, tinfo in ma["tables"].items():
             d = TableDiff(name)
             live = _live(conn, sh, ws, name, tinfo) if name in sh.tables else iter(())
-            _merge(d, ((k, h) for k, h, _, _ in reading.entries(ta, tinfo)), live, limit)
+            _merge(d, ((k, h) for k, h, *_ in reading.entries(ta, tinfo)), live, limit)
             out.tables.append(d)
         conn.execute("COMMIT")
     return out

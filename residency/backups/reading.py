@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 from psycopg import sql
 
@@ -50,13 +50,14 @@ def key_lines(t: store.BackupTarget, chunk: dict[str, Any], **kw: Any) -> Iterat
         yield f
 
 
-def entries(t: store.BackupTarget, tinfo: dict[str, Any]) -> Iterator[tuple[Any, int, list[str | None], int]]:
-    """(typed key, hash, link values, chunk index) of every row of a table, in key order."""
+def entries(t: store.BackupTarget, tinfo: dict[str, Any]) -> Iterator[tuple[Any, int, list[str | None], int, int]]:
+    """(typed key, hash, link values, chunk index, place in the chunk) of every row of a table,
+    in key order."""
     kt = tinfo.get("key_type") if len(tinfo.get("key") or []) == 1 else None
     for c in tinfo["chunks"]:
-        for f in key_lines(t, c):
+        for pos, f in enumerate(key_lines(t, c)):
             k = typed(f[0], kt) if tinfo.get("key") else int(f[1] or 0)
-            yield k, int(f[1] or 0), f[2:], c["index"]
+            yield k, int(f[1] or 0), f[2:], c["index"], pos
 
 
 def chunk_for(tinfo: dict[str, Any], key: Any) -> dict[str, Any]:
@@ -69,14 +70,34 @@ def chunk_for(tinfo: dict[str, Any], key: Any) -> dict[str, Any]:
     return tinfo["chunks"][-1]
 
 
-HEADER = b"PGCOPY\n\xff\r\n\x00"
+HEADER = b"PGCOPY\n\xff\r\n\x00" + b"\x00" * 8  # signature, flags, no header extension
+TRAILER = b"\xff\xff"
 
 
-def load_chunk(conn: Any, t: store.BackupTarget, chunk: dict[str, Any], copy_in: sql.Composable, *, sha: Any = None) -> int:
+def load_chunk(conn: Any, t: store.BackupTarget, chunk: dict[str, Any], copy_in: sql.Composable, *, sha: Any = None,
+               positions: Iterable[int] | None = None) -> int:
     """Stream one data chunk into ``copy_in`` (a COPY ... FROM STDIN (FORMAT BINARY)); returns the
-    rows the database accepted."""
+    rows the database accepted. ``positions`` (rows' places in the chunk, as in its key index):
+    only the blocks holding them are read, by byte range."""
+    d = chunk["data"]
+    ranges: list[str | None] = [None]
+    if positions is not None and d.get("blocks"):
+        wanted = sorted({p // d["block_rows"] for p in positions})
+        spans: list[list[int]] = []
+        for i in wanted:
+            off, n = d["blocks"][i]
+            if spans and spans[-1][1] == off:
+                spans[-1][1] = off + n  # neighbouring blocks: one read
+            else:
+                spans.append([off, off + n])
+        ranges = [f"bytes={a}-{b - 1}" for a, b in spans]
     with conn.cursor() as cur:
         with cur.copy(copy_in) as cp:
-            for piece in store.stream(t, chunk["data"]["key"], sha=sha):
-                cp.write(piece)
+            if "rows" in d:  # stored without its header and trailer (blocks)
+                cp.write(HEADER)
+            for rng in ranges:
+                for piece in store.stream(t, d["key"], sha=sha, rng=rng):
+                    cp.write(piece)
+            if "rows" in d:
+                cp.write(TRAILER)
         return cur.rowcount

@@ -114,7 +114,7 @@ def restore(cat: Catalogue, conns: Connections, workspace_id: object, backup_id:
 # ------------------------------------------------------------------------------ what to restore
 
 
-Want = dict[str, dict[str, tuple[int, int]]]  # table -> key text -> (row hash, chunk index)
+Want = dict[str, dict[str, tuple[int, int, int]]]  # table -> key text -> (row hash, chunk index, place in the chunk)
 
 
 def _everything(t: Any, man: dict[str, Any]) -> tuple[Want, set[tuple[str, str]]]:
@@ -122,7 +122,7 @@ def _everything(t: Any, man: dict[str, Any]) -> tuple[Want, set[tuple[str, str]]
     for name, tinfo in man["tables"].items():
         if len(tinfo["key"]) != 1:
             continue
-        want[name] = {str(k): (h, ci) for k, h, _, ci in reading.entries(t, tinfo)}
+        want[name] = {str(k): (h, ci, pos) for k, h, _, ci, pos in reading.entries(t, tinfo)}
     return want, set()
 
 
@@ -138,10 +138,10 @@ def _closure(t: Any, man: dict[str, Any], table: str, keys: list[str], bid: int)
         except ValueError:
             raise InputError(f"--key {k!r} is not a value of {table}.{tinfo['key'][0]} ({kt})") from None
         c = reading.chunk_for(tinfo, typed)
-        hit = next((f for f in reading.key_lines(t, c) if reading.typed(f[0], kt) == typed), None)
+        pos, hit = next(((i, f) for i, f in enumerate(reading.key_lines(t, c)) if reading.typed(f[0], kt) == typed), (0, None))
         if hit is None:
             raise InputError(f"{table} {k} is not in backup {bid}: it was added after the backup or belongs to another workspace")
-        want[table][str(typed)] = (int(hit[1] or 0), c["index"])
+        want[table][str(typed)] = (int(hit[1] or 0), c["index"], pos)
         _note_owned(man, edges, table, hit, owned)
     asked = {(table, k) for k in want[table]}
     frontier = {table: set(want[table])}
@@ -161,7 +161,7 @@ def _closure(t: Any, man: dict[str, Any], table: str, keys: list[str], bid: int)
             for c in cinfo["chunks"]:
                 if not any(_may_hold(c, e, frontier[e.parent], man) for e in mine):
                     continue
-                for line in store.lines(t, c["keys"]["key"]):
+                for pos, line in enumerate(store.lines(t, c["keys"]["key"])):
                     raw = line.split(b"\t")
                     hit = None
                     for e, ci, ti, want_vals, tv in probes:
@@ -174,15 +174,15 @@ def _closure(t: Any, man: dict[str, Any], table: str, keys: list[str], bid: int)
                     k = str(reading.typed(f[0], ckt))
                     got = want.setdefault(child, {})
                     if k not in got:
-                        got[k] = (int(f[1] or 0), c["index"])
+                        got[k] = (int(f[1] or 0), c["index"], pos)
                         new.setdefault(child, set()).add(k)
                         _note_owned(man, edges, child, f, owned)
         frontier = new
     for name, ks in owned.items():
         tinfo_o = man["tables"][name]
-        for k, h, _, ci in reading.entries(t, tinfo_o):
+        for k, h, _, ci, pos in reading.entries(t, tinfo_o):
             if str(k) in ks:
-                want.setdefault(name, {})[str(k)] = (h, ci)
+                want.setdefault(name, {})[str(k)] = (h, ci, pos)
     return want, asked
 
 
@@ -247,15 +247,16 @@ def _apply(cat: Catalogue, t: Any, man: dict[str, Any], want: Want, asked: set[t
     return result
 
 
-def _table(conn: Any, b: Builder, t: Any, tinfo: dict[str, Any], name: str, rows: dict[str, tuple[int, int]],
+def _table(conn: Any, b: Builder, t: Any, tinfo: dict[str, Any], name: str, rows: dict[str, tuple[int, int, int]],
            asked: set[tuple[str, str]], access: triggers.TargetAccess, temp: str) -> TableRestore:
     out = TableRestore(name)
     cols = tinfo["columns"]
     keys = sorted(rows)
     conn.execute(sqlparts.temp_table(temp, b, name, cols))
     for c in tinfo["chunks"]:
-        if c["index"] in {ci for _, ci in rows.values()}:
-            reading.load_chunk(conn, t, c, sqlparts.copy_into_temp(temp, cols))
+        places = [pos for _, ci, pos in rows.values() if ci == c["index"]]
+        if places:
+            reading.load_chunk(conn, t, c, sqlparts.copy_into_temp(temp, cols), positions=places)
             out.chunks_read += 1
     conn.execute(sqlparts.keep_keys(temp, tinfo["key"][0]), {"keys": keys})
     present = dict(conn.execute(sqlparts.target_hashes(b, name, cols), {"keys": keys}).fetchall())

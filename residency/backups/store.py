@@ -82,6 +82,8 @@ class SpooledObject:
         self.stored = 0
         self.sha = hashlib.sha256()
         self.tail = b""
+        self.blocks: list[list[int]] = []
+        self.block_start = 0
 
     def write(self, data: bytes | memoryview) -> None:
         self.raw += len(data)
@@ -97,8 +99,20 @@ class SpooledObject:
         self.sha.update(out)
         self.stored += len(out)
 
-    def finish(self) -> BinaryIO:
+    def new_block(self) -> None:
+        """End the current zlib stream and start another: each block decompresses on its own
+        (``blocks``: [stored offset, stored length] of each)."""
+        start = self.block_start
         self._out(self.z.flush())
+        self.blocks.append([start, self.stored - start])
+        self.block_start = self.stored
+        self.z = zlib.compressobj(_LEVEL)
+
+    def finish(self) -> BinaryIO:
+        start = self.block_start
+        self._out(self.z.flush())
+        if self.stored > start:
+            self.blocks.append([start, self.stored - start])
         self.file.seek(0)
         return self.file  # type: ignore[return-value]
 
@@ -119,9 +133,11 @@ def get_bytes(t: BackupTarget, key: str) -> bytes:
     return t.client().get_object(Bucket=t.bucket, Key=key)["Body"].read()
 
 
-def stream(t: BackupTarget, key: str, *, sha: "hashlib._Hash | None" = None, size: list[int] | None = None) -> Iterator[bytes]:
-    """The decompressed content of one stored object, in pieces (hashing the stored bytes)."""
-    body = t.client().get_object(Bucket=t.bucket, Key=key)["Body"]
+def stream(t: BackupTarget, key: str, *, sha: "hashlib._Hash | None" = None, size: list[int] | None = None,
+           rng: str | None = None) -> Iterator[bytes]:
+    """The decompressed content of one stored object (or of ``rng``, an HTTP byte range holding
+    whole blocks), in pieces, hashing the stored bytes read."""
+    body = t.client().get_object(Bucket=t.bucket, Key=key, **({"Range": rng} if rng else {}))["Body"]
     z = zlib.decompressobj()
     for piece in iter(lambda: body.read(1024 * 1024), b""):
         if sha is not None:
@@ -129,11 +145,16 @@ def stream(t: BackupTarget, key: str, *, sha: "hashlib._Hash | None" = None, siz
         if size is not None:
             size[0] += len(piece)
         try:
-            out = z.decompress(piece)
+            while piece:
+                out = z.decompress(piece)
+                if out:
+                    yield out
+                if not z.eof:
+                    break
+                piece = z.unused_data  # the next block: its own zlib stream
+                z = zlib.decompressobj()
         except zlib.error as exc:
             raise OperationError(f"s3://{t.bucket}/{key}: cannot decompress: {exc}") from None
-        if out:
-            yield out
     try:
         out = z.flush()
     except zlib.error as exc:
