@@ -145,6 +145,7 @@ def _closure(t: Any, man: dict[str, Any], table: str, keys: list[str], bid: int)
         _note_owned(man, edges, table, hit, owned)
     asked = {(table, k) for k in want[table]}
     frontier = {table: set(want[table])}
+    cache = _Lines(t)
     while frontier:
         new: dict[str, set[str]] = {}
         for child, cinfo in man["tables"].items():
@@ -161,7 +162,7 @@ def _closure(t: Any, man: dict[str, Any], table: str, keys: list[str], bid: int)
             for c in cinfo["chunks"]:
                 if not any(_may_hold(c, e, frontier[e.parent], man) for e in mine):
                     continue
-                for pos, line in enumerate(store.lines(t, c["keys"]["key"])):
+                for pos, line in enumerate(cache.lines(c["keys"]["key"])):
                     raw = line.split(b"\t")
                     hit = None
                     for e, ci, ti, want_vals, tv in probes:
@@ -184,6 +185,27 @@ def _closure(t: Any, man: dict[str, Any], table: str, keys: list[str], bid: int)
             if str(k) in ks:
                 want.setdefault(name, {})[str(k)] = (h, ci, pos)
     return want, asked
+
+
+class _Lines:
+    """Key index lines read once per restore, kept for the closure's next rounds (a table's
+    dependants are found round after round) up to :data:`CACHE_BYTES`; beyond it, read again."""
+
+    def __init__(self, t: Any):
+        self.t, self.kept, self.size = t, {}, 0
+
+    def lines(self, key: str) -> Any:
+        if key in self.kept:
+            return self.kept[key]
+        if self.size > CACHE_BYTES:
+            return store.lines(self.t, key)
+        got = list(store.lines(self.t, key))
+        self.size += sum(len(x) for x in got)
+        self.kept[key] = got
+        return got
+
+
+CACHE_BYTES = 64 * 1024 * 1024
 
 
 def _raw(value: str) -> bytes:
