@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -22,14 +23,8 @@ from residency.backups.create import BackupOptions
 from residency.backups.records import get_backup
 from residency.errors import InputError, OperationError
 
-DELETE_CONVERSATION = [
-    "DELETE FROM reactions WHERE (subject_type = 'conversation' AND subject_id = %(c)s)"
-    " OR (subject_type = 'message' AND subject_id IN (SELECT id FROM messages WHERE conversation_id = %(c)s))",
-    "DELETE FROM attachment_previews WHERE attachment_id IN (SELECT a.id FROM attachments a JOIN messages m ON m.id = a.message_id WHERE m.conversation_id = %(c)s)",
-    "DELETE FROM attachments WHERE message_id IN (SELECT id FROM messages WHERE conversation_id = %(c)s)",
-    "DELETE FROM messages WHERE conversation_id = %(c)s",
-    "DELETE FROM conversations WHERE id = %(c)s",
-]
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench/ is not an installed package
+from bench.backupbench import DELETE as DELETE_CONVERSATION  # noqa: E402 - the statements the benchmark deletes a conversation with
 
 
 def conversation_rows(dsn: str, c: int) -> dict[str, list]:

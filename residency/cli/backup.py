@@ -4,10 +4,32 @@
 from __future__ import annotations
 
 import sys
+from typing import Any
 
 import click
 
 from .core import Context, _input_first, _jsonable, _ProgressPrinter, emit_json, json_option, main, pass_ctx, table, ResidencyGroup
+
+
+def _report(as_json: bool, data: dict, ok: bool, lines: list[str]) -> None:
+    """JSON or the lines; exit 1 when not ``ok``."""
+    if as_json:
+        emit_json(data)
+    else:
+        for line in lines:
+            click.echo(line)
+    if not ok:
+        sys.exit(1)
+
+
+def _json_or_notes(as_json: bool, res: Any) -> bool:
+    """With --json, the result as JSON (True: nothing more to print); otherwise its notes."""
+    if as_json:
+        emit_json(res.to_dict())
+        return True
+    for n in res.notes:
+        click.echo(f"note: {n}")
+    return False
 
 
 @main.group(cls=ResidencyGroup)
@@ -95,16 +117,8 @@ def backup_verify(c: Context, backup_id: str, as_json: bool) -> None:
     from residency.backups.verify import verify_backup
 
     res = verify_backup(c.catalogue, c.connections, backup_id)
-    if as_json:
-        emit_json(res.to_dict())
-    else:
-        for p in res.problems:
-            click.echo(f"FAIL {p}")
-        for n in res.notes:
-            click.echo(f"note: {n}")
-        click.echo(f"backup {res.backup_id}: {'ok' if res.ok else 'DAMAGED'}: {res.chunks} chunks, {res.rows:,} rows, {res.objects} objects, {res.bytes_read:,} bytes read")
-    if not res.ok:
-        sys.exit(1)
+    _report(as_json, res.to_dict(), res.ok, [f"FAIL {p}" for p in res.problems] + [f"note: {n}" for n in res.notes] + [
+        f"backup {res.backup_id}: {'ok' if res.ok else 'DAMAGED'}: {res.chunks} chunks, {res.rows:,} rows, {res.objects} objects, {res.bytes_read:,} bytes read"])
 
 
 @backup.command("diff")
@@ -120,11 +134,8 @@ def backup_diff(c: Context, workspace: str, a: str, b: str, limit: int, as_json:
 
     ws = _input_first(c, workspace)
     res = diff_backups(c.catalogue, c.connections, ws, a, b, limit=limit)
-    if as_json:
-        emit_json(res.to_dict())
+    if _json_or_notes(as_json, res):
         return
-    for n in res.notes:
-        click.echo(f"note: {n}")
     for t in res.tables:
         if not (t.added or t.changed or t.deleted):
             continue
@@ -144,16 +155,10 @@ def backup_run_due(c: Context, as_json: bool) -> None:
     from residency.backups.schedule import run_due_backups
 
     res = run_due_backups(c.catalogue, c.connections, emit=_ProgressPrinter(quiet=as_json))
-    if as_json:
-        emit_json({**_jsonable(res), "ok": res.ok})
-    else:
-        for x in res.created:
-            click.echo(f"backed up workspace {x['workspace_id']}: backup {x['backup_id']} ({x['rows']:,} rows)")
-        for x in res.failed:
-            click.echo(f"FAILED workspace {x['workspace_id']}: {x['error']}")
-        click.echo(f"{len(res.created)} backed up, {len(res.failed)} failed, {len(res.skipped)} not due")
-    if not res.ok:
-        sys.exit(1)
+    _report(as_json, {**_jsonable(res), "ok": res.ok}, res.ok,
+            [f"backed up workspace {x['workspace_id']}: backup {x['backup_id']} ({x['rows']:,} rows)" for x in res.created]
+            + [f"FAILED workspace {x['workspace_id']}: {x['error']}" for x in res.failed]
+            + [f"{len(res.created)} backed up, {len(res.failed)} failed, {len(res.skipped)} not due"])
 
 
 @backup.command("expire")
@@ -164,16 +169,11 @@ def backup_expire(c: Context, as_json: bool) -> None:
     from residency.backups.schedule import expire_backups
 
     res = expire_backups(c.catalogue, c.connections)
-    if as_json:
-        emit_json({**_jsonable(res), "ok": res.ok})
-    else:
-        for x in res.expired + res.abandoned:
-            click.echo(f"deleted backup {x['backup_id']} of workspace {x['workspace_id']}: {x['objects_deleted']} objects ({x['reason']})")
-        for x in res.failed:
-            click.echo(f"FAILED backup {x['backup_id']}: {x['error']}")
-        click.echo(f"{len(res.expired)} expired, {len(res.abandoned)} interrupted removed, {len(res.failed)} failed")
-    if not res.ok:
-        sys.exit(1)
+    _report(as_json, {**_jsonable(res), "ok": res.ok}, res.ok,
+            [f"deleted backup {x['backup_id']} of workspace {x['workspace_id']}: {x['objects_deleted']} objects ({x['reason']})"
+             for x in res.expired + res.abandoned]
+            + [f"FAILED backup {x['backup_id']}: {x['error']}" for x in res.failed]
+            + [f"{len(res.expired)} expired, {len(res.abandoned)} interrupted removed, {len(res.failed)} failed"])
 
 
 @main.command("restore", cls=ResidencyGroup.command_class)
@@ -192,11 +192,8 @@ def restore_cmd(c: Context, workspace: str, backup_id: str, table: str | None, k
 
     ws = _input_first(c, workspace)
     res = restore(c.catalogue, c.connections, ws, backup_id, table=table, keys=keys, into_dsn=into_dsn, as_workspace=as_workspace)
-    if as_json:
-        emit_json(res.to_dict())
+    if _json_or_notes(as_json, res):
         return
-    for n in res.notes:
-        click.echo(f"note: {n}")
     for t in res.tables:
         parts = [f"{t.restored} restored"] + ([f"{t.overwritten} put back as in the backup"] if t.overwritten else []) \
             + ([f"{t.unchanged} already there"] if t.unchanged else [])
