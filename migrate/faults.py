@@ -35,6 +35,10 @@ POINTS = (
     "online_caught_up",  # fenced: the replication's catch-up settled (applied, or found unfinished), subscription not yet stopped
     "online_replication_removed",  # fenced: replication stopped or removed, its copy checkpoint recorded, copy_phase not yet run
     "online_cut_over",  # cut over, replication not yet removed
+    # backups and restore (residency.backups)
+    "backup_chunk_written",  # a chunk and its key index stored, the backup not yet complete
+    "backup_before_manifest",  # every chunk and object stored, no manifest yet
+    "restore_rows_written",  # every restored row written and checked in the target transaction, not committed
 )
 
 _counts: dict[str, int] = {}

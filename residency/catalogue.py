@@ -195,6 +195,8 @@ class Catalogue:
     regions: Mapping[str, Region]
     workspace: WorkspaceSpec
     operator_access: OperatorAccess | None = None
+    backups: "BackupPolicy | None" = None
+    """The ``backups:`` section (how often each workspace is backed up, how long kept); None: absent."""
 
     def region(self, name: str) -> Region:
         """The region called ``name``, or an :class:`InputError` naming the known ones."""
@@ -373,7 +375,7 @@ class _Validator:
         if root is None or (isinstance(root, Scalar) and root.value is None):
             self.err(Mark(self.file, 1, 1), "file is empty; expected a mapping with jurisdictions, environment, regions, workspace")
             return None
-        top = self.mapping(root, "top level", Mark(self.file, 1, 1), ("jurisdictions", "environment", "regions", "workspace"), ("operator_access",))
+        top = self.mapping(root, "top level", Mark(self.file, 1, 1), ("jurisdictions", "environment", "regions", "workspace"), ("operator_access", "backups"))
         if top is None:
             return None
         jur = self.jurisdictions(top.items.get("jurisdictions"), top.keys.get("jurisdictions", top.mark))
@@ -384,9 +386,10 @@ class _Validator:
         regions = self.regions(top.items.get("regions"), top.keys.get("regions", top.mark), jur, env, env_node)
         ws = self.workspace(top.items.get("workspace"), top.keys.get("workspace", top.mark))
         access = self.operator_access(top.items.get("operator_access"), top.keys.get("operator_access", top.mark), jur)
+        backups = _backup_policy(self, top.items.get("backups"), top.keys.get("backups", top.mark), regions, ws)
         if self.problems or jur is None or env is None or regions is None or ws is None:
             return None
-        return Catalogue(self.file, MappingProxyType(jur), env, MappingProxyType(regions), ws, access)
+        return Catalogue(self.file, MappingProxyType(jur), env, MappingProxyType(regions), ws, operator_access=access, backups=backups)
 
     def operator_access(self, node: YNode | None, mark: Mark, jur: dict[str, Jurisdiction] | None) -> OperatorAccess | None:
         """The optional ``operator_access:`` section (see :class:`OperatorAccess`)."""
@@ -1039,3 +1042,85 @@ def with_region(cat: Catalogue, region: Region) -> Catalogue:
     regions = dict(cat.regions)
     regions[region.name] = region
     return replace(cat, regions=MappingProxyType(regions))
+
+
+# --------------------------------------------------------------------------- backups: (issue 14)
+
+
+@dataclass(frozen=True)
+class BackupRule:
+    """How one workspace is backed up: ``every`` (None: not on a schedule), ``keep`` (how long a
+    backup is kept), ``objects`` (``copy`` them into the backup, or ``list`` their version ids when
+    the bucket is versioned). Fields left unset fall through workspace → region → section."""
+
+    every: Any = None  # datetime.timedelta | None
+    keep: Any = None  # datetime.timedelta | None
+    objects: str | None = None
+
+
+@dataclass(frozen=True)
+class BackupPolicy:
+    default: BackupRule
+    regions: Mapping[str, BackupRule] = field(default_factory=lambda: MappingProxyType({}))
+    workspaces: Mapping[str, BackupRule] = field(default_factory=lambda: MappingProxyType({}))
+
+
+_BACKUP_KEYS = ("every", "keep", "objects")
+
+
+def _backup_rule(v: _Validator, node: YNode, where: str, mark: Mark, extra: tuple[str, ...] = ()) -> BackupRule | None:
+    from .units import parse_duration
+
+    m = v.mapping(node, where, mark, (), _BACKUP_KEYS + extra)
+    if m is None:
+        return None
+    out: dict[str, Any] = {}
+    for key in ("every", "keep"):
+        n = m.items.get(key)
+        if n is None:
+            continue
+        if key == "every" and isinstance(n, Scalar) and (n.value is False or n.value == "off"):
+            out[key] = False  # `every: off`: not on a schedule here
+            continue
+        if not isinstance(n, Scalar) or not isinstance(n.value, str):
+            v.err(n.mark, f"{where}: '{key}' must be a duration such as 1d or 12h, got {_kind(n)}")
+            continue
+        try:
+            out[key] = parse_duration(n.value, what=key)
+        except InputError as exc:
+            v.err(n.mark, f"{where}: {exc}")
+    objects = v.scalar(m, "objects", where, str, default=None,
+                       check=lambda x: None if x in ("copy", "list") else f"objects must be copy or list, not '{x}'")
+    return BackupRule(out.get("every"), out.get("keep"), objects)
+
+
+def _backup_policy(v: _Validator, node: YNode | None, mark: Mark, regions: dict[str, Region] | None,
+                   ws: WorkspaceSpec | None) -> BackupPolicy | None:
+    """The ``backups:`` section: defaults, ``regions: {NAME: rule}``, ``workspaces: {ID: rule}``."""
+    if node is None:
+        return None
+    where = "backups"
+    default = _backup_rule(v, node, where, mark, ("regions", "workspaces"))
+    if default is None or not isinstance(node, Map):
+        return None
+    per: dict[str, dict[str, BackupRule]] = {"regions": {}, "workspaces": {}}
+    for section in per:
+        sn = node.items.get(section)
+        if sn is None:
+            continue
+        sm = v.mapping(sn, f"{where}.{section}", node.keys[section], ())
+        for name, rn in (sm.items.items() if sm else []):
+            kmark = sm.keys[name]  # type: ignore[union-attr]
+            if section == "regions" and regions is not None and name not in regions:
+                v.err(kmark, f"{where}.regions: unknown region '{name}' (regions: {', '.join(regions)})")
+                continue
+            if section == "workspaces" and ws is not None:
+                try:
+                    name = ws.parse_id(name)
+                except InputError as exc:
+                    v.err(kmark, f"{where}.workspaces: {exc}")
+                    continue
+            rule = _backup_rule(v, rn, f"{where}.{section}.{name}", kmark)
+            if rule is not None:
+                per[section][name] = rule
+    return BackupPolicy(default, MappingProxyType(per["regions"]), MappingProxyType(per["workspaces"]))

@@ -147,6 +147,33 @@ BEGIN
             FOR EACH STATEMENT EXECUTE FUNCTION residency.audit_append_only();
     END IF;
 END $$;
+
+-- Workspace backups (residency/backups): 'running' from the first byte written, 'complete' only once
+-- the manifest is stored; listings show complete ones, so a killed backup is never offered. An
+-- expired backup keeps its row with the deletion record (what was deleted, when, by whom).
+CREATE TABLE IF NOT EXISTS residency.backups (
+    id               bigserial PRIMARY KEY,
+    workspace_id     text NOT NULL,
+    region           text NOT NULL,
+    aws_region       text NOT NULL,
+    bucket           text NOT NULL,
+    prefix           text NOT NULL,
+    state            text NOT NULL CHECK (state IN ('running', 'complete', 'failed', 'expired', 'abandoned')),
+    created_by       text NOT NULL DEFAULT session_user,
+    started_at       timestamptz NOT NULL DEFAULT now(),
+    finished_at      timestamptz,
+    snapshot_at      timestamptz,
+    expires_at       timestamptz,
+    rows             bigint,
+    bytes            bigint,
+    manifest_sha256  text,
+    summary          jsonb NOT NULL DEFAULT '{}',
+    error            text,
+    deleted_at       timestamptz,
+    deletion         jsonb
+);
+CREATE INDEX IF NOT EXISTS backups_workspace ON residency.backups (workspace_id, id);
+CREATE INDEX IF NOT EXISTS backups_expiring ON residency.backups (expires_at) WHERE state = 'complete';
 """
 
 # Any constant will do: it names the lock that serialises schema creation.
@@ -206,6 +233,8 @@ GRANT UPDATE ON residency.requests TO residency_approver, residency_operator;
 GRANT INSERT, UPDATE ON residency.moves TO residency_operator;
 GRANT USAGE ON SEQUENCE residency.moves_id_seq TO residency_operator;
 GRANT UPDATE ON residency.directory TO residency_operator;
+GRANT INSERT, UPDATE ON residency.backups TO residency_operator;
+GRANT USAGE ON SEQUENCE residency.backups_id_seq TO residency_operator;
 GRANT ALL ON ALL TABLES IN SCHEMA residency TO residency_admin;
 GRANT ALL ON ALL SEQUENCES IN SCHEMA residency TO residency_admin;
 

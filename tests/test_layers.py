@@ -37,6 +37,7 @@ LAYERS = (  # (prefix, layer): the longest matching prefix decides
     ("residency.stacks", 1),
     ("residency.playbooks", 1),
     ("residency.access", 1),
+    ("residency.backups", 1),
     ("residency.ops", 2),
     ("residency.cli", 3),
     ("residency.sandbox", 3),

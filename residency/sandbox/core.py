@@ -434,6 +434,7 @@ def _s3_up(state: dict[str, Any], home: Path, cat: Catalogue, messages: list[str
         fresh = True
         say(f"started S3 (moto) on {_s3_endpoint(port)}")
     made = ensure_buckets(cat, state)
+    made += ensure_backup_store(cat, state)
     ensure_anchor(state)
     if made and not fresh:
         messages.append(f"s3: recreated {len(made)} missing bucket(s) (moto keeps objects in memory only)")
@@ -487,6 +488,36 @@ def ensure_buckets(cat: Catalogue, state: dict[str, Any], names: dict[str, dict[
                            "DeleteMarkerReplication": {"Status": "Enabled"},
                            "Destination": {"Bucket": f"arn:aws:s3:::{replica}"}}],
             })
+    return created
+
+
+def ensure_backup_store(cat: Catalogue, state: dict[str, Any], names: dict[str, str] | None = None) -> list[str]:
+    """Every region's backup bucket (logical ``backups``: ``residency-<region>-backups``, or
+    ``names[region]``) in its *backup* AWS region, and the KMS key that encrypts it there
+    (``alias/<bucket>``, symmetric, in the backup region), created where missing (issue 14)."""
+    import boto3
+
+    from ..backups.store import kms_alias
+    from ..connections import s3_client
+
+    endpoint = _s3_endpoint(state["s3"]["port"])
+    creds = {"aws_access_key_id": os.environ.get("AWS_ACCESS_KEY_ID", "testing"),
+             "aws_secret_access_key": os.environ.get("AWS_SECRET_ACCESS_KEY", "testing")}
+    created: list[str] = []
+    for region in cat.regions.values():
+        if region.name not in state.get("regions", {}):
+            continue
+        bucket = (names or {}).get(region.name) or default_bucket_name(region.name, "backups")
+        s3 = s3_client(RegionEndpoints(region.name, region.aws_region, "", endpoint), region.backup_region)
+        if bucket not in {b["Name"] for b in s3.list_buckets().get("Buckets", [])}:
+            s3.create_bucket(Bucket=bucket, CreateBucketConfiguration={"LocationConstraint": region.backup_region}) \
+                if region.backup_region != "us-east-1" else s3.create_bucket(Bucket=bucket)
+            created.append(bucket)
+        kms = boto3.client("kms", region_name=region.backup_region, endpoint_url=endpoint, **creds)
+        aliases = {a["AliasName"] for p in kms.get_paginator("list_aliases").paginate() for a in p.get("Aliases", [])}
+        if kms_alias(bucket) not in aliases:
+            key = kms.create_key(Description=f"residency sandbox: backups of region {region.name}")
+            kms.create_alias(AliasName=kms_alias(bucket), TargetKeyId=key["KeyMetadata"]["KeyId"])
     return created
 
 

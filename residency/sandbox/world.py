@@ -21,7 +21,7 @@ import psycopg
 from psycopg import sql
 
 from ..catalogue import Catalogue
-from .core import APP_TEMPLATE, CONTROL_TEMPLATE, ensure_anchor, ensure_buckets, read_state, s3_endpoint, server_dsn
+from .core import APP_TEMPLATE, CONTROL_TEMPLATE, ensure_anchor, ensure_backup_store, ensure_buckets, read_state, s3_endpoint, server_dsn
 
 
 class World:
@@ -42,11 +42,14 @@ class World:
             for r in self.regions
             if r in catalogue.regions
         }
+        # each region's backup bucket, in its backup AWS region (residency.backups.store): in the
+        # endpoints' bucket map as the logical bucket "backups", not among the replicated buckets
+        self.backup_buckets: dict[str, str] = {r: f"t{token}-{r}-backups" for r in self.buckets}
         self.control_dsn = server_dsn(home, "control", self.dbname)
         eps = {
             r: RegionEndpoints(
                 r, catalogue.region(r).aws_region, server_dsn(home, r, self.dbname),
-                self.s3_endpoint, MappingProxyType(dict(self.buckets[r])), catalogue.region(r).backup_region,
+                self.s3_endpoint, MappingProxyType({**self.buckets[r], "backups": self.backup_buckets[r]}), catalogue.region(r).backup_region,
             )
             for r in self.buckets
         }
@@ -89,6 +92,7 @@ class World:
             for f in [pool.submit(self.create_database, j) for j in jobs]:
                 f.result()
         ensure_buckets(self.catalogue, self.state, names=self.buckets)
+        ensure_backup_store(self.catalogue, self.state, names=self.backup_buckets)
         # its own audit key and Object Lock bucket (compliance mode: the bucket outlives the world)
         ensure_anchor(self.state, self.anchor.kms_key_id, self.anchor.bucket, self.anchor.aws_region)
 
@@ -156,8 +160,12 @@ class World:
         try:
             for r, names in self.buckets.items():
                 ep = self.connections.region(r)
-                for logical in names:
-                    for bucket, client in ((ep.bucket(logical), self.s3(r)), (ep.replica_bucket(logical), self.s3(r, backup=True))):
+                for logical in [*names, "backups"]:
+                    if logical == "backups":  # in the backup region, with no replica
+                        pairs = ((ep.bucket(logical), self.s3(r, backup=True)),)
+                    else:
+                        pairs = ((ep.bucket(logical), self.s3(r)), (ep.replica_bucket(logical), self.s3(r, backup=True)))
+                    for bucket, client in pairs:
                         try:
                             empty_bucket(client, bucket)
                             client.delete_bucket(Bucket=bucket)

@@ -1,0 +1,35 @@
+"""A workspace's backup rule from regions.yaml's ``backups:`` section (pure, no I/O)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from residency.catalogue import BackupRule, Catalogue
+
+
+@dataclass(frozen=True)
+class Rule:
+    every: timedelta | None
+    keep: timedelta
+    objects: str
+
+
+def rule_for(cat: Catalogue, region: str, workspace_id: str) -> Rule:
+    """The backup rule of a workspace: its own override, then its region's, then the section's;
+    without a ``backups:`` section nothing is scheduled and backups are kept
+    ``environment.retention.backups_days``."""
+    keep_default = timedelta(days=cat.region(region).environment.retention.backups_days)
+    p = cat.backups
+    chain: list[BackupRule] = []
+    if p is not None:
+        chain = [r for r in (p.workspaces.get(str(workspace_id)), p.regions.get(region), p.default) if r is not None]
+
+    def first(name: str) -> Any:
+        return next((getattr(r, name) for r in chain if getattr(r, name) is not None), None)
+
+    every = first("every")
+    return Rule(every or None, first("keep") or keep_default, first("objects") or "copy")
+
+
