@@ -180,6 +180,8 @@ class Catalogue:
     environment: Environment
     regions: Mapping[str, Region]
     workspace: WorkspaceSpec
+    retention: Any = None
+    """The ``retention:`` section (:class:`residency.retention_rules.RetentionRules`), empty if absent."""
 
     def region(self, name: str) -> Region:
         """The region called ``name``, or an :class:`InputError` naming the known ones."""
@@ -358,7 +360,7 @@ class _Validator:
         if root is None or (isinstance(root, Scalar) and root.value is None):
             self.err(Mark(self.file, 1, 1), "file is empty; expected a mapping with jurisdictions, environment, regions, workspace")
             return None
-        top = self.mapping(root, "top level", Mark(self.file, 1, 1), ("jurisdictions", "environment", "regions", "workspace"))
+        top = self.mapping(root, "top level", Mark(self.file, 1, 1), ("jurisdictions", "environment", "regions", "workspace"), ("retention",))
         if top is None:
             return None
         jur = self.jurisdictions(top.items.get("jurisdictions"), top.keys.get("jurisdictions", top.mark))
@@ -368,9 +370,14 @@ class _Validator:
             env = None  # already reported; don't report it again through each region's overrides
         regions = self.regions(top.items.get("regions"), top.keys.get("regions", top.mark), jur, env, env_node)
         ws = self.workspace(top.items.get("workspace"), top.keys.get("workspace", top.mark))
-        if self.problems or jur is None or env is None or regions is None or ws is None:
+        from .retention_rules import RetentionRules, validate as validate_retention  # issue 14: its own module
+
+        ret = RetentionRules()
+        if "retention" in top.items:
+            ret = validate_retention(self, top.items["retention"], top.keys["retention"], jur, regions, ws)
+        if self.problems or jur is None or env is None or regions is None or ws is None or ret is None:
             return None
-        return Catalogue(self.file, MappingProxyType(jur), env, MappingProxyType(regions), ws)
+        return Catalogue(self.file, MappingProxyType(jur), env, MappingProxyType(regions), ws, ret)
 
     def jurisdictions(self, node: YNode | None, mark: Mark) -> dict[str, Jurisdiction] | None:
         m = self.mapping(node, "jurisdictions", mark, ())
