@@ -36,6 +36,7 @@ LAYERS = (  # (prefix, layer): the longest matching prefix decides
     ("residency.migrate", 1),
     ("residency.stacks", 1),
     ("residency.playbooks", 1),
+    ("residency.expiry", 1),  # retention enforcement (issue 14)
     ("residency.ops", 2),
     ("residency.cli", 3),
     ("residency.sandbox", 3),
