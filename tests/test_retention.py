@@ -249,3 +249,29 @@ def test_a_workspace_id_that_is_no_id_is_refused_at_its_line():
         catalogue_with('retention:\n  workspaces:\n    "seven": {tables: {messages: {column: created_at, older_than: 1h}}}\n')
     (line,) = exc.value.problems
     assert line.startswith("regions.yaml:") and "retention.workspaces.seven" in line and "seven" in line
+
+
+def test_the_cli_plans_and_runs_with_json(world, tmp_path, monkeypatch):
+    import json
+
+    from click.testing import CliRunner
+
+    from move_support import connections_env
+    from residency.cli import main
+
+    env, ws, before = world
+    regions = tmp_path / "regions.yaml"
+    head = REGIONS_YAML.read_text(encoding="utf-8").split("\nretention:", 1)[0]
+    regions.write_text(head.rstrip("\n") + "\n\n" + one_hour_rule(ws))
+    for k, v in connections_env(env).items():
+        monkeypatch.setenv(k, v)
+    r = CliRunner().invoke(main, ["--regions", str(regions), "retention", "plan", "--region", "us"])
+    assert r.exit_code == 0, r.output
+    assert f"us workspace {ws}: would delete" in r.output and "messages older than 1h by created_at" in r.output
+    r = CliRunner().invoke(main, ["--regions", str(regions), "retention", "run", "--workspace", str(ws), "--json"])
+    assert r.exit_code == 0, r.output
+    data = json.loads(r.stdout)
+    (w,) = data["workspaces"]
+    assert w["rows"] == before["old"] + before["attachments"] + before["previews"] + before["reactions"] and w["record_id"]
+    r = CliRunner().invoke(main, ["--regions", str(regions), "retention", "plan", "--workspace", "nope"])
+    assert r.exit_code == 2 and r.output.count("\n") == 1

@@ -11,6 +11,7 @@ which registers its commands on import.
 from __future__ import annotations
 
 from . import audit, controlplane, directory, move, playbook, regions, request, sandbox, stacks  # noqa: F401 - register the groups
+from . import retention  # noqa: F401 - issue 14
 from .core import main
 
 __all__ = ["main"]

@@ -35,7 +35,7 @@ from psycopg.types.json import Jsonb
 from residency import audit, db
 from residency.audit import Actor
 from residency.catalogue import Catalogue
-from residency.errors import InputError, OperationError, first_line
+from residency.errors import InputError, first_line
 from residency.retention_rules import Effective, TableRule, effective
 
 from . import tree as tree_mod
@@ -98,9 +98,16 @@ class SweepReport:
     def rows(self) -> int:
         return sum(w.rows for w in self.workspaces)
 
+    @property
+    def failed(self) -> list[str]:
+        """One line per workspace whose run failed (its record says what it deleted before)."""
+        return [f"retention run {w.record_id} for workspace {w.workspace_id} in {w.region} failed: {w.error}"
+                for w in self.workspaces if w.error]
+
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["rows"] = self.rows
+        d["failed"] = self.failed
         for w, wd in zip(self.workspaces, d["workspaces"]):
             wd["rows"] = w.rows
             for r, rd in zip(w.rules, wd["rules"]):
@@ -275,8 +282,6 @@ def _run_workspace(conn: psycopg.Connection[Any], cp: psycopg.Connection[Any], b
             "tables": {p.table: p.rows for r in s.rules for p in r.parts if p.action == "delete" and p.rows},
             "record_sha256": rec_hash, **({"error": s.error} if s.error else {}),
         }, actor)
-    if state == "failed":
-        raise OperationError(f"retention run {s.record_id} for workspace {s.workspace_id} in {s.region} failed: {s.error}")
 
 
 def _merge(parts: dict[str, Part], key: str, table: str, action: str, via: str, cnt: int, checksum: Any = 0, lo: Any = None, hi: Any = None) -> None:
