@@ -374,7 +374,7 @@ class _Validator:
 
         ret = RetentionRules()
         if "retention" in top.items:
-            ret = validate_retention(self, top.items["retention"], top.keys["retention"], jur, regions, ws)
+            ret = validate_retention(self, top.items["retention"], top.keys["retention"], jur, regions, ws, _ident_problem)
         if self.problems or jur is None or env is None or regions is None or ws is None or ret is None:
             return None
         return Catalogue(self.file, MappingProxyType(jur), env, MappingProxyType(regions), ws, ret)

@@ -42,11 +42,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import timedelta
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .catalogue import Catalogue
     from .yamlpos import Map, YNode
+
+Catalogue = Any  # residency.catalogue.Catalogue (which imports this module: no import back)
 
 DEPENDANTS = ("delete", "keep")
 SCOPE_KINDS = ("jurisdictions", "regions", "workspaces")
@@ -141,7 +142,7 @@ class Effective:
         return out
 
 
-def effective(cat: "Catalogue", region: str, workspace_id: object | None = None) -> Effective:
+def effective(cat: Catalogue, region: str, workspace_id: object | None = None) -> Effective:
     """The rules in force for a workspace homed in ``region`` (``None``: the region's own rules)."""
     r = cat.region(region)
     rules: RetentionRules = getattr(cat, "retention", None) or RetentionRules()
@@ -166,12 +167,12 @@ def effective(cat: "Catalogue", region: str, workspace_id: object | None = None)
     return Effective(r.name, ws, tuple(sorted(best.values(), key=lambda t: (t.table, t.column))), purge, backups, frm)
 
 
-def backups_kept(cat: "Catalogue", region: str, workspace_id: object | None = None) -> timedelta:
+def backups_kept(cat: Catalogue, region: str, workspace_id: object | None = None) -> timedelta:
     """How long a workspace backup is kept (for the backups engine's expiry)."""
     return effective(cat, region, workspace_id).backups
 
 
-def workspaces_with_rules(cat: "Catalogue") -> list[str]:
+def workspaces_with_rules(cat: Catalogue) -> list[str]:
     rules: RetentionRules = getattr(cat, "retention", None) or RetentionRules()
     return list(rules.workspaces)
 
@@ -179,9 +180,11 @@ def workspaces_with_rules(cat: "Catalogue") -> list[str]:
 # --------------------------------------------------------------------------- validation
 
 
-def validate(v: Any, node: "YNode", mark: Any, jurisdictions: Mapping[str, Any] | None, regions: Mapping[str, Any] | None, ws: Any) -> RetentionRules | None:
+def validate(v: Any, node: "YNode", mark: Any, jurisdictions: Mapping[str, Any] | None, regions: Mapping[str, Any] | None, ws: Any,
+             ident: Callable[[str], str | None]) -> RetentionRules | None:
     """The ``retention:`` section, each problem reported through the catalogue's validator ``v``
-    at its own line and column; None when anything is wrong."""
+    at its own line and column (``ident``: its check of a plain SQL identifier); None when
+    anything is wrong."""
     from .yamlpos import Scalar
 
     before = len(v.problems)
@@ -213,7 +216,7 @@ def validate(v: Any, node: "YNode", mark: Any, jurisdictions: Mapping[str, Any] 
                 except InputError as exc:
                     v.err(kmark, f"{where}: {exc}")
                     continue
-            scope = _scope(v, snode, kmark, where, kind[:-1], name, ws)
+            scope = _scope(v, snode, kmark, where, kind[:-1], name, ws, ident)
             if scope is not None:
                 out[kind][name] = scope
     if len(v.problems) > before:
@@ -240,9 +243,7 @@ def _duration(v: Any, m: "Map", key: str, where: str, *, minimum: timedelta = ti
     return d
 
 
-def _scope(v: Any, node: "YNode", mark: Any, where: str, kind: str, name: str, ws: Any) -> Scope | None:
-    from .catalogue import _ident_problem
-
+def _scope(v: Any, node: "YNode", mark: Any, where: str, kind: str, name: str, ws: Any, _ident_problem: Callable[[str], str | None]) -> Scope | None:
     sm = v.mapping(node, where, mark, (), ("tables", "deleted_workspaces", "backups"))
     if sm is None:
         return None

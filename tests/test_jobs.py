@@ -1,0 +1,254 @@
+"""The job engine (procrastinate on the control plane, residency.ops.jobs): its schema applied by
+`controlplane init` without a superuser, worker processes sharing it (a periodic job runs once per
+period; a killed worker's job is run again by another), the retention sweep and move requests
+run as jobs, and engines not installed yet reported as not wired."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import psycopg
+import pytest
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+from residency.controlplane import ensure_roles
+from residency.ops import jobs
+
+from conftest import REGIONS_YAML
+from jobs_support import LOG_DDL
+
+HERE = Path(__file__).resolve().parent
+OFF = {k: None for k in jobs.Schedule.__dataclass_fields__}
+
+
+def _as(dsn: str, user: str) -> str:
+    d = conninfo_to_dict(dsn)
+    d["user"] = user
+    return make_conninfo(**d)
+
+
+@pytest.fixture
+def cp(env):
+    """The world's control plane with its roles and the job schema, as `controlplane init` leaves it."""
+    with psycopg.connect(env.control_dsn) as c:
+        ensure_roles(c)
+        assert jobs.apply_schema(c) is True
+        assert jobs.apply_schema(c) is False  # idempotent
+        c.execute(LOG_DDL)
+        c.execute("GRANT ALL ON public.job_log, public.job_log_id_seq TO residency_operator")
+        c.commit()
+    return env
+
+
+def _log(dsn: str, task: str) -> list[tuple]:
+    with psycopg.connect(dsn, autocommit=True) as c:
+        return c.execute("SELECT at, pid, attempt FROM public.job_log WHERE task = %s ORDER BY id", (task,)).fetchall()
+
+
+def _spawn(env, tmp_path: Path, name: str, **spec) -> subprocess.Popen:
+    path = tmp_path / f"{name}.json"
+    path.write_text(json.dumps({"regions": str(REGIONS_YAML), "control_dsn": _as(env.control_dsn, "sandbox_operator"), "name": name, **spec}))
+    out = open(tmp_path / f"{name}.log", "w")
+    return subprocess.Popen([sys.executable, str(HERE / "jobs_support.py"), str(path)], stdout=out, stderr=subprocess.STDOUT,
+                            env={**os.environ, "PYTHONPATH": str(HERE.parent)})
+
+
+def _stop(*procs: subprocess.Popen) -> None:
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+    for p in procs:
+        try:
+            p.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+
+
+def _wait(pred, timeout: float = 60.0, what: str = "") -> None:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if pred():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_the_schema_is_applied_by_a_non_superuser_with_create_on_the_database(env):
+    role = f"jobadmin_{env.token}"
+    with psycopg.connect(env.admin_dsn("control"), autocommit=True) as a:
+        a.execute(f'CREATE ROLE "{role}" LOGIN NOSUPERUSER NOCREATEROLE')
+        a.execute(f'GRANT CREATE ON DATABASE "{env.dbname}" TO "{role}"')
+    try:
+        with psycopg.connect(env.control_dsn) as c:
+            ensure_roles(c)
+            c.commit()
+        with psycopg.connect(_as(env.control_dsn, role)) as c:
+            assert c.execute("SELECT rolsuper FROM pg_roles WHERE rolname = current_user").fetchone()[0] is False
+            assert jobs.apply_schema(c) is True
+        with psycopg.connect(_as(env.control_dsn, "sandbox_operator"), autocommit=True) as c:
+            c.execute(psycopg.sql.SQL("SET search_path TO {}").format(psycopg.sql.Identifier(jobs.JOBS_SCHEMA)))
+            assert c.execute("SELECT count(*) FROM procrastinate_jobs").fetchone()[0] == 0
+    finally:
+        with psycopg.connect(env.control_dsn, autocommit=True) as c:
+            c.execute(f'DROP SCHEMA IF EXISTS "{jobs.JOBS_SCHEMA}" CASCADE')
+            c.execute(f'REASSIGN OWNED BY "{role}" TO CURRENT_USER')
+            c.execute(f'DROP OWNED BY "{role}"')
+        with psycopg.connect(env.admin_dsn("control"), autocommit=True) as a:
+            a.execute(f'REVOKE CREATE ON DATABASE "{env.dbname}" FROM "{role}"')
+            a.execute(f'DROP ROLE "{role}"')
+
+
+def test_two_worker_processes_run_a_periodic_job_once_per_period(cp, tmp_path):
+    env = cp
+    a = _spawn(env, tmp_path, "wa", tick_cron="* * * * * */2")
+    b = _spawn(env, tmp_path, "wb", tick_cron="* * * * * */2")
+    try:
+        _wait(lambda: _workers(env) == 2, what="both workers registered")
+        _wait(lambda: len(_log(env.control_dsn, "tick")) >= 5, what="five ticks")
+        assert _workers(env) == 2  # both alive throughout, sharing the control plane
+    finally:
+        _stop(a, b)
+    ticks = _log(env.control_dsn, "tick")
+    periods = [at for at, _, _ in ticks]
+    assert len(periods) == len(set(periods)), f"a period ran twice: {periods}"
+    assert all(p % 2 == 0 for p in periods)
+    with psycopg.connect(env.control_dsn, autocommit=True) as c:
+        deferred = c.execute(f"SELECT count(*) FROM {jobs.JOBS_SCHEMA}.procrastinate_jobs WHERE task_name = 'tick'").fetchone()[0]
+    assert deferred == len(set(periods)) or deferred == len(set(periods)) + 1  # + one deferred as they stopped
+    for name in ("wa", "wb"):
+        assert "Traceback" not in (tmp_path / f"{name}.log").read_text()
+
+
+def test_a_killed_workers_job_is_run_again_by_another(cp, tmp_path):
+    env = cp
+    a = _spawn(env, tmp_path, "wa", slow_seconds=120)
+    b = None
+    try:
+        _wait(lambda: _workers(env) == 1, what="worker wa registered")
+        jid = _defer_slow(env)
+        _wait(lambda: len(_log(env.control_dsn, "slow-start")) == 1, what="wa to start the slow job")
+        (_, pid_a, _), = _log(env.control_dsn, "slow-start")
+        assert pid_a == a.pid
+        a.send_signal(signal.SIGKILL)
+        a.wait()
+        b = _spawn(env, tmp_path, "wb", slow_seconds=120, recover_cron="* * * * * *", stalled_after=2.0)
+        _wait(lambda: len(_log(env.control_dsn, "slow-end")) == 1, timeout=90, what="wb to run the recovered job")
+    finally:
+        _stop(*(p for p in (a, b) if p is not None))
+    starts = _log(env.control_dsn, "slow-start")
+    assert [(pid, attempt) for _, pid, attempt in starts] == [(pid_a, 0), (b.pid, 1)]
+    with psycopg.connect(env.control_dsn, autocommit=True) as c:
+        assert c.execute(f"SELECT status FROM {jobs.JOBS_SCHEMA}.procrastinate_jobs WHERE id = %s", (jid,)).fetchone()[0] == "succeeded"
+    assert "recover_stalled: done -- 1 stalled jobs handed back" in (tmp_path / "wb.log").read_text()
+
+
+def _workers(env) -> int:
+    with psycopg.connect(env.control_dsn, autocommit=True) as c:
+        return c.execute(f"SELECT count(*) FROM {jobs.JOBS_SCHEMA}.procrastinate_workers").fetchone()[0]
+
+
+def _defer_slow(env) -> int:
+    from jobs_support import extra_tasks
+
+    app = jobs.build_app(env.catalogue, env.connections, schedule=jobs.Schedule(**OFF), extra_tasks=extra_tasks(None, 0))
+    with app.open():
+        return app.tasks["slow"].defer()
+
+
+def _run_once(env, outcomes: list, **kw) -> None:
+    jobs.run_worker(env.catalogue, kw.pop("conns", env.connections), once=True, schedule=jobs.Schedule(**OFF), signals=False,
+                    on_outcome=outcomes.append, **kw)
+
+
+def test_the_retention_sweep_runs_as_a_job_as_an_operator(cp):
+    env = cp
+    from test_retention import age_messages, catalogue_with, one_hour_rule
+
+    seed = env.seed(workspaces=2, rows=600, seed=3)
+    ws = seed.smallest_in("us")
+    before = age_messages(env.dsn("us"), ws)
+    cat = catalogue_with(one_hour_rule(ws))
+    ops = replace(env.connections, control_dsn=_as(env.control_dsn, "sandbox_operator"))
+    assert jobs.defer(cat, ops, "retention_sweep") > 0
+    assert jobs.defer(cat, ops, "retention_sweep") == 0  # queueing lock: one waiting at most
+    outcomes: list = []
+    jobs.run_worker(cat, ops, once=True, schedule=jobs.Schedule(**OFF), signals=False, on_outcome=outcomes.append)
+    assert [(o.job, o.state) for o in outcomes] == [("retention_sweep", "done")]
+    assert outcomes[0].detail.startswith(f"{before['old'] + before['attachments'] + before['previews'] + before['reactions']} rows deleted in 1 workspaces")
+    with psycopg.connect(env.control_dsn, autocommit=True) as c:
+        assert c.execute("SELECT run_by, state FROM residency.retention_runs").fetchall() == [("sandbox_operator", "done")]
+
+
+def test_move_requests_run_as_jobs(cp):
+    """The request fleet on the job engine: a due, approved request is claimed by the
+    move_requests job (the request's own claim and lease inside) and its move runs."""
+    from datetime import datetime, timedelta, timezone
+
+    from request_helpers import FakeMover, control_plane
+    from residency.ops import requests as rq
+
+    env = cp
+    world = control_plane(env)
+    world.register(("ws-1", "us"))
+    fm = FakeMover(world.dsn)
+    window = (datetime.now(timezone.utc) - timedelta(minutes=1)).isoformat(timespec="seconds") + "/2h"
+    with psycopg.connect(_as(world.dsn, "sandbox_requester")) as c:
+        r = rq.create(c, world.cat, world.conns, "ws-1", "eu", window, "amy@example.com", planner=fm.plan)
+    with psycopg.connect(_as(world.dsn, "sandbox_approver")) as c:
+        rq.approve(c, world.cat, r.id)
+    ops = replace(world.conns, control_dsn=_as(world.dsn, "sandbox_operator"))
+    assert jobs.defer(world.cat, ops, "move_requests") > 0
+    outcomes: list = []
+    jobs.run_worker(world.cat, ops, once=True, schedule=jobs.Schedule(**OFF), signals=False, on_outcome=outcomes.append,
+                    extra={"mover": fm})
+    lines = [(o.job, o.state, o.detail) for o in outcomes]
+    assert lines[0] == ("move_requests", "done", f"request {r.id} (ws-1) done")
+    assert lines[1:] == [("move_requests", "done", "no request due")]  # the job it deferred for the next request
+    with psycopg.connect(world.dsn) as c:
+        assert c.execute("SELECT state, worker IS NOT NULL FROM residency.requests WHERE id = %s", (r.id,)).fetchone() == ("done", True)
+
+
+def test_jobs_of_engines_not_installed_say_so_and_wired_ones_run(cp, monkeypatch):
+    env = cp
+    _CALLS.clear()
+    monkeypatch.setitem(jobs.HOOKS, "backups_due", ("residency.no_such_engine", "run_due_backups"))
+    monkeypatch.setitem(jobs.HOOKS, "backups_expire", (__name__, "_fake_expire"))
+    for job in ("backups_due", "backups_expire"):
+        assert jobs.defer(env.catalogue, env.connections, job) > 0
+    outcomes: list = []
+    _run_once(env, outcomes)
+    got = {o.job: (o.state, o.detail) for o in outcomes}
+    assert got["backups_due"] == ("skipped", "not wired: residency.no_such_engine.run_due_backups is not installed")
+    assert got["backups_expire"] == ("done", "expired 0 backups")
+    assert len(_CALLS) == 1 and _CALLS[0][0] is env.catalogue
+
+
+_CALLS: list = []
+
+
+class _Expired:
+    def summary(self) -> str:
+        return "expired 0 backups"
+
+
+def _fake_expire(cat, conns, now):  # the shape of residency.backups.expire_backups
+    _CALLS.append((cat, conns, now))
+    return _Expired()
+
+
+def test_the_worker_refuses_without_the_job_schema(env):
+    from residency.errors import OperationError
+
+    with psycopg.connect(env.control_dsn) as c:
+        ensure_roles(c)
+        c.commit()
+    with pytest.raises(OperationError, match="controlplane init"):
+        jobs.run_worker(env.catalogue, env.connections, once=True, signals=False)
