@@ -16,6 +16,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from residency.controlplane import ensure_roles
@@ -39,8 +40,8 @@ def cp(env):
     """The world's control plane with its roles and the job schema, as `controlplane init` leaves it."""
     with psycopg.connect(env.control_dsn) as c:
         ensure_roles(c)
-        assert jobs.apply_schema(c) is True
-        assert jobs.apply_schema(c) is False  # idempotent
+        jobs.apply_schema(c)
+        assert jobs.apply_schema(c) is False and jobs.schema_applied(c)  # idempotent
         c.execute(LOG_DDL)
         c.execute("GRANT ALL ON public.job_log, public.job_log_id_seq TO residency_operator")
         c.commit()
@@ -81,12 +82,34 @@ def _wait(pred, timeout: float = 60.0, what: str = "") -> None:
     raise AssertionError(f"timed out waiting for {what}")
 
 
+def _drop_job_schema(env) -> None:
+    with psycopg.connect(env.control_dsn, autocommit=True) as c:
+        c.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(jobs.JOBS_SCHEMA)))
+
+
+def test_the_controlplane_init_command_applies_it(env, monkeypatch):
+    from click.testing import CliRunner
+
+    from move_support import connections_env
+    from residency.cli import main
+
+    _drop_job_schema(env)
+    for k, v in connections_env(env).items():
+        monkeypatch.setenv(k, v)
+    r = CliRunner().invoke(main, ["--regions", str(REGIONS_YAML), "controlplane", "init", "--json"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["job_schema"] == jobs.JOBS_SCHEMA
+    with psycopg.connect(env.control_dsn) as c:
+        assert jobs.schema_applied(c)
+
+
 def test_the_schema_is_applied_by_a_non_superuser_with_create_on_the_database(env):
     role = f"jobadmin_{env.token}"
     with psycopg.connect(env.admin_dsn("control"), autocommit=True) as a:
-        a.execute(f'CREATE ROLE "{role}" LOGIN NOSUPERUSER NOCREATEROLE')
-        a.execute(f'GRANT CREATE ON DATABASE "{env.dbname}" TO "{role}"')
+        a.execute(sql.SQL("CREATE ROLE {} LOGIN NOSUPERUSER NOCREATEROLE").format(sql.Identifier(role)))
+        a.execute(sql.SQL("GRANT CREATE ON DATABASE {} TO {}").format(sql.Identifier(env.dbname), sql.Identifier(role)))
     try:
+        _drop_job_schema(env)
         with psycopg.connect(env.control_dsn) as c:
             ensure_roles(c)
             c.commit()
@@ -94,16 +117,16 @@ def test_the_schema_is_applied_by_a_non_superuser_with_create_on_the_database(en
             assert c.execute("SELECT rolsuper FROM pg_roles WHERE rolname = current_user").fetchone()[0] is False
             assert jobs.apply_schema(c) is True
         with psycopg.connect(_as(env.control_dsn, "sandbox_operator"), autocommit=True) as c:
-            c.execute(psycopg.sql.SQL("SET search_path TO {}").format(psycopg.sql.Identifier(jobs.JOBS_SCHEMA)))
+            c.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(jobs.JOBS_SCHEMA)))
             assert c.execute("SELECT count(*) FROM procrastinate_jobs").fetchone()[0] == 0
     finally:
         with psycopg.connect(env.control_dsn, autocommit=True) as c:
-            c.execute(f'DROP SCHEMA IF EXISTS "{jobs.JOBS_SCHEMA}" CASCADE')
-            c.execute(f'REASSIGN OWNED BY "{role}" TO CURRENT_USER')
-            c.execute(f'DROP OWNED BY "{role}"')
+            c.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(jobs.JOBS_SCHEMA)))
+            c.execute(sql.SQL("REASSIGN OWNED BY {} TO CURRENT_USER").format(sql.Identifier(role)))
+            c.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))
         with psycopg.connect(env.admin_dsn("control"), autocommit=True) as a:
-            a.execute(f'REVOKE CREATE ON DATABASE "{env.dbname}" FROM "{role}"')
-            a.execute(f'DROP ROLE "{role}"')
+            a.execute(sql.SQL("REVOKE CREATE ON DATABASE {} FROM {}").format(sql.Identifier(env.dbname), sql.Identifier(role)))
+            a.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
 
 
 def test_two_worker_processes_run_a_periodic_job_once_per_period(cp, tmp_path):
@@ -121,7 +144,7 @@ def test_two_worker_processes_run_a_periodic_job_once_per_period(cp, tmp_path):
     assert len(periods) == len(set(periods)), f"a period ran twice: {periods}"
     assert all(p % 2 == 0 for p in periods)
     with psycopg.connect(env.control_dsn, autocommit=True) as c:
-        deferred = c.execute(f"SELECT count(*) FROM {jobs.JOBS_SCHEMA}.procrastinate_jobs WHERE task_name = 'tick'").fetchone()[0]
+        deferred = c.execute(sql.SQL("SELECT count(*) FROM {}.procrastinate_jobs WHERE task_name = 'tick'").format(sql.Identifier(jobs.JOBS_SCHEMA))).fetchone()[0]
     assert deferred == len(set(periods)) or deferred == len(set(periods)) + 1  # + one deferred as they stopped
     for name in ("wa", "wb"):
         assert "Traceback" not in (tmp_path / f"{name}.log").read_text()
@@ -146,13 +169,13 @@ def test_a_killed_workers_job_is_run_again_by_another(cp, tmp_path):
     starts = _log(env.control_dsn, "slow-start")
     assert [(pid, attempt) for _, pid, attempt in starts] == [(pid_a, 0), (b.pid, 1)]
     with psycopg.connect(env.control_dsn, autocommit=True) as c:
-        assert c.execute(f"SELECT status FROM {jobs.JOBS_SCHEMA}.procrastinate_jobs WHERE id = %s", (jid,)).fetchone()[0] == "succeeded"
+        assert c.execute(sql.SQL("SELECT status FROM {}.procrastinate_jobs WHERE id = %s").format(sql.Identifier(jobs.JOBS_SCHEMA)), (jid,)).fetchone()[0] == "succeeded"
     assert "recover_stalled: done -- 1 stalled jobs handed back" in (tmp_path / "wb.log").read_text()
 
 
 def _workers(env) -> int:
     with psycopg.connect(env.control_dsn, autocommit=True) as c:
-        return c.execute(f"SELECT count(*) FROM {jobs.JOBS_SCHEMA}.procrastinate_workers").fetchone()[0]
+        return c.execute(sql.SQL("SELECT count(*) FROM {}.procrastinate_workers").format(sql.Identifier(jobs.JOBS_SCHEMA))).fetchone()[0]
 
 
 def _defer_slow(env) -> int:
@@ -247,8 +270,6 @@ def _fake_expire(cat, conns, now):  # the shape of residency.backups.expire_back
 def test_the_worker_refuses_without_the_job_schema(env):
     from residency.errors import OperationError
 
-    with psycopg.connect(env.control_dsn) as c:
-        ensure_roles(c)
-        c.commit()
+    _drop_job_schema(env)
     with pytest.raises(OperationError, match="controlplane init"):
         jobs.run_worker(env.catalogue, env.connections, once=True, signals=False)

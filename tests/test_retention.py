@@ -11,6 +11,7 @@ from datetime import datetime, timedelta, timezone
 
 import psycopg
 import pytest
+from psycopg import sql
 
 from residency import catalogue as catalogue_mod
 from residency import retention_rules
@@ -39,15 +40,16 @@ def age_messages(dsn: str, ws: int) -> dict[str, int]:
     with psycopg.connect(dsn, autocommit=True) as c:
         c.execute("UPDATE messages SET created_at = CASE WHEN id %% 2 = 0 THEN %s ELSE %s END WHERE workspace_id = %s",
                   (now - timedelta(hours=2), now - timedelta(minutes=5), ws))
-        old = "SELECT id FROM messages WHERE workspace_id = %(ws)s AND id %% 2 = 0"
+        old = sql.SQL("SELECT id FROM messages WHERE workspace_id = %(ws)s AND id %% 2 = 0")
         q = {
-            "old": f"SELECT count(*) FROM ({old}) o",
-            "new": "SELECT count(*) FROM messages WHERE workspace_id = %(ws)s AND id %% 2 = 1",
-            "attachments": f"SELECT count(*) FROM attachments WHERE message_id IN ({old})",
-            "previews": f"SELECT count(*) FROM attachment_previews WHERE attachment_id IN (SELECT id FROM attachments WHERE message_id IN ({old}))",
-            "reactions": f"SELECT count(*) FROM reactions WHERE subject_type = 'message' AND subject_id IN ({old})",
-            "replies": f"SELECT count(*) FROM messages WHERE parent_id IN ({old}) AND id %% 2 = 1",
+            "old": sql.SQL("SELECT count(*) FROM ({old}) o"),
+            "new": sql.SQL("SELECT count(*) FROM messages WHERE workspace_id = %(ws)s AND id %% 2 = 1"),
+            "attachments": sql.SQL("SELECT count(*) FROM attachments WHERE message_id IN ({old})"),
+            "previews": sql.SQL("SELECT count(*) FROM attachment_previews WHERE attachment_id IN (SELECT id FROM attachments WHERE message_id IN ({old}))"),
+            "reactions": sql.SQL("SELECT count(*) FROM reactions WHERE subject_type = 'message' AND subject_id IN ({old})"),
+            "replies": sql.SQL("SELECT count(*) FROM messages WHERE parent_id IN ({old}) AND id %% 2 = 1"),
         }
+        q = {k: v.format(old=old) for k, v in q.items()}
         return {k: c.execute(v, {"ws": ws}).fetchone()[0] for k, v in q.items()}
 
 
@@ -117,8 +119,6 @@ def test_the_checksum_is_the_movers_checksum_of_the_deleted_rows(world):
     """The record's checksum of the deleted messages is what the mover's verify computes for the
     same rows (sum of hash_record_extended over its hashed columns), taken before they went."""
     env, ws, before = world
-    from psycopg import sql
-
     from residency.migrate import graph as graph_mod
     from residency.migrate.introspect import introspect
     from residency.migrate.sqlbuild import Builder
