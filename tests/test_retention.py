@@ -275,3 +275,24 @@ def test_the_cli_plans_and_runs_with_json(world, tmp_path, monkeypatch):
     assert w["rows"] == before["old"] + before["attachments"] + before["previews"] + before["reactions"] and w["record_id"]
     r = CliRunner().invoke(main, ["--regions", str(regions), "retention", "plan", "--workspace", "nope"])
     assert r.exit_code == 2 and r.output.count("\n") == 1
+
+
+def test_a_move_plan_shows_and_checks_the_targets_retention(world):
+    from residency.migrate import plan_move
+    from residency.migrate.plan import render
+
+    env, ws, before = world
+    cat = catalogue_with("retention:\n  jurisdictions:\n    EU: {backups: 20d, tables: {messages: {column: created_at, older_than: 1h}}}\n")
+    p = plan_move(cat, env.connections, ws, "eu")
+    assert p.ok, p.refusals
+    after = p.to_dict()["retention"]["after"]
+    assert [(t["table"], t["older_than_seconds"], t["scope"]) for t in after["tables"]] == [("messages", 3600, "jurisdiction EU")]
+    assert after["backups"] == "20d" and p.retention["before"]["tables"] == []
+    assert p.retention["expire_at_once"][0]["rows"] == before["old"]
+    text = render(p)
+    assert "retention in eu after the move: messages older than 1h by created_at, with their dependants (jurisdiction EU)" in text
+    assert f"{before['old']} rows of messages are older than eu's rule" in text
+
+    bad = catalogue_with("retention:\n  regions:\n    eu: {tables: {messages: {column: body, older_than: 1h}}}\n")
+    p = plan_move(bad, env.connections, ws, "eu")
+    assert any(r.startswith("eu's retention: retention rule on messages (region eu): column 'body' is text") for r in p.refusals), p.refusals
