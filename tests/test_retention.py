@@ -296,3 +296,33 @@ def test_a_move_plan_shows_and_checks_the_targets_retention(world):
     bad = catalogue_with("retention:\n  regions:\n    eu: {tables: {messages: {column: body, older_than: 1h}}}\n")
     p = plan_move(bad, env.connections, ws, "eu")
     assert any(r.startswith("eu's retention: retention rule on messages (region eu): column 'body' is text") for r in p.refusals), p.refusals
+
+
+def test_a_workspace_marked_deleted_past_its_rule_is_purged_with_its_objects(env):
+    from residency.migrate.objects import version_inventory
+
+    s = env.seed(workspaces=6, rows=1500, seed=9)
+    gone, stays = sorted(s.workspaces["us"])[:2]
+    with psycopg.connect(env.dsn("us"), autocommit=True) as c:
+        c.execute("ALTER TABLE workspaces ADD COLUMN deleted_at timestamptz")
+        c.execute("UPDATE workspaces SET deleted_at = now() - interval '40 days' WHERE id = %s", (gone,))
+        c.execute("UPDATE workspaces SET deleted_at = now() - interval '10 days' WHERE id = %s", (stays,))
+    cat = catalogue_with("retention:\n  jurisdictions:\n    US: {deleted_workspaces: {after: 30d, marked_by: deleted_at}}\n")
+    ep = env.connections.region("us")
+    assert version_inventory(ep, cat.environment.buckets, cat.workspace.prefix_for(gone))  # it has objects
+    planned = plan(cat, env.connections, region="us")
+    (w,) = planned.workspaces
+    assert w.workspace_id == str(gone) and w.purge["tables"]["messages"] == s.rows[gone]["messages"]
+    assert w.purge["rows"] >= s.rows_of(gone)  # its rows of every table (the seed counts the main ones)
+    done = run(cat, env.connections, region="us")
+    (w,) = done.workspaces
+    assert not done.failed and w.purge["tables"]["messages"]["deleted"] == s.rows[gone]["messages"]
+    with psycopg.connect(env.dsn("us"), autocommit=True) as c:
+        assert c.execute("SELECT count(*) FROM messages WHERE workspace_id = %s", (gone,)).fetchone()[0] == 0
+        assert c.execute("SELECT count(*) FROM workspaces WHERE id = %s", (gone,)).fetchone()[0] == 0
+        assert c.execute("SELECT count(*) FROM messages WHERE workspace_id = %s", (stays,)).fetchone()[0] == s.rows[stays]["messages"]
+    assert version_inventory(ep, cat.environment.buckets, cat.workspace.prefix_for(gone)) == []
+    assert version_inventory(ep, cat.environment.buckets, cat.workspace.prefix_for(stays))
+    with psycopg.connect(env.control_dsn, autocommit=True) as c:
+        (details,) = c.execute("SELECT details FROM residency.audit WHERE action = 'retention.purge'").fetchone()
+    assert details["rows"] == w.rows > 0 and details["object_versions"] > 0

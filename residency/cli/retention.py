@@ -25,6 +25,16 @@ def _render(report: Any) -> None:
         if w.skipped:
             click.echo(f"{head}: skipped ({w.skipped})")
             continue
+        if w.purge is not None:
+            verb = "would purge" if report.mode == "plan" else "purged"
+            tables = w.purge.get("tables", {})
+            counts = {t: (v if isinstance(v, int) else v.get("deleted", 0)) for t, v in tables.items()}
+            tail = f" (deletion record {w.record_id})" if w.record_id else ""
+            click.echo(f"{head}: marked deleted past its rule: {verb} {w.rows} rows{tail}: "
+                       + ", ".join(f"{t} {n}" for t, n in counts.items() if n))
+            if w.purge.get("object_versions"):
+                click.echo("  object versions deleted: " + ", ".join(f"{b} {n}" for b, n in w.purge["object_versions"].items()))
+            continue
         rows = []
         for r in w.rules:
             for p in r.problems:

@@ -81,9 +81,12 @@ class WorkspaceSweep:
     skipped: str | None = None
     record_id: int | None = None
     error: str | None = None
+    purge: dict[str, Any] | None = None  # deleted_workspaces: rows per table (plan) or its record (run)
 
     @property
     def rows(self) -> int:
+        if self.purge is not None:
+            return int(self.purge.get("rows", 0))
         return sum(r.rows for r in self.rules)
 
 
@@ -189,7 +192,7 @@ def sweep(
             by_region.setdefault(reg, []).append((w, why))
         for reg, items in by_region.items():
             effs = {w: effective(cat, reg, w) for w, _ in items}
-            if not any(e.tables for e in effs.values()):
+            if not any(e.tables or e.deleted_workspaces for e in effs.values()):
                 continue
             try:
                 conn = db.connect(conns.region(reg).dsn, autocommit=True, application_name="residency-retention")
@@ -198,20 +201,61 @@ def sweep(
                 continue
             with conn:
                 b = _schema_graph(conn, cat)
+                marked = _marked_deleted(conn, b, effs, now, report)
                 for w, why in items:
                     eff = effs[w]
-                    if not eff.tables:
+                    if not eff.tables and w not in marked:
                         continue
                     s = WorkspaceSweep(reg, w, eff.to_dict())
                     report.workspaces.append(s)
                     if why:
                         s.skipped = why
                         continue
+                    if w in marked and eff.deleted_workspaces is not None:
+                        _purge(cat, conns, conn, cp, b, eff, s, mode, actor)
+                        continue
                     if mode == "plan":
                         _plan_workspace(conn, b, eff, s, now)
                     else:
                         _run_workspace(conn, cp, b, eff, s, now, batch_rows, target_seconds, actor, say)
     return report
+
+
+def _marked_deleted(conn: psycopg.Connection[Any], b: Any, effs: dict[str, Effective], now: datetime, report: SweepReport) -> set[str]:
+    """The workspaces whose own purge rule (``deleted_workspaces``) has come due."""
+    from .purge import expired_workspaces
+
+    due: dict[Any, set[str]] = {}
+    out: set[str] = set()
+    for w, e in effs.items():
+        rule = e.deleted_workspaces
+        if rule is None:
+            continue
+        if rule not in due:
+            ids, problem = expired_workspaces(conn, b, rule, now)
+            due[rule] = set(ids)
+            if problem and problem not in report.problems:
+                report.problems.append(problem)
+        if w in due[rule]:
+            out.add(w)
+    return out
+
+
+def _purge(cat: Catalogue, conns: Any, conn: psycopg.Connection[Any], cp: psycopg.Connection[Any], b: Any, eff: Effective,
+           s: WorkspaceSweep, mode: str, actor: Actor | None) -> None:
+    from . import purge
+
+    assert eff.deleted_workspaces is not None
+    if mode == "plan":
+        tables = purge.plan_workspace(conn, b, s.workspace_id)
+        s.purge = {"tables": tables, "rows": sum(tables.values()), "rule": eff.deleted_workspaces.scope}
+        return
+    try:
+        rec = purge.purge_workspace(cat, conn, cp, b, conns.region(s.region), s.region, s.workspace_id, eff.deleted_workspaces, actor)
+    except psycopg.Error as exc:
+        s.error = first_line(exc)
+        return
+    s.purge, s.record_id = rec, rec["record_id"]
 
 
 def _cutoff(rule: TableRule, now: datetime) -> datetime:
