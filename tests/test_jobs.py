@@ -273,3 +273,30 @@ def test_the_worker_refuses_without_the_job_schema(env):
     _drop_job_schema(env)
     with pytest.raises(OperationError, match="controlplane init"):
         jobs.run_worker(env.catalogue, env.connections, once=True, signals=False)
+
+
+def test_the_worker_command_prints_each_outcome_and_stops_on_sigterm(cp, tmp_path):
+    """`residency worker`: `--defer` queues a job; the worker (a real process) runs it, prints the
+    outcome as it happens, and a SIGTERM ends it cleanly."""
+    from move_support import connections_env
+
+    env = cp
+    penv = {**os.environ, **connections_env(env), "RESIDENCY_ACTOR": "worker-cli"}
+    for name in jobs.Schedule.__dataclass_fields__:  # only what is deferred by hand runs
+        penv[f"RESIDENCY_JOBS_{name.upper()}"] = "off"
+    base = [sys.executable, "-c", "import cli; cli.main()", "--regions", str(REGIONS_YAML), "worker"]
+    d = subprocess.run(base + ["--defer", "retention_sweep", "--json"], env=penv, cwd=HERE.parent, capture_output=True, text=True, timeout=120)
+    assert d.returncode == 0, d.stderr
+    assert json.loads(d.stdout)["deferred"]["retention_sweep"] > 0
+    bad = subprocess.run(base + ["--defer", "nope"], env=penv, cwd=HERE.parent, capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1 and "unknown job 'nope'" in bad.stderr
+    out = open(tmp_path / "worker.out", "w")
+    p = subprocess.Popen(base + ["--json"], env=penv, cwd=HERE.parent, stdout=out, stderr=subprocess.STDOUT, text=True)
+    try:
+        _wait(lambda: "retention_sweep" in (tmp_path / "worker.out").read_text(), what="the worker's outcome line")
+    finally:
+        p.send_signal(signal.SIGTERM)
+        code = p.wait(timeout=30)
+    (line,) = [json.loads(x) for x in (tmp_path / "worker.out").read_text().splitlines() if x.startswith("{")]
+    assert line["job"] == "retention_sweep" and line["state"] == "done" and line["detail"].startswith("0 rows deleted")
+    assert code == 0
