@@ -55,6 +55,8 @@ def _render(report: Any) -> None:
                     click.echo(f"  {r.rule['table']}: {r.batches} batches, longest {format_duration(r.longest_batch_seconds)}")
     for p in report.problems:
         click.echo(f"problem: {p}")
+    if report.backups is not None:
+        click.echo(f"expired backups: {report.backups['state']} ({report.backups['detail']})")
 
 
 def _options(fn: Any) -> Any:

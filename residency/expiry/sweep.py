@@ -26,7 +26,7 @@ import hashlib
 import json
 import time
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from typing import Any, Callable
 
 import psycopg
@@ -96,6 +96,7 @@ class SweepReport:
     now: str
     workspaces: list[WorkspaceSweep] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
+    backups: dict[str, Any] | None = None  # run: the backups engine's expiry (residency.backups.expire_backups)
 
     @property
     def rows(self) -> int:
@@ -170,6 +171,7 @@ def sweep(
     target_seconds: float = 0.25,
     actor: Actor | None = None,
     progress: Callable[[str], None] | None = None,
+    backups: bool = True,
 ) -> SweepReport:
     """Plan (``mode='plan'``) or run (``'run'``) the retention rules of a region's workspaces, or
     of one workspace; see the module's docstring."""
@@ -197,7 +199,9 @@ def sweep(
             try:
                 conn = db.connect(conns.region(reg).dsn, autocommit=True, application_name="residency-retention")
             except Exception as exc:  # noqa: BLE001 - one region down does not stop the others
-                report.problems.append(f"region {reg}: cannot connect: {exc}")
+                from residency.redaction import redact
+
+                report.problems.append(f"region {reg}: cannot connect: {redact(first_line(exc))}")
                 continue
             with conn:
                 b = _schema_graph(conn, cat)
@@ -218,7 +222,21 @@ def sweep(
                         _plan_workspace(conn, b, eff, s, now)
                     else:
                         _run_workspace(conn, cp, b, eff, s, now, batch_rows, target_seconds, actor, say)
+    if mode == "run" and backups and workspace is None:
+        report.backups = expire_backups(cat, conns, now)
     return report
+
+
+def expire_backups(cat: Catalogue, conns: Any, now: datetime) -> dict[str, Any]:
+    """Expired workspace backups deleted and recorded by the backups engine, when it is installed
+    (``residency.backups.expire_backups(cat, conns, now)``); otherwise says it is not wired."""
+    try:
+        from residency.backups import expire_backups as engine_expire  # type: ignore[import-not-found, attr-defined, unused-ignore]
+    except ImportError:
+        return {"state": "not wired", "detail": "residency.backups.expire_backups is not installed"}
+    res = engine_expire(cat, conns, now)
+    summary = getattr(res, "summary", None)
+    return {"state": "done", "detail": summary() if callable(summary) else str(summary or type(res).__name__)}
 
 
 def _marked_deleted(conn: psycopg.Connection[Any], b: Any, effs: dict[str, Effective], now: datetime, report: SweepReport) -> set[str]:

@@ -29,7 +29,6 @@ a hook whose module is absent makes its job end ``skipped`` naming what is missi
 from __future__ import annotations
 
 import importlib
-import logging
 import os
 import threading
 from dataclasses import dataclass, field
@@ -44,7 +43,6 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from residency.catalogue import Catalogue
 from residency.errors import first_line
 
-log = logging.getLogger("residency.jobs")
 
 JOBS_SCHEMA = "residency_jobs"
 QUEUE = "residency"
@@ -176,7 +174,7 @@ def _report(rt: Runtime, job: str, run: Callable[[], tuple[str, str]]) -> None:
 def _retention(rt: Runtime) -> tuple[str, str]:
     from residency import expiry
 
-    rep = expiry.run(rt.cat, rt.conns)
+    rep = expiry.run(rt.cat, rt.conns, backups=False)  # expired backups: the backups_expire job
     done = [w for w in rep.workspaces if w.record_id]
     if rep.failed:
         raise RuntimeError("; ".join(rep.failed))
@@ -233,14 +231,7 @@ def _move_request(rt: Runtime, defer_next: Callable[[], None]) -> tuple[str, str
         if claimed is None:
             return "done", "no request due"
         defer_next()  # another worker may take the next due request meanwhile
-        req, resuming = claimed
-        try:
-            o = w._run(req, resuming)
-        except Exception as exc:  # as Worker.run_one: record it, keep the job engine's worker alive
-            log.exception("request %s", req.id)
-            if w.conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
-                w.conn.rollback()
-            o = w._finish(req, "failed", f"{type(exc).__name__}: {exc}", None)
+        o = w.run_claimed(*claimed)
         return "done", f"request {o.request_id} ({o.workspace_id}) {o.state}" + (f": {o.reason}" if o.reason else "")
     finally:
         w.close()

@@ -194,7 +194,10 @@ class Worker:
         claimed = self.claim()
         if claimed is None:
             return None
-        req, resuming = claimed
+        return self.run_claimed(*claimed)
+
+    def run_claimed(self, req: rq.Request, resuming: bool) -> Outcome:
+        """Carry a request this worker has claimed (:meth:`claim`) to an end state."""
         try:
             return self._run(req, resuming)
         except Exception as exc:  # a bug or an unexpected fault: record it, keep the worker alive
