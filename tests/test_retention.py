@@ -327,3 +327,49 @@ def test_a_workspace_marked_deleted_past_its_rule_is_purged_with_its_objects(env
     with psycopg.connect(env.control_dsn, autocommit=True) as c:
         (details,) = c.execute("SELECT details FROM residency.audit WHERE action = 'retention.purge'").fetchone()
     assert details["rows"] == w.rows > 0 and details["object_versions"] > 0
+
+
+def test_a_rule_on_conversations_of_a_rails_app_takes_their_messages_attachments_and_taggings(env, monkeypatch):
+    """A schema nobody designed for the mover (tests/test_real_app_rails.py): conversations expire
+    with what hangs off them -- their messages (a NOT NULL foreign key), the messages'
+    ActiveStorage attachments (polymorphic path) and the conversations' taggings (polymorphic path);
+    blobs (owned through attachments) and global tags stay; another account is untouched."""
+    from test_real_app_rails import DDL, WORKSPACE, _fill, _q, _tenant
+
+    from move_support import load_app
+
+    rails = load_app(env, monkeypatch, "rails", DDL, WORKSPACE, {"1": "us", "2": "us", "3": "eu"})
+    _fill(env.dsn("us"), [1, 2], 1_000_000, ("churn-risk", "vip"))
+    with psycopg.connect(env.dsn("us"), autocommit=True) as c:
+        c.execute("ALTER TABLE rails.conversations ADD COLUMN created_at timestamptz NOT NULL DEFAULT now()")
+        c.execute("UPDATE rails.conversations SET created_at = now() - interval '10 days' WHERE account_id = %s AND id %% 2 = 0", (1,))
+    old = _q(env.dsn("us"), "SELECT count(*) FROM conversations WHERE account_id = %s AND id %% 2 = 0", 1)[0][0]
+    gone = {
+        "messages": _q(env.dsn("us"), "SELECT count(*) FROM messages WHERE conversation_id IN (SELECT id FROM conversations WHERE account_id = %s AND id %% 2 = 0)", 1)[0][0],
+        "attachments": _q(env.dsn("us"), "SELECT count(*) FROM active_storage_attachments a JOIN messages m ON a.record_type = 'Message' AND a.record_id = m.id"
+                                         " JOIN conversations v ON v.id = m.conversation_id WHERE v.account_id = %s AND v.id %% 2 = 0", 1)[0][0],
+        "taggings": _q(env.dsn("us"), "SELECT count(*) FROM taggings WHERE taggable_type = 'Conversation' AND taggable_id IN"
+                                      " (SELECT id FROM conversations WHERE account_id = %s AND id %% 2 = 0)", 1)[0][0],
+    }
+    before1, before2 = _tenant(env.dsn("us"), 1), _tenant(env.dsn("us"), 2)
+    blobs = _q(env.dsn("us"), "SELECT count(*) FROM active_storage_blobs")[0][0]
+    head = REGIONS_YAML.read_text(encoding="utf-8")
+    cat = catalogue_with('retention:\n  workspaces:\n    "1": {tables: {conversations: {column: created_at, older_than: 7d}}}\n',
+                         base=head[: head.index("workspace:")] + WORKSPACE)
+    assert cat.workspace.root_table == rails.workspace.root_table == "accounts"
+    planned = plan(cat, env.connections, workspace="1")
+    (w,) = planned.workspaces
+    (rule,) = w.rules
+    assert not rule.problems, rule.problems
+    counts = {p.table: p.rows for p in rule.parts if p.action == "delete"}
+    assert counts == {"conversations": old, "messages": gone["messages"], "active_storage_attachments": gone["attachments"], "taggings": gone["taggings"]}
+    assert any("active_storage_blobs" in n for n in rule.notes)
+    done = run(cat, env.connections, workspace="1", batch_rows=3)
+    assert {p.table: p.rows for p in done.workspaces[0].rules[0].parts if p.action == "delete"} == counts
+    after1 = _tenant(env.dsn("us"), 1)
+    assert after1["conversations"] == before1["conversations"] - old
+    assert after1["messages"] == before1["messages"] - gone["messages"]
+    assert after1["attachments"] == before1["attachments"] - gone["attachments"]
+    assert after1["taggings"] == before1["taggings"] - gone["taggings"]
+    assert _tenant(env.dsn("us"), 2) == before2
+    assert _q(env.dsn("us"), "SELECT count(*) FROM active_storage_blobs")[0][0] == blobs
