@@ -297,6 +297,8 @@ def test_the_worker_command_prints_each_outcome_and_stops_on_sigterm(cp, tmp_pat
     finally:
         p.send_signal(signal.SIGTERM)
         code = p.wait(timeout=30)
-    (line,) = [json.loads(x) for x in (tmp_path / "worker.out").read_text().splitlines() if x.startswith("{")]
+    text = (tmp_path / "worker.out").read_text()
+    assert "Traceback" not in text, text
+    (line,) = [json.loads(x) for x in text.splitlines() if x.startswith("{")]
     assert line["job"] == "retention_sweep" and line["state"] == "done" and line["detail"].startswith("0 rows deleted")
     assert code == 0

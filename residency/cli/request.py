@@ -241,5 +241,27 @@ def _job_worker(c: Context, conns: Any, cfg: Any, defer_jobs: tuple[str, ...], c
     def show(o: Any) -> None:
         click.echo(json.dumps(_jsonable(o), sort_keys=True) if as_json else o.line())
 
+    _engine_logs_like_ours(c.debug)
+
     jobs.run_worker(c.catalogue, conns, concurrency=concurrency, on_outcome=show,
                     extra={"worker_config": cfg, "notifier": _notifier(conns)})
+
+
+def _engine_logs_like_ours(debug: bool) -> None:
+    """The job engine's log lines (logger ``procrastinate``) on stderr the way ours are: one
+    redacted line each, warnings and up, a traceback only with --debug."""
+    import logging
+
+    ours = logging.getLogger("residency")
+
+    class _Via(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if not debug:
+                record.exc_info, record.exc_text = None, None
+            for h in ours.handlers:
+                h.handle(record)
+
+    engine = logging.getLogger("procrastinate")
+    engine.handlers = [_Via()]
+    engine.setLevel(logging.DEBUG if debug else logging.WARNING)
+    engine.propagate = False
