@@ -239,6 +239,42 @@ def test_move_requests_run_as_jobs(cp):
         assert c.execute("SELECT state, worker IS NOT NULL FROM residency.requests WHERE id = %s", (r.id,)).fetchone() == ("done", True)
 
 
+def test_a_redelivered_request_job_does_not_start_a_second_move(cp):
+    """Why the request claim stays inside the job: the job engine delivers a job at least once (a
+    stalled-job recovery re-runs the job of a worker that is slow, not dead). A move_requests job
+    run while another worker holds the request's live lease finds nothing due -- the request's own
+    lease, not the job engine, keeps one move per request."""
+    from datetime import datetime, timedelta, timezone
+
+    from request_helpers import FakeMover, control_plane
+    from residency.ops import requests as rq
+    from residency.ops.worker import Worker, WorkerConfig
+
+    env = cp
+    world = control_plane(env)
+    world.register(("ws-1", "us"))
+    fm = FakeMover(world.dsn)
+    window = (datetime.now(timezone.utc) - timedelta(minutes=1)).isoformat(timespec="seconds") + "/2h"
+    with psycopg.connect(_as(world.dsn, "sandbox_requester")) as c:
+        r = rq.create(c, world.cat, world.conns, "ws-1", "eu", window, "amy@example.com", planner=fm.plan)
+    with psycopg.connect(_as(world.dsn, "sandbox_approver")) as c:
+        rq.approve(c, world.cat, r.id)
+    slow = Worker(world.cat, world.conns, worker_id="slow-but-alive", mover_=fm, config=WorkerConfig(lease_seconds=300))
+    try:
+        claimed = slow.claim()  # the first delivery: its worker is still moving the workspace
+        assert claimed is not None and claimed[0].id == r.id
+        assert jobs.defer(world.cat, world.conns, "move_requests") > 0  # the redelivery
+        outcomes: list = []
+        jobs.run_worker(world.cat, world.conns, once=True, schedule=jobs.Schedule(**OFF), signals=False,
+                        on_outcome=outcomes.append, extra={"mover": fm})
+        assert [(o.job, o.detail) for o in outcomes] == [("move_requests", "no request due")]
+        with psycopg.connect(world.dsn) as c:
+            assert c.execute("SELECT count(*) FROM residency.moves WHERE workspace_id = 'ws-1'").fetchone()[0] == 0
+            assert c.execute("SELECT worker, attempts FROM residency.requests WHERE id = %s", (r.id,)).fetchone() == ("slow-but-alive", 1)
+    finally:
+        slow.close()
+
+
 def test_jobs_of_engines_not_installed_say_so_and_wired_ones_run(cp, monkeypatch):
     env = cp
     _CALLS.clear()
