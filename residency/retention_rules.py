@@ -49,10 +49,6 @@ if TYPE_CHECKING:  # pragma: no cover
 
 Catalogue = Any  # residency.catalogue.Catalogue (which imports this module: no import back)
 
-DEPENDANTS = ("delete", "keep")
-SCOPE_KINDS = ("jurisdictions", "regions", "workspaces")
-
-
 @dataclass(frozen=True)
 class TableRule:
     """Rows of ``table`` whose ``column`` is older than ``older_than`` are deleted."""
@@ -178,6 +174,9 @@ def workspaces_with_rules(cat: Catalogue) -> list[str]:
 
 
 # --------------------------------------------------------------------------- validation
+
+DEPENDANTS = ("delete", "keep")
+SCOPE_KINDS = ("jurisdictions", "regions", "workspaces")
 
 
 def validate(v: Any, node: "YNode", mark: Any, jurisdictions: Mapping[str, Any] | None, regions: Mapping[str, Any] | None, ws: Any,

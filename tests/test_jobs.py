@@ -210,15 +210,14 @@ def test_the_retention_sweep_runs_as_a_job_as_an_operator(cp):
         assert c.execute("SELECT run_by, state FROM residency.retention_runs").fetchall() == [("sandbox_operator", "done")]
 
 
-def test_move_requests_run_as_jobs(cp):
-    """The request fleet on the job engine: a due, approved request is claimed by the
-    move_requests job (the request's own claim and lease inside) and its move runs."""
+def _approved_request(env):
+    """A control plane with one due, approved move request of ws-1 (made by the requester and
+    approver logins) and a fake mover for it."""
     from datetime import datetime, timedelta, timezone
 
     from request_helpers import FakeMover, control_plane
     from residency.ops import requests as rq
 
-    env = cp
     world = control_plane(env)
     world.register(("ws-1", "us"))
     fm = FakeMover(world.dsn)
@@ -227,6 +226,13 @@ def test_move_requests_run_as_jobs(cp):
         r = rq.create(c, world.cat, world.conns, "ws-1", "eu", window, "amy@example.com", planner=fm.plan)
     with psycopg.connect(_as(world.dsn, "sandbox_approver")) as c:
         rq.approve(c, world.cat, r.id)
+    return world, fm, r
+
+
+def test_move_requests_run_as_jobs(cp):
+    """The request fleet on the job engine: a due, approved request is claimed by the
+    move_requests job (the request's own claim and lease inside) and its move runs."""
+    world, fm, r = _approved_request(cp)
     ops = replace(world.conns, control_dsn=_as(world.dsn, "sandbox_operator"))
     assert jobs.defer(world.cat, ops, "move_requests") > 0
     outcomes: list = []
@@ -244,21 +250,9 @@ def test_a_redelivered_request_job_does_not_start_a_second_move(cp):
     stalled-job recovery re-runs the job of a worker that is slow, not dead). A move_requests job
     run while another worker holds the request's live lease finds nothing due -- the request's own
     lease, not the job engine, keeps one move per request."""
-    from datetime import datetime, timedelta, timezone
-
-    from request_helpers import FakeMover, control_plane
-    from residency.ops import requests as rq
     from residency.ops.worker import Worker, WorkerConfig
 
-    env = cp
-    world = control_plane(env)
-    world.register(("ws-1", "us"))
-    fm = FakeMover(world.dsn)
-    window = (datetime.now(timezone.utc) - timedelta(minutes=1)).isoformat(timespec="seconds") + "/2h"
-    with psycopg.connect(_as(world.dsn, "sandbox_requester")) as c:
-        r = rq.create(c, world.cat, world.conns, "ws-1", "eu", window, "amy@example.com", planner=fm.plan)
-    with psycopg.connect(_as(world.dsn, "sandbox_approver")) as c:
-        rq.approve(c, world.cat, r.id)
+    world, fm, r = _approved_request(cp)
     slow = Worker(world.cat, world.conns, worker_id="slow-but-alive", mover_=fm, config=WorkerConfig(lease_seconds=300))
     try:
         claimed = slow.claim()  # the first delivery: its worker is still moving the workspace

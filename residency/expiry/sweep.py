@@ -159,20 +159,9 @@ def _schema_graph(conn: psycopg.Connection[Any], cat: Catalogue) -> Any:
     return Builder(graph_mod.build(introspect(conn), cat.workspace))
 
 
-def sweep(
-    cat: Catalogue,
-    conns: Any,
-    *,
-    mode: str = "plan",
-    region: str | None = None,
-    workspace: object | None = None,
-    now: datetime | None = None,
-    batch_rows: int = 2000,
-    target_seconds: float = 0.25,
-    actor: Actor | None = None,
-    progress: Callable[[str], None] | None = None,
-    backups: bool = True,
-) -> SweepReport:
+def sweep(cat: Catalogue, conns: Any, *, mode: str = "plan", region: str | None = None, workspace: object | None = None,
+          now: datetime | None = None, batch_rows: int = 2000, target_seconds: float = 0.25, actor: Actor | None = None,
+          progress: Callable[[str], None] | None = None, backups: bool = True) -> SweepReport:
     """Plan (``mode='plan'``) or run (``'run'``) the retention rules of a region's workspaces, or
     of one workspace; see the module's docstring."""
     if mode not in ("plan", "run"):
