@@ -297,6 +297,22 @@ def _fake_expire(cat, conns, now):  # the shape of residency.backups.expire_back
     return _Expired()
 
 
+def test_old_succeeded_jobs_are_pruned(cp):
+    env = cp
+    assert jobs.defer(env.catalogue, env.connections, "audit_digest") > 0
+    _run_once(env, [])
+    with psycopg.connect(env.control_dsn, autocommit=True) as c:
+        q = sql.SQL("UPDATE {}.procrastinate_events SET at = now() - interval '8 days'").format(sql.Identifier(jobs.JOBS_SCHEMA))
+        c.execute(q)
+    assert jobs.defer(env.catalogue, env.connections, "prune_jobs") > 0
+    outcomes: list = []
+    _run_once(env, outcomes)
+    assert [(o.job, o.state) for o in outcomes] == [("prune_jobs", "done")]
+    with psycopg.connect(env.control_dsn, autocommit=True) as c:
+        left = c.execute(sql.SQL("SELECT task_name FROM {}.procrastinate_jobs ORDER BY id").format(sql.Identifier(jobs.JOBS_SCHEMA))).fetchall()
+    assert left == [("prune_jobs",)]
+
+
 def test_the_worker_refuses_without_the_job_schema(env):
     from residency.errors import OperationError
 

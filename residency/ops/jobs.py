@@ -10,7 +10,8 @@ share them:
   queueing lock (at most one waiting) and a lock (at most one running):
   ``retention_sweep`` (:mod:`residency.expiry`), ``backups_due`` and ``backups_expire``
   (:mod:`residency.backups`), ``access_expire`` (operator access grants), ``audit_digest``
-  (:mod:`residency.anchor`) and ``recover_stalled`` (below);
+  (:mod:`residency.anchor`), ``recover_stalled`` (below) and ``prune_jobs`` (succeeded jobs older
+  than a week);
 - **move requests** -- ``move_requests`` claims one due, approved request with the request claim
   loop of :mod:`residency.ops.worker` (its ``FOR UPDATE SKIP LOCKED`` claim, lease and heartbeat
   stay: they are what makes a move run once, inside its window, resumed by whoever takes over an
@@ -46,6 +47,7 @@ from residency.errors import first_line
 
 JOBS_SCHEMA = "residency_jobs"
 QUEUE = "residency"
+KEEP_JOBS_HOURS = 24 * 7  # succeeded jobs are deleted after a week (prune_jobs)
 
 HOOKS: dict[str, tuple[str, str]] = {
     # job -> (module, function) of the engine it runs; imported when the job runs
@@ -67,6 +69,7 @@ class Schedule:
     audit_digest: str | None = "0 * * * *"
     move_requests: str | None = "* * * * *"
     recover_stalled: str | None = "* * * * *"
+    prune_jobs: str | None = "41 3 * * *"
 
     @classmethod
     def from_env(cls, **overrides: str | None) -> "Schedule":
@@ -293,6 +296,11 @@ def build_app(cat: Catalogue, conns: Any, *, schedule: Schedule | None = None, o
     async def recover_stalled(context: Any, timestamp: int) -> None:
         n = await _recover(context.app, stalled_after)
         _runtime(context).on_outcome(Outcome("recover_stalled", "done", f"{n} stalled jobs handed back"))
+
+    @periodic("prune_jobs")
+    async def prune_jobs(context: Any, timestamp: int) -> None:
+        await context.app.job_manager.delete_old_jobs(nb_hours=KEEP_JOBS_HOURS)  # succeeded ones; failed stay to be read
+        _runtime(context).on_outcome(Outcome("prune_jobs", "done", f"succeeded jobs older than {KEEP_JOBS_HOURS} h deleted"))
 
     if extra_tasks is not None:
         extra_tasks(app, rt)
