@@ -65,6 +65,7 @@ class MovePlan:
     preconditions: list[dict[str, Any]] = field(default_factory=list)  # online: each check, ok, detail, fix
     tenant_objects: list[dict[str, Any]] = field(default_factory=list)  # per-tenant sequences (migrate.tenant_objects)
     copy_method: dict[str, Any] = field(default_factory=dict)  # what the target role allows (migrate.triggers)
+    retention: dict[str, Any] = field(default_factory=dict)  # before/after the move (residency.expiry.movecheck)
 
     @property
     def ok(self) -> bool:
@@ -107,6 +108,7 @@ class MovePlan:
             preconditions=list(d.get("preconditions", [])),
             tenant_objects=list(d.get("tenant_objects", [])),
             copy_method=dict(d.get("copy_method") or {}),
+            retention=dict(d.get("retention") or {}),
         )
 
 
@@ -216,6 +218,10 @@ def _plan_databases(cat: Catalogue, ws: str, source: str, target: str, src_ep: A
                 plan.refusals.append(f"cannot check the unique keys of {tp.table} against {target}: {_first_line(exc)}")
         tobjs, tnotes, trefusals = tenant_objects.plan(sconn, tconn, g.schema.name, cat.workspace, ws, target)
         plan.tenant_objects, plan.notes, plan.refusals = [asdict(o) for o in tobjs], plan.notes + tnotes, plan.refusals + trefusals
+        from residency.expiry.movecheck import check as retention_check  # the target's retention rules (issue 14)
+
+        plan.retention, rnotes, rrefusals = retention_check(cat, ws, source, target, b, dst_schema, sconn)
+        plan.notes, plan.refusals = plan.notes + rnotes, plan.refusals + rrefusals
         for gname in g.global_order:
             if gname in differing or not b.graph.table(gname).primary_key:  # (a graph problem says why)
                 continue

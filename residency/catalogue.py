@@ -197,6 +197,8 @@ class Catalogue:
     operator_access: OperatorAccess | None = None
     backups: "BackupPolicy | None" = None
     """The ``backups:`` section (how often each workspace is backed up, how long kept); None: absent."""
+    retention: Any = None
+    """The ``retention:`` section (:class:`residency.retention_rules.RetentionRules`), empty if absent."""
 
     def region(self, name: str) -> Region:
         """The region called ``name``, or an :class:`InputError` naming the known ones."""
@@ -375,7 +377,7 @@ class _Validator:
         if root is None or (isinstance(root, Scalar) and root.value is None):
             self.err(Mark(self.file, 1, 1), "file is empty; expected a mapping with jurisdictions, environment, regions, workspace")
             return None
-        top = self.mapping(root, "top level", Mark(self.file, 1, 1), ("jurisdictions", "environment", "regions", "workspace"), ("operator_access", "backups"))
+        top = self.mapping(root, "top level", Mark(self.file, 1, 1), ("jurisdictions", "environment", "regions", "workspace"), ("operator_access", "backups", "retention"))
         if top is None:
             return None
         jur = self.jurisdictions(top.items.get("jurisdictions"), top.keys.get("jurisdictions", top.mark))
@@ -387,9 +389,14 @@ class _Validator:
         ws = self.workspace(top.items.get("workspace"), top.keys.get("workspace", top.mark))
         access = self.operator_access(top.items.get("operator_access"), top.keys.get("operator_access", top.mark), jur)
         backups = _backup_policy(self, top.items.get("backups"), top.keys.get("backups", top.mark), regions, ws)
-        if self.problems or jur is None or env is None or regions is None or ws is None:
+        from .retention_rules import RetentionRules, validate as validate_retention  # issue 14: its own module
+
+        ret = RetentionRules()
+        if "retention" in top.items:
+            ret = validate_retention(self, top.items["retention"], top.keys["retention"], jur, regions, ws, _ident_problem)
+        if self.problems or jur is None or env is None or regions is None or ws is None or ret is None:
             return None
-        return Catalogue(self.file, MappingProxyType(jur), env, MappingProxyType(regions), ws, operator_access=access, backups=backups)
+        return Catalogue(self.file, MappingProxyType(jur), env, MappingProxyType(regions), ws, operator_access=access, backups=backups, retention=ret)
 
     def operator_access(self, node: YNode | None, mark: Mark, jur: dict[str, Jurisdiction] | None) -> OperatorAccess | None:
         """The optional ``operator_access:`` section (see :class:`OperatorAccess`)."""

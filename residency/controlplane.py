@@ -131,6 +131,24 @@ CREATE TABLE IF NOT EXISTS residency.region_numbers (
     assigned_at timestamptz NOT NULL DEFAULT now()
 );
 
+-- Retention runs (residency/expiry, issue 14): one deletion record per workspace swept -- per
+-- table the rows deleted, the sum of their hash_record_extended (the mover's checksum) and the
+-- time range -- kept here next to the audit entry that names it.
+CREATE TABLE IF NOT EXISTS residency.retention_runs (
+    id            bigserial PRIMARY KEY,
+    region        text NOT NULL,
+    workspace_id  text NOT NULL,
+    state         text NOT NULL CHECK (state IN ('running', 'done', 'failed')),
+    rules         jsonb NOT NULL DEFAULT '[]',
+    record        jsonb NOT NULL DEFAULT '{}',
+    rows_deleted  bigint NOT NULL DEFAULT 0,
+    error         text,
+    run_by        text NOT NULL DEFAULT session_user,
+    started_at    timestamptz NOT NULL DEFAULT now(),
+    finished_at   timestamptz
+);
+CREATE INDEX IF NOT EXISTS retention_runs_workspace ON residency.retention_runs (workspace_id, started_at);
+
 CREATE OR REPLACE FUNCTION residency.audit_append_only() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
@@ -235,6 +253,8 @@ GRANT USAGE ON SEQUENCE residency.moves_id_seq TO residency_operator;
 GRANT UPDATE ON residency.directory TO residency_operator;
 GRANT INSERT, UPDATE ON residency.backups TO residency_operator;
 GRANT USAGE ON SEQUENCE residency.backups_id_seq TO residency_operator;
+GRANT INSERT, UPDATE ON residency.retention_runs TO residency_operator;
+GRANT USAGE ON SEQUENCE residency.retention_runs_id_seq TO residency_operator;
 GRANT ALL ON ALL TABLES IN SCHEMA residency TO residency_admin;
 GRANT ALL ON ALL SEQUENCES IN SCHEMA residency TO residency_admin;
 

@@ -38,6 +38,7 @@ LAYERS = (  # (prefix, layer): the longest matching prefix decides
     ("residency.playbooks", 1),
     ("residency.access", 1),
     ("residency.backups", 1),
+    ("residency.expiry", 1),  # retention enforcement (issue 14)
     ("residency.ops", 2),
     ("residency.cli", 3),
     ("residency.sandbox", 3),

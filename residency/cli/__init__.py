@@ -10,7 +10,7 @@ which registers its commands on import.
 
 from __future__ import annotations
 
-from . import access, audit, backup, controlplane, directory, move, playbook, regions, request, sandbox, stacks  # noqa: F401 - register the groups
+from . import access, audit, backup, controlplane, directory, move, playbook, regions, request, retention, sandbox, stacks  # noqa: F401 - register the groups
 from .core import main
 
 __all__ = ["main"]

@@ -15,7 +15,7 @@ def controlplane() -> None:
     """The control-plane database: its schema and the roles that may act on it."""
 
 
-def _controlplane_roles(c: Context, logins: tuple[str, ...], as_json: bool, what: str) -> None:
+def _controlplane_roles(c: Context, logins: tuple[str, ...], as_json: bool, what: str, *, job_schema: bool = False) -> None:
     from residency import authz
     from residency.errors import OperationError
     from residency.controlplane import ensure_roles
@@ -32,6 +32,10 @@ def _controlplane_roles(c: Context, logins: tuple[str, ...], as_json: bool, what
         ident = authz.require(conn, authz.ADMIN, what)
         try:
             roles = ensure_roles(conn, logins=pairs)
+            if job_schema:  # the job engine's tables (procrastinate), issue 14
+                from residency.ops import jobs
+
+                jobs.apply_schema(conn)
         except Exception as exc:
             import psycopg
 
@@ -40,9 +44,10 @@ def _controlplane_roles(c: Context, logins: tuple[str, ...], as_json: bool, what
                                      f" or the role that created it); {ident.role} is neither") from None
             raise
     if as_json:
-        emit_json({"roles": roles, "logins": pairs})
+        emit_json({"roles": roles, "logins": pairs, **({"job_schema": "residency_jobs"} if job_schema else {})})
         return
-    click.echo(f"control plane ready: roles {', '.join(roles)}" + (f"; logins {', '.join(f'{k} ({v})' for k, v in pairs.items())}" if pairs else ""))
+    click.echo(f"control plane ready: roles {', '.join(roles)}" + (f"; logins {', '.join(f'{k} ({v})' for k, v in pairs.items())}" if pairs else "")
+               + ("; job engine schema residency_jobs" if job_schema else ""))
 
 
 @controlplane.command("init")
@@ -51,7 +56,7 @@ def _controlplane_roles(c: Context, logins: tuple[str, ...], as_json: bool, what
 @pass_ctx
 def controlplane_init(c: Context, logins: tuple[str, ...], as_json: bool) -> None:
     """Create the control-plane schema and the four roles with their grants (admin; idempotent)."""
-    _controlplane_roles(c, logins, as_json, "initialising the control plane")
+    _controlplane_roles(c, logins, as_json, "initialising the control plane", job_schema=True)
 
 
 @controlplane.command("roles")

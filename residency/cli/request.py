@@ -181,18 +181,22 @@ def request_import(c: Context, file: str, as_json: bool) -> None:
 
 
 @main.command("worker")
-@click.option("--once", is_flag=True, help="Run what is due now, then exit.")
+@click.option("--once", is_flag=True, help="Run the move requests due now, then exit (no job engine).")
+@click.option("--defer", "defer_jobs", multiple=True, metavar="JOB", help="Queue JOB to run now (retention_sweep, backups_due, ...) and exit (repeatable).")
 @click.option("--concurrency", default=1, show_default=True, type=click.IntRange(1, 64), help="Moves run at the same time.")
 @click.option("--throughput", default=None, metavar="RATE", help="Bytes per second to estimate moves with, e.g. 50MB/s ($RESIDENCY_MOVE_THROUGHPUT).")
 @click.option("--lease", "lease_seconds", default=60.0, show_default=True, help="Seconds a silent worker keeps a request.")
 @click.option("--poll", "poll_seconds", default=10.0, show_default=True, help="Seconds between looks for due requests.")
 @click.option("--json", "as_json", is_flag=True, help="Print the outcomes as JSON.")
 @pass_ctx
-def worker_cmd(c: Context, once: bool, concurrency: int, throughput: str | None, lease_seconds: float, poll_seconds: float, as_json: bool) -> None:
-    """Claim due, approved move requests and run their moves inside their windows.
+def worker_cmd(c: Context, once: bool, defer_jobs: tuple[str, ...], concurrency: int, throughput: str | None, lease_seconds: float, poll_seconds: float, as_json: bool) -> None:
+    """Run every kind of job: periodic retention sweeps, backups, access-grant expiry, audit
+    digests, and due, approved move requests inside their windows (the job engine on the control
+    plane; each outcome is printed as it happens).
 
-    Run as many workers on as many machines as you like: each request runs once; a worker that
-    dies leaves its move to be resumed by another once its lease expires."""
+    Run as many workers on as many machines as you like: each periodic job runs once per period,
+    each request once; a worker that dies leaves its job to another (a move is resumed once its
+    request's lease expires). ``--once`` only runs the move requests due now."""
     import signal
     import threading
 
@@ -200,9 +204,12 @@ def worker_cmd(c: Context, once: bool, concurrency: int, throughput: str | None,
     from residency.ops.worker import WorkerConfig, run_workers
 
     conns = c.connections
+    cfg = WorkerConfig(lease_seconds=lease_seconds, poll_seconds=poll_seconds, throughput=rq.Throughput.parse(throughput))
+    if defer_jobs or not once:
+        _job_worker(c, conns, cfg, defer_jobs, concurrency, as_json)
+        return
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    cfg = WorkerConfig(lease_seconds=lease_seconds, poll_seconds=poll_seconds, throughput=rq.Throughput.parse(throughput))
     outcomes = run_workers(c.catalogue, conns, concurrency=concurrency, once=once, notifier=_notifier(conns), config=cfg, stop=stop)
     if as_json:
         emit_json(outcomes)
@@ -214,3 +221,47 @@ def worker_cmd(c: Context, once: bool, concurrency: int, throughput: str | None,
             click.echo("nothing due")
     if any(o.state == "failed" for o in outcomes):
         sys.exit(1)
+
+
+def _job_worker(c: Context, conns: Any, cfg: Any, defer_jobs: tuple[str, ...], concurrency: int, as_json: bool) -> None:
+    """``residency worker`` on the job engine (residency.ops.jobs)."""
+    import json
+
+    from residency.ops import jobs
+
+    if defer_jobs:
+        ids = {name: jobs.defer(c.catalogue, conns, name) for name in defer_jobs}
+        if as_json:
+            emit_json({"deferred": ids})
+        else:
+            for name, jid in ids.items():
+                click.echo(f"{name}: " + (f"queued as job {jid}" if jid else "one is already waiting"))
+        return
+
+    def show(o: Any) -> None:
+        click.echo(json.dumps(_jsonable(o), sort_keys=True) if as_json else o.line())
+
+    _engine_logs_like_ours(c.debug)
+
+    jobs.run_worker(c.catalogue, conns, concurrency=concurrency, on_outcome=show,
+                    extra={"worker_config": cfg, "notifier": _notifier(conns)})
+
+
+def _engine_logs_like_ours(debug: bool) -> None:
+    """The job engine's log lines (logger ``procrastinate``) on stderr the way ours are: one
+    redacted line each, warnings and up, a traceback only with --debug."""
+    import logging
+
+    ours = logging.getLogger("residency")
+
+    class _Via(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if not debug:
+                record.exc_info, record.exc_text = None, None
+            for h in ours.handlers:
+                h.handle(record)
+
+    engine = logging.getLogger("procrastinate")
+    engine.handlers = [_Via()]
+    engine.setLevel(logging.DEBUG if debug else logging.WARNING)
+    engine.propagate = False

@@ -5,7 +5,10 @@ PostgreSQL row locks and no job library: the requests already live in the contro
 the moves, the directory and the audit log, so a claim, its audit entry and its notice commit in
 one transaction with them; a job library (procrastinate, pgqueuer, ...) would keep a second copy
 of each request's state in its own tables, and its retry/"at least once" semantics would still
-need the checks below to make a move run once. What we need is three statements:
+need the checks below to make a move run once. So the job engine (procrastinate, issue 14:
+:mod:`residency.ops.jobs`) *hosts* this loop -- its ``move_requests`` job claims one request with
+:meth:`Worker.claim` and runs it with :meth:`Worker.run_claimed` -- and the claim, lease and
+heartbeat stay what makes a move run once. What we need is three statements:
 
 - **claim** — ``SELECT ... FOR UPDATE SKIP LOCKED LIMIT 1`` over requests that are approved and
   inside their window (or running under a worker whose lease has expired), then ``state =
@@ -194,7 +197,10 @@ class Worker:
         claimed = self.claim()
         if claimed is None:
             return None
-        req, resuming = claimed
+        return self.run_claimed(*claimed)
+
+    def run_claimed(self, req: rq.Request, resuming: bool) -> Outcome:
+        """Carry a request this worker has claimed (:meth:`claim`) to an end state."""
         try:
             return self._run(req, resuming)
         except Exception as exc:  # a bug or an unexpected fault: record it, keep the worker alive

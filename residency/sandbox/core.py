@@ -356,6 +356,9 @@ def _provision(state: dict[str, Any], numbers: dict[str, int], say: Progress) ->
                 controlplane.ensure_schema(c)
                 # one login per role (sandbox_requester, ...), so authorization is exercised for real
                 controlplane.ensure_roles(c, logins=controlplane.SANDBOX_LOGINS)
+                from ..ops import jobs as job_engine  # the job engine's tables, as `controlplane init` makes them
+
+                job_engine.apply_schema(c)
 
     jobs = [(state["control"], CONTROL_TEMPLATE, CONTROL_DB, controlplane.ensure_schema)]
     jobs += [(e, APP_TEMPLATE, APP_DB, region_fill(name, numbers[name])) for name, e in state["regions"].items()]
