@@ -1056,12 +1056,12 @@ def with_region(cat: Catalogue, region: Region) -> Catalogue:
 
 @dataclass(frozen=True)
 class BackupRule:
-    """How one workspace is backed up: ``every`` (None: not on a schedule), ``keep`` (how long a
-    backup is kept), ``objects`` (``copy`` them into the backup, or ``list`` their version ids when
-    the bucket is versioned). Fields left unset fall through workspace → region → section."""
+    """How one workspace is backed up: ``every`` (None: not on a schedule), ``objects`` (``copy``
+    them into the backup, or ``list`` their version ids when the bucket is versioned). Fields left
+    unset fall through workspace → region → section. How long a backup is kept is a retention rule
+    (``retention: ... backups:``, :func:`residency.retention_rules.backups_kept`), said once there."""
 
     every: Any = None  # datetime.timedelta | None
-    keep: Any = None  # datetime.timedelta | None
     objects: str | None = None
 
 
@@ -1072,17 +1072,21 @@ class BackupPolicy:
     workspaces: Mapping[str, BackupRule] = field(default_factory=lambda: MappingProxyType({}))
 
 
-_BACKUP_KEYS = ("every", "keep", "objects")
+_BACKUP_KEYS = ("every", "objects")
 
 
 def _backup_rule(v: _Validator, node: YNode, where: str, mark: Mark, extra: tuple[str, ...] = ()) -> BackupRule | None:
     from .units import parse_duration
 
+    if isinstance(node, Map) and "keep" in node.items:  # the one place for keep times is retention:
+        v.err(node.keys["keep"], f"{where}: how long backups are kept is a retention rule, not a backups: key; "
+                                 "write it as retention: {regions: {NAME: {backups: 35d}}} (or jurisdictions:, workspaces:)")
+        node = Map({k: n for k, n in node.items.items() if k != "keep"}, {k: mk for k, mk in node.keys.items() if k != "keep"}, node.mark)
     m = v.mapping(node, where, mark, (), _BACKUP_KEYS + extra)
     if m is None:
         return None
     out: dict[str, Any] = {}
-    for key in ("every", "keep"):
+    for key in ("every",):
         n = m.items.get(key)
         if n is None:
             continue
@@ -1098,7 +1102,7 @@ def _backup_rule(v: _Validator, node: YNode, where: str, mark: Mark, extra: tupl
             v.err(n.mark, f"{where}: {exc}")
     objects = v.scalar(m, "objects", where, str, default=None,
                        check=lambda x: None if x in ("copy", "list") else f"objects must be copy or list, not '{x}'")
-    return BackupRule(out.get("every"), out.get("keep"), objects)
+    return BackupRule(out.get("every"), objects)
 
 
 def _backup_policy(v: _Validator, node: YNode | None, mark: Mark, regions: dict[str, Region] | None,

@@ -242,7 +242,8 @@ def test_expire_deletes_with_a_record_and_run_due_backs_up(world):
     from residency import catalogue
 
     env, ws, conns = world
-    text = (REPO / "regions.yaml").read_text().split("\nbackups:")[0] + "\nbackups:\n  every: 1d\n  keep: 2d\n  workspaces:\n    \"%s\": {every: 1h}\n" % ws
+    text = (REPO / "regions.yaml").read_text().split("\nretention:")[0] + ("\nretention:\n  jurisdictions: {US: {backups: 2d}, EU: {backups: 2d}, AU: {backups: 2d}}\n"  # kept 2 days
+                                                                           "\nbackups:\n  every: 1d\n  workspaces:\n    \"%s\": {every: 1h}\n") % ws
     cat = catalogue.loads(text)
     due = run_due_backups(cat, conns)
     assert ws in [x["workspace_id"] for x in due.created] or str(ws) in [x["workspace_id"] for x in due.created]
@@ -266,12 +267,13 @@ def test_backups_policy_errors_are_line_exact():
 
     text = (REPO / "regions.yaml").read_text().split("\nbackups:")[0]
     n = text.count("\n")
-    bad = text + "\nbackups:\n  every: sometimes\n  regions:\n    mars: {keep: 2d}\n"
+    bad = text + "\nbackups:\n  every: sometimes\n  regions:\n    mars: {every: 2d}\n  keep: 2d\n"
     with pytest.raises(CatalogueError) as exc:
         catalogue.loads(bad, "r.yaml")
     problems = exc.value.problems
     assert any(p.startswith(f"r.yaml:{n + 3}:10: backups: every 'sometimes' is not understood") for p in problems), problems
     assert any(p.startswith(f"r.yaml:{n + 5}:5: backups.regions: unknown region 'mars'") for p in problems), problems
+    assert any(p.startswith(f"r.yaml:{n + 6}:3: backups: how long backups are kept is a retention rule") for p in problems), problems
 
 
 def test_the_done_when_scenario_through_the_cli(world):

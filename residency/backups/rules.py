@@ -7,6 +7,7 @@ from datetime import timedelta
 from typing import Any
 
 from residency.catalogue import BackupRule, Catalogue
+from residency.retention_rules import backups_kept
 
 
 @dataclass(frozen=True)
@@ -18,9 +19,8 @@ class Rule:
 
 def rule_for(cat: Catalogue, region: str, workspace_id: str) -> Rule:
     """The backup rule of a workspace: its own override, then its region's, then the section's;
-    without a ``backups:`` section nothing is scheduled and backups are kept
-    ``environment.retention.backups_days``."""
-    keep_default = timedelta(days=cat.region(region).environment.retention.backups_days)
+    without a ``backups:`` section nothing is scheduled. How long a backup is kept comes from the
+    retention rules (:func:`residency.retention_rules.backups_kept`), the one place that says it."""
     p = cat.backups
     chain: list[BackupRule] = []
     if p is not None:
@@ -30,6 +30,6 @@ def rule_for(cat: Catalogue, region: str, workspace_id: str) -> Rule:
         return next((getattr(r, name) for r in chain if getattr(r, name) is not None), None)
 
     every = first("every")
-    return Rule(every or None, first("keep") or keep_default, first("objects") or "copy")
+    return Rule(every or None, backups_kept(cat, region, workspace_id), first("objects") or "copy")
 
 

@@ -133,7 +133,7 @@ def _expire_one(cp: Any, conns: Connections, bid: int, state: str, done: list[di
                 "tables": (rec.summary or {}).get("tables", {}), "manifest_sha256": rec.manifest_sha256,
                 "snapshot_at": rec.snapshot_at.isoformat() if rec.snapshot_at else None,
                 "expires_at": rec.expires_at.isoformat() if rec.expires_at else None, "deleted_at": now.isoformat(),
-                "reason": "kept for its rule's keep" if state == "expired" else "interrupted before it completed",
+                "reason": "kept as long as its retention rule says (retention: ... backups:)" if state == "expired" else "interrupted before it completed",
             }
             records.mark_deleted(cp, bid, state, deletion)
             audit.append(cp, f"backup.{state}", f"workspace:{rec.workspace_id}", deletion)
