@@ -1,0 +1,50 @@
+"""What every statement of the mover shares: the table names of the region's schema, the
+parameters (``%(ws)s`` is the workspace id; polymorphic type values go as ``%(tv_<i>)s``), and
+the helpers that list identifiers. Identifiers only through ``psycopg.sql.Identifier``, values
+only as parameters, never string formatting.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable, Sequence
+
+from psycopg import sql
+
+from ..graph import Graph
+
+WS = sql.Placeholder("ws")
+
+
+def _ident_list(names: Iterable[str], alias: sql.Composable | None = None) -> sql.Composed:
+    if alias is None:
+        return sql.SQL(", ").join(sql.Identifier(n) for n in names)
+    return sql.SQL(", ").join(sql.SQL("{}.{}").format(alias, sql.Identifier(n)) for n in names)
+
+
+def _tuple(names: Sequence[str], alias: sql.Composable) -> sql.Composable:
+    cols = _ident_list(names, alias)
+    return cols if len(names) == 1 else sql.SQL("({})").format(cols)
+
+
+class SqlBase:
+    """The graph a builder composes over, its schema's table names and the statement parameters."""
+
+
+    def __init__(self, graph: Graph):
+        self.graph = graph
+        self.schema = graph.schema.name
+        self._type_params: dict[tuple[str, str], str] = {}
+        for name, r in graph.reach.items():
+            if r.kind == "polymorphic":
+                for i, link in enumerate(r.links):
+                    self._type_params[(name, link.type_value or "")] = f"tv_{len(self._type_params)}"
+
+    def qname(self, table: str) -> sql.Identifier:
+        return sql.Identifier(self.schema, table)
+
+    def params(self, workspace_id: object, **extra: Any) -> dict[str, Any]:
+        p: dict[str, Any] = {"ws": str(workspace_id)}
+        for (_, value), name in self._type_params.items():
+            p[name] = value
+        p.update(extra)
+        return p
