@@ -6,6 +6,7 @@ only as parameters, never string formatting.
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any, Iterable, Sequence
 
 from psycopg import sql
@@ -24,6 +25,15 @@ def _ident_list(names: Iterable[str], alias: sql.Composable | None = None) -> sq
 def _tuple(names: Sequence[str], alias: sql.Composable) -> sql.Composable:
     cols = _ident_list(names, alias)
     return cols if len(names) == 1 else sql.SQL("({})").format(cols)
+
+
+def per_table_name(schema: str, prefix: str, table: str) -> sql.Identifier:
+    """``schema.<prefix>_<table>`` for a function made per table, within PostgreSQL's 63
+    characters (a long table name keeps its first 40 and a hash of the whole)."""
+    name = f"{prefix}_{table}"
+    if len(name) > 63:
+        name = f"{prefix}_{table[:40]}_{hashlib.sha1(table.encode()).hexdigest()[:12]}"
+    return sql.Identifier(schema, name)
 
 
 class SqlBase:

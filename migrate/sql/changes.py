@@ -7,10 +7,9 @@ travel as ``%(keys)s``, a jsonb[] of key objects typed back through ``jsonb_popu
 
 from __future__ import annotations
 
-import hashlib
 from psycopg import sql
 
-from .base import _ident_list, _tuple
+from .base import _ident_list, _tuple, per_table_name
 from .globals import GlobalsSql
 from .online import ONLINE_CHANGE_IDS, ONLINE_CHANGES, ONLINE_SCHEMA
 
@@ -40,10 +39,7 @@ class ChangesSql(GlobalsSql):
         )
 
     def change_log_function(self, table: str) -> sql.Identifier:
-        name = f"changes_{table}"
-        if len(name) > 63:
-            name = f"changes_{table[:40]}_{hashlib.sha1(table.encode()).hexdigest()[:12]}"
-        return sql.Identifier(ONLINE_SCHEMA, name)
+        return per_table_name(ONLINE_SCHEMA, "changes", table)
 
     @staticmethod
     def change_log_name(move_id: int) -> sql.Identifier:

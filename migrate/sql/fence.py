@@ -4,11 +4,11 @@ passed only by the holder of the fence's token.
 
 from __future__ import annotations
 
-import hashlib
 from typing import Any
 
 from psycopg import sql
 
+from .base import per_table_name
 from .reach import ReachSql
 
 FENCE_SCHEMA = "residency_mover"
@@ -20,10 +20,7 @@ class FenceSql(ReachSql):
     """The fence's schema, table, per-table triggers and bypass."""
 
     def fence_function_name(self, table: str) -> sql.Identifier:
-        name = f"fence_{table}"
-        if len(name) > 63:
-            name = f"fence_{table[:40]}_{hashlib.sha1(table.encode()).hexdigest()[:12]}"
-        return sql.Identifier(FENCE_SCHEMA, name)
+        return per_table_name(FENCE_SCHEMA, "fence", table)
 
     def fence_setup(self) -> list[sql.Composable]:
         fence = sql.Identifier(FENCE_SCHEMA, FENCE_TABLE)
