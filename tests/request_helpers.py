@@ -83,7 +83,8 @@ class FakeMover:
             raise InputError(self.refuse[ws])
         return dict(self.sizes)
 
-    def start(self, cat: Any, conns: Any, ws: str, target: str, *, strategy: str, actor: Actor, owner: str, progress: Any = None) -> moves.MoveRecord:
+    def start(self, cat: Any, conns: Any, ws: str, target: str, *, strategy: str, actor: Actor, owner: str, progress: Any = None,
+              plan: Any = None) -> moves.MoveRecord:
         with self._lock:
             self.started.append(ws)
         with psycopg.connect(self.dsn) as c:

@@ -67,6 +67,7 @@ def move_start(c: Context, workspace: str, target: str, strategy: str, yes: bool
     if not yes and not sys.stdin.isatty():
         raise InputError("move start needs --yes when not run from a terminal")
     conns = _conns(c)
+    p = None  # with --yes, start_move plans; else the plan shown is the one started
     if not yes:
         p = plan_move(c.catalogue, conns, workspace, target, strategy)
         click.echo(render(p))
@@ -77,7 +78,7 @@ def move_start(c: Context, workspace: str, target: str, strategy: str, yes: bool
 
     try:
         rec = start_move(c.catalogue, conns, workspace, target, strategy=strategy, progress=_ProgressPrinter(as_json),
-                         copy_options=_copy_options(jobs, chunk_rows, rows_per_second))
+                         copy_options=_copy_options(jobs, chunk_rows, rows_per_second), plan=p)
     except MoveRefused as exc:
         if not as_json:
             raise  # one refusal per line (MoveRefused's message)

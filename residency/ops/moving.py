@@ -45,8 +45,9 @@ def mover() -> Mover:
             raise OperationError("; ".join(p.refusals))
         return p
 
-    def start(cat: Catalogue, conns: Any, ws: str, target: str, *, strategy: str, actor: Actor, owner: str, progress: Any = None) -> moves.MoveRecord:
-        return start_move(cat, conns, ws, target, strategy=strategy, actor=actor, progress=progress)
+    def start(cat: Catalogue, conns: Any, ws: str, target: str, *, strategy: str, actor: Actor, owner: str, progress: Any = None,
+              plan: Any = None) -> moves.MoveRecord:
+        return start_move(cat, conns, ws, target, strategy=strategy, actor=actor, progress=progress, plan=plan)
 
     def resume(cat: Catalogue, conns: Any, move_id: int, *, actor: Actor, owner: str, progress: Any = None) -> moves.MoveRecord:
         return resume_move(cat, conns, move_id, actor=actor, progress=progress)

@@ -270,7 +270,8 @@ class Worker:
         self._flush(ids)
         return self._execute(
             req,
-            lambda progress: self.mover.start(self.cat, self.conns, req.workspace_id, req.target, strategy=req.strategy, actor=self.actor, owner=self.id, progress=progress),
+            lambda progress: self.mover.start(self.cat, self.conns, req.workspace_id, req.target, strategy=req.strategy, actor=self.actor, owner=self.id,
+                                             progress=progress, plan=plan),
             resumed=False,
         )
 
