@@ -92,7 +92,7 @@ def regions_validate(c: Context, file: str | None, as_json: bool) -> None:
     """Check a regions file (default: --regions) and print every problem with its line."""
     path = file or c.regions_path
     try:
-        cat = catalogue_mod.load(path)
+        cat = catalogue_mod.load(file or c.regions_given)  # FILE named: no hint about --regions
     except CatalogueError as exc:
         if as_json:
             emit_json({"file": path, "valid": False, "problems": exc.problems})
