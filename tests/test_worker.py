@@ -179,3 +179,27 @@ def test_a_plan_refused_at_run_time_fails_the_request_with_why(cp):
     assert out.state == "failed" and out.reason == "plan: primary key conflict in target: messages id 7"
     with cp.connect() as c:
         assert rq.get(c, req.id).state == "failed" and moves.list_moves(c) == []
+
+
+def test_a_running_worker_tells_each_outcome_as_it_happens(cp):
+    """A daemon's outcomes are heard while it runs (the CLI prints each line then), not only
+    when it stops: here the worker only stops because both outcomes were heard."""
+    cp.register(("ws-told-1", "us"), ("ws-told-2", "us"))
+    fm = FakeMover(cp.dsn)
+    reqs = _approved(cp, fm, ["ws-told-1", "ws-told-2"])
+    stop = threading.Event()
+    heard: list[tuple[int, str]] = []
+
+    def on_outcome(o) -> None:
+        heard.append((o.request_id, o.state))
+        if len(heard) == len(reqs):
+            stop.set()
+
+    guard = threading.Timer(60, stop.set)  # never hang the suite
+    guard.start()
+    try:
+        outs = run_workers(cp.cat, cp.conns, once=False, mover_=fm, config=WorkerConfig(poll_seconds=30), stop=stop, on_outcome=on_outcome)
+    finally:
+        guard.cancel()
+    assert sorted(heard) == sorted((r.id, "done") for r in reqs)
+    assert [(o.request_id, o.state) for o in outs] == heard

@@ -316,8 +316,9 @@ class Worker:
             out = self._finish(req, "failed", f"move {move.id} ended {move.state}" + (f": {move.error}" if move.error else ""), move)
         return Outcome(out.request_id, out.workspace_id, out.state, out.reason, out.move_id, resumed)
 
-    def run(self, *, once: bool = False, stop: threading.Event | None = None) -> list[Outcome]:
-        """Claim and run requests until nothing is due (``once``) or ``stop`` is set."""
+    def run(self, *, once: bool = False, stop: threading.Event | None = None, on_outcome: Callable[[Outcome], None] | None = None) -> list[Outcome]:
+        """Claim and run requests until nothing is due (``once``) or ``stop`` is set; each
+        outcome also goes to ``on_outcome`` as it happens."""
         stop = stop or threading.Event()
         out: list[Outcome] = []
         try:
@@ -327,6 +328,8 @@ class Worker:
                 o = self.run_one()
                 if o is not None:
                     out.append(o)
+                    if on_outcome is not None:
+                        on_outcome(o)
                     continue
                 self._periodic_digest()
                 if once:
@@ -436,8 +439,10 @@ def run_workers(
     config: WorkerConfig | None = None,
     stop: threading.Event | None = None,
     worker_id: str | None = None,
+    on_outcome: Callable[[Outcome], None] | None = None,
 ) -> list[Outcome]:
-    """Run ``concurrency`` workers (threads, each with its own connection) until done/stopped."""
+    """Run ``concurrency`` workers (threads, each with its own connection) until done/stopped;
+    ``on_outcome`` hears of each request's outcome as it happens (from the worker's thread)."""
     from residency.controlplane import ensure_schema
 
     if concurrency < 1:
@@ -457,7 +462,7 @@ def run_workers(
     def body(i: int) -> None:
         w = Worker(cat, conns, worker_id=f"{base}/{i}" if concurrency > 1 else base, mover_=mover_, notifier=notifier, config=config)
         try:
-            results[i] = w.run(once=once, stop=stop)
+            results[i] = w.run(once=once, stop=stop, on_outcome=on_outcome)
         except BaseException as exc:  # surfaced below
             errors.append(exc)
 
