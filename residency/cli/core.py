@@ -341,3 +341,12 @@ def _by(role: str | None, annotation: str | None) -> str:
 def json_option(fn: Callable) -> Callable:
     """``--json``: every command that reports something takes it (one place for its wording)."""
     return click.option("--json", "as_json", is_flag=True, help="Print JSON.")(fn)
+
+
+def complete_region(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[str]:
+    """Shell completion of a region name, from the regions file the command would read."""
+    try:
+        cat = catalogue_mod.load(ctx.find_root().params.get("regions_path"))
+    except Exception:  # noqa: BLE001 - completing never fails loudly: no names instead
+        return []
+    return [name for name in cat.regions if name.startswith(incomplete)]
