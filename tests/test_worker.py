@@ -15,7 +15,7 @@ from pathlib import Path
 
 import psycopg
 
-from request_helpers import ALICE, BOB, REPO, FakeMover, cp, wait_for  # noqa: F401  (cp is a fixture)
+from request_helpers import ALICE, BOB, FakeMover, cp, wait_for  # noqa: F401  (cp is a fixture)
 from residency import audit, directory, moves
 from residency.ops import requests as rq
 from residency.ops.worker import Worker, WorkerConfig, run_workers
@@ -81,8 +81,6 @@ def test_a_worker_killed_mid_move_is_taken_over_and_its_move_resumed(cp):
     fm = FakeMover(cp.dsn, lease=1.0)
     (req,) = _approved(cp, fm, ["ws-doomed"])
     script = textwrap.dedent(f"""
-        import sys
-        sys.path[:0] = [{str(TESTS)!r}, {str(REPO)!r}]
         from types import MappingProxyType
         from request_helpers import FakeMover
         from residency import catalogue
@@ -94,7 +92,7 @@ def test_a_worker_killed_mid_move_is_taken_over_and_its_move_resumed(cp):
                    mover_=FakeMover(dsn, hang_after="copied", lease=1.0), config=WorkerConfig(lease_seconds=1.0))
         w.run_one()
     """)
-    proc = subprocess.Popen([sys.executable, "-c", script], start_new_session=True)
+    proc = subprocess.Popen([sys.executable, "-c", script], start_new_session=True, env={**os.environ, "PYTHONPATH": str(TESTS)})
     try:
         def copied():
             with cp.connect() as c:
