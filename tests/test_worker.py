@@ -122,7 +122,7 @@ def test_a_worker_killed_mid_move_is_taken_over_and_its_move_resumed(cp):
 
 def test_a_window_that_closes_before_the_estimated_end_is_skipped_and_reported(cp):
     cp.register(("ws-big", "us"), ("ws-late", "us"))
-    big = {"tables": {"messages": {"rows": 10**7, "bytes": 10 * 1024**3}}, "objects": {"count": 0, "bytes": 0}}
+    big = {"rows": 10**7, "bytes": 10 * 1024**3, "objects": 0, "object_bytes": 0, "tables": {"messages": {"rows": 10**7, "bytes": 10 * 1024**3}}}
     fm = FakeMover(cp.dsn, sizes=big)
     # the window opened 55 minutes ago and lasts an hour: 5 minutes left; 10 GB at 20 MB/s takes ~9 minutes
     (req,) = _approved(cp, fm, ["ws-big"], window=_due_window(55, "1h"))

@@ -8,7 +8,7 @@ import click
 
 
 from .core import (Context, ResidencyGroup, _conns,
-                   emit_json, json_option, fail, main, pass_ctx)
+                   emit_json, json_option, main, pass_ctx)
 
 
 @main.group(cls=ResidencyGroup)

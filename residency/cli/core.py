@@ -86,11 +86,6 @@ def table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
     return "\n".join(out)
 
 
-def fail(message: str, code: int = 1) -> None:
-    click.echo(f"error: {message}", err=True)
-    sys.exit(code)
-
-
 def _error_line(exc: BaseException) -> str:
     """One line, redacted: what every error the CLI reports looks like."""
     from residency.redaction import redact

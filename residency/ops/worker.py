@@ -44,7 +44,7 @@ import psycopg
 
 from residency import audit, moves
 from . import requests as rq
-from residency.estimates import plan_sizes  # noqa: F401
+from residency.estimates import plan_sizes
 from .moving import Mover, mover  # noqa: F401
 from residency.audit import Actor
 from residency.catalogue import Catalogue
@@ -242,7 +242,7 @@ class Worker:
                 req = rq.transition(conn, req.id, "running", expect=("running",), worker=self.id, extra={"move_id": move.id})
                 self._event(req, "resumed", "request.resume", {"move_id": move.id, "move_state": move.state}, move=move, ids=ids)
             self._flush(ids)
-            return self._execute(req, lambda progress: self.mover.resume(self.cat, self.conns, move.id, actor=self.actor, owner=self.id, progress=progress), resumed=True)
+            return self._execute(req, lambda progress: self.mover.resume(self.cat, self.conns, move.id, actor=self.actor, progress=progress), resumed=True)
 
         # a fresh start: plan now (sizes change), and only start what fits the window
         try:
@@ -270,7 +270,7 @@ class Worker:
         self._flush(ids)
         return self._execute(
             req,
-            lambda progress: self.mover.start(self.cat, self.conns, req.workspace_id, req.target, strategy=req.strategy, actor=self.actor, owner=self.id,
+            lambda progress: self.mover.start(self.cat, self.conns, req.workspace_id, req.target, strategy=req.strategy, actor=self.actor,
                                              progress=progress, plan=plan),
             resumed=False,
         )
