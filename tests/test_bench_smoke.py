@@ -4,6 +4,7 @@ results, not tests. Uses the session's sandbox (tests/conftest.py) instead of st
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from bench.harness import SECTIONS, TINY, run  # the repository root is on the path (pyproject's pytest pythonpath)
