@@ -50,6 +50,7 @@ from residency.audit import Actor
 from residency.catalogue import Catalogue
 from residency.db import connect
 from residency.errors import OperationError, ResidencyError, first_line
+from residency.threads import start_and_wait
 
 log = logging.getLogger("residency.worker")
 
@@ -467,12 +468,8 @@ def run_workers(
             errors.append(exc)
 
     threads = [threading.Thread(target=body, args=(i,), name=f"worker-{i}") for i in range(concurrency)]
-    for t in threads:
-        t.start()
     try:
-        for t in threads:
-            while t.is_alive():
-                t.join(0.5)
+        start_and_wait(threads)
     except KeyboardInterrupt:
         stop.set()
         for t in threads:
