@@ -27,6 +27,20 @@ def _tuple(names: Sequence[str], alias: sql.Composable) -> sql.Composable:
     return cols if len(names) == 1 else sql.SQL("({})").format(cols)
 
 
+class Aliases:
+    """Table aliases for the subqueries of one statement, each new (``p_1``, ``p_2``, ...): no
+    subquery's alias can shadow one that a correlated subquery inside it refers to, however the
+    predicates nest. Made afresh by each statement's outermost call, so a statement's text is the
+    same every time it is built. (Fixed aliases elsewhere never end in ``_<digits>``.)"""
+
+    def __init__(self) -> None:
+        self._n = 0
+
+    def new(self, prefix: str) -> sql.Identifier:
+        self._n += 1
+        return sql.Identifier(f"{prefix}_{self._n}")
+
+
 def per_table_name(schema: str, prefix: str, table: str) -> sql.Identifier:
     """``schema.<prefix>_<table>`` for a function made per table, within PostgreSQL's 63
     characters (a long table name keeps its first 40 and a hash of the whole)."""

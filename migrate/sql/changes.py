@@ -123,7 +123,7 @@ class ChangesSql(GlobalsSql):
             parts.append(
                 sql.SQL("{lhs} IN (SELECT {rhs} FROM {tbl} {m} WHERE {mt}{keys} AND {cond})").format(
                     lhs=_tuple(fk.ref_columns, a), rhs=_ident_list(fk.columns, m), tbl=self.qname(fk.table), m=m, mt=m_type,
-                    keys=self._keys_match(fk.table, m, f"keys_{i}"), cond=self.belongs_rowwise(fk.table, m, 1),
+                    keys=self._keys_match(fk.table, m, f"keys_{i}"), cond=self.belongs_rowwise(fk.table, m),
                 )
             )
         cond = sql.SQL(" OR ").join(parts) if parts else sql.SQL("false")

@@ -11,7 +11,7 @@ from typing import Any, Sequence
 
 from psycopg import sql
 
-from .base import WS, _ident_list, _tuple
+from .base import WS, Aliases, _ident_list, _tuple
 from .reach import ReachSql
 
 
@@ -29,23 +29,28 @@ class GlobalsSql(ReachSql):
             cols=_ident_list(cols, a), tbl=self.qname(gtable), a=a, cond=self.shared_needed(gtable, a, 0, frozenset())
         )
 
-    def carried(self, table: str, alias: sql.Composable, depth: int, visiting: frozenset[str]) -> sql.Composable:
+    def carried(self, table: str, alias: sql.Composable, depth: int, visiting: frozenset[str], names: Aliases | None = None) -> sql.Composable:
         """Row ``alias`` of ``table`` goes to the target: it belongs to the workspace or is a needed shared row."""
+        names = names or Aliases()
         parts: list[sql.Composable] = []
         if self.graph.reach[table].moves:
-            parts.append(self.belongs(table, alias, depth))
+            parts.append(self.belongs(table, alias, names))
         if table in self.graph.shared and table not in visiting:
-            parts.append(self.shared_needed(table, alias, depth, visiting))
+            parts.append(self.shared_needed(table, alias, depth, visiting, names=names))
         if not parts:
             return sql.SQL("false")
         return parts[0] if len(parts) == 1 else sql.SQL("({})").format(sql.SQL(" OR ").join(parts))
 
-    def shared_needed(self, table: str, a: sql.Composable, depth: int, visiting: frozenset[str], *, follow_self: bool = True) -> sql.Composable:
+    def shared_needed(self, table: str, a: sql.Composable, depth: int, visiting: frozenset[str], *, follow_self: bool = True,
+                      names: Aliases | None = None) -> sql.Composable:
+        """Row ``a`` of shared ``table`` is needed in the target. ``depth``: how many shared rows
+        lead here (beyond 12 the chain stops), ``visiting``: the tables on the way."""
         g = self.graph
+        names = names or Aliases()
         if follow_self and g.reach[table].kind == "global" and len(g.table(table).primary_key) == 1:
             selfs = [r for r in g.refs if r.table == table == r.ref_table and len(r.columns) == 1 and not r.type_column]
             if selfs:
-                return self._shared_closure(table, a, depth, visiting, selfs)
+                return self._shared_closure(table, a, depth, visiting, selfs, names)
         visiting = visiting | {table}
         if depth > 12:  # shared rows pointing at shared rows pointing at ...: far beyond any schema seen
             return sql.SQL("false")
@@ -53,11 +58,11 @@ class GlobalsSql(ReachSql):
         # PostgreSQL turns it into one hashed semi-join, while OR'ed INs become SubPlans that are
         # rescanned per row once they outgrow work_mem (quadratic on big workspaces).
         groups: dict[tuple[str, ...], list[sql.Composable]] = {}
-        for i, r in enumerate(g.global_refs.get(table, [])):
+        for r in g.global_refs.get(table, []):
             if r.table in visiting and not g.reach[r.table].moves:
                 continue
-            m = sql.Identifier(f"m{depth}_{i}")
-            cond = self.carried(r.table, m, depth + 1, visiting)
+            m = names.new("m")
+            cond = self.carried(r.table, m, depth + 1, visiting, names)
             if r.type_column:
                 cond = sql.SQL("{}.{} = {} AND {}").format(m, sql.Identifier(r.type_column), sql.Literal(r.type_value), cond)
             groups.setdefault(tuple(r.ref_columns), []).append(
@@ -72,36 +77,36 @@ class GlobalsSql(ReachSql):
         sr = g.spec.shared_rows.get(table)
         if sr is not None and sr.policy in ("any", "all") and table in g.shared:
             parts.append(self.shared_policy(table, a))
-        for i, d in enumerate(g.dependents.get(table, [])):
-            pa = sql.Identifier(f"d{depth}_{i}")
+        for d in g.dependents.get(table, []):
+            pa = names.new("d")
             typed = sql.SQL("{}.{} = {} AND ").format(a, sql.Identifier(d.type_column), sql.Literal(d.type_value)) if d.type_column else sql.SQL("")
             parts.append(sql.SQL("({typed}{lhs} IN (SELECT {rhs} FROM {parent} {pa} WHERE {cond}))").format(
                 typed=typed, lhs=_tuple(d.columns, a),
                 rhs=_ident_list(d.ref_columns, pa), parent=self.qname(d.ref_table), pa=pa,
-                cond=self.shared_needed(d.ref_table, pa, depth + 1, visiting) if d.ref_table not in visiting else sql.SQL("false"),
+                cond=self.shared_needed(d.ref_table, pa, depth + 1, visiting, names=names) if d.ref_table not in visiting else sql.SQL("false"),
             ))
         cond = sql.SQL("({})").format(sql.SQL(" OR ").join(parts)) if parts else sql.SQL("false")
         r_ = g.reach[table]
         if r_.kind == "key":
             cond = sql.SQL("{} AND {}").format(self.shared_key(table, a), cond)
         elif r_.moves:
-            cond = sql.SQL("{} AND NOT {}").format(cond, self.belongs(table, a, depth + 20))
+            cond = sql.SQL("{} AND NOT {}").format(cond, self.belongs(table, a, names))
         return cond
 
-    def _shared_closure(self, table: str, a: sql.Composable, depth: int, visiting: frozenset[str], selfs: list[Any]) -> sql.Composable:
+    def _shared_closure(self, table: str, a: sql.Composable, depth: int, visiting: frozenset[str], selfs: list[Any], names: Aliases) -> sql.Composable:
         """The needed rows of a global table that references itself (a user invited by a user),
         followed to the end: a recursive query over the key and the referencing columns (UNION
         stops at a cycle)."""
         (pk,) = self.graph.table(table).primary_key
-        s0, sp, cte = sql.Identifier(f"s{depth}"), sql.Identifier(f"sp{depth}"), sql.Identifier(f"closure{depth}")
-        names = [sql.Identifier(f"r{i}") for i in range(len(selfs))]
-        base = self.shared_needed(table, s0, depth + 1, visiting, follow_self=False)
+        s0, sp, cte = names.new("s"), names.new("sp"), names.new("closure")
+        refcols = [sql.Identifier(f"r{i}") for i in range(len(selfs))]  # the CTE's columns
+        base = self.shared_needed(table, s0, depth + 1, visiting, follow_self=False, names=names)
         cols = lambda al: sql.SQL(", ").join(sql.SQL("{}.{}").format(al, sql.Identifier(r.columns[0])) for r in selfs)  # noqa: E731
-        join = sql.SQL(" OR ").join(sql.SQL("{}.{} = {}.{}").format(sp, sql.Identifier(r.ref_columns[0]), cte, n) for r, n in zip(selfs, names))
+        join = sql.SQL(" OR ").join(sql.SQL("{}.{} = {}.{}").format(sp, sql.Identifier(r.ref_columns[0]), cte, n) for r, n in zip(selfs, refcols))
         return sql.SQL(
             "{a}.{pk} IN (WITH RECURSIVE {cte} (k, {names}) AS (SELECT {s0}.{pk}, {c0} FROM {tbl} {s0} WHERE {base}"
             " UNION SELECT {sp}.{pk}, {cp} FROM {tbl} {sp} JOIN {cte} ON {join}) SELECT k FROM {cte})"
-        ).format(a=a, pk=sql.Identifier(pk), cte=cte, names=sql.SQL(", ").join(names), s0=s0, c0=cols(s0), tbl=self.qname(table),
+        ).format(a=a, pk=sql.Identifier(pk), cte=cte, names=sql.SQL(", ").join(refcols), s0=s0, c0=cols(s0), tbl=self.qname(table),
                  base=base, sp=sp, cp=cols(sp), join=join)
 
     def shared_policy(self, table: str, a: sql.Composable) -> sql.Composable:

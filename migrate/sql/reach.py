@@ -14,28 +14,30 @@ from typing import Sequence
 from psycopg import sql
 
 from ..graph import LINK_KINDS, Reach
-from .base import WS, SqlBase, _ident_list, _tuple
+from .base import WS, Aliases, SqlBase, _ident_list, _tuple
 
 
 class ReachSql(SqlBase):
     """The rows of a workspace: select, count and delete them."""
 
-    def belongs(self, table: str, alias: sql.Composable, depth: int = 0) -> sql.Composable:
-        """The predicate: the row ``alias`` of ``table`` belongs to workspace ``%(ws)s``."""
+    def belongs(self, table: str, alias: sql.Composable, names: Aliases | None = None) -> sql.Composable:
+        """The predicate: the row ``alias`` of ``table`` belongs to workspace ``%(ws)s``
+        (``names``: the statement's aliases, when it is part of a bigger predicate)."""
+        names = names or Aliases()
         r: Reach = self.graph.reach[table]
         if r.kind in ("root", "key"):
             return sql.SQL("{}.{} = {}").format(alias, sql.Identifier(r.key_column or ""), WS)
         if r.kind in LINK_KINDS:
             parts = []
             for link in r.links:
-                p = sql.Identifier(f"p{depth}")
+                p = names.new("p")
                 if len(r.links) == 1:
                     sub = sql.SQL("{lhs} IN (SELECT {rhs} FROM {parent} {p} WHERE {cond})").format(
                         lhs=_tuple(link.columns, alias),
                         rhs=_ident_list(link.parent_columns, p),
                         parent=self.qname(link.parent),
                         p=p,
-                        cond=self.belongs(link.parent, p, depth + 1),
+                        cond=self.belongs(link.parent, p, names),
                     )
                 else:
                     # OR'ed "x IN (SELECT ...)" cannot become a semi-join: each is a SubPlan, hashed only
@@ -49,7 +51,7 @@ class ReachSql(SqlBase):
                             sql.SQL("{}.{} = {}.{}").format(p, sql.Identifier(pc), alias, sql.Identifier(c))
                             for c, pc in zip(link.columns, link.parent_columns)
                         ),
-                        cond=self.belongs(link.parent, p, depth + 1),
+                        cond=self.belongs(link.parent, p, names),
                     )
                 if r.kind == "polymorphic":
                     sub = sql.SQL("({}.{} = {} AND {})").format(
@@ -62,19 +64,20 @@ class ReachSql(SqlBase):
             return parts[0] if len(parts) == 1 else sql.SQL("({})").format(sql.SQL(" OR ").join(parts))
         raise ValueError(f"table {table} does not belong to a workspace ({r.kind})")
 
-    def belongs_rowwise(self, table: str, alias: sql.Composable, depth: int = 0) -> sql.Composable:
+    def belongs_rowwise(self, table: str, alias: sql.Composable, names: Aliases | None = None) -> sql.Composable:
         """The same predicate as :meth:`belongs`, evaluated row by row: each link is a scalar
         subquery probing the parent's (unique, hence indexed) key, which PostgreSQL never turns
         into a join. For a few rows picked by key (a bucket, changed keys) it is a handful of
         index probes, where the set form may hash every row of the workspace's parent tables
         (it does whenever the statistics underestimate the workspace)."""
+        names = names or Aliases()
         r: Reach = self.graph.reach[table]
         if r.kind in ("root", "key"):
             return sql.SQL("{}.{} = {}").format(alias, sql.Identifier(r.key_column or ""), WS)
         if r.kind in LINK_KINDS:
             parts = []
             for link in r.links:
-                p = sql.Identifier(f"q{depth}")
+                p = names.new("q")
                 match = [sql.SQL("{}.{} = {}.{}").format(p, sql.Identifier(pc), alias, sql.Identifier(c))
                          for c, pc in zip(link.columns, link.parent_columns)]
                 if r.kind == "polymorphic":
@@ -84,7 +87,7 @@ class ReachSql(SqlBase):
                         alias, sql.Identifier(r.type_column or ""), sql.Placeholder(self._type_params[(table, link.type_value or "")])))
                 sub = sql.SQL("coalesce((SELECT true FROM {parent} {p} WHERE {match} AND {cond} LIMIT 1), false)").format(
                     parent=self.qname(link.parent), p=p, match=sql.SQL(" AND ").join(match),
-                    cond=self.belongs_rowwise(link.parent, p, depth + 1),
+                    cond=self.belongs_rowwise(link.parent, p, names),
                 )
                 parts.append(sub)
             return parts[0] if len(parts) == 1 else sql.SQL("({})").format(sql.SQL(" OR ").join(parts))
@@ -111,22 +114,23 @@ class ReachSql(SqlBase):
         a = sql.Identifier("t")
         return sql.SQL("DELETE FROM {tbl} {a} WHERE {cond}").format(tbl=self.qname(table), a=a, cond=self.belongs(table, a))
 
-    def workspace_of(self, table: str, row: sql.Composable, depth: int = 0) -> sql.Composable:
+    def workspace_of(self, table: str, row: sql.Composable, names: Aliases | None = None) -> sql.Composable:
         """An expression giving the workspace id of one row (``row`` is an alias or NEW/OLD)."""
+        names = names or Aliases()
         r = self.graph.reach[table]
         if r.kind in ("root", "key"):
             return sql.SQL("{}.{}").format(row, sql.Identifier(r.key_column or ""))
         if r.kind in LINK_KINDS:
             parts = []
             for link in r.links:
-                p = sql.Identifier(f"f{depth}")
+                p = names.new("f")
                 on = sql.SQL(" AND ").join(
                     sql.SQL("{}.{} = {}.{}").format(p, sql.Identifier(pc), row, sql.Identifier(c))
                     for c, pc in zip(link.columns, link.parent_columns)
                 )
                 # owned rows may have several owners: any one tells the workspace
                 sub = sql.SQL("(SELECT ({ws})::text FROM {parent} {p} WHERE {on} LIMIT 1)").format(
-                    ws=self.workspace_of(link.parent, p, depth + 1), parent=self.qname(link.parent), p=p, on=on
+                    ws=self.workspace_of(link.parent, p, names), parent=self.qname(link.parent), p=p, on=on
                 )
                 if r.kind == "polymorphic":
                     sub = sql.SQL("CASE WHEN {row}.{tc} = {val} THEN {sub} END").format(
