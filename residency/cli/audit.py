@@ -6,6 +6,7 @@ import sys
 
 import click
 
+from residency.errors import InputError
 
 from .core import (Context, ResidencyGroup, _conns,
                    emit_json, json_option, main, pass_ctx)
@@ -105,7 +106,7 @@ def evidence_verify(file: str, key_file: str | None, as_json: bool) -> None:
         data = open(file, "rb").read()
         pinned = open(key_file, "rb").read() if key_file else None
     except OSError as exc:
-        fail(f"{exc.filename}: {exc.strerror}", 2)
+        raise InputError(f"{exc.filename}: {exc.strerror}") from None
     res = evidence_mod.verify(data, pinned_key=pinned)
     if as_json:
         emit_json({"ok": res.ok, "move_id": res.move_id, "problems": res.problems, "facts": res.facts, "key_fingerprint": res.key_fingerprint})
