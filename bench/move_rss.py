@@ -1,18 +1,14 @@
 """Measure one big workspace move by hand: memorybench at one scale (a workspace of about --rows
 rows in `us` moved to `eu` in a child process, in a temporary sandbox); prints its JSON figures.
 
-    .venv/bin/python bench/move_rss.py --rows 1000000
+    .venv/bin/python -m bench.move_rss --rows 1000000   (from the repository root)
 """
 
 import argparse
 import json
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from bench import memorybench  # noqa: E402
-from bench.sandbox import temporary_sandbox  # noqa: E402
+from bench import memorybench
+from bench.sandbox import temporary_sandbox
 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser()

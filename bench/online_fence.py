@@ -1,6 +1,6 @@
 """Fence duration of an online move under a steady writer.
 
-    .venv/bin/python bench/online_fence.py [--scale N] [--rate OPS] [--json]
+    .venv/bin/python -m bench.online_fence [--scale N] [--rate OPS] [--json]   (from the repository root)
 
 ``measure_online_fence(scale)`` seeds the demo's data set (``residency demo``: 24 workspaces,
 200,000 rows; ``scale`` multiplies the rows) into a fresh world of a sandbox, picks the biggest
@@ -33,15 +33,12 @@ import sys
 import threading
 import time
 from datetime import datetime
-from pathlib import Path
 from typing import Any, Callable
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import psycopg
 
-import psycopg  # noqa: E402
-
-from residency.errors import first_line  # noqa: E402
-from residency.sandbox.demo import DEMO_ROWS, DEMO_SEED, DEMO_WORKSPACES  # noqa: E402
+from residency.errors import first_line
+from residency.sandbox.demo import DEMO_ROWS, DEMO_SEED, DEMO_WORKSPACES
 
 
 class Writer(threading.Thread):
@@ -119,7 +116,7 @@ def measure_online_fence(scale: float = 1, *, sandbox: Any = None, rate: float =
     """One online move of the biggest demo workspace (rows × ``scale``) under a steady writer."""
     say = say or (lambda _m: None)
     if sandbox is None:
-        from bench.sandbox import temporary_sandbox  # the repository root is on sys.path (above), as a script too
+        from bench.sandbox import temporary_sandbox
 
         with temporary_sandbox(say) as sb:
             return measure_online_fence(scale, sandbox=sb, rate=rate, say=say)

@@ -32,9 +32,6 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-if __package__ in (None, ""):  # run as a script: the repository root on sys.path
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
 import psycopg
 from psycopg import sql
 

@@ -31,6 +31,7 @@ import psycopg
 from psycopg import sql
 
 from residency import db
+from residency.threads import start_and_wait
 
 from .copy import _stream, copy_owned
 from .progress import Meter, Progress
@@ -272,12 +273,8 @@ def run(tasks: list[Chunk], *, jobs: int, deps: dict[str, set[str]], exclusive: 
                 cond.notify_all()
 
     threads = [threading.Thread(target=worker, name=f"residency-copy-{i}", daemon=True) for i in range(max(1, min(jobs, len(tasks))))]
-    for t in threads:
-        t.start()
     try:
-        for t in threads:
-            while t.is_alive():
-                t.join(0.5)
+        start_and_wait(threads)
     except BaseException as exc:  # e.g. KeyboardInterrupt in the caller: stop taking chunks
         with cond:
             errors.append(exc)

@@ -8,10 +8,11 @@ a move at a time.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import timedelta
 from typing import Any
 
-from residency import anchor, audit, authz, db, directory, moves
+from residency import admission, anchor, audit, authz, db, directory, moves
 from residency.audit import Actor
 from residency.catalogue import Catalogue
 from residency.connections import Connections
@@ -122,12 +123,21 @@ def start_move(
     progress: ProgressFn | None = None,
     stop_after: str | None = None,
     copy_options: Any = None,
+    plan: MovePlan | None = None,
 ) -> MoveRecord:
     """Plan, record and run a move through cut-over (or until ``stop_after`` state is reached).
-    Raises :class:`MoveRefused` (nothing changed) if the plan refuses."""
+    Raises :class:`MoveRefused` (nothing changed) if the plan refuses.
+
+    ``plan``: one :func:`plan_move` already made for this workspace and target (the CLI showed
+    it to confirm; the worker sized the window with it), used as it is instead of planning
+    again. What can change between plan and start, the control plane's answer (home, target's
+    status, policy, an open move), is checked again in the transaction that records the move."""
     actor = actor or Actor.current()
     authz.require_dsn(conns.control_dsn, authz.OPERATOR, "starting a move")
-    plan = plan_move(cat, conns, workspace_id, target, strategy)
+    if plan is None:
+        plan = plan_move(cat, conns, workspace_id, target, strategy)
+    elif (plan.workspace_id, plan.target) != (cat.workspace.parse_id(workspace_id), target):
+        raise InputError(f"the plan given is for workspace {plan.workspace_id} to {plan.target}, not {workspace_id} to {target}")
     if unknown_workspace(plan):
         raise UnknownWorkspace(plan)
     if not plan.ok:
@@ -136,6 +146,11 @@ def start_move(
     strategy = plan.strategy  # "auto" resolved by the plan
     with db.connect(conns.control_dsn) as cp:
         with cp.transaction():
+            now = admission.check(cp, cat, plan.workspace_id, target)  # may have changed since the plan
+            if now.source is not None and now.source != plan.source:
+                now.refusals.append(f"workspace '{plan.workspace_id}' is now homed in '{now.source}', not '{plan.source}' as planned: plan again")
+            if now.refusals:
+                raise MoveRefused(replace(plan, refusals=now.refusals))
             try:
                 directory.set_status(cp, plan.workspace_id, "moving", expect=("active",))
             except OperationError as exc:

@@ -83,33 +83,17 @@ class MovePlan:
     def object_count(self) -> int:
         return sum(b["objects"] for b in self.objects.values())
 
+    def sizes(self) -> dict[str, Any]:
+        """What a move of this plan carries, for estimates (:func:`residency.estimates.estimate`):
+        ``{rows, bytes, objects, object_bytes, tables: {name: {rows, bytes}}}``."""
+        return {"rows": self.total_rows, "bytes": self.total_bytes, "objects": self.object_count,
+                "object_bytes": sum(b["bytes"] for b in self.objects.values()),
+                "tables": {t.table: {"rows": t.rows, "bytes": t.bytes} for t in self.tables}}
+
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        d.update(ok=self.ok, total_rows=self.total_rows, total_bytes=self.total_bytes, object_count=self.object_count)
+        d.update(ok=self.ok, total_rows=self.total_rows, total_bytes=self.total_bytes, object_count=self.object_count, sizes=self.sizes())
         return d
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "MovePlan":
-        return cls(
-            workspace_id=d["workspace_id"],
-            source=d.get("source"),
-            target=d["target"],
-            strategy=d.get("strategy", "snapshot"),
-            tables=[TablePlan(**t) for t in d.get("tables", [])],
-            globals=[GlobalPlan(**g) for g in d.get("globals", [])],
-            references=list(d.get("references", [])),
-            objects=d.get("objects", {}),
-            refusals=list(d.get("refusals", [])),
-            notes=list(d.get("notes", [])),
-            policy=d.get("policy", ""),
-            planned_at=d.get("planned_at", ""),
-            seconds=d.get("seconds", 0.0),
-            strategy_reason=d.get("strategy_reason", ""),
-            preconditions=list(d.get("preconditions", [])),
-            tenant_objects=list(d.get("tenant_objects", [])),
-            copy_method=dict(d.get("copy_method") or {}),
-            retention=dict(d.get("retention") or {}),
-        )
 
 
 def plan_move(cat: Catalogue, conns: Connections, workspace_id: object, target: str, strategy: str = "snapshot") -> MovePlan:

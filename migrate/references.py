@@ -98,7 +98,7 @@ def dangling_query(b: Builder, r: Ref, *, carried_only: bool = False) -> sql.Com
     q = sql.Identifier("dq")
     carried = sql.SQL("EXISTS (SELECT 1 FROM {ptbl} {q} WHERE {match} AND {c})").format(
         ptbl=b.qname(r.ref_table), q=q, match=matching(q),
-        c=b.carried(r.ref_table, q, 30, frozenset()))
+        c=b.carried(r.ref_table, q, 0, frozenset()))
     return sql.SQL(
         "SELECT count(*) FILTER (WHERE NOT x.e), (array_agg(DISTINCT x.v) FILTER (WHERE NOT x.e))[1:{n}],"
         " count(*) FILTER (WHERE x.e), (array_agg(DISTINCT x.v) FILTER (WHERE x.e))[1:{n}]"

@@ -214,12 +214,26 @@ class Catalogue:
 # --------------------------------------------------------------------------- loading
 
 
+def find(start: str | os.PathLike[str] | None = None) -> str | None:
+    """The nearest regions.yaml: in ``start`` (default: the working directory) or the closest
+    folder above it, as git finds its repository and pulumi its project; None when there is
+    none. Relative to the working directory, as messages show it (``regions.yaml``, ``../regions.yaml``)."""
+    here = Path(start if start is not None else Path.cwd()).resolve()
+    for folder in (here, *here.parents):
+        candidate = folder / DEFAULT_PATH
+        if candidate.is_file():
+            return os.path.relpath(candidate)
+    return None
+
+
 def default_path() -> str:
-    return os.environ.get(ENV_VAR) or DEFAULT_PATH
+    """``$RESIDENCY_REGIONS``, else the nearest regions.yaml (:func:`find`), else ``regions.yaml``."""
+    return os.environ.get(ENV_VAR) or find() or DEFAULT_PATH
 
 
 def load(path: str | os.PathLike[str] | None = None) -> Catalogue:
-    """Load and validate a regions file (default: ``$RESIDENCY_REGIONS`` or ``./regions.yaml``)."""
+    """Load and validate a regions file (default: :func:`default_path`). A file named and missing
+    is just that; without a name, the error says how to name one."""
     from .files import read_bytes
 
     p = Path(path if path is not None else default_path())
@@ -227,7 +241,9 @@ def load(path: str | os.PathLike[str] | None = None) -> Catalogue:
     try:
         size = p.stat().st_size
     except FileNotFoundError:
-        raise InputError(f"{shown}: no such file; pass --regions FILE or set {ENV_VAR}") from None
+        if path is not None:
+            raise InputError(f"{shown}: no such file") from None
+        raise InputError(f"{shown}: no such file here or in any folder above; pass --regions FILE or set {ENV_VAR}") from None
     except OSError as exc:
         raise InputError(f"{shown}: cannot read: {exc.strerror}") from None
     if p.is_dir():

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import asdict, dataclass, is_dataclass
+from dataclasses import dataclass
 from typing import Any, Mapping
 
 from residency.errors import InputError
@@ -71,63 +71,12 @@ def estimate(sizes: dict[str, Any], strategy: str, throughput: Throughput | None
     }
 
 
-def _as_dict(obj: Any) -> Any:
-    if obj is None:
-        return {}
-    if isinstance(obj, Mapping):
-        return dict(obj)
-    for attr in ("to_dict", "as_dict"):
-        if callable(getattr(obj, attr, None)):
-            return getattr(obj, attr)()
-    if is_dataclass(obj) and not isinstance(obj, type):
-        return asdict(obj)
-    return obj
-
-
-def _num(v: Any) -> int:
-    try:
-        return int(v or 0)
-    except (TypeError, ValueError):
-        return 0
-
-
 def plan_sizes(plan: Any) -> dict[str, Any]:
-    """A plan's sizes as ``{rows, bytes, objects, object_bytes, tables: {name: {rows, bytes}}}``.
-
-    Accepts the mover's plan object (or its dict): tables as a list of entries or a mapping
-    name → entry, each with ``rows`` and ``bytes``; objects as a count, a list of entries with
-    ``size``, or a mapping with ``count`` and ``bytes``.
-    """
-    p = _as_dict(plan)
-    if not isinstance(p, Mapping):
-        return {"rows": 0, "bytes": 0, "objects": 0, "object_bytes": 0, "tables": {}}
-    if "sizes" in p and isinstance(_as_dict(p["sizes"]), Mapping):
-        p = {**p, **_as_dict(p["sizes"])}
-    tables: dict[str, dict[str, int]] = {}
-    raw = p.get("tables") or {}
-    items = raw.items() if isinstance(raw, Mapping) else [(None, t) for t in raw]
-    for name, t in items:
-        t = _as_dict(t)
-        if not isinstance(t, Mapping):
-            continue
-        n = str(name or t.get("name") or t.get("table") or f"table{len(tables) + 1}")
-        if t.get("global") or t.get("kind") == "global" or t.get("how") == "global":
-            continue
-        tables[n] = {"rows": _num(t.get("rows")), "bytes": _num(t.get("bytes"))}
-    objs = p.get("objects")
-    objs = _as_dict(objs) if objs is not None and not isinstance(objs, (int, list, tuple)) else objs
-    if isinstance(objs, Mapping) and objs and all(isinstance(_as_dict(v), Mapping) for v in objs.values()):
-        per = [_as_dict(v) for v in objs.values()]  # per bucket: {objects, bytes}
-        count = sum(_num(v.get("objects", v.get("count"))) for v in per)
-        obytes = sum(_num(v.get("bytes")) for v in per)
-    elif isinstance(objs, Mapping):
-        count, obytes = _num(objs.get("count", objs.get("objects"))), _num(objs.get("bytes"))
-    elif isinstance(objs, (list, tuple)):
-        count = len(objs)
-        obytes = sum(_num((_as_dict(o) or {}).get("size")) if isinstance(_as_dict(o), Mapping) else 0 for o in objs)
-    else:
-        count, obytes = _num(objs), 0
-    obytes = obytes or _num(p.get("object_bytes"))
-    rows = sum(t["rows"] for t in tables.values()) or _num(p.get("rows"))
-    nbytes = sum(t["bytes"] for t in tables.values()) or _num(p.get("bytes"))
-    return {"rows": rows, "bytes": nbytes, "objects": count, "object_bytes": obytes, "tables": tables}
+    """A plan's sizes as the mover gives them (``MovePlan.sizes()``; its dict and a move record's
+    stored plan keep them as ``sizes``): ``{rows, bytes, objects, object_bytes, tables: {name:
+    {rows, bytes}}}``. Zeros when a plan has none."""
+    if callable(getattr(plan, "sizes", None)):
+        return plan.sizes()
+    s = (plan.get("sizes") if isinstance(plan, Mapping) else None) or {}
+    return {"rows": int(s.get("rows", 0)), "bytes": int(s.get("bytes", 0)), "objects": int(s.get("objects", 0)),
+            "object_bytes": int(s.get("object_bytes", 0)), "tables": dict(s.get("tables") or {})}

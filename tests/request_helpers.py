@@ -67,8 +67,8 @@ class FakeMover:
     def __init__(self, dsn: str, *, sizes: dict[str, Any] | None = None, pause: float = 0.0, hang_after: str | None = None,
                  refuse: dict[str, str] | None = None, lease: float = 30.0):
         self.dsn = dsn
-        self.sizes = sizes or {"tables": [{"name": "workspaces", "rows": 1, "bytes": 8192}, {"name": "messages", "rows": 100, "bytes": 65536}],
-                               "objects": {"count": 3, "bytes": 3000}}
+        self.sizes = sizes or {"rows": 101, "bytes": 8192 + 65536, "objects": 3, "object_bytes": 3000,  # as MovePlan.sizes()
+                               "tables": {"workspaces": {"rows": 1, "bytes": 8192}, "messages": {"rows": 100, "bytes": 65536}}}
         self.pause = pause
         self.hang_after = hang_after
         self.refuse = refuse or {}
@@ -77,26 +77,34 @@ class FakeMover:
         self.resumed: list[int] = []
         self._lock = threading.Lock()
 
+    @staticmethod
+    def owner() -> str:
+        """Who holds a move's lease: this process and thread (as the real mover names itself)."""
+        return f"fake:{os.getpid()}:{threading.get_ident()}"
+
     # the Mover interface
     def plan(self, cat: Any, conns: Any, ws: str, target: str, strategy: str) -> dict[str, Any]:
         if ws in self.refuse:
             raise InputError(self.refuse[ws])
-        return dict(self.sizes)
+        return {"sizes": dict(self.sizes)}  # what plan_sizes reads from a plan's dict
 
-    def start(self, cat: Any, conns: Any, ws: str, target: str, *, strategy: str, actor: Actor, owner: str, progress: Any = None) -> moves.MoveRecord:
+    def start(self, cat: Any, conns: Any, ws: str, target: str, *, strategy: str, actor: Actor, progress: Any = None,
+              plan: Any = None) -> moves.MoveRecord:
         with self._lock:
             self.started.append(ws)
+        owner = self.owner()
         with psycopg.connect(self.dsn) as c:
             home = directory.require(c, ws)
-            m = moves.create(c, ws, home.region, target, strategy, self.sizes, actor.who)
+            m = moves.create(c, ws, home.region, target, strategy, {"sizes": self.sizes}, actor.who)
             assert moves.claim(c, m.id, owner, self.lease)
             directory.set_status(c, ws, "frozen")
             c.commit()
         return self._drive(m.id, owner)
 
-    def resume(self, cat: Any, conns: Any, move_id: int, *, actor: Actor, owner: str, progress: Any = None) -> moves.MoveRecord:
+    def resume(self, cat: Any, conns: Any, move_id: int, *, actor: Actor, progress: Any = None) -> moves.MoveRecord:
         with self._lock:
             self.resumed.append(move_id)
+        owner = self.owner()
         with psycopg.connect(self.dsn) as c:
             if not moves.claim(c, move_id, owner, self.lease):
                 raise AssertionError(f"move {move_id} still leased")

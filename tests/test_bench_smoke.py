@@ -5,13 +5,10 @@ results, not tests. Uses the session's sandbox (tests/conftest.py) instead of st
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench/ is not an installed package
-
-from bench.harness import SECTIONS, TINY, run  # noqa: E402
-from bench.sandbox import BenchSandbox  # noqa: E402
+from bench.harness import SECTIONS, TINY, run  # the repository root is on the path (pyproject's pytest pythonpath)
+from bench.sandbox import BenchSandbox
 
 
 def test_bench_harness_tiny(sandbox, tmp_path: Path) -> None:

@@ -210,7 +210,7 @@ def test_loads_reports_every_problem_sorted_by_position() -> None:
 
 
 def test_unreadable_paths_are_input_errors(tmp_path: Path) -> None:
-    with pytest.raises(InputError, match=r"nowhere\.yaml: no such file; pass --regions FILE or set RESIDENCY_REGIONS"):
+    with pytest.raises(InputError, match=r"nowhere\.yaml: no such file$"):
         load(tmp_path / "nowhere.yaml")
     with pytest.raises(InputError, match="is a directory"):
         load(tmp_path)
@@ -227,7 +227,7 @@ def test_env_var_and_option_choose_the_regions_file(tmp_path: Path, monkeypatch:
 
     result = runner.invoke(main, ["regions", "list", "--json"])
     assert result.exit_code == 2
-    assert result.stderr == "error: regions.yaml: no such file; pass --regions FILE or set RESIDENCY_REGIONS\n"
+    assert result.stderr == "error: regions.yaml: no such file here or in any folder above; pass --regions FILE or set RESIDENCY_REGIONS\n"
 
     result = runner.invoke(main, ["regions", "list", "--json"], env={"RESIDENCY_REGIONS": str(four)})
     assert result.exit_code == 0, result.output
@@ -357,3 +357,23 @@ def test_known_aws_regions_come_from_botocore() -> None:
             assert {OTHER_PARTITIONS.get(r) for r in regions} == {p["partition"]}
     assert "aws-global" not in AWS_REGIONS and not any(r.endswith("-global") for r in OTHER_PARTITIONS)
     assert not AWS_REGIONS & set(OTHER_PARTITIONS)
+
+
+def test_regions_yaml_is_found_in_the_nearest_folder_above(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """As git finds its repository: from a folder deep inside a project, its regions.yaml."""
+    shutil.copy(SHIPPED, tmp_path / "regions.yaml")
+    deep = tmp_path / "services" / "billing" / "src"
+    deep.mkdir(parents=True)
+    monkeypatch.chdir(deep)
+    monkeypatch.delenv("RESIDENCY_REGIONS", raising=False)
+    assert catalogue.find() == os.path.join("..", "..", "..", "regions.yaml")
+    assert list(load().regions) == ["us", "eu", "au"]
+    result = CliRunner().invoke(main, ["regions", "list", "--json"])
+    assert result.exit_code == 0, result.output
+    assert [r["name"] for r in yaml.safe_load(result.stdout)] == ["us", "eu", "au"]
+    # the nearest wins: a regions.yaml in between shadows the one at the top
+    four = deep.parent / "regions.yaml"
+    four.write_text(with_fourth_region(shipped_text()), encoding="utf-8")
+    assert catalogue.find() == os.path.join("..", "regions.yaml")
+    result = CliRunner().invoke(main, ["regions", "validate"])
+    assert result.exit_code == 0 and result.stdout.startswith(f"{os.path.join('..', 'regions.yaml')}: valid: 4 regions")

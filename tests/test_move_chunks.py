@@ -18,7 +18,7 @@ from residency.migrate import move_status, resume_move, start_move, verify_works
 from residency.migrate.chunks import CopyOptions, chunks_of, plan_bounds
 from residency.migrate.context import make_context
 from residency.migrate.throttle import StreamSlots
-from move_support import REPO, counts, home, run_mover
+from move_support import counts, home, run_mover
 
 EXTRA = [
     "CREATE TABLE notes_text (id text PRIMARY KEY, workspace_id bigint NOT NULL REFERENCES workspaces (id), body text)",
@@ -113,7 +113,6 @@ def test_kill9_mid_copy_redoes_only_unrecorded_chunks(env, point):
 
 HOLDER = """
 import sys, time
-sys.path.insert(0, {repo!r})
 from residency.migrate.throttle import StreamSlots
 s = StreamSlots({dsn!r}, 'us', 2)
 with s.slot():
@@ -126,7 +125,7 @@ with s.slot():
 
 def test_stream_cap_holds_across_processes(env):
     slots = StreamSlots(env.control_dsn, "us", 2)
-    child = subprocess.Popen([sys.executable, "-c", HOLDER.format(repo=str(REPO), dsn=env.control_dsn)], stdout=subprocess.PIPE, text=True)
+    child = subprocess.Popen([sys.executable, "-c", HOLDER.format(dsn=env.control_dsn)], stdout=subprocess.PIPE, text=True)
     try:
         assert child.stdout.readline().strip() == "held"
         with psycopg.connect(env.control_dsn, autocommit=True) as c:

@@ -41,20 +41,27 @@ def _world(env, target_role, *, owner, set_replication_role):
     return ws, env.connections_as({"us": src, "eu": dst})
 
 
-def test_replica_by_parameter_grant_trigger_does_not_fire(env):
-    ws, conns = _world(env, "mv_set", owner=False, set_replication_role=True)
+def _moved_untouched(env, conns, ws, method):
+    """Plan (expecting copy ``method``) and move ``ws`` to eu as the given roles: the target holds
+    exactly the source's rows, none rewritten by its trigger. Returns the plan and the record."""
     before = counts(env.dsn("us"), ws)
     plan = plan_move(env.catalogue, conns, ws, "eu", "snapshot")
     assert plan.ok, plan.refusals
-    assert plan.copy_method["method"] == "replica"
+    assert plan.copy_method["method"] == method
+    rec = start_move(env.catalogue, conns, ws, "eu", strategy="snapshot", plan=plan)
+    assert rec.state == "cut_over"
+    assert counts(env.dsn("eu"), ws) == before
+    assert _altered(env, ws) == 0
+    return plan, rec
+
+
+def test_replica_by_parameter_grant_trigger_does_not_fire(env):
+    ws, conns = _world(env, "mv_set", owner=False, set_replication_role=True)
+    plan, rec = _moved_untouched(env, conns, ws, "replica")
     assert plan.copy_method["set_replication_role"] and not plan.copy_method["superuser"]
     assert plan.to_dict()["copy_method"]["would_fire"] == []
     assert "note: copy method: replica" in render(plan) and "SET privilege on session_replication_role" in render(plan)
-    rec = start_move(env.catalogue, conns, ws, "eu", strategy="snapshot")
-    assert rec.state == "cut_over"
     assert rec.report["copy"]["method"]["method"] == "replica"
-    assert counts(env.dsn("eu"), ws) == before
-    assert _altered(env, ws) == 0
     assert verify_workspace(env.catalogue, env.connections, ws, "us", "eu").ok
     rec = cleanup_move(env.catalogue, conns, rec.id, grace=timedelta(0))
     assert rec.state == "cleaned"
@@ -63,15 +70,8 @@ def test_replica_by_parameter_grant_trigger_does_not_fire(env):
 
 def test_owner_disables_triggers_inside_the_copy(env):
     ws, conns = _world(env, "mv_own", owner=True, set_replication_role=False)
-    before = counts(env.dsn("us"), ws)
-    plan = plan_move(env.catalogue, conns, ws, "eu", "snapshot")
-    assert plan.ok, plan.refusals
-    assert plan.copy_method["method"] == "disable_triggers"
+    plan, _ = _moved_untouched(env, conns, ws, "disable_triggers")
     assert "owns every target table with user triggers (messages)" in render(plan)
-    rec = start_move(env.catalogue, conns, ws, "eu", strategy="snapshot")
-    assert rec.state == "cut_over"
-    assert counts(env.dsn("eu"), ws) == before
-    assert _altered(env, ws) == 0
     with psycopg.connect(env.dsn("eu"), autocommit=True) as c:
         # the trigger is back (it was only disabled inside the copy's transactions) and works
         assert c.execute("SELECT tgenabled::text FROM pg_trigger WHERE tgname = 'rewrite_body'").fetchone()[0] == "O"

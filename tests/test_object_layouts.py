@@ -11,6 +11,7 @@ import psycopg
 import pytest
 
 from app16_support import catalogue_with
+from move_support import load_app
 from residency.migrate import cleanup_move, plan_move, rollback_move, start_move, verify_workspace
 from residency.migrate.objects import list_objects
 from residency.connections import s3_client
@@ -48,21 +49,11 @@ def _objects(env, region, bucket="attachments"):
 
 @pytest.fixture
 def chat(env, monkeypatch):
-    from residency import directory
-
-    monkeypatch.setenv("RESIDENCY_APP_SCHEMA", "chat")
-    cat = catalogue_with(WORKSPACE)
-    for r in ("us", "eu"):
-        with psycopg.connect(env.dsn(r), autocommit=True) as c:
-            c.execute(DDL)
+    cat = load_app(env, monkeypatch, "chat", DDL, WORKSPACE, {t: "us" for t in ("t2", "t21", "t3")})
     with psycopg.connect(env.dsn("us"), autocommit=True) as c:
         for t in ("t2", "t21", "t3"):
             c.execute("INSERT INTO chat.teams VALUES (%s, %s)", (t, f"team {t}"))
             c.execute("INSERT INTO chat.posts VALUES (%s, %s, 'hi')", (f"p-{t}", t))
-    with psycopg.connect(env.control_dsn) as c:
-        for t in ("t2", "t21", "t3"):
-            directory.register(c, t, "us")
-        c.commit()
     s3 = env.s3("us")
     for k in KEYS:
         s3.put_object(Bucket=env.connections.region("us").bucket("attachments"), Key=k, Body=f"body of {k}".encode())

@@ -9,8 +9,6 @@ with the statement that fixes each. No test leaves a publication, subscription o
 from __future__ import annotations
 
 import signal
-import sys
-from pathlib import Path
 
 import psycopg
 import pytest
@@ -19,9 +17,7 @@ from residency.migrate import move_report, move_status, plan_move, resume_move, 
 from residency.migrate.plan import render
 from residency.migrate.replication import leftovers
 from move_support import counts, home, objects, run_mover
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.online_fence import Writer  # noqa: E402
+from bench.online_fence import Writer
 
 
 @pytest.fixture

@@ -13,6 +13,7 @@ from residency import playbooks
 from residency.ops import requests as rq
 from request_helpers import REPO
 from residency import catalogue, moves
+from residency.migrate.plan import MovePlan, TablePlan
 from residency.ops.requests import Request
 
 CAT = catalogue.load(REPO / "regions.yaml")
@@ -21,10 +22,9 @@ NOW = datetime(2030, 5, 1, 12, 0, tzinfo=timezone.utc)
 
 def fake_move(source: str, target: str, state: str = "cleaned") -> moves.MoveRecord:
     """A move record shaped like the mover's (plan, verify, cut-over and deletion reports)."""
-    plan = {"workspace_id": "ws-42", "source": source, "target": target, "strategy": "snapshot",
-            "tables": [{"table": "workspaces", "reach": "key", "kind": "root", "rows": 1, "bytes": 8192},
-                       {"table": "messages", "reach": "key", "kind": "key", "rows": 12000, "bytes": 3 * 1024**2}],
-            "objects": {"attachments": {"objects": 7, "bytes": 70000}, "exports": {"objects": 0, "bytes": 0}}}
+    plan = MovePlan("ws-42", source, target, "snapshot",
+                    tables=[TablePlan("workspaces", "key", "root", 1, 8192), TablePlan("messages", "key", "key", 12000, 3 * 1024**2)],
+                    objects={"attachments": {"objects": 7, "bytes": 70000}, "exports": {"objects": 0, "bytes": 0}}).to_dict()
     report = {
         "verify": {"ok": True, "tables": [
             {"table": "workspaces", "source_rows": 1, "source_checksum": "-123", "target_rows": 1, "target_checksum": "-123", "ok": True, "kind": "table"},

@@ -12,6 +12,7 @@ import psycopg
 import pytest
 
 from app16_support import PER_TENANT_SEQUENCE_TRIGGERS, catalogue_with
+from move_support import load_app
 from residency.migrate import cleanup_move, plan_move, rollback_move, start_move
 from residency.migrate.plan import render
 from residency.errors import CatalogueError
@@ -56,13 +57,9 @@ def _new_conversation(dsn, acc):
 
 @pytest.fixture
 def app(env, monkeypatch):
-    from residency import directory, idranges
+    from residency import idranges
 
-    monkeypatch.setenv("RESIDENCY_APP_SCHEMA", "rails")
-    cat = catalogue_with(WORKSPACE)
-    for r in ("us", "eu"):
-        with psycopg.connect(env.dsn(r), autocommit=True) as c:
-            c.execute(DDL)
+    cat = load_app(env, monkeypatch, "rails", DDL, WORKSPACE, {"1": "us", "2": "us", "3": "us", "12": "us", "10": "eu"})
     with psycopg.connect(env.control_dsn, autocommit=True) as cp:
         idranges.apply_ids(cat, env.connections, "rails", cp)  # conversations.id never collide across regions
     _fill(env.dsn("us"), {1: 3, 2: 7, 3: 2, 12: 4})
@@ -70,10 +67,6 @@ def app(env, monkeypatch):
     with psycopg.connect(env.dsn("us"), autocommit=True) as c:
         c.execute("CREATE SEQUENCE rails.legacy_counter_2")
         c.execute("SELECT nextval('rails.legacy_counter_2')")
-    with psycopg.connect(env.control_dsn) as c:
-        for acc, region in ((1, "us"), (2, "us"), (3, "us"), (12, "us"), (10, "eu")):
-            directory.register(c, acc, region)
-        c.commit()
     return cat
 
 

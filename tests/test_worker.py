@@ -15,7 +15,7 @@ from pathlib import Path
 
 import psycopg
 
-from request_helpers import ALICE, BOB, REPO, FakeMover, cp, wait_for  # noqa: F401  (cp is a fixture)
+from request_helpers import ALICE, BOB, FakeMover, cp, wait_for  # noqa: F401  (cp is a fixture)
 from residency import audit, directory, moves
 from residency.ops import requests as rq
 from residency.ops.worker import Worker, WorkerConfig, run_workers
@@ -81,8 +81,6 @@ def test_a_worker_killed_mid_move_is_taken_over_and_its_move_resumed(cp):
     fm = FakeMover(cp.dsn, lease=1.0)
     (req,) = _approved(cp, fm, ["ws-doomed"])
     script = textwrap.dedent(f"""
-        import sys
-        sys.path[:0] = [{str(TESTS)!r}, {str(REPO)!r}]
         from types import MappingProxyType
         from request_helpers import FakeMover
         from residency import catalogue
@@ -94,7 +92,7 @@ def test_a_worker_killed_mid_move_is_taken_over_and_its_move_resumed(cp):
                    mover_=FakeMover(dsn, hang_after="copied", lease=1.0), config=WorkerConfig(lease_seconds=1.0))
         w.run_one()
     """)
-    proc = subprocess.Popen([sys.executable, "-c", script], start_new_session=True)
+    proc = subprocess.Popen([sys.executable, "-c", script], start_new_session=True, env={**os.environ, "PYTHONPATH": str(TESTS)})
     try:
         def copied():
             with cp.connect() as c:
@@ -124,7 +122,7 @@ def test_a_worker_killed_mid_move_is_taken_over_and_its_move_resumed(cp):
 
 def test_a_window_that_closes_before_the_estimated_end_is_skipped_and_reported(cp):
     cp.register(("ws-big", "us"), ("ws-late", "us"))
-    big = {"tables": {"messages": {"rows": 10**7, "bytes": 10 * 1024**3}}, "objects": {"count": 0, "bytes": 0}}
+    big = {"rows": 10**7, "bytes": 10 * 1024**3, "objects": 0, "object_bytes": 0, "tables": {"messages": {"rows": 10**7, "bytes": 10 * 1024**3}}}
     fm = FakeMover(cp.dsn, sizes=big)
     # the window opened 55 minutes ago and lasts an hour: 5 minutes left; 10 GB at 20 MB/s takes ~9 minutes
     (req,) = _approved(cp, fm, ["ws-big"], window=_due_window(55, "1h"))
@@ -179,3 +177,27 @@ def test_a_plan_refused_at_run_time_fails_the_request_with_why(cp):
     assert out.state == "failed" and out.reason == "plan: primary key conflict in target: messages id 7"
     with cp.connect() as c:
         assert rq.get(c, req.id).state == "failed" and moves.list_moves(c) == []
+
+
+def test_a_running_worker_tells_each_outcome_as_it_happens(cp):
+    """A daemon's outcomes are heard while it runs (the CLI prints each line then), not only
+    when it stops: here the worker only stops because both outcomes were heard."""
+    cp.register(("ws-told-1", "us"), ("ws-told-2", "us"))
+    fm = FakeMover(cp.dsn)
+    reqs = _approved(cp, fm, ["ws-told-1", "ws-told-2"])
+    stop = threading.Event()
+    heard: list[tuple[int, str]] = []
+
+    def on_outcome(o) -> None:
+        heard.append((o.request_id, o.state))
+        if len(heard) == len(reqs):
+            stop.set()
+
+    guard = threading.Timer(60, stop.set)  # never hang the suite
+    guard.start()
+    try:
+        outs = run_workers(cp.cat, cp.conns, once=False, mover_=fm, config=WorkerConfig(poll_seconds=30), stop=stop, on_outcome=on_outcome)
+    finally:
+        guard.cancel()
+    assert sorted(heard) == sorted((r.id, "done") for r in reqs)
+    assert [(o.request_id, o.state) for o in outs] == heard

@@ -6,9 +6,10 @@ import sys
 
 import click
 
+from residency.errors import InputError
 
 from .core import (Context, ResidencyGroup, _conns,
-                   emit_json, json_option, fail, main, pass_ctx)
+                   emit_json, json_option, main, pass_ctx)
 
 
 @main.group(cls=ResidencyGroup)
@@ -21,7 +22,13 @@ def audit() -> None:
 @pass_ctx
 def audit_verify(c: Context, as_json: bool) -> None:
     """Walk the whole audit chain and check it against the signed digests; exit 1 if any entry
-    was edited, re-hashed or removed, or a digest is missing or not signed by the audit key."""
+    was edited, re-hashed or removed, or a digest is missing or not signed by the audit key.
+
+    \b
+    Examples:
+      residency audit verify
+      residency audit verify --json
+    """
     from residency import anchor
     from residency import audit as audit_mod
     from residency.db import connect
@@ -53,7 +60,12 @@ def audit_verify(c: Context, as_json: bool) -> None:
 def audit_digest(c: Context, as_json: bool) -> None:
     """Sign a digest of the entries appended since the last one and store it in the Object Lock
     bucket, now (moves and the worker write them too). The key and bucket come from
-    RESIDENCY_AUDIT_KMS_KEY / RESIDENCY_AUDIT_BUCKET, the connections file's audit: section, or the sandbox."""
+    RESIDENCY_AUDIT_KMS_KEY / RESIDENCY_AUDIT_BUCKET, the connections file's audit: section, or the sandbox.
+
+    \b
+    Examples:
+      residency audit digest
+    """
     from residency import anchor
     from residency.db import connect
 
@@ -82,14 +94,19 @@ def evidence() -> None:
 @json_option
 def evidence_verify(file: str, key_file: str | None, as_json: bool) -> None:
     """Check an evidence pack with no database and no network: signatures, the audit entries and
-    the digests that signed them, the records and their counts. Exit 1 naming what fails."""
+    the digests that signed them, the records and their counts. Exit 1 naming what fails.
+
+    \b
+    Examples:
+      residency evidence verify move-17.evidence.json --key audit-key.pem
+    """
     from residency import evidence as evidence_mod
 
     try:
         data = open(file, "rb").read()
         pinned = open(key_file, "rb").read() if key_file else None
     except OSError as exc:
-        fail(f"{exc.filename}: {exc.strerror}", 2)
+        raise InputError(f"{exc.filename}: {exc.strerror}") from None
     res = evidence_mod.verify(data, pinned_key=pinned)
     if as_json:
         emit_json({"ok": res.ok, "format": res.format, "of": res.label, "move_id": res.move_id, "problems": res.problems, "facts": res.facts,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from typing import Callable
 
 import click
 
@@ -50,21 +51,35 @@ def _controlplane_roles(c: Context, logins: tuple[str, ...], as_json: bool, what
                + ("; job engine schema residency_jobs" if job_schema else ""))
 
 
+def _login_options(fn: Callable[..., None]) -> Callable[..., None]:
+    """``--login NAME=ROLE`` (repeatable) and ``--json``: what init and roles both take."""
+    fn = pass_ctx(fn)
+    fn = json_option(fn)
+    return click.option("--login", "logins", multiple=True, metavar="NAME=ROLE", help="Also create a login holding ROLE (repeatable).")(fn)
+
+
 @controlplane.command("init")
-@click.option("--login", "logins", multiple=True, metavar="NAME=ROLE", help="Also create a login holding ROLE (repeatable).")
-@json_option
-@pass_ctx
+@_login_options
 def controlplane_init(c: Context, logins: tuple[str, ...], as_json: bool) -> None:
-    """Create the control-plane schema and the four roles with their grants (admin; idempotent)."""
+    """Create the control-plane schema and the four roles with their grants (admin; idempotent).
+
+    \b
+    Examples:
+      residency controlplane init
+      residency controlplane init --login alice=operator --login bob=approver
+    """
     _controlplane_roles(c, logins, as_json, "initialising the control plane", job_schema=True)
 
 
 @controlplane.command("roles")
-@click.option("--login", "logins", multiple=True, metavar="NAME=ROLE", help="Also create a login holding ROLE (repeatable).")
-@json_option
-@pass_ctx
+@_login_options
 def controlplane_roles(c: Context, logins: tuple[str, ...], as_json: bool) -> None:
-    """Create (or refresh) residency_requester, _approver, _operator and _admin and their grants."""
+    """Create (or refresh) residency_requester, _approver, _operator and _admin and their grants.
+
+    \b
+    Examples:
+      residency controlplane roles --login support-bot=requester
+    """
     _controlplane_roles(c, logins, as_json, "creating the control-plane roles")
 
 
@@ -72,7 +87,12 @@ def controlplane_roles(c: Context, logins: tuple[str, ...], as_json: bool) -> No
 @json_option
 @pass_ctx
 def controlplane_whoami(c: Context, as_json: bool) -> None:
-    """The role you are authenticated as in the control plane, and the residency roles it holds."""
+    """The role you are authenticated as in the control plane, and the residency roles it holds.
+
+    \b
+    Examples:
+      residency controlplane whoami --json
+    """
     from residency import authz
     from residency.db import connect
 

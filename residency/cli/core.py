@@ -24,8 +24,10 @@ from residency.errors import CatalogueError, InputError, ResidencyError
 class Context:
     """What every command gets: where regions.yaml is, and whether to debug."""
 
-    def __init__(self, regions_path: str, debug: bool):
-        self.regions_path = regions_path
+    def __init__(self, regions_path: str | None, debug: bool):
+        self.regions_given = regions_path
+        """--regions or $RESIDENCY_REGIONS; None: the nearest regions.yaml upward (catalogue.find)."""
+        self.regions_path = regions_path or catalogue_mod.default_path()
         self.debug = debug
         self._cat: catalogue_mod.Catalogue | None = None
         self._conns: Any = None
@@ -33,7 +35,7 @@ class Context:
     @property
     def catalogue(self) -> catalogue_mod.Catalogue:
         if self._cat is None:
-            self._cat = catalogue_mod.load(self.regions_path)
+            self._cat = catalogue_mod.load(self.regions_given)
         return self._cat
 
     @property
@@ -82,11 +84,6 @@ def table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
     out = [line(list(headers)), line(["-" * w for w in widths])]
     out += [line(r) for r in rows]
     return "\n".join(out)
-
-
-def fail(message: str, code: int = 1) -> None:
-    click.echo(f"error: {message}", err=True)
-    sys.exit(code)
 
 
 def _error_line(exc: BaseException) -> str:
@@ -245,15 +242,15 @@ def _setup_logging(debug: bool) -> None:
     "--regions",
     "regions_path",
     envvar=catalogue_mod.ENV_VAR,
-    default=catalogue_mod.DEFAULT_PATH,
-    show_default=True,
+    default=None,
     metavar="FILE",
-    help=f"The region definitions to use (also ${catalogue_mod.ENV_VAR}).",
+    help=f"The region definitions to use (also ${catalogue_mod.ENV_VAR}). Default: regions.yaml in the working"
+         " directory or the nearest folder above it, as git finds its repository.",
 )
 @click.option("--debug", is_flag=True, help="Show tracebacks instead of one-line errors.")
 @click.version_option(package_name="residency")
 @click.pass_context
-def main(ctx: click.Context, regions_path: str, debug: bool) -> None:
+def main(ctx: click.Context, regions_path: str | None, debug: bool) -> None:
     """Run one product in several data-residency regions and move workspaces between them.
 
     Region definitions live in regions.yaml. `residency demo` runs a whole move on a local
@@ -339,3 +336,12 @@ def _by(role: str | None, annotation: str | None) -> str:
 def json_option(fn: Callable) -> Callable:
     """``--json``: every command that reports something takes it (one place for its wording)."""
     return click.option("--json", "as_json", is_flag=True, help="Print JSON.")(fn)
+
+
+def complete_region(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[str]:
+    """Shell completion of a region name, from the regions file the command would read."""
+    try:
+        cat = catalogue_mod.load(ctx.find_root().params.get("regions_path"))
+    except Exception:  # noqa: BLE001 - completing never fails loudly: no names instead
+        return []
+    return [name for name in cat.regions if name.startswith(incomplete)]

@@ -7,7 +7,7 @@ import sys
 import click
 
 
-from .core import Context, _control, emit_json, json_option, _jsonable, main, pass_ctx, ResidencyGroup
+from .core import Context, _control, emit_json, json_option, _jsonable, main, pass_ctx, ResidencyGroup, complete_region
 
 
 @main.group(cls=ResidencyGroup)
@@ -16,13 +16,18 @@ def directory() -> None:
 
 
 @directory.command("import")
-@click.option("--region", required=True, metavar="R", help="The region whose existing tenants to register.")
+@click.option("--region", required=True, metavar="R", help="The region whose existing tenants to register.", shell_complete=complete_region)
 @json_option
 @pass_ctx
 def directory_import(c: Context, region: str, as_json: bool) -> None:
     """Register every root row of region R as a workspace homed there (idempotent).
 
-    Ids already registered in another region are left alone and listed with their home (exit 1)."""
+    Ids already registered in another region are left alone and listed with their home (exit 1).
+
+    \b
+    Examples:
+      residency directory import --region us
+    """
     from residency.migrate.introspect import app_schema
     from residency import directory as directory_mod
     from residency.db import connect

@@ -9,7 +9,7 @@ import click
 
 from residency.errors import InputError
 
-from .core import _conns, Context, emit_json, _input_first, json_option, _jsonable, main, pass_ctx, _ProgressPrinter, ResidencyGroup, table
+from .core import _conns, Context, emit_json, _input_first, json_option, _jsonable, main, pass_ctx, _ProgressPrinter, ResidencyGroup, table, complete_region
 
 
 def _move_row(m: Any) -> tuple[Any, ...]:
@@ -24,13 +24,19 @@ def move() -> None:
 
 @move.command("plan")
 @click.argument("workspace")
-@click.option("--to", "target", required=True, metavar="REGION", help="The region to move to.")
+@click.option("--to", "target", required=True, metavar="REGION", help="The region to move to.", shell_complete=complete_region)
 @click.option("--strategy", default="auto", show_default=True, type=click.Choice(["auto", "online", "snapshot"]),
               help="online: logical replication, writable until a short fence; snapshot: fenced for the whole copy; auto: by size.")
 @json_option
 @pass_ctx
 def move_plan(c: Context, workspace: str, target: str, strategy: str, as_json: bool) -> None:
-    """Show what a move would do, or every reason it must not (exit 1 if refused). Changes nothing."""
+    """Show what a move would do, or every reason it must not (exit 1 if refused). Changes nothing.
+
+    \b
+    Examples:
+      residency move plan 42 --to eu
+      residency move plan 42 --to eu --strategy online --json
+    """
     from residency.migrate import plan_move
     from residency.migrate.mover import unknown_workspace
     from residency.migrate.plan import render
@@ -47,7 +53,7 @@ def move_plan(c: Context, workspace: str, target: str, strategy: str, as_json: b
 
 @move.command("start")
 @click.argument("workspace")
-@click.option("--to", "target", required=True, metavar="REGION", help="The region to move to.")
+@click.option("--to", "target", required=True, metavar="REGION", help="The region to move to.", shell_complete=complete_region)
 @click.option("--strategy", default="auto", show_default=True, type=click.Choice(["auto", "online", "snapshot"]),
               help="online: logical replication, writable until a short fence; snapshot: fenced for the whole copy; auto: by size.")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation (required without a terminal).")
@@ -57,7 +63,13 @@ def move_plan(c: Context, workspace: str, target: str, strategy: str, as_json: b
 @click.option("--rows-per-second", type=click.FloatRange(min=1), default=None, help="Limit this move's copy rate (default: none).")
 @pass_ctx
 def move_start(c: Context, workspace: str, target: str, strategy: str, yes: bool, as_json: bool, jobs: int | None = None, chunk_rows: int | None = None, rows_per_second: float | None = None) -> None:
-    """Plan, fence, copy, verify and cut over a workspace (cleanup comes later, after a grace period)."""
+    """Plan, fence, copy, verify and cut over a workspace (cleanup comes later, after a grace period).
+
+    \b
+    Examples:
+      residency move start 42 --to eu
+      residency move start 42 --to eu --yes --jobs 4 --json
+    """
     from residency.migrate import move_report, plan_move, start_move
     from residency.migrate.plan import render
     from residency.migrate.mover import unknown_workspace
@@ -67,6 +79,7 @@ def move_start(c: Context, workspace: str, target: str, strategy: str, yes: bool
     if not yes and not sys.stdin.isatty():
         raise InputError("move start needs --yes when not run from a terminal")
     conns = _conns(c)
+    p = None  # with --yes, start_move plans; else the plan shown is the one started
     if not yes:
         p = plan_move(c.catalogue, conns, workspace, target, strategy)
         click.echo(render(p))
@@ -77,7 +90,7 @@ def move_start(c: Context, workspace: str, target: str, strategy: str, yes: bool
 
     try:
         rec = start_move(c.catalogue, conns, workspace, target, strategy=strategy, progress=_ProgressPrinter(as_json),
-                         copy_options=_copy_options(jobs, chunk_rows, rows_per_second))
+                         copy_options=_copy_options(jobs, chunk_rows, rows_per_second), plan=p)
     except MoveRefused as exc:
         if not as_json:
             raise  # one refusal per line (MoveRefused's message)
@@ -93,7 +106,14 @@ def move_start(c: Context, workspace: str, target: str, strategy: str, yes: bool
 @json_option
 @pass_ctx
 def move_status_cmd(c: Context, move_id: int | None, show_all: bool, as_json: bool) -> None:
-    """Show one move, or the open moves (with --all, recent closed ones too)."""
+    """Show one move, or the open moves (with --all, recent closed ones too).
+
+    \b
+    Examples:
+      residency move status
+      residency move status 17 --json
+      residency move status --all
+    """
     from residency.migrate import move_status
 
     recs = move_status(_conns(c), move_id, open_only=not show_all and move_id is None)
@@ -135,7 +155,13 @@ def _show_replication_leftovers(c: Context, only: Any) -> None:
 @click.option("--rows-per-second", type=click.FloatRange(min=1), default=None, help="Limit this move's copy rate (default: none).")
 @pass_ctx
 def move_resume(c: Context, move_id: int, as_json: bool, jobs: int | None = None, chunk_rows: int | None = None, rows_per_second: float | None = None) -> None:
-    """Continue a move from its last recorded state (after a crash or a failure)."""
+    """Continue a move from its last recorded state (after a crash or a failure).
+
+    \b
+    Examples:
+      residency move resume 17
+      residency move resume 17 --rows-per-second 50000
+    """
     from residency.migrate import move_report, resume_move
     from residency.migrate.report import render as render_report
 
@@ -164,7 +190,12 @@ def _copy_options(jobs: int | None, chunk_rows: int | None, rows_per_second: flo
 @click.argument("move_id", type=int)
 @pass_ctx
 def move_rollback(c: Context, move_id: int) -> None:
-    """Before cut-over: remove the target copy and lift the fence."""
+    """Before cut-over: remove the target copy and lift the fence.
+
+    \b
+    Examples:
+      residency move rollback 17
+    """
     from residency.migrate import rollback_move
 
     rec = rollback_move(c.catalogue, _conns(c), move_id, progress=_ProgressPrinter())
@@ -178,7 +209,13 @@ def move_rollback(c: Context, move_id: int) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the deletion record as JSON.")
 @pass_ctx
 def move_cleanup(c: Context, move_id: int, grace: str, yes: bool, as_json: bool) -> None:
-    """After the grace period: delete the source copy and record what was deleted."""
+    """After the grace period: delete the source copy and record what was deleted.
+
+    \b
+    Examples:
+      residency move cleanup 17
+      residency move cleanup 17 --grace 7d --yes --json
+    """
     from residency.migrate import cleanup_move, move_report
     from residency.units import parse_duration
 
@@ -215,7 +252,13 @@ def move_cleanup(c: Context, move_id: int, grace: str, yes: bool, as_json: bool)
 @json_option
 @pass_ctx
 def move_report_cmd(c: Context, move_id: int, as_json: bool) -> None:
-    """A move's report: counts and checksums on both sides, objects, fence duration, timings."""
+    """A move's report: counts and checksums on both sides, objects, fence duration, timings.
+
+    \b
+    Examples:
+      residency move report 17
+      residency move report 17 --json
+    """
     from residency.migrate import move_report
     from residency.migrate.report import render as render_report
 
@@ -229,7 +272,12 @@ def move_report_cmd(c: Context, move_id: int, as_json: bool) -> None:
 @json_option
 @pass_ctx
 def move_evidence(c: Context, move_id: int, out: str, as_json: bool) -> None:
-    """Write the move's evidence pack: one file a customer verifies offline with `residency evidence verify`."""
+    """Write the move's evidence pack: one file a customer verifies offline with `residency evidence verify`.
+
+    \b
+    Examples:
+      residency move evidence 17 --out move-17.evidence.json
+    """
     from residency.migrate import evidence
 
     res = evidence.write(_conns(c), move_id, out)
@@ -246,7 +294,13 @@ def move_evidence(c: Context, move_id: int, out: str, as_json: bool) -> None:
 @json_option
 @pass_ctx
 def verify_cmd(c: Context, workspace: str, between: tuple[str, str], as_json: bool) -> None:
-    """Compare a workspace's rows and objects in two regions (exit 1 on any difference)."""
+    """Compare a workspace's rows and objects in two regions (exit 1 on any difference).
+
+    \b
+    Examples:
+      residency verify 42 --between us eu
+      residency verify 42 --between us eu --json
+    """
     from residency.migrate import verify_workspace
 
     a, b = between

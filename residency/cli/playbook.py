@@ -25,7 +25,14 @@ def playbook() -> None:
 @click.option("--check", is_flag=True, help="new-region: run the checkable steps and show their results.")
 @pass_ctx
 def playbook_render(c: Context, name: str, region: str | None, move_id: int | None, request_id: int | None, fmt: str, check: bool) -> None:
-    """Render NAME: new-region, workspace-move, move-scheduled, move-completed, source-deleted."""
+    """Render NAME: new-region, workspace-move, move-scheduled, move-completed, source-deleted.
+
+    \b
+    Examples:
+      residency playbook render new-region --region ca
+      residency playbook render workspace-move --move 17 --format html
+      residency playbook render move-scheduled --request 5
+    """
     from residency import playbooks
     from residency.ops import requests as rq
 
@@ -51,7 +58,12 @@ def playbook_render(c: Context, name: str, region: str | None, move_id: int | No
 @json_option
 @pass_ctx
 def playbook_check(c: Context, name: str, region: str, as_json: bool) -> None:
-    """Run the checkable steps of a playbook and mark each done or not (exit 1 if any is not)."""
+    """Run the checkable steps of a playbook and mark each done or not (exit 1 if any is not).
+
+    \b
+    Examples:
+      residency playbook check new-region --region ca --json
+    """
     from residency import playbooks
 
     res = playbooks.check_new_region(c.catalogue, c.connections, region)

@@ -11,7 +11,7 @@ import click
 from residency import catalogue as catalogue_mod
 from residency.errors import CatalogueError, InputError
 
-from .core import Context, _control, emit_json, json_option, _jsonable, main, pass_ctx, ResidencyGroup, table
+from .core import Context, _control, emit_json, json_option, _jsonable, main, pass_ctx, ResidencyGroup, table, complete_region
 
 
 @main.group(cls=ResidencyGroup)
@@ -23,7 +23,13 @@ def regions() -> None:
 @json_option
 @pass_ctx
 def regions_list(c: Context, as_json: bool) -> None:
-    """List every region with its AWS region, jurisdiction and status."""
+    """List every region with its AWS region, jurisdiction and status.
+
+    \b
+    Examples:
+      residency regions list
+      residency --regions staging/regions.yaml regions list --json
+    """
     cat = c.catalogue
     if as_json:
         emit_json([_region_summary(cat, r) for r in cat.regions.values()])
@@ -49,11 +55,17 @@ def _region_summary(cat: catalogue_mod.Catalogue, r: catalogue_mod.Region) -> di
 
 
 @regions.command("show")
-@click.argument("name")
+@click.argument("name", shell_complete=complete_region)
 @json_option
 @pass_ctx
 def regions_show(c: Context, name: str, as_json: bool) -> None:
-    """Show one region: its placement and the environment it gets (overrides applied)."""
+    """Show one region: its placement and the environment it gets (overrides applied).
+
+    \b
+    Examples:
+      residency regions show eu
+      residency regions show eu --json
+    """
     from residency import policy
 
     cat = c.catalogue
@@ -89,10 +101,16 @@ def regions_show(c: Context, name: str, as_json: bool) -> None:
 @json_option
 @pass_ctx
 def regions_validate(c: Context, file: str | None, as_json: bool) -> None:
-    """Check a regions file (default: --regions) and print every problem with its line."""
+    """Check a regions file (default: --regions) and print every problem with its line.
+
+    \b
+    Examples:
+      residency regions validate
+      residency regions validate proposed/regions.yaml --json
+    """
     path = file or c.regions_path
     try:
-        cat = catalogue_mod.load(path)
+        cat = catalogue_mod.load(file or c.regions_given)  # FILE named: no hint about --regions
     except CatalogueError as exc:
         if as_json:
             emit_json({"file": path, "valid": False, "problems": exc.problems})
@@ -118,7 +136,13 @@ def regions_validate(c: Context, file: str | None, as_json: bool) -> None:
 def regions_ids(c: Context, do_apply: bool, as_json: bool) -> None:
     """Every region's identity/serial sequences and its id range [n·10¹², (n+1)·10¹² − 1].
 
-    With --apply, confines each sequence to its region's range (exit 1, changing nothing, if one is past it)."""
+    With --apply, confines each sequence to its region's range (exit 1, changing nothing, if one is past it).
+
+    \b
+    Examples:
+      residency regions ids
+      residency regions ids --apply
+    """
     from residency.migrate.introspect import app_schema
     from residency import idranges
 

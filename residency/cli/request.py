@@ -8,7 +8,7 @@ from typing import Any
 import click
 
 
-from .core import _by, Context, _control, emit_json, _input_first, json_option, _jsonable, main, _notifier, pass_ctx, ResidencyGroup, table
+from .core import _by, Context, _control, emit_json, _input_first, json_option, _jsonable, main, _notifier, pass_ctx, ResidencyGroup, table, complete_region
 
 
 def _request_row(r: Any) -> tuple[Any, ...]:
@@ -34,7 +34,7 @@ def request() -> None:
 
 @request.command("create")
 @click.argument("workspace")
-@click.option("--to", "target", required=True, metavar="REGION", help="The region to move to.")
+@click.option("--to", "target", required=True, metavar="REGION", help="The region to move to.", shell_complete=complete_region)
 @click.option("--window", required=True, metavar="START/DURATION", help="e.g. 2025-03-01T22:00Z/2h, now/90m, ...T22:00+01:00/PT2H")
 @click.option("--requested-by", required=True, metavar="EMAIL", help="Who asks for the move.")
 @click.option("--reason", default="", help="Why (kept with the request and in the audit log).")
@@ -43,7 +43,13 @@ def request() -> None:
 @json_option
 @pass_ctx
 def request_create(c: Context, workspace: str, target: str, window: str, requested_by: str, reason: str, strategy: str, as_json: bool) -> None:
-    """Ask for a workspace to move; checked against policy and the plan now (exit 1 if refused)."""
+    """Ask for a workspace to move; checked against policy and the plan now (exit 1 if refused).
+
+    \b
+    Examples:
+      residency request create 42 --to eu --window now/2h --requested-by dana@example.com --reason 'GDPR request'
+      residency request create 42 --to eu --window 2025-03-01T22:00Z/2h --requested-by dana@example.com --json
+    """
     from residency.ops import requests as rq
 
     workspace = _input_first(c, workspace, target)
@@ -71,7 +77,13 @@ def request_create(c: Context, workspace: str, target: str, window: str, request
 @json_option
 @pass_ctx
 def request_list(c: Context, states: tuple[str, ...], workspace: str | None, limit: int, as_json: bool) -> None:
-    """List move requests, newest first."""
+    """List move requests, newest first.
+
+    \b
+    Examples:
+      residency request list
+      residency request list --state approved --workspace 42 --json
+    """
     from residency.ops import requests as rq
 
     _, conn = _control(c)
@@ -88,7 +100,12 @@ def request_list(c: Context, states: tuple[str, ...], workspace: str | None, lim
 @json_option
 @pass_ctx
 def request_show(c: Context, request_id: str, as_json: bool) -> None:
-    """One request with its estimate, outcome and the notices kept with it."""
+    """One request with its estimate, outcome and the notices kept with it.
+
+    \b
+    Examples:
+      residency request show 5
+    """
     from residency.ops import requests as rq
 
     _, conn = _control(c)
@@ -126,7 +143,12 @@ def request_show(c: Context, request_id: str, as_json: bool) -> None:
 @json_option
 @pass_ctx
 def request_approve(c: Context, request_id: str, as_json: bool) -> None:
-    """Approve a pending request (not your own); a worker runs it inside its window."""
+    """Approve a pending request (not your own); a worker runs it inside its window.
+
+    \b
+    Examples:
+      residency request approve 5
+    """
     from residency.ops import requests as rq
 
     conns, conn = _control(c)
@@ -143,7 +165,12 @@ def request_approve(c: Context, request_id: str, as_json: bool) -> None:
 @json_option
 @pass_ctx
 def request_cancel(c: Context, request_id: str, reason: str, as_json: bool) -> None:
-    """Cancel a pending or approved request."""
+    """Cancel a pending or approved request.
+
+    \b
+    Examples:
+      residency request cancel 5 --reason 'customer withdrew the request'
+    """
     from residency.ops import requests as rq
 
     conns, conn = _control(c)
@@ -161,7 +188,12 @@ def request_cancel(c: Context, request_id: str, reason: str, as_json: bool) -> N
 def request_import(c: Context, file: str, as_json: bool) -> None:
     """Create a request per CSV row (workspace,to,window,requested_by[,reason,strategy]).
 
-    Each row gets its own result line; exit 1 if any row was refused or wrong."""
+    Each row gets its own result line; exit 1 if any row was refused or wrong.
+
+    \b
+    Examples:
+      residency request import requests.csv --json
+    """
     from residency.ops import requests as rq
 
     conns, conn = _control(c)
@@ -196,7 +228,15 @@ def worker_cmd(c: Context, once: bool, defer_jobs: tuple[str, ...], concurrency:
 
     Run as many workers on as many machines as you like: each periodic job runs once per period,
     each request once; a worker that dies leaves its job to another (a move is resumed once its
-    request's lease expires). ``--once`` only runs the move requests due now."""
+    request's lease expires). ``--once`` only runs the move requests due now.
+
+    \b
+    Examples:
+      residency worker
+      residency worker --once
+      residency worker --defer retention_sweep
+      residency worker --concurrency 4 --throughput 50MB/s
+    """
     import signal
     import threading
 
@@ -210,15 +250,16 @@ def worker_cmd(c: Context, once: bool, defer_jobs: tuple[str, ...], concurrency:
         return
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    outcomes = run_workers(c.catalogue, conns, concurrency=concurrency, once=once, notifier=_notifier(conns), config=cfg, stop=stop)
+    def show(o: Any) -> None:  # each outcome as it happens: a daemon's log, not a summary at exit
+        click.echo(f"request {o.request_id} ({o.workspace_id}): {o.state}" + (f" [move {o.move_id}]" if o.move_id else "")
+                   + (" (resumed)" if o.resumed else "") + (f": {o.reason}" if o.reason else ""))
+
+    outcomes = run_workers(c.catalogue, conns, concurrency=concurrency, once=once, notifier=_notifier(conns), config=cfg, stop=stop,
+                           on_outcome=None if as_json else show)
     if as_json:
         emit_json(outcomes)
-    else:
-        for o in outcomes:
-            click.echo(f"request {o.request_id} ({o.workspace_id}): {o.state}" + (f" [move {o.move_id}]" if o.move_id else "")
-                       + (" (resumed)" if o.resumed else "") + (f": {o.reason}" if o.reason else ""))
-        if once and not outcomes:
-            click.echo("nothing due")
+    elif once and not outcomes:
+        click.echo("nothing due")
     if any(o.state == "failed" for o in outcomes):
         sys.exit(1)
 

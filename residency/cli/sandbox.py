@@ -41,7 +41,12 @@ def sandbox() -> None:
 @json_option
 @pass_ctx
 def sandbox_up(c: Context, as_json: bool) -> None:
-    """Start the sandbox (idempotent: restarts only what is down)."""
+    """Start the sandbox (idempotent: restarts only what is down).
+
+    \b
+    Examples:
+      residency sandbox up
+    """
     from residency import sandbox as sb
 
     st = sb.up(c.catalogue, progress=None if as_json else _progress_line)
@@ -53,7 +58,12 @@ def sandbox_up(c: Context, as_json: bool) -> None:
 @sandbox.command("status")
 @json_option
 def sandbox_status(as_json: bool) -> None:
-    """Show every sandbox server and whether it is healthy (exit 1 if not)."""
+    """Show every sandbox server and whether it is healthy (exit 1 if not).
+
+    \b
+    Examples:
+      residency sandbox status --json
+    """
     from residency import sandbox as sb
 
     st = sb.status()
@@ -67,7 +77,12 @@ def sandbox_status(as_json: bool) -> None:
 
 @sandbox.command("down")
 def sandbox_down() -> None:
-    """Stop every server the sandbox started (data is kept)."""
+    """Stop every server the sandbox started (data is kept).
+
+    \b
+    Examples:
+      residency sandbox down
+    """
     from residency import sandbox as sb
 
     r = sb.down(progress=_progress_line)
@@ -83,7 +98,12 @@ def sandbox_down() -> None:
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 @pass_ctx
 def sandbox_reset(c: Context, yes: bool) -> None:
-    """Delete the sandbox's data and start a fresh, empty one."""
+    """Delete the sandbox's data and start a fresh, empty one.
+
+    \b
+    Examples:
+      residency sandbox reset --yes
+    """
     from residency import sandbox as sb
 
     if not yes and sys.stdin.isatty():
@@ -102,7 +122,13 @@ def sandbox_reset(c: Context, yes: bool) -> None:
 @json_option
 @pass_ctx
 def sandbox_seed(c: Context, workspaces: int, rows: int | None, size_mb: float | None, seed_value: int, as_json: bool) -> None:
-    """Generate workspaces in every active region (adds to what is there)."""
+    """Generate workspaces in every active region (adds to what is there).
+
+    \b
+    Examples:
+      residency sandbox seed
+      residency sandbox seed --workspaces 6 --rows 20000 --seed 3
+    """
     from residency import sandbox as sb
     from residency.errors import OperationError
     from residency.sandbox.seed import seed
@@ -128,7 +154,13 @@ def sandbox_seed(c: Context, workspaces: int, rows: int | None, size_mb: float |
 @json_option
 @pass_ctx
 def demo(c: Context, as_json: bool) -> None:
-    """Bring the sandbox up, seed it if empty, and show what is there."""
+    """Bring the sandbox up, seed it if empty, and show what is there.
+
+    \b
+    Examples:
+      residency demo
+      residency demo --json
+    """
     from residency.sandbox.demo import run_demo
 
     res = run_demo(c.catalogue, None if as_json else _progress_line)

@@ -76,7 +76,13 @@ def stacks() -> None:
 @pass_ctx
 def stacks_preview(c: Context, region_names: tuple[str, ...], all_regions: bool, canary: str | None, parallel: int, as_json: bool,
                   env: str) -> None:
-    """Preview the stacks: canary first, then parallel waves; stops at the first failure."""
+    """Preview the stacks: canary first, then parallel waves; stops at the first failure.
+
+    \b
+    Examples:
+      residency stacks preview --all
+      residency stacks preview --region eu --json
+    """
     _stacks_run(c, "preview", region_names, all_regions, canary, parallel, as_json, env)
 
 
@@ -85,7 +91,13 @@ def stacks_preview(c: Context, region_names: tuple[str, ...], all_regions: bool,
 @pass_ctx
 def stacks_up(c: Context, region_names: tuple[str, ...], all_regions: bool, canary: str | None, parallel: int, as_json: bool,
                   env: str) -> None:
-    """Deploy the stacks: canary first, then parallel waves; stops at the first failure."""
+    """Deploy the stacks: canary first, then parallel waves; stops at the first failure.
+
+    \b
+    Examples:
+      residency stacks up --all --canary eu
+      residency stacks up --region au
+    """
     _stacks_run(c, "up", region_names, all_regions, canary, parallel, as_json, env)
 
 
@@ -94,7 +106,12 @@ def stacks_up(c: Context, region_names: tuple[str, ...], all_regions: bool, cana
 @pass_ctx
 def stacks_refresh(c: Context, region_names: tuple[str, ...], all_regions: bool, canary: str | None, parallel: int, as_json: bool,
                   env: str) -> None:
-    """Refresh the stacks' state from the cloud: canary first, then parallel waves."""
+    """Refresh the stacks' state from the cloud: canary first, then parallel waves.
+
+    \b
+    Examples:
+      residency stacks refresh --all
+    """
     _stacks_run(c, "refresh", region_names, all_regions, canary, parallel, as_json, env)
 
 
@@ -103,7 +120,13 @@ def stacks_refresh(c: Context, region_names: tuple[str, ...], all_regions: bool,
 @json_option
 @pass_ctx
 def stacks_plan(c: Context, as_json: bool, env: str) -> None:
-    """Offline: every resource each region would get, side by side, and what differs (no CLI, no cloud)."""
+    """Offline: every resource each region would get, side by side, and what differs (no CLI, no cloud).
+
+    \b
+    Examples:
+      residency stacks plan
+      residency stacks plan --json
+    """
     from residency.stacks import plan as plan_mod
     from residency.stacks.names import env_name
 
@@ -136,7 +159,13 @@ def stacks_plan(c: Context, as_json: bool, env: str) -> None:
 @json_option
 @pass_ctx
 def stacks_parity(c: Context, region_names: tuple[str, ...], endpoint_url: str | None, profile: str | None, as_json: bool) -> None:
-    """Live: what each region really has (by tags) against what the program declares."""
+    """Live: what each region really has (by tags) against what the program declares.
+
+    \b
+    Examples:
+      residency stacks parity
+      residency stacks parity --region us --region eu --profile audit
+    """
     from residency.stacks import parity
 
     result = parity.check(c.catalogue, parity.boto3_clients(endpoint_url, profile), list(region_names) or None)
@@ -194,7 +223,13 @@ def ci() -> None:
               help="An environment to deploy, in promotion order (repeatable, e.g. --env staging --env production; default production).")
 @pass_ctx
 def ci_workflow(c: Context, output: str | None, check_path: str | None, canary: str | None, envs: tuple[str, ...]) -> None:
-    """The deploy workflow: preview on pull requests, deploy on merge, canary region first, one environment after another."""
+    """The deploy workflow: preview on pull requests, deploy on merge, canary region first, one environment after another.
+
+    \b
+    Examples:
+      residency ci workflow --output .github/workflows/deploy.yml
+      residency ci workflow --check .github/workflows/deploy.yml
+    """
     from residency.stacks import workflow
 
     cat = c.catalogue

@@ -18,9 +18,10 @@ from residency.errors import OperationError
 
 @dataclass(frozen=True)
 class Mover:
-    """What the worker needs from the mover. ``start`` and ``resume`` run the move through
-    cut-over and return its final :class:`~residency.moves.MoveRecord`; ``owner`` is the
-    worker's id, for the move's lease."""
+    """What the worker needs from the mover. ``plan`` returns the mover's plan (``sizes()``, or
+    a dict with ``sizes``: :func:`residency.estimates.plan_sizes`); ``start`` (given that plan)
+    and ``resume`` run the move through cut-over and return its final
+    :class:`~residency.moves.MoveRecord`. The mover names its lease's owner itself."""
 
     plan: Callable[[Catalogue, Any, str, str, str], Any]
     start: Callable[..., moves.MoveRecord]
@@ -45,10 +46,11 @@ def mover() -> Mover:
             raise OperationError("; ".join(p.refusals))
         return p
 
-    def start(cat: Catalogue, conns: Any, ws: str, target: str, *, strategy: str, actor: Actor, owner: str, progress: Any = None) -> moves.MoveRecord:
-        return start_move(cat, conns, ws, target, strategy=strategy, actor=actor, progress=progress)
+    def start(cat: Catalogue, conns: Any, ws: str, target: str, *, strategy: str, actor: Actor, progress: Any = None,
+              plan: Any = None) -> moves.MoveRecord:
+        return start_move(cat, conns, ws, target, strategy=strategy, actor=actor, progress=progress, plan=plan)
 
-    def resume(cat: Catalogue, conns: Any, move_id: int, *, actor: Actor, owner: str, progress: Any = None) -> moves.MoveRecord:
+    def resume(cat: Catalogue, conns: Any, move_id: int, *, actor: Actor, progress: Any = None) -> moves.MoveRecord:
         return resume_move(cat, conns, move_id, actor=actor, progress=progress)
 
     return Mover(plan, start, resume)

@@ -47,12 +47,13 @@ import psycopg
 
 from residency import audit, moves
 from . import requests as rq
-from residency.estimates import plan_sizes  # noqa: F401
+from residency.estimates import plan_sizes
 from .moving import Mover, mover  # noqa: F401
 from residency.audit import Actor
 from residency.catalogue import Catalogue
 from residency.db import connect
 from residency.errors import OperationError, ResidencyError, first_line
+from residency.threads import start_and_wait
 
 log = logging.getLogger("residency.worker")
 
@@ -248,7 +249,7 @@ class Worker:
                 req = rq.transition(conn, req.id, "running", expect=("running",), worker=self.id, extra={"move_id": move.id})
                 self._event(req, "resumed", "request.resume", {"move_id": move.id, "move_state": move.state}, move=move, ids=ids)
             self._flush(ids)
-            return self._execute(req, lambda progress: self.mover.resume(self.cat, self.conns, move.id, actor=self.actor, owner=self.id, progress=progress), resumed=True)
+            return self._execute(req, lambda progress: self.mover.resume(self.cat, self.conns, move.id, actor=self.actor, progress=progress), resumed=True)
 
         # a fresh start: plan now (sizes change), and only start what fits the window
         try:
@@ -276,7 +277,8 @@ class Worker:
         self._flush(ids)
         return self._execute(
             req,
-            lambda progress: self.mover.start(self.cat, self.conns, req.workspace_id, req.target, strategy=req.strategy, actor=self.actor, owner=self.id, progress=progress),
+            lambda progress: self.mover.start(self.cat, self.conns, req.workspace_id, req.target, strategy=req.strategy, actor=self.actor,
+                                             progress=progress, plan=plan),
             resumed=False,
         )
 
@@ -321,8 +323,9 @@ class Worker:
             out = self._finish(req, "failed", f"move {move.id} ended {move.state}" + (f": {move.error}" if move.error else ""), move)
         return Outcome(out.request_id, out.workspace_id, out.state, out.reason, out.move_id, resumed)
 
-    def run(self, *, once: bool = False, stop: threading.Event | None = None) -> list[Outcome]:
-        """Claim and run requests until nothing is due (``once``) or ``stop`` is set."""
+    def run(self, *, once: bool = False, stop: threading.Event | None = None, on_outcome: Callable[[Outcome], None] | None = None) -> list[Outcome]:
+        """Claim and run requests until nothing is due (``once``) or ``stop`` is set; each
+        outcome also goes to ``on_outcome`` as it happens."""
         stop = stop or threading.Event()
         out: list[Outcome] = []
         try:
@@ -332,6 +335,8 @@ class Worker:
                 o = self.run_one()
                 if o is not None:
                     out.append(o)
+                    if on_outcome is not None:
+                        on_outcome(o)
                     continue
                 self._periodic_digest()
                 if once:
@@ -441,8 +446,10 @@ def run_workers(
     config: WorkerConfig | None = None,
     stop: threading.Event | None = None,
     worker_id: str | None = None,
+    on_outcome: Callable[[Outcome], None] | None = None,
 ) -> list[Outcome]:
-    """Run ``concurrency`` workers (threads, each with its own connection) until done/stopped."""
+    """Run ``concurrency`` workers (threads, each with its own connection) until done/stopped;
+    ``on_outcome`` hears of each request's outcome as it happens (from the worker's thread)."""
     from residency.controlplane import ensure_schema
 
     if concurrency < 1:
@@ -462,17 +469,13 @@ def run_workers(
     def body(i: int) -> None:
         w = Worker(cat, conns, worker_id=f"{base}/{i}" if concurrency > 1 else base, mover_=mover_, notifier=notifier, config=config)
         try:
-            results[i] = w.run(once=once, stop=stop)
+            results[i] = w.run(once=once, stop=stop, on_outcome=on_outcome)
         except BaseException as exc:  # surfaced below
             errors.append(exc)
 
     threads = [threading.Thread(target=body, args=(i,), name=f"worker-{i}") for i in range(concurrency)]
-    for t in threads:
-        t.start()
     try:
-        for t in threads:
-            while t.is_alive():
-                t.join(0.5)
+        start_and_wait(threads)
     except KeyboardInterrupt:
         stop.set()
         for t in threads:

@@ -1,0 +1,70 @@
+"""Chunks (:mod:`migrate.chunks`): a table with a one-column key is copied and verified in key
+ranges, ``lo < key <= hi`` (either end open), text keys compared in the "C" collation so that
+both regions cut at the same places.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from psycopg import sql
+
+from .checksums import ChecksumSql
+
+
+class ChunkSql(ChecksumSql):
+    """Chunk keys, bounds, and the per-chunk copy, delete and checksum."""
+
+    CHUNK_KEY_TYPES = ("smallint", "integer", "bigint", "text", "uuid")
+
+    def chunk_key(self, table: str) -> str | None:
+        """The column a table's chunks are cut on, or None (stays one chunk)."""
+        t = self.graph.table(table)
+        if len(t.primary_key) != 1:
+            return None
+        c = t.column(t.primary_key[0])
+        if c is None or not (c.type in self.CHUNK_KEY_TYPES or c.type.startswith("character varying")):
+            return None
+        return c.name
+
+    def _chunk_key_expr(self, table: str, alias: sql.Composable) -> sql.Composed:
+        key = self.chunk_key(table) or ""
+        c = self.graph.table(table).column(key)
+        ref = sql.SQL("{}.{}").format(alias, sql.Identifier(key))
+        if c is not None and (c.type == "text" or c.type.startswith("character varying")):
+            return sql.SQL("{} COLLATE \"C\"").format(ref)
+        return ref
+
+    def chunk_cond(self, table: str, alias: sql.Composable, lo: bool, hi: bool) -> sql.Composable:
+        k = self._chunk_key_expr(table, alias)
+        parts: list[sql.Composable] = []
+        if lo:
+            parts.append(sql.SQL("{} > {}").format(k, sql.Placeholder("chunk_lo")))
+        if hi:
+            parts.append(sql.SQL("{} <= {}").format(k, sql.Placeholder("chunk_hi")))
+        return sql.SQL(" AND ").join(parts) if parts else sql.SQL("true")
+
+    def chunk_bounds(self, table: str) -> sql.Composed:
+        """The key values at ``%(fractions)s`` (a float8 array) of the workspace's rows, in order."""
+        x = sql.Identifier("x")
+        return sql.SQL("SELECT percentile_disc({f}::float8[]) WITHIN GROUP (ORDER BY {k}) FROM ({rows}) {x}").format(
+            f=sql.Placeholder("fractions"), k=self._chunk_key_expr(table, x), rows=self.select_rows(table, [self.chunk_key(table) or ""]), x=x)
+
+    def _chunk_rows(self, table: str, lo: bool, hi: bool, columns: Sequence[str] | None = None) -> sql.Composed:
+        return self.select_rows(table, columns, where=self.chunk_cond(table, sql.Identifier("t"), lo, hi))
+
+    def copy_out_chunk(self, table: str, lo: bool, hi: bool) -> sql.Composed:
+        return sql.SQL("COPY ({}) TO STDOUT (FORMAT BINARY)").format(self._chunk_rows(table, lo, hi))
+
+    def delete_chunk(self, table: str, lo: bool, hi: bool) -> sql.Composed:
+        a = sql.Identifier("t")
+        return sql.SQL("DELETE FROM {tbl} {a} WHERE {cond} AND {rng}").format(
+            tbl=self.qname(table), a=a, cond=self.belongs(table, a), rng=self.chunk_cond(table, a, lo, hi))
+
+    def checksum_chunk(self, table: str, lo: bool, hi: bool) -> sql.Composed:
+        """count(*) and sum(hash_record_extended(row, 0)) of one chunk (same hash as :meth:`checksum`)."""
+        t = self.graph.table(table)
+        h, x = sql.Identifier("h"), sql.Identifier("x")
+        return sql.SQL("SELECT count(*), coalesce(sum(hash_record_extended({h}, 0)::numeric), 0) FROM"
+                       " (SELECT {hc} FROM ({rows}) {x}) {h}").format(
+            h=h, hc=self._hash_columns(t, x), rows=self._chunk_rows(table, lo, hi), x=x)
