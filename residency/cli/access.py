@@ -40,7 +40,13 @@ def access() -> None:
 @json_option
 @pass_ctx
 def access_request(c: Context, workspace: str, operator: str, scope: str, write: bool, duration: str, reason: str, as_json: bool) -> None:
-    """Ask for access; the customer is sent a one-time consent token (exit 1 if policy refuses)."""
+    """Ask for access; the customer is sent a one-time consent token (exit 1 if policy refuses).
+
+    \b
+    Examples:
+      residency access request 1000000000001 --operator ann@us.support.example.com --scope messages --for 1h --reason 'ticket 4711'
+      residency access request 1000000000001 --operator ann@us.support.example.com --scope all --write --for 4h --reason 'data fix' --json
+    """
     from residency.access import lifecycle
 
     conns, conn = _control(c)
@@ -66,7 +72,12 @@ def access_request(c: Context, workspace: str, operator: str, scope: str, write:
 @json_option
 @pass_ctx
 def access_approve(c: Context, access_id: str, as_json: bool) -> None:
-    """Consent on the customer's behalf (residency_approver, not the role that asked), then grant."""
+    """Consent on the customer's behalf (residency_approver, not the role that asked), then grant.
+
+    \b
+    Examples:
+      residency access approve 3
+    """
     _consent(c, as_json, "approve", access_id)
 
 
@@ -75,7 +86,12 @@ def access_approve(c: Context, access_id: str, as_json: bool) -> None:
 @json_option
 @pass_ctx
 def access_consent(c: Context, token: str, as_json: bool) -> None:
-    """Consent by redeeming the one-time token of the customer's notice, then grant."""
+    """Consent by redeeming the one-time token of the customer's notice, then grant.
+
+    \b
+    Examples:
+      residency access consent 0sV3kq9Xc2TOKEN
+    """
     _consent(c, as_json, "consent", token)
 
 
@@ -96,7 +112,12 @@ def _consent(c: Context, as_json: bool, how: str, what: str) -> None:
 @json_option
 @pass_ctx
 def access_password(c: Context, access_id: str, as_json: bool) -> None:
-    """A fresh password for a granted access, for the role that asked; shown once, never stored."""
+    """A fresh password for a granted access, for the role that asked; shown once, never stored.
+
+    \b
+    Examples:
+      residency access password 3
+    """
     from residency.access import lifecycle
 
     secret = _with_control(c, lambda conn, conns: lifecycle.password(conn, conns, access_id))
@@ -109,7 +130,13 @@ def access_password(c: Context, access_id: str, as_json: bool) -> None:
 @json_option
 @pass_ctx
 def access_list(c: Context, active: bool, workspace: str | None, as_json: bool) -> None:
-    """Access requests and grants, newest first."""
+    """Access requests and grants, newest first.
+
+    \b
+    Examples:
+      residency access list --active
+      residency access list --workspace 1000000000001 --json
+    """
     from residency import grants
 
     rows = _with_control(c, lambda conn, _: grants.list_grants(conn, active=active, workspace_id=workspace))
@@ -121,7 +148,12 @@ def access_list(c: Context, active: bool, workspace: str | None, as_json: bool) 
 @json_option
 @pass_ctx
 def access_show(c: Context, access_id: str, as_json: bool) -> None:
-    """One access: scope, consent (who, how, when), the grant's life in the audit log."""
+    """One access: scope, consent (who, how, when), the grant's life in the audit log.
+
+    \b
+    Examples:
+      residency access show 3
+    """
     from residency.access import lifecycle
 
     d = _with_control(c, lambda conn, _: lifecycle.show(conn, access_id))
@@ -148,7 +180,12 @@ def access_show(c: Context, access_id: str, as_json: bool) -> None:
 @json_option
 @pass_ctx
 def access_revoke(c: Context, access_id: str, as_json: bool) -> None:
-    """End an access now: the role can't log in, its sessions end, its views are dropped."""
+    """End an access now: the role can't log in, its sessions end, its views are dropped.
+
+    \b
+    Examples:
+      residency access revoke 3
+    """
     from residency.access import lifecycle
 
     g = _with_control(c, lambda conn, conns: lifecycle.revoke(conn, conns, access_id))
@@ -159,7 +196,13 @@ def access_revoke(c: Context, access_id: str, as_json: bool) -> None:
 @json_option
 @pass_ctx
 def access_sweep(c: Context, as_json: bool) -> None:
-    """End expired grants and unconsented requests whose token expired; drop orphaned roles."""
+    """End expired grants and unconsented requests whose token expired; drop orphaned roles.
+
+    \b
+    Examples:
+      residency access sweep
+      residency access sweep --json
+    """
     from residency.access import lifecycle
 
     ended = _with_control(c, lambda conn, conns: lifecycle.sweep_expired(conn, conns))

@@ -44,7 +44,13 @@ def backup() -> None:
 @json_option
 @pass_ctx
 def backup_create(c: Context, workspace: str, jobs: int, objects: str | None, as_json: bool) -> None:
-    """Back up WORKSPACE: one snapshot, every row it owns and the shared rows it references, its objects."""
+    """Back up WORKSPACE: one snapshot, every row it owns and the shared rows it references, its objects.
+
+    \b
+    Examples:
+      residency backup create 1000000000001
+      residency backup create 1000000000001 --jobs 4 --objects list
+    """
     from residency.backups.create import BackupOptions, create_backup
 
     ws = _input_first(c, workspace)
@@ -63,7 +69,12 @@ def backup_create(c: Context, workspace: str, jobs: int, objects: str | None, as
 @json_option
 @pass_ctx
 def backup_list(c: Context, workspace: str, as_json: bool) -> None:
-    """Complete backups of WORKSPACE, oldest first (an interrupted backup is never listed)."""
+    """Complete backups of WORKSPACE, oldest first (an interrupted backup is never listed).
+
+    \b
+    Examples:
+      residency backup list 1000000000001
+    """
     from residency.backups.records import list_backups
     from residency.controlplane import ensure_schema
     from residency.db import connect
@@ -88,7 +99,12 @@ def backup_list(c: Context, workspace: str, as_json: bool) -> None:
 @json_option
 @pass_ctx
 def backup_show(c: Context, backup_id: str, as_json: bool) -> None:
-    """One backup: where it is, its tables, rows and chunks."""
+    """One backup: where it is, its tables, rows and chunks.
+
+    \b
+    Examples:
+      residency backup show 7
+    """
     from residency.backups.records import get_backup
     from residency.controlplane import ensure_schema
     from residency.db import connect
@@ -113,7 +129,12 @@ def backup_show(c: Context, backup_id: str, as_json: bool) -> None:
 @json_option
 @pass_ctx
 def backup_verify(c: Context, backup_id: str, as_json: bool) -> None:
-    """Re-read every chunk and object of a backup and check every checksum and count (exit 1 naming what fails)."""
+    """Re-read every chunk and object of a backup and check every checksum and count (exit 1 naming what fails).
+
+    \b
+    Examples:
+      residency backup verify 7
+    """
     from residency.backups.verify import verify_backup
 
     res = verify_backup(c.catalogue, c.connections, backup_id)
@@ -129,7 +150,13 @@ def backup_verify(c: Context, backup_id: str, as_json: bool) -> None:
 @json_option
 @pass_ctx
 def backup_diff(c: Context, workspace: str, a: str, b: str, limit: int, as_json: bool) -> None:
-    """Records added, changed or deleted between backups A and B (default: now), per table with keys."""
+    """Records added, changed or deleted between backups A and B (default: now), per table with keys.
+
+    \b
+    Examples:
+      residency backup diff 1000000000001 7 now
+      residency backup diff 1000000000001 6 7 --limit 100 --json
+    """
     from residency.backups.diff import diff_backups
 
     ws = _input_first(c, workspace)
@@ -151,7 +178,12 @@ def backup_diff(c: Context, workspace: str, a: str, b: str, limit: int, as_json:
 @json_option
 @pass_ctx
 def backup_run_due(c: Context, as_json: bool) -> None:
-    """Back up every workspace whose regions.yaml backups: rule says it is due (what the job engine runs)."""
+    """Back up every workspace whose regions.yaml backups: rule says it is due (what the job engine runs).
+
+    \b
+    Examples:
+      residency backup run-due --json
+    """
     from residency.backups.schedule import run_due_backups
 
     res = run_due_backups(c.catalogue, c.connections, emit=_ProgressPrinter(quiet=as_json))
@@ -165,7 +197,12 @@ def backup_run_due(c: Context, as_json: bool) -> None:
 @json_option
 @pass_ctx
 def backup_expire(c: Context, as_json: bool) -> None:
-    """Delete backups past their keep (and interrupted ones), each with a deletion record and audit entry."""
+    """Delete backups past their keep (and interrupted ones), each with a deletion record and audit entry.
+
+    \b
+    Examples:
+      residency backup expire
+    """
     from residency.backups.schedule import expire_backups
 
     res = expire_backups(c.catalogue, c.connections)
@@ -187,7 +224,13 @@ def backup_expire(c: Context, as_json: bool) -> None:
 @pass_ctx
 def restore_cmd(c: Context, workspace: str, backup_id: str, table: str | None, keys: tuple[str, ...], into_dsn: str | None,
                 as_workspace: str | None, as_json: bool) -> None:
-    """Bring back records (with every row that depends on them) or the whole workspace from a backup."""
+    """Bring back records (with every row that depends on them) or the whole workspace from a backup.
+
+    \b
+    Examples:
+      residency restore 1000000000001 --from 7 --table conversations --key 1000000000042
+      residency restore 1000000000001 --from 7 --into-dsn postgresql://inspect@localhost/scratch
+    """
     from residency.backups.restore import restore
 
     ws = _input_first(c, workspace)

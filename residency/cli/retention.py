@@ -70,7 +70,13 @@ def _options(fn: Any) -> Any:
 @json_option
 @pass_ctx
 def retention_plan(c: Context, region: str | None, workspace: str | None, as_json: bool) -> None:
-    """What the rules would delete now, per rule: table, rows, time range, dependants (changes nothing)."""
+    """What the rules would delete now, per rule: table, rows, time range, dependants (changes nothing).
+
+    \b
+    Examples:
+      residency retention plan --region eu
+      residency retention plan --workspace 1000000000001 --json
+    """
     from residency import expiry
 
     report = expiry.plan(c.catalogue, _conns(c), region=region, workspace=workspace)
@@ -86,7 +92,13 @@ def retention_plan(c: Context, region: str | None, workspace: str | None, as_jso
 @json_option
 @pass_ctx
 def retention_run(c: Context, region: str | None, workspace: str | None, batch_rows: int, as_json: bool) -> None:
-    """Delete what the rules expire, in short batches, each workspace with a deletion record (operator)."""
+    """Delete what the rules expire, in short batches, each workspace with a deletion record (operator).
+
+    \b
+    Examples:
+      residency retention run --region eu
+      residency retention run --workspace 1000000000001 --batch 500
+    """
     from residency import expiry
 
     say = None if as_json else (lambda m: click.echo(m, err=True) if sys.stderr.isatty() else None)
