@@ -13,7 +13,7 @@ import psycopg
 
 from residency.catalogue import WorkspaceSpec
 from residency.errors import OperationError
-from residency.migrate import graph as graph_mod
+import residency.migrate.graph as graph_mod
 from residency.migrate.introspect import Schema, app_schema, introspect
 from residency.migrate.sqlbuild import Builder
 

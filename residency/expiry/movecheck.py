@@ -19,7 +19,7 @@ def check(cat: Catalogue, ws: str, source: str, target: str, src_builder: Any, d
     """(the plan's ``retention`` field, notes, refusals): the workspace's retention before and
     after the move, what changes, how many of its rows the target's rules expire at once, and a
     refusal for a target rule its schema can't run (a table or column the target lacks)."""
-    from residency.migrate import graph as graph_mod
+    import residency.migrate.graph as graph_mod
     from residency.migrate.sqlbuild import Builder
 
     before, after = effective(cat, source, ws), effective(cat, target, ws)

@@ -152,7 +152,7 @@ def _targets(cat: Catalogue, cp: psycopg.Connection[Any], region: str | None, wo
 
 
 def _schema_graph(conn: psycopg.Connection[Any], cat: Catalogue) -> Any:
-    from residency.migrate import graph as graph_mod
+    import residency.migrate.graph as graph_mod
     from residency.migrate.introspect import introspect
     from residency.migrate.sqlbuild import Builder
 
