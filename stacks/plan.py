@@ -13,6 +13,8 @@ plans must not run concurrently in one process.
 
 from __future__ import annotations
 
+import asyncio
+
 import ipaddress
 import re
 from collections import Counter
@@ -88,6 +90,19 @@ def reset_runtime() -> None:
     pulumi.runtime.reset_options(project=PROJECT, stack="stack")
 
 
+def _ensure_event_loop() -> None:
+    """Pulumi's runtime schedules on the thread's current event loop. A finished
+    ``asyncio.run`` elsewhere in the process (the job engine's worker, for one) leaves none set,
+    or a closed one: then set a fresh one."""
+    try:
+        loop = asyncio.get_event_loop_policy().get_event_loop()
+        if not loop.is_closed():
+            return
+    except RuntimeError:
+        pass
+    asyncio.set_event_loop(asyncio.new_event_loop())
+
+
 def run_program(program: Callable[[], Any], stack: str, preview: bool = False) -> RecordingMocks:
     """Run ``program`` under fresh mocks as stack ``stack`` and return what it registered.
 
@@ -96,6 +111,7 @@ def run_program(program: Callable[[], Any], stack: str, preview: bool = False) -
     :func:`pulumi.runtime.test` wrapper runs the program and waits until every registration and
     every ``apply`` has been answered; an exception of the program is raised here."""
     mocks = RecordingMocks()
+    _ensure_event_loop()
     pulumi.runtime.reset_options(project=PROJECT, stack=stack, preview=preview)
     pulumi.runtime.set_mocks(mocks, project=PROJECT, stack=stack, preview=preview)
 

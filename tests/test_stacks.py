@@ -276,3 +276,15 @@ def test_resources_sharing_a_name_are_compared_type_by_type(cat):
 
     plans = {"us": region_plan("us", "us-east-1", [sse, life]), "eu": region_plan("eu", "eu-west-1", [life, sse])}
     assert compare(cat, plans) == []
+
+
+def test_plan_runs_after_another_library_finished_its_event_loop(cat):
+    """asyncio.run (the job engine's worker uses it) leaves the main thread without an event
+    loop; the offline plan must still run in that process."""
+    import asyncio
+
+    async def nothing() -> None:
+        return None
+
+    asyncio.run(nothing())
+    assert plan(cat).types
