@@ -33,6 +33,7 @@ from psycopg import sql
 from residency import db
 
 from .copy import _stream, copy_owned
+from .load import LoadLimits
 from .progress import Meter, Progress
 from .retry import transient
 from .sqlbuild import Builder
@@ -54,12 +55,14 @@ def _env_int(name: str, default: int) -> int:
 class CopyOptions:
     """``jobs``: parallel streams of this move; ``chunk_rows``: tables above this many rows are
     chunked; ``streams_per_region``: the cap on copy streams out of one source region across the
-    control plane; ``rows_per_second``: an optional rate limit for this move (None: none)."""
+    control plane; ``rows_per_second``: an optional rate limit for this move (None: none);
+    ``load``: when the source counts as loaded, so the streams wait (:mod:`migrate.load`)."""
 
     jobs: int = field(default_factory=default_jobs)
     chunk_rows: int = field(default_factory=lambda: _env_int("RESIDENCY_COPY_CHUNK_ROWS", 250_000))
     streams_per_region: int = field(default_factory=lambda: _env_int("RESIDENCY_COPY_STREAMS_PER_REGION", 8))
     rows_per_second: float | None = field(default_factory=lambda: float(os.environ["RESIDENCY_COPY_ROWS_PER_SECOND"]) if os.environ.get("RESIDENCY_COPY_ROWS_PER_SECOND") else None)
+    load: LoadLimits = field(default_factory=LoadLimits)
 
     def __post_init__(self) -> None:
         self.jobs = max(1, int(self.jobs))
@@ -67,7 +70,8 @@ class CopyOptions:
         self.streams_per_region = max(1, int(self.streams_per_region))
 
     def to_dict(self) -> dict[str, Any]:
-        return {"jobs": self.jobs, "chunk_rows": self.chunk_rows, "streams_per_region": self.streams_per_region, "rows_per_second": self.rows_per_second}
+        return {"jobs": self.jobs, "chunk_rows": self.chunk_rows, "streams_per_region": self.streams_per_region, "rows_per_second": self.rows_per_second,
+                "load": self.load.to_dict()}
 
 
 @dataclass(frozen=True)
@@ -78,6 +82,7 @@ class Chunk:
     lo: Any
     hi: Any
     rows: int  # expected (the table's planned rows shared out)
+    kind: str = "rows"  # rows: a moving table's chunk; global: a global table's referenced rows (one task)
 
     def params(self, b: Builder, ws: str) -> dict[str, Any]:
         extra: dict[str, Any] = {}
@@ -89,6 +94,8 @@ class Chunk:
 
     @property
     def label(self) -> str:
+        if self.kind == "global":
+            return f"{self.table} (global)"
         return self.table if self.of == 1 else f"{self.table} [{self.index + 1}/{self.of}]"
 
 
@@ -121,14 +128,17 @@ def chunks_of(table: str, bounds: list[list[Any]], rows: int) -> list[Chunk]:
 
 
 def dependencies(b: Builder, tables: list[str], *, fk_order: bool) -> dict[str, set[str]]:
-    """Per table, the tables that must be complete in the target before its chunks start: the
-    ones it reaches its workspace through and, with foreign-key checks on, its FK parents. Only
-    tables earlier in the copy order count, so there is never a cycle."""
-    order = list(b.graph.order)
+    """Per table (moving or global), the tables that must be complete in the target before its
+    chunks start: the ones it reaches its workspace through and, with foreign-key checks on, its
+    FK parents (global tables included: their referenced rows are a task of their own, streamed
+    beside the chunks). Only tables earlier in the copy order (global tables first) count, so
+    there is never a cycle; with ``replica`` nothing waits for the global rows."""
+    order = list(b.graph.global_order) + [t for t in b.graph.order if t not in b.graph.global_order]
     pos = {t: i for i, t in enumerate(order)}
     out: dict[str, set[str]] = {}
     for t in tables:
-        deps = {link.parent for link in b.graph.reach[t].links}
+        reach = b.graph.reach.get(t)
+        deps = {link.parent for link in reach.links} if reach is not None and t not in b.graph.global_order else set()
         if fk_order:
             deps |= {fk.ref_table for fk in b.graph.table(t).foreign_keys}
         out[t] = {d for d in deps if d != t and d in pos and pos[d] < pos.get(t, len(order))}
@@ -169,10 +179,20 @@ def _begin_snapshot(src: psycopg.Connection[Any], snapshot: str | None) -> bool:
         return False
 
 
+def records_target_sums(b: Builder, table: str) -> bool:
+    """Whether a chunk of ``table`` counts and checksums its rows in the target as it lands. Owned
+    rows are found through owners that may not be in the target yet: verify computes those."""
+    return b.graph.reach[table].kind != "owned"
+
+
 @transient
 def copy_chunk(src_dsn: str, dst_dsn: str, b: Builder, c: Chunk, ws: str, emit: Callable[[Progress], None], access: TargetAccess,
-               *, snapshot: str | None = None, should_stop: Callable[[], bool] = lambda: False, on_batch: Callable[[int], None] | None = None) -> dict[str, Any]:
-    """One chunk: one COPY out of the source snapshot, one COPY into one target transaction."""
+               *, snapshot: str | None = None, should_stop: Callable[[], bool] = lambda: False, on_batch: Callable[[int], None] | None = None,
+               target_sums: bool = True) -> dict[str, Any]:
+    """One chunk: one COPY out of the source snapshot, one COPY into one target transaction; then,
+    in that same transaction, the chunk's count and checksum as the target holds it (``target``:
+    [rows, sum], the same sum verify computes), so it is recorded with the chunk's checkpoint and
+    only with it: a chunk redone after a crash records its sums again."""
     t0 = time.monotonic()
     params = c.params(b, ws)
     meter = Meter(emit, "copy", c.label, c.rows)
@@ -188,9 +208,18 @@ def copy_chunk(src_dsn: str, dst_dsn: str, b: Builder, c: Chunk, ws: str, emit: 
             else:
                 rows = _stream(src, dst, b.copy_out_chunk(c.table, lo, hi), b.copy_in(c.table), params, meter, should_stop, on_batch)
             leave(dst, access, b.schema, c.table)
-        src.execute("COMMIT")
+            sums = None
+            if target_sums and records_target_sums(b, c.table):
+                src.execute("COMMIT")  # the source side is done: no snapshot held while the target sums
+                n, s = dst.execute(b.checksum_chunk(c.table, lo, hi), params).fetchone()
+                sums = [int(n), str(s)]
+        if src.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+            src.execute("COMMIT")
     meter.finish(rows)
-    return {"rows": rows, "bytes": meter.bytes, "seconds": round(time.monotonic() - t0, 3), "snapshot": imported}
+    out = {"rows": rows, "bytes": meter.bytes, "seconds": round(time.monotonic() - t0, 3), "snapshot": imported}
+    if sums is not None:
+        out["target"] = sums
+    return out
 
 
 @transient

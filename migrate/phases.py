@@ -8,6 +8,7 @@ reuse or replace any of them; see :mod:`migrate.strategy`.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from datetime import datetime, timezone
@@ -24,6 +25,7 @@ from . import copy as copy_mod
 from . import faults, fence, objects, tenant_objects
 from .chunks import CopyOptions
 from .context import MoveContext
+from .load import SourceLoad
 from .throttle import RateLimit, StreamSlots
 from .progress import Progress
 from .verify import VerifyResult, checksum_tables, verify_tables
@@ -203,15 +205,14 @@ def _copy(ctx: MoveContext, rec: MoveRecord, sums: SourceChecksums | None) -> Mo
     expected = {t["table"]: int(t["rows"]) for t in rec.plan.get("tables", [])}
 
     globals_done = dict(cp.get("globals") or {})
-    for g in ctx.graph.global_order:
-        if g in globals_done:
-            continue
-        res = copy_mod.copy_global(src.dsn, dst.dsn, b, g, ws, ctx.emit, access)
-        globals_done[g] = res
-        rec = checkpoint(ctx, rec, {"copy": {**cp, "tables": done, "globals": globals_done, "chunks": plans}})
-
+    global_rows = {g["table"]: int(g.get("referenced_rows") or 0) for g in rec.plan.get("globals", [])}
+    global_tasks = [chunks_mod.Chunk(g, 0, 1, None, None, max(1, global_rows.get(g, 0)), kind="global")
+                    for g in ctx.graph.global_order if g not in globals_done]
+    load = SourceLoad(src.dsn, opts.load, lambda m: emit_state(ctx, m))
     snap = chunks_mod.SourceSnapshot(src.dsn) if left else None
     t_tables = time.monotonic()
+    slots = StreamSlots(ctx.conns.control_dsn, rec.source, opts.streams_per_region)
+    tasks: list[chunks_mod.Chunk] = list(global_tasks)
     try:
         if snap is not None:
             new = [t for t in left if t not in plans]
@@ -219,9 +220,8 @@ def _copy(ctx: MoveContext, rec: MoveRecord, sums: SourceChecksums | None) -> Mo
                 plans[t] = {"bounds": chunks_mod.plan_bounds(snap.conn, b, ws, t, expected.get(t, 0), opts.chunk_rows, fk_order=access.fk_order), "done": {}}
             if new:
                 rec = checkpoint(ctx, rec, {"copy": {**cp, "tables": done, "globals": globals_done, "chunks": plans}})
-        tasks = [c for t in left for c in chunks_mod.chunks_of(t, plans[t]["bounds"], expected.get(t, 0))
-                 if str(c.index) not in plans[t]["done"]]
-        slots = StreamSlots(ctx.conns.control_dsn, rec.source, opts.streams_per_region)
+        tasks += [c for t in left for c in chunks_mod.chunks_of(t, plans[t]["bounds"], expected.get(t, 0))
+                  if str(c.index) not in plans[t]["done"]]
         rate = RateLimit(opts.rows_per_second)
         state = {"rec": rec}
 
@@ -232,25 +232,36 @@ def _copy(ctx: MoveContext, rec: MoveRecord, sums: SourceChecksums | None) -> Mo
             if len(plans[t]["done"]) == len(plans[t]["bounds"]):
                 finish_table(t)
 
+        def between_batches(rows: int) -> None:
+            rate.take(rows)
+            load.wait(ctx.should_stop)
+
         def work(c: chunks_mod.Chunk) -> dict[str, Any]:
+            load.wait(ctx.should_stop)  # before taking a slot: a loaded source holds none
             with slots.slot(ctx.should_stop):
+                if c.kind == "global":
+                    return copy_mod.copy_global(src.dsn, dst.dsn, b, c.table, ws, ctx.emit, access)
                 return chunks_mod.copy_chunk(src.dsn, dst.dsn, b, c, ws, ctx.emit, access, snapshot=snap.id if snap else None,
-                                             should_stop=ctx.should_stop, on_batch=rate.take)
+                                             should_stop=ctx.should_stop, on_batch=between_batches)
 
         def on_done(c: chunks_mod.Chunk, res: dict[str, Any]) -> None:
-            plans[c.table]["done"][str(c.index)] = res
-            faults.point("chunk_copied")  # committed in the target, not yet recorded
-            if len(plans[c.table]["done"]) == len(plans[c.table]["bounds"]):
-                faults.point("table_copied")
-                finish_table(c.table)
+            if c.kind == "global":
+                globals_done[c.table] = res
+            else:
+                plans[c.table]["done"][str(c.index)] = res
+                faults.point("chunk_copied")  # committed in the target, not yet recorded
+                if len(plans[c.table]["done"]) == len(plans[c.table]["bounds"]):
+                    faults.point("table_copied")
+                    finish_table(c.table)
             state["rec"] = checkpoint(ctx, state["rec"], {"copy": {**cp, "tables": done, "globals": globals_done, "chunks": plans}})
 
-        chunks_mod.run(tasks, jobs=opts.jobs, deps=chunks_mod.dependencies(b, left, fk_order=access.fk_order),
-                       exclusive=access.exclusive, work=work, on_done=on_done)
+        deps = chunks_mod.dependencies(b, left + [c.table for c in global_tasks], fk_order=access.fk_order)
+        chunks_mod.run(tasks, jobs=opts.jobs, deps=deps, exclusive=access.exclusive, work=work, on_done=on_done)
         rec = state["rec"]
     finally:
         if snap is not None:
             snap.close()
+        load.close()
     tables_seconds = round(time.monotonic() - t_tables, 3)
     faults.point("rows_copied")
     extra: dict[str, Any] = {}
@@ -282,6 +293,7 @@ def _copy(ctx: MoveContext, rec: MoveRecord, sums: SourceChecksums | None) -> Mo
         "chunks": sum(len(p["bounds"]) for p in plans.values()),
         "stream_seconds": round(sum(float(v.get("seconds") or 0) for v in done.values()), 3),
         "slot_wait_seconds": round(slots.waited, 3),
+        "throttle": load.report(),
         "objects": obj,
         "sequences": seqs,
         "tenant_objects": tobj,
@@ -325,8 +337,9 @@ def verify_phase(ctx: MoveContext, rec: MoveRecord, verifier: Callable[[], Verif
         sizes = {t["table"]: int(t.get("rows") or 0) for t in rec.plan.get("tables", [])}
         chunked = {t: p["bounds"] for t, p in ((rec.checkpoints.get("copy") or {}).get("chunks") or {}).items()
                    if len(p.get("bounds") or []) > 1 and t not in _replicated(rec)}
+        recorded = recorded_target_sums(rec) if target_sums_mode() == "recorded" else {}
         res = verify_tables(ctx.src.dsn, ctx.dst.dsn, ctx.builder, ctx.workspace_id, rec.source, rec.target,
-                            a_sums=a_sums, b_workers=TARGET_WORKERS, sizes=sizes, chunks=chunked)
+                            a_sums=a_sums, b_workers=TARGET_WORKERS, sizes=sizes, chunks=chunked, b_recorded=recorded)
         res.timings = dict(res.timings or {})
         if a_sums is not None:
             res.source_checksums = why
@@ -359,6 +372,32 @@ def verify_phase(ctx: MoveContext, rec: MoveRecord, verifier: Callable[[], Verif
 
 class VerifyFailed(OperationError):
     pass
+
+
+def target_sums_mode() -> str:
+    """``recorded`` (default): verify uses the target counts and checksums each chunk recorded as
+    it landed (computed in the chunk's own target transaction, checkpointed with it); nothing
+    but the move writes the workspace's rows in the target before cut-over. ``recompute``
+    (``RESIDENCY_VERIFY_TARGET=recompute``): verify reads the target again, for an operator who
+    distrusts what happened to it since the copy."""
+    return "recompute" if os.environ.get("RESIDENCY_VERIFY_TARGET", "").strip().lower() == "recompute" else "recorded"
+
+
+def recorded_target_sums(rec: MoveRecord) -> dict[str, list[tuple[int, Decimal]]]:
+    """Per table whose every chunk recorded its target sums as it landed: those sums, in chunk
+    order. Tables copied another way (online replication) or lacking any chunk's sums are left out
+    (verify computes them)."""
+    copy = rec.checkpoints.get("copy") or {}
+    out: dict[str, list[tuple[int, Decimal]]] = {}
+    skip = _replicated(rec)
+    for t, p in (copy.get("chunks") or {}).items():
+        bounds, done = p.get("bounds") or [], p.get("done") or {}
+        if t in skip or not bounds or len(done) != len(bounds):
+            continue
+        sums = [done.get(str(i), {}).get("target") for i in range(len(bounds))]
+        if all(isinstance(x, list) and len(x) == 2 for x in sums):
+            out[t] = [(int(x[0]), Decimal(x[1])) for x in sums]
+    return out
 
 
 def _replicated(rec: MoveRecord) -> set[str]:

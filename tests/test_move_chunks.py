@@ -14,6 +14,7 @@ from decimal import Decimal
 import psycopg
 import pytest
 
+from residency import moves
 from residency.migrate import move_status, resume_move, start_move, verify_workspace
 from residency.migrate.chunks import CopyOptions, chunks_of, plan_bounds
 from residency.migrate.context import make_context
@@ -79,6 +80,11 @@ def test_chunked_parallel_move_is_exact(env):
     assert tables["notes_text"]["chunks"] >= 3 and tables["notes_uuid"]["chunks"] >= 3 and tables["notes_pair"]["chunks"] == 1
     assert tables["messages"]["chunks"] > 1
     assert rec.report["copy"]["options"]["jobs"] == 3
+    # the global rows went as a task of the scheduler, and every table's target sums were
+    # recorded as its chunks landed, so verify read none of the target's tables again
+    assert rec.report["copy"]["globals"]["users"]["referenced"] > 0
+    n = len(rec.plan["tables"])
+    assert rec.report["verify"]["target_checksums"].startswith(f"{n} of {n} tables recorded")
     with psycopg.connect(env.dsn("eu"), autocommit=True) as c:
         for t in ("notes_text", "notes_uuid", "notes_pair"):
             assert c.execute(f"SELECT count(*) FROM {t} WHERE workspace_id = %s", (ws,)).fetchone()[0] == 900
@@ -142,7 +148,13 @@ def test_stream_cap_holds_across_processes(env):
         child.wait(timeout=30)
 
 
-def test_a_chunk_failing_its_checksum_is_named_and_recopied_alone(env):
+@pytest.mark.parametrize("mode", ["recorded", "recompute"])
+def test_a_chunk_failing_its_checksum_is_named_and_recopied_alone(env, monkeypatch, mode):
+    """recompute: the target is read again by verify, so a row changed after the copy is caught;
+    recorded (the default): verify trusts the sums each chunk recorded as it landed, so the chunk
+    is made to land wrong (its row changed and its recorded sums being what the target holds)."""
+    if mode == "recompute":
+        monkeypatch.setenv("RESIDENCY_VERIFY_TARGET", "recompute")
     s = env.seed(workspaces=3, rows=6000, seed=4)
     ws = s.biggest if s.home[s.biggest] == "us" else s.workspaces["us"][0]
     before = counts(env.dsn("us"), ws)
@@ -150,10 +162,18 @@ def test_a_chunk_failing_its_checksum_is_named_and_recopied_alone(env):
     rec = start_move(env.catalogue, env.connections, ws, "eu", strategy="snapshot", copy_options=opts, stop_after="copied")
     bounds = rec.checkpoints["copy"]["chunks"]["messages"]["bounds"]
     assert len(bounds) >= 3
+    assert all("target" in d for d in rec.checkpoints["copy"]["chunks"]["messages"]["done"].values())
     lo, hi = bounds[1]
     with psycopg.connect(env.dsn("eu"), autocommit=True) as c:
         (victim,) = c.execute("SELECT min(id) FROM messages WHERE workspace_id = %s AND id > %s AND id <= %s", (ws, lo, hi)).fetchone()
         c.execute("UPDATE messages SET body = 'tampered' WHERE id = %s", (victim,))
+        if mode == "recorded":
+            b = make_context(env.catalogue, env.connections, ws, "us", "eu").builder
+            n, h = c.execute(b.checksum_chunk("messages", True, True), b.params(str(ws), chunk_lo=lo, chunk_hi=hi)).fetchone()
+            copy = rec.checkpoints["copy"]
+            copy["chunks"]["messages"]["done"]["1"]["target"] = [int(n), str(h)]
+            with psycopg.connect(env.control_dsn) as cp:
+                moves.checkpoint(cp, rec.id, {"copy": copy})
     with pytest.raises(Exception) as exc:
         resume_move(env.catalogue, env.connections, rec.id, copy_options=opts)
     msg = str(exc.value)
