@@ -93,6 +93,12 @@ class Chunk:
         return b.params(ws, **extra)
 
     @property
+    def unit(self) -> str:
+        """What the scheduler waits for: a moving table's chunks, or a global table's rows (a table
+        can be both: rows hanging off shared rows)."""
+        return global_unit(self.table) if self.kind == "global" else self.table
+
+    @property
     def label(self) -> str:
         if self.kind == "global":
             return f"{self.table} (global)"
@@ -127,21 +133,37 @@ def chunks_of(table: str, bounds: list[list[Any]], rows: int) -> list[Chunk]:
     return [Chunk(table, i, n, lo, hi, max(1, rows // n)) for i, (lo, hi) in enumerate(bounds)]
 
 
-def dependencies(b: Builder, tables: list[str], *, fk_order: bool) -> dict[str, set[str]]:
-    """Per table (moving or global), the tables that must be complete in the target before its
-    chunks start: the ones it reaches its workspace through and, with foreign-key checks on, its
-    FK parents (global tables included: their referenced rows are a task of their own, streamed
-    beside the chunks). Only tables earlier in the copy order (global tables first) count, so
-    there is never a cycle; with ``replica`` nothing waits for the global rows."""
-    order = list(b.graph.global_order) + [t for t in b.graph.order if t not in b.graph.global_order]
+def global_unit(table: str) -> str:
+    return f"global:{table}"
+
+
+def dependencies(b: Builder, tables: list[str], globals_: list[str], *, fk_order: bool) -> dict[str, set[str]]:
+    """Per scheduling unit (a moving table, or ``global:<table>`` for a global table's referenced
+    rows, streamed beside the chunks), the units that must be complete in the target before it
+    starts: for a moving table the tables it reaches its workspace through and, with foreign-key
+    checks on, its FK parents (a global parent's rows included); for a global table's rows, with
+    the checks on, the global tables it references. Only units earlier in the copy order count
+    (global rows first), so there is never a cycle; with ``replica`` nothing waits for the
+    global rows."""
+    order, gorder = list(b.graph.order), list(b.graph.global_order)
     pos = {t: i for i, t in enumerate(order)}
+    gpos = {t: i for i, t in enumerate(gorder)}
     out: dict[str, set[str]] = {}
     for t in tables:
-        reach = b.graph.reach.get(t)
-        deps = {link.parent for link in reach.links} if reach is not None and t not in b.graph.global_order else set()
+        deps = {link.parent for link in b.graph.reach[t].links if link.parent in pos and pos[link.parent] < pos[t]}
         if fk_order:
-            deps |= {fk.ref_table for fk in b.graph.table(t).foreign_keys}
-        out[t] = {d for d in deps if d != t and d in pos and pos[d] < pos.get(t, len(order))}
+            for fk in b.graph.table(t).foreign_keys:
+                if fk.ref_table in pos and pos[fk.ref_table] < pos[t]:
+                    deps.add(fk.ref_table)
+                if fk.ref_table in gpos:
+                    deps.add(global_unit(fk.ref_table))
+        out[t] = {d for d in deps if d != t}
+    for g in globals_:
+        deps = set()
+        if fk_order:
+            deps = {global_unit(fk.ref_table) for fk in b.graph.table(g).foreign_keys
+                    if fk.ref_table != g and fk.ref_table in gpos and gpos[fk.ref_table] < gpos[g]}
+        out[global_unit(g)] = deps
     return out
 
 
@@ -180,9 +202,22 @@ def _begin_snapshot(src: psycopg.Connection[Any], snapshot: str | None) -> bool:
 
 
 def records_target_sums(b: Builder, table: str) -> bool:
-    """Whether a chunk of ``table`` counts and checksums its rows in the target as it lands. Owned
-    rows are found through owners that may not be in the target yet: verify computes those."""
-    return b.graph.reach[table].kind != "owned"
+    """Whether a chunk of ``table`` counts and checksums its rows in the target as it lands: only
+    when the target can already tell them, i.e. every table it reaches its workspace through
+    (transitively) comes earlier in the copy order, so it is complete by then (see
+    :func:`dependencies`). Owned rows, rows reached through a later table (a polymorphic parent
+    copied after it) or through their own table are summed by verify instead."""
+    pos = {t: i for i, t in enumerate(b.graph.order)}
+
+    def known(t: str, seen: frozenset[str]) -> bool:
+        r = b.graph.reach.get(t)
+        if r is None or r.kind == "owned" or t in seen:
+            return False
+        if r.kind in ("root", "key"):
+            return True
+        return all(link.parent in pos and pos[link.parent] < pos[t] and known(link.parent, seen | {t}) for link in r.links)
+
+    return known(table, frozenset())
 
 
 @transient
@@ -253,17 +288,17 @@ def clear_unfinished(dst_dsn: str, b: Builder, ws: str, plans: dict[str, dict[st
 def run(tasks: list[Chunk], *, jobs: int, deps: dict[str, set[str]], exclusive: Callable[[str], bool],
         work: Callable[[Chunk], dict[str, Any]], on_done: Callable[[Chunk, dict[str, Any]], None]) -> None:
     """Copy ``tasks`` on ``jobs`` threads, largest ready chunk first. A chunk is ready when every
-    table in ``deps`` of its table has no chunk left, and (``exclusive`` tables) no other chunk of
-    its table is running. ``on_done`` runs under the scheduler's lock (checkpoints). The first
+    unit in ``deps`` of its unit (:attr:`Chunk.unit`) has no task left, and (``exclusive``
+    tables) no other task of its table is running. ``on_done`` runs under the scheduler's lock (checkpoints). The first
     failure stops the others from taking new chunks and is raised."""
     pending = sorted(tasks, key=lambda c: (-c.rows, c.table, c.index))
-    left = Counter(c.table for c in tasks)
+    left = Counter(c.unit for c in tasks)
     running: Counter[str] = Counter()
     cond = threading.Condition()
     errors: list[BaseException] = []
 
     def ready(c: Chunk) -> bool:
-        if any(left[d] for d in deps.get(c.table, ())):
+        if any(left[d] for d in deps.get(c.unit, ())):
             return False
         return not (exclusive(c.table) and running[c.table])
 
@@ -293,7 +328,7 @@ def run(tasks: list[Chunk], *, jobs: int, deps: dict[str, set[str]], exclusive: 
                 return
             with cond:
                 running[c.table] -= 1
-                left[c.table] -= 1
+                left[c.unit] -= 1
                 try:
                     on_done(c, res)
                 except BaseException as exc:  # noqa: BLE001

@@ -255,7 +255,7 @@ def _copy(ctx: MoveContext, rec: MoveRecord, sums: SourceChecksums | None) -> Mo
                     finish_table(c.table)
             state["rec"] = checkpoint(ctx, state["rec"], {"copy": {**cp, "tables": done, "globals": globals_done, "chunks": plans}})
 
-        deps = chunks_mod.dependencies(b, left + [c.table for c in global_tasks], fk_order=access.fk_order)
+        deps = chunks_mod.dependencies(b, left, [c.table for c in global_tasks], fk_order=access.fk_order)
         chunks_mod.run(tasks, jobs=opts.jobs, deps=deps, exclusive=access.exclusive, work=work, on_done=on_done)
         rec = state["rec"]
     finally:
