@@ -15,7 +15,9 @@ from datetime import datetime, timezone
 from decimal import Decimal
 from typing import Any, Callable
 
-from residency import audit, directory, moves
+import psycopg
+
+from residency import audit, db, directory, moves
 from residency.errors import OperationError
 from residency.evidence import section_hash
 from residency.moves import MoveRecord
@@ -62,6 +64,36 @@ def checkpoint(ctx: MoveContext, rec: MoveRecord, patch: dict[str, Any]) -> Move
         with cp.transaction():
             moves.checkpoint(cp, rec.id, patch)
             return moves.get(cp, rec.id)
+
+
+class CheckpointWriter:
+    """Checkpoints of one phase on one kept control-plane connection (the copy records one per
+    chunk); a connection that fails is replaced once, then the error stands."""
+
+    def __init__(self, ctx: MoveContext, rec: MoveRecord):
+        self.ctx, self.rec = ctx, rec
+        self._conn: Any = None
+
+    def save(self, patch: dict[str, Any]) -> None:
+        for attempt in (0, 1):
+            try:
+                if self._conn is None or self._conn.closed:
+                    self._conn = db.connect(self.ctx.conns.control_dsn, application_name="residency-mover-control")
+                with self._conn.transaction():
+                    moves.checkpoint(self._conn, self.rec.id, patch)
+                return
+            except psycopg.OperationalError:
+                self.close()
+                if attempt:
+                    raise
+
+    def close(self) -> None:
+        if self._conn is not None:
+            try:
+                self._conn.close()
+            except psycopg.Error:
+                pass
+            self._conn = None
 
 
 def emit_state(ctx: MoveContext, message: str) -> None:
@@ -213,6 +245,8 @@ def _copy(ctx: MoveContext, rec: MoveRecord, sums: SourceChecksums | None) -> Mo
     t_tables = time.monotonic()
     slots = StreamSlots(ctx.conns.control_dsn, rec.source, opts.streams_per_region)
     tasks: list[chunks_mod.Chunk] = list(global_tasks)
+    streams = chunks_mod.StreamConnections(src.dsn, dst.dsn, ctx.conns.control_dsn)
+    recorder = CheckpointWriter(ctx, rec)
     try:
         if snap is not None:
             new = [t for t in left if t not in plans]
@@ -223,7 +257,6 @@ def _copy(ctx: MoveContext, rec: MoveRecord, sums: SourceChecksums | None) -> Mo
         tasks += [c for t in left for c in chunks_mod.chunks_of(t, plans[t]["bounds"], expected.get(t, 0))
                   if str(c.index) not in plans[t]["done"]]
         rate = RateLimit(opts.rows_per_second)
-        state = {"rec": rec}
 
         def finish_table(t: str) -> None:
             done[t] = chunks_mod.table_summary(plans[t]["done"].values(), removed.get(t, 0))
@@ -238,11 +271,15 @@ def _copy(ctx: MoveContext, rec: MoveRecord, sums: SourceChecksums | None) -> Mo
 
         def work(c: chunks_mod.Chunk) -> dict[str, Any]:
             load.wait(ctx.should_stop)  # before taking a slot: a loaded source holds none
-            with slots.slot(ctx.should_stop):
-                if c.kind == "global":
-                    return copy_mod.copy_global(src.dsn, dst.dsn, b, c.table, ws, ctx.emit, access)
-                return chunks_mod.copy_chunk(src.dsn, dst.dsn, b, c, ws, ctx.emit, access, snapshot=snap.id if snap else None,
-                                             should_stop=ctx.should_stop, on_batch=between_batches)
+            try:
+                with slots.slot(ctx.should_stop, conn=streams.control()):
+                    if c.kind == "global":
+                        return copy_mod.copy_global(src.dsn, dst.dsn, b, c.table, ws, ctx.emit, access)
+                    return chunks_mod.copy_chunk(src.dsn, dst.dsn, b, c, ws, ctx.emit, access, snapshot=snap.id if snap else None,
+                                                 should_stop=ctx.should_stop, on_batch=between_batches, pool=streams)
+            except BaseException:
+                streams.discard_control()
+                raise
 
         def on_done(c: chunks_mod.Chunk, res: dict[str, Any]) -> None:
             if c.kind == "global":
@@ -253,15 +290,16 @@ def _copy(ctx: MoveContext, rec: MoveRecord, sums: SourceChecksums | None) -> Mo
                 if len(plans[c.table]["done"]) == len(plans[c.table]["bounds"]):
                     faults.point("table_copied")
                     finish_table(c.table)
-            state["rec"] = checkpoint(ctx, state["rec"], {"copy": {**cp, "tables": done, "globals": globals_done, "chunks": plans}})
+            recorder.save({"copy": {**cp, "tables": done, "globals": globals_done, "chunks": plans}})
 
         deps = chunks_mod.dependencies(b, left, [c.table for c in global_tasks], fk_order=access.fk_order)
         chunks_mod.run(tasks, jobs=opts.jobs, deps=deps, exclusive=access.exclusive, work=work, on_done=on_done)
-        rec = state["rec"]
     finally:
         if snap is not None:
             snap.close()
         load.close()
+        streams.close()
+        recorder.close()
     tables_seconds = round(time.monotonic() - t_tables, 3)
     faults.point("rows_copied")
     extra: dict[str, Any] = {}
