@@ -16,7 +16,7 @@ import pytest
 
 from residency import moves
 from residency.migrate import move_status, resume_move, start_move, verify_workspace
-from residency.migrate.chunks import CopyOptions, chunks_of, plan_bounds
+from residency.migrate.chunks import CopyOptions, chunks_of, dependencies, plan_bounds
 from residency.migrate.context import make_context
 from residency.migrate.throttle import StreamSlots
 from move_support import REPO, counts, home, run_mover
@@ -25,6 +25,7 @@ EXTRA = [
     "CREATE TABLE notes_text (id text PRIMARY KEY, workspace_id bigint NOT NULL REFERENCES workspaces (id), body text)",
     "CREATE TABLE notes_uuid (id uuid PRIMARY KEY, workspace_id bigint NOT NULL REFERENCES workspaces (id), n int)",
     "CREATE TABLE notes_pair (a int, b text, workspace_id bigint NOT NULL REFERENCES workspaces (id), PRIMARY KEY (a, b))",
+    "CREATE TABLE notes_nopk (workspace_id bigint NOT NULL REFERENCES workspaces (id), tag text, n int)",  # duplicates allowed
 ]
 
 
@@ -38,6 +39,7 @@ def _extra_tables(env, ws, n=900):
         c.execute("INSERT INTO notes_text SELECT (ARRAY['a','B','é','Z','m'])[1 + i %% 5] || i, %s, 'x' || i FROM generate_series(1, %s) i", (ws, n))
         c.execute("INSERT INTO notes_uuid SELECT gen_random_uuid(), %s, i FROM generate_series(1, %s) i", (ws, n))
         c.execute("INSERT INTO notes_pair SELECT i %% 7, 'k' || i, %s FROM generate_series(1, %s) i", (ws, n))
+        c.execute("INSERT INTO notes_nopk SELECT %s, 't' || (i %% 10), i %% 3 FROM generate_series(1, %s) i", (ws, n))
 
 
 def test_chunk_bounds_cover_every_row_once(env):
@@ -47,11 +49,11 @@ def test_chunk_bounds_cover_every_row_once(env):
     ctx = make_context(env.catalogue, env.connections, ws, "us", "eu")
     b = ctx.builder
     with psycopg.connect(env.dsn("us"), autocommit=True) as c:
-        for table in ("messages", "notes_text", "notes_uuid", "notes_pair"):
+        for table in ("messages", "notes_text", "notes_uuid", "notes_pair", "notes_nopk"):
             total, total_sum = c.execute(b.checksum(table), b.params(str(ws))).fetchone()
             bounds = plan_bounds(c, b, str(ws), table, total, 200, fk_order=False)
-            if table == "notes_pair":
-                assert bounds == [[None, None]]  # composite key: one chunk
+            if table in ("notes_pair", "notes_nopk"):
+                assert bounds == [[None, None]]  # composite key, no primary key: one chunk
                 continue
             assert len(bounds) >= 3, (table, bounds)
             assert bounds[0][0] is None and bounds[-1][1] is None
@@ -78,6 +80,7 @@ def test_chunked_parallel_move_is_exact(env):
     assert counts(env.dsn("eu"), ws) == before
     tables = rec.report["copy"]["tables"]
     assert tables["notes_text"]["chunks"] >= 3 and tables["notes_uuid"]["chunks"] >= 3 and tables["notes_pair"]["chunks"] == 1
+    assert tables["notes_nopk"]["chunks"] == 1 and tables["notes_nopk"]["rows"] == 900
     assert tables["messages"]["chunks"] > 1
     assert rec.report["copy"]["options"]["jobs"] == 3
     # the global rows went as a task of the scheduler, and every table's target sums were
@@ -86,7 +89,7 @@ def test_chunked_parallel_move_is_exact(env):
     n = len(rec.plan["tables"])
     assert rec.report["verify"]["target_checksums"].startswith(f"{n} of {n} tables recorded")
     with psycopg.connect(env.dsn("eu"), autocommit=True) as c:
-        for t in ("notes_text", "notes_uuid", "notes_pair"):
+        for t in ("notes_text", "notes_uuid", "notes_pair", "notes_nopk"):
             assert c.execute(f"SELECT count(*) FROM {t} WHERE workspace_id = %s", (ws,)).fetchone()[0] == 900
     assert verify_workspace(env.catalogue, env.connections, ws, "us", "eu").ok
 
@@ -109,6 +112,8 @@ def test_kill9_mid_copy_redoes_only_unrecorded_chunks(env, point):
     for t, chunks in recorded.items():
         for i, res in chunks.items():
             assert after[t]["done"][i] == res  # recorded before the kill: not copied again
+    n = len(rec.plan["tables"])  # every table's target sums recorded, the redone chunks' anew
+    assert rec.report["verify"]["target_checksums"].startswith(f"{n} of {n} tables recorded")
     removed = sum(v.get("removed_first", 0) for v in rec.report["copy"]["tables"].values())
     assert removed <= 2 * 400  # at most one chunk per stream was redone
     if point == "chunk_copied":
@@ -189,3 +194,16 @@ def test_a_chunk_failing_its_checksum_is_named_and_recopied_alone(env, monkeypat
     assert counts(env.dsn("eu"), ws) == before
     with psycopg.connect(env.dsn("eu"), autocommit=True) as c:
         assert c.execute("SELECT count(*) FROM messages WHERE body = 'tampered'").fetchone()[0] == 0
+
+
+def test_global_rows_are_a_task_waited_for_only_with_foreign_key_checks(env):
+    s = env.seed(workspaces=2, rows=500, seed=3)
+    ws = s.workspaces["us"][0]
+    b = make_context(env.catalogue, env.connections, ws, "us", "eu").builder
+    tables = list(b.graph.order)
+    referencing = [t for t in tables if any(fk.ref_table == "users" for fk in b.graph.table(t).foreign_keys)]
+    assert referencing and b.graph.global_order == ["users"]
+    free = dependencies(b, tables, ["users"], fk_order=False)  # replica: nothing waits for the global rows
+    assert free["global:users"] == set() and not any("global:users" in d for d in free.values())
+    checked = dependencies(b, tables, ["users"], fk_order=True)  # FK checks on: the referencing tables wait
+    assert all("global:users" in checked[t] for t in referencing)
