@@ -244,13 +244,8 @@ class StreamConnections:
         return c
 
     def discard_control(self) -> None:
-        c = getattr(self._local, "control", None)
+        db.close_quietly(getattr(self._local, "control", None))
         self._local.control = None
-        if c is not None:
-            try:
-                c.close()
-            except psycopg.Error:
-                pass
 
     def get(self) -> tuple[psycopg.Connection[Any], psycopg.Connection[Any]]:
         pair = getattr(self._local, "pair", None)
@@ -264,22 +259,13 @@ class StreamConnections:
         return pair
 
     def discard(self) -> None:
-        pair = getattr(self._local, "pair", None)
+        db.close_quietly(*(getattr(self._local, "pair", None) or ()))
         self._local.pair = None
-        for c in pair or ():
-            try:
-                c.close()
-            except psycopg.Error:
-                pass
 
     def close(self) -> None:
         with self._lock:
             conns, self._all = self._all, []
-        for c in conns:
-            try:
-                c.close()
-            except psycopg.Error:
-                pass
+        db.close_quietly(*conns)
 
 
 @transient

@@ -145,12 +145,8 @@ class SourceLoad:
             return self._over
 
     def _close(self) -> None:
-        if self._conn is not None:
-            try:
-                self._conn.close()
-            except psycopg.Error:
-                pass
-            self._conn = None
+        db.close_quietly(self._conn)
+        self._conn = None
 
     # ------------------------------------------------------------------ waiting
     def wait(self, should_stop: Callable[[], bool] = lambda: False) -> float:

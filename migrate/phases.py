@@ -88,12 +88,8 @@ class CheckpointWriter:
                     raise
 
     def close(self) -> None:
-        if self._conn is not None:
-            try:
-                self._conn.close()
-            except psycopg.Error:
-                pass
-            self._conn = None
+        db.close_quietly(self._conn)
+        self._conn = None
 
 
 def emit_state(ctx: MoveContext, message: str) -> None:
