@@ -89,6 +89,16 @@ def visibility(conn: psycopg.Connection[Any]) -> str:
             " hidden (GRANT pg_read_all_stats TO the mover role)")
 
 
+def plan_note(conn: psycopg.Connection[Any], limits: LoadLimits | None = None) -> str:
+    """The plan's line on the copy's back-off, saying what the source role can see of the load."""
+    limits = limits or LoadLimits()
+    if not limits.enabled:
+        return "source load: not checked (RESIDENCY_COPY_MAX_SOURCE_ACTIVE and RESIDENCY_COPY_MAX_SOURCE_LAG are 0)"
+    what = [f"more than {limits.max_active} active connections" if limits.max_active else "",
+            f"replication lag over {limits.max_lag:g} s" if limits.max_lag else ""]
+    return f"source load: the copy waits while the source has {' or '.join(w for w in what if w)}; the role's view: {visibility(conn)}"
+
+
 def measure(conn: psycopg.Connection[Any]) -> tuple[int, float | None]:
     """(active client backends that are not the mover's, replication lag in seconds or None)."""
     (active,) = conn.execute(_ACTIVE, (OURS,)).fetchone()

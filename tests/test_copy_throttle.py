@@ -13,7 +13,8 @@ from psycopg.conninfo import make_conninfo
 
 from residency.migrate import resume_move, start_move
 from residency.migrate.chunks import CopyOptions
-from residency.migrate.load import LoadLimits, SourceLoad, measure, visibility
+from residency.migrate import plan_move
+from residency.migrate.load import LoadLimits, SourceLoad, measure, plan_note, visibility
 from move_support import counts, home
 
 
@@ -98,6 +99,10 @@ def test_a_loaded_source_holds_the_copy_back_until_the_load_lifts(env):
 
 
 def test_what_a_role_sees_of_the_load(env):
+    s = env.seed(workspaces=2, rows=200, seed=6)
+    plan = plan_move(env.catalogue, env.connections, s.workspaces["us"][0], "eu", "snapshot")
+    assert any(n.startswith("source load: the copy waits while the source has more than 64 active connections or replication lag over 30 s;"
+                            " the role's view: full") for n in plan.notes), plan.notes
     load = Sleepers(env.dsn("us"), 2)
     plain = f"plain_{env.token}"
     with psycopg.connect(env.admin_dsn("us"), autocommit=True) as admin:
@@ -109,6 +114,7 @@ def test_what_a_role_sees_of_the_load(env):
         with psycopg.connect(make_conninfo(env.dsn("us"), user=plain), autocommit=True) as c:
             assert visibility(c).startswith("partial")
             assert measure(c)[0] == 0  # other roles' backends show no state to it
+            assert "GRANT pg_read_all_stats" in plan_note(c)
         throttle = SourceLoad(env.dsn("us"), LoadLimits(max_active=1, max_lag=None, check_seconds=0.05))
         stop = threading.Timer(0.5, load.lift)
         stop.start()
