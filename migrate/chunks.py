@@ -1,14 +1,16 @@
 """The copy in key-range chunks on parallel streams.
 
-A table with more rows than ``chunk_rows`` and a one-column integer, text or uuid primary key is
+A table with more rows than ``chunk_rows`` (by default about four chunks per stream for the
+workspace, within 20,000..250,000 rows) and a one-column integer, text or uuid primary key is
 cut into ranges ``lo < key <= hi`` at quantiles of the workspace's keys (one sorted pass on the
 source); any other table is one chunk. The bounds are recorded in the move's checkpoints before
 the first chunk is copied, every chunk is one COPY in one target transaction, and every finished
 chunk is checkpointed, so a resumed copy redoes only the chunks that were not recorded: first it
 deletes whatever an interrupted attempt committed of them (children first), then copies them.
 
-Chunks run on ``jobs`` streams (a thread each, its own source and target connections per chunk),
-largest first. A table waits for the tables it reaches its workspace through (its rows are found
+Chunks run on ``jobs`` streams (a thread each, its own source, target and control-plane
+connections kept across its chunks), largest first; the referenced global rows are tasks of their
+own beside them. A table waits for the tables it reaches its workspace through (its rows are found
 in the target through them when a resumed copy deletes), and, when foreign-key triggers fire
 (the role may not use ``replica``), for every parent it has a foreign key to. The source side
 reads one snapshot: a coordinating connection exports it (``pg_export_snapshot``) and every
@@ -51,23 +53,34 @@ def _env_int(name: str, default: int) -> int:
         return default
 
 
+CHUNK_MIN, CHUNK_MAX = 20_000, 250_000
+
+
 @dataclass
 class CopyOptions:
     """``jobs``: parallel streams of this move; ``chunk_rows``: tables above this many rows are
-    chunked; ``streams_per_region``: the cap on copy streams out of one source region across the
+    chunked (None: sized per move, :meth:`rows_per_chunk`); ``streams_per_region``: the cap on copy streams out of one source region across the
     control plane; ``rows_per_second``: an optional rate limit for this move (None: none);
     ``load``: when the source counts as loaded, so the streams wait (:mod:`migrate.load`)."""
 
     jobs: int = field(default_factory=default_jobs)
-    chunk_rows: int = field(default_factory=lambda: _env_int("RESIDENCY_COPY_CHUNK_ROWS", 250_000))
+    chunk_rows: int | None = field(default_factory=lambda: _env_int("RESIDENCY_COPY_CHUNK_ROWS", 0) or None)  # None: sized per move
     streams_per_region: int = field(default_factory=lambda: _env_int("RESIDENCY_COPY_STREAMS_PER_REGION", 8))
     rows_per_second: float | None = field(default_factory=lambda: float(os.environ["RESIDENCY_COPY_ROWS_PER_SECOND"]) if os.environ.get("RESIDENCY_COPY_ROWS_PER_SECOND") else None)
     load: LoadLimits = field(default_factory=LoadLimits)
 
     def __post_init__(self) -> None:
         self.jobs = max(1, int(self.jobs))
-        self.chunk_rows = max(1, int(self.chunk_rows))
+        self.chunk_rows = None if not self.chunk_rows else max(1, int(self.chunk_rows))
         self.streams_per_region = max(1, int(self.streams_per_region))
+
+    def rows_per_chunk(self, total_rows: int) -> int:
+        """The chunk size: the one given, else about four chunks per stream for the workspace's
+        rows, within [CHUNK_MIN, CHUNK_MAX], so the largest table doesn't leave streams idle at
+        the end while no chunk costs much more than its COPY."""
+        if self.chunk_rows:
+            return self.chunk_rows
+        return max(CHUNK_MIN, min(CHUNK_MAX, total_rows // (4 * self.jobs) or CHUNK_MIN))
 
     def to_dict(self) -> dict[str, Any]:
         return {"jobs": self.jobs, "chunk_rows": self.chunk_rows, "streams_per_region": self.streams_per_region, "rows_per_second": self.rows_per_second,

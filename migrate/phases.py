@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from decimal import Decimal
 from typing import Any, Callable
@@ -64,6 +65,11 @@ def checkpoint(ctx: MoveContext, rec: MoveRecord, patch: dict[str, Any]) -> Move
         with cp.transaction():
             moves.checkpoint(cp, rec.id, patch)
             return moves.get(cp, rec.id)
+
+
+def _timed(fn: Callable[..., Any], *args: Any) -> tuple[Any, float]:
+    t0 = time.monotonic()
+    return fn(*args), time.monotonic() - t0
 
 
 class CheckpointWriter:
@@ -227,7 +233,8 @@ def _copy(ctx: MoveContext, rec: MoveRecord, sums: SourceChecksums | None) -> Mo
             emit_state(ctx, "removed a previous attempt's partial rows: " + ", ".join(f"{t} {n}" for t, n in removed.items() if n))
     cp["attempts"] = attempts + 1
     cp["method"] = {"method": access.method, "reason": access.reason, "would_fire": [t.describe() for t in access.would_fire()]}
-    cp["options"] = opts.to_dict()
+    chunk_rows = opts.rows_per_chunk(sum(int(t.get("rows") or 0) for t in rec.plan.get("tables", [])))
+    cp["options"] = {**opts.to_dict(), "chunk_rows": chunk_rows}
     emit_state(ctx, f"copy method: {access.method}; {opts.jobs} streams")
     rec = checkpoint(ctx, rec, {"copy": {**cp, "tables": done, "chunks": plans}})
     expected = {t["table"]: int(t["rows"]) for t in rec.plan.get("tables", [])}
@@ -238,7 +245,14 @@ def _copy(ctx: MoveContext, rec: MoveRecord, sums: SourceChecksums | None) -> Mo
                     for g in ctx.graph.global_order if g not in globals_done]
     load = SourceLoad(src.dsn, opts.load, lambda m: emit_state(ctx, m))
     snap = chunks_mod.SourceSnapshot(src.dsn) if left else None
+    # the objects copy server-side meanwhile (independent of the rows; idempotent on resume)
+    prefix = ctx.cat.workspace.prefix_for(ctx.workspace_id)
+    objects_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="residency-objects")
+    rows_failed = threading.Event()
+    objects_job = objects_pool.submit(_timed, objects.copy_objects, src, dst, ctx.cat.environment.buckets, prefix, ctx.emit,
+                                      lambda: ctx.should_stop() or rows_failed.is_set())
     t_tables = time.monotonic()
+    t_bounds = 0.0
     slots = StreamSlots(ctx.conns.control_dsn, rec.source, opts.streams_per_region)
     tasks: list[chunks_mod.Chunk] = list(global_tasks)
     streams = chunks_mod.StreamConnections(src.dsn, dst.dsn, ctx.conns.control_dsn)
@@ -246,8 +260,10 @@ def _copy(ctx: MoveContext, rec: MoveRecord, sums: SourceChecksums | None) -> Mo
     try:
         if snap is not None:
             new = [t for t in left if t not in plans]
+            tb = time.monotonic()
             for t in new:  # bounds first, recorded before any chunk is copied
-                plans[t] = {"bounds": chunks_mod.plan_bounds(snap.conn, b, ws, t, expected.get(t, 0), opts.chunk_rows, fk_order=access.fk_order), "done": {}}
+                plans[t] = {"bounds": chunks_mod.plan_bounds(snap.conn, b, ws, t, expected.get(t, 0), chunk_rows, fk_order=access.fk_order), "done": {}}
+            t_bounds = time.monotonic() - tb
             if new:
                 rec = checkpoint(ctx, rec, {"copy": {**cp, "tables": done, "globals": globals_done, "chunks": plans}})
         tasks += [c for t in left for c in chunks_mod.chunks_of(t, plans[t]["bounds"], expected.get(t, 0))
@@ -290,6 +306,10 @@ def _copy(ctx: MoveContext, rec: MoveRecord, sums: SourceChecksums | None) -> Mo
 
         deps = chunks_mod.dependencies(b, left, [c.table for c in global_tasks], fk_order=access.fk_order)
         chunks_mod.run(tasks, jobs=opts.jobs, deps=deps, exclusive=access.exclusive, work=work, on_done=on_done)
+    except BaseException:
+        rows_failed.set()  # the objects stop too; the move fails with the rows' error
+        objects_pool.shutdown(wait=True)
+        raise
     finally:
         if snap is not None:
             snap.close()
@@ -299,22 +319,30 @@ def _copy(ctx: MoveContext, rec: MoveRecord, sums: SourceChecksums | None) -> Mo
     tables_seconds = round(time.monotonic() - t_tables, 3)
     faults.point("rows_copied")
     extra: dict[str, Any] = {}
+    checksums_wait = 0.0
     if sums is not None:
         # the target is complete; the source's checksums (on their own connection since the
         # start) are normally done by now
         t1 = time.monotonic()
         res = sums.join()
         wait = round(time.monotonic() - t1, 3)
+        checksums_wait = wait
         if res is not None:
             extra["source_checksums"] = res
             emit_state(ctx, f"source checksums computed during the copy in {res['seconds']} s (waited {wait} s)")
         else:
             emit_state(ctx, f"source checksums not computed during the copy ({sums.error}); verify computes them")
 
-    prefix = ctx.cat.workspace.prefix_for(ctx.workspace_id)
-    obj = objects.copy_objects(src, dst, ctx.cat.environment.buckets, prefix, ctx.emit, ctx.should_stop)
+    t1 = time.monotonic()
+    try:
+        obj, objects_s = objects_job.result()
+    finally:
+        objects_pool.shutdown(wait=True)
+    objects_wait = time.monotonic() - t1
+    t1 = time.monotonic()
     seqs = copy_mod.bump_sequences(dst.dsn, ctx.builder)
     tobj = tenant_objects.copy(src.dsn, dst.dsn, ctx.graph.schema.name, ctx.cat.workspace, ctx.workspace_id)
+    tail_s = time.monotonic() - t1
     seconds = round(time.monotonic() - t0, 3)
     rows = sum(v["rows"] for v in done.values())
     nbytes = sum(v["bytes"] for v in done.values())
@@ -337,6 +365,9 @@ def _copy(ctx: MoveContext, rec: MoveRecord, sums: SourceChecksums | None) -> Mo
         "rows_per_second": round(rows / copy_seconds) if copy_seconds > 0 else None,
         "attempts": attempts + 1,
         "phase_seconds_this_attempt": seconds,
+        "timings": {"before_rows": round(t_tables - t0, 3), "bounds": round(t_bounds, 3), "rows": tables_seconds,
+                    "source_checksums_wait": checksums_wait, "objects": round(objects_s, 3),
+                    "objects_wait": round(objects_wait, 3), "sequences_and_tenant_objects": round(tail_s, 3)},
     }
     return record(
         ctx, rec, "move.copied", to_state="copied",
