@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         "state": rec.state,
         "wall_seconds": round(wall, 3),
         "phases": phase_seconds(events),
-        "copy": {k: (report.get("copy") or {}).get(k) for k in ("rows", "bytes", "seconds", "phase_seconds_this_attempt", "rows_per_second", "chunks", "method", "options")},
+        "copy": {k: (report.get("copy") or {}).get(k) for k in ("rows", "bytes", "seconds", "phase_seconds_this_attempt", "rows_per_second", "chunks", "method", "options", "timings", "stream_seconds")},
         "copy_tables": {t: v.get("seconds") for t, v in ((report.get("copy") or {}).get("tables") or {}).items()},
         "verify_seconds": (report.get("verify") or {}).get("seconds") if isinstance(report.get("verify"), dict) else None,
         "verify_ok": (report.get("verify") or {}).get("ok") if isinstance(report.get("verify"), dict) else None,

@@ -284,7 +284,8 @@ def run_one(sbx: BenchSandbox, s: Setup, kind: str, c: str, dst: str, limit_jobs
         rollback_move(s.world.catalogue, s.world.connections, res["move_id"])
         return {"seconds": res["phases"].get("fenced"), "verify": res["phases"].get("copied"), "rss_mb": mb(res.get("vmhwm_kb")),
                 "method": ((res.get("copy") or {}).get("method") or {}).get("method"), "chunks": (res.get("copy") or {}).get("chunks"),
-                "throttled": ((res.get("throttle") or {}).get("throttled_seconds")), "verify_timings": res.get("verify_timings")}
+                "throttled": ((res.get("throttle") or {}).get("throttled_seconds")), "verify_timings": res.get("verify_timings"),
+                "copy_timings": (res.get("copy") or {}).get("timings"), "stream_seconds": (res.get("copy") or {}).get("stream_seconds")}
     if c == "read limit":
         items = [(t, (lambda o=o: _one(s.psql, src, o.replace(" TO STDOUT ", " TO '/dev/null' "), False))) for t, o, _ in s.commands]
         return {"seconds": schedule(limit_jobs, items, s.sizes, {})}

@@ -479,7 +479,7 @@ class Builder:
     def checksum(self, table: str, *, global_: bool = False, lo: bool = False, hi: bool = False) -> sql.Composed:
         """count(*) and sum(hash_record_extended(row, 0)) of the workspace's rows (optionally in a key range)."""
         h = sql.Identifier("h")
-        return sql.SQL("SELECT count(*), coalesce(sum(hash_record_extended({h}, 0)::numeric), 0) FROM ({rows}) {h}").format(
+        return sql.SQL("SELECT count(*), coalesce(sum(hash_record_extended({h}, 0)), 0) FROM ({rows}) {h}").format(
             h=h, rows=self._rows_for_hash(table, global_=global_, lo=lo, hi=hi)
         )
 
@@ -1104,7 +1104,7 @@ class Builder:
         """count(*) and sum(hash_record_extended(row, 0)) of one chunk (same hash as :meth:`checksum`)."""
         t = self.graph.table(table)
         h, x = sql.Identifier("h"), sql.Identifier("x")
-        return sql.SQL("SELECT count(*), coalesce(sum(hash_record_extended({h}, 0)::numeric), 0) FROM"
+        return sql.SQL("SELECT count(*), coalesce(sum(hash_record_extended({h}, 0)), 0) FROM"
                        " (SELECT {hc} FROM ({rows}) {x}) {h}").format(
             h=h, hc=self._hash_columns(t, x), rows=self._chunk_rows(table, lo, hi), x=x)
 
