@@ -74,12 +74,16 @@ class CopyOptions:
         self.chunk_rows = None if not self.chunk_rows else max(1, int(self.chunk_rows))
         self.streams_per_region = max(1, int(self.streams_per_region))
 
-    def rows_per_chunk(self, total_rows: int) -> int:
+    def rows_per_chunk(self, total_rows: int, *, fk_order: bool = False) -> int:
         """The chunk size: the one given, else about four chunks per stream for the workspace's
         rows, within [CHUNK_MIN, CHUNK_MAX], so the largest table doesn't leave streams idle at
-        the end while no chunk costs much more than its COPY."""
+        the end while no chunk costs much more than its COPY. With foreign-key checks on a
+        table's chunks run one after another (:meth:`TargetAccess.exclusive`), so they are only
+        checkpoints: CHUNK_MAX (each chunk finds its rows' parents on the source again)."""
         if self.chunk_rows:
             return self.chunk_rows
+        if fk_order:
+            return CHUNK_MAX
         return max(CHUNK_MIN, min(CHUNK_MAX, total_rows // (4 * self.jobs) or CHUNK_MIN))
 
     def to_dict(self) -> dict[str, Any]:

@@ -233,7 +233,7 @@ def _copy(ctx: MoveContext, rec: MoveRecord, sums: SourceChecksums | None) -> Mo
             emit_state(ctx, "removed a previous attempt's partial rows: " + ", ".join(f"{t} {n}" for t, n in removed.items() if n))
     cp["attempts"] = attempts + 1
     cp["method"] = {"method": access.method, "reason": access.reason, "would_fire": [t.describe() for t in access.would_fire()]}
-    chunk_rows = opts.rows_per_chunk(sum(int(t.get("rows") or 0) for t in rec.plan.get("tables", [])))
+    chunk_rows = opts.rows_per_chunk(sum(int(t.get("rows") or 0) for t in rec.plan.get("tables", [])), fk_order=access.fk_order)
     cp["options"] = {**opts.to_dict(), "chunk_rows": chunk_rows}
     emit_state(ctx, f"copy method: {access.method}; {opts.jobs} streams")
     rec = checkpoint(ctx, rec, {"copy": {**cp, "tables": done, "chunks": plans}})
