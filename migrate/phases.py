@@ -373,7 +373,8 @@ def _copy(ctx: MoveContext, rec: MoveRecord, sums: SourceChecksums | None) -> Mo
         ctx, rec, "move.copied", to_state="copied",
         checkpoints={"copy": {**cp, "tables": done, "globals": globals_done, "chunks": plans, "objects": obj, "complete": True}, **extra},
         report={"copy": summary},
-        audit_details={"rows": rows, "bytes": nbytes, "objects": sum(b["objects"] for b in obj["buckets"].values())},
+        audit_details={"rows": rows, "bytes": nbytes, "objects": sum(b["objects"] for b in obj["buckets"].values()),
+                       "throttled_seconds": summary["throttle"]["throttled_seconds"]},
     )
 
 

@@ -96,6 +96,10 @@ def test_a_loaded_source_holds_the_copy_back_until_the_load_lifts(env):
     assert thr["throttled_seconds"] >= 2 and thr["waits"] >= 1 and thr["peak_active"] >= 3
     assert thr["reasons"] == ["3 active connections on the source (limit 2)"]
     assert thr["visibility"].startswith("full")
+    with psycopg.connect(env.control_dsn, autocommit=True) as c:  # the audit entry of the copy says so too
+        (waited,) = c.execute("SELECT (details->>'throttled_seconds')::float FROM residency.audit WHERE action = 'move.copied'"
+                              " AND subject = %s", (f"move/{rec.id}",)).fetchone()
+    assert waited == thr["throttled_seconds"]
 
 
 def test_what_a_role_sees_of_the_load(env):
