@@ -51,6 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--strategy", default="snapshot")
     ap.add_argument("--stop-after", default=None)
     ap.add_argument("--jobs", type=int, default=None, help="parallel copy streams (default: the mover's)")
+    ap.add_argument("--target-dsn", default=None, help="reach the target region's database as this DSN (another role)")
     a = ap.parse_args(argv)
 
     from residency import catalogue
@@ -71,7 +72,8 @@ def main(argv: list[str] | None = None) -> int:
     from residency.migrate.chunks import CopyOptions
 
     opts = CopyOptions(jobs=a.jobs) if a.jobs else None
-    rec = start_move(cat, world.connections, a.workspace, a.to, strategy=a.strategy, progress=progress, stop_after=a.stop_after, copy_options=opts)
+    conns = world.connections_as({a.to: a.target_dsn}) if a.target_dsn else world.connections
+    rec = start_move(cat, conns, a.workspace, a.to, strategy=a.strategy, progress=progress, stop_after=a.stop_after, copy_options=opts)
     wall = time.monotonic() - t0
     report = rec.report or {}
     out = {
@@ -79,10 +81,12 @@ def main(argv: list[str] | None = None) -> int:
         "state": rec.state,
         "wall_seconds": round(wall, 3),
         "phases": phase_seconds(events),
-        "copy": {k: (report.get("copy") or {}).get(k) for k in ("rows", "bytes", "seconds", "phase_seconds_this_attempt", "rows_per_second", "chunks", "method", "options")},
+        "copy": {k: (report.get("copy") or {}).get(k) for k in ("rows", "bytes", "seconds", "phase_seconds_this_attempt", "rows_per_second", "chunks", "method", "options", "timings", "stream_seconds")},
         "copy_tables": {t: v.get("seconds") for t, v in ((report.get("copy") or {}).get("tables") or {}).items()},
         "verify_seconds": (report.get("verify") or {}).get("seconds") if isinstance(report.get("verify"), dict) else None,
         "verify_ok": (report.get("verify") or {}).get("ok") if isinstance(report.get("verify"), dict) else None,
+        "verify_timings": (report.get("verify") or {}).get("timings") if isinstance(report.get("verify"), dict) else None,
+        "throttle": (report.get("copy") or {}).get("throttle"),
         "fence": report.get("fence"),
         "maxrss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
         "vmhwm_kb": proc_status_kb("VmHWM"),

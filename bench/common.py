@@ -43,14 +43,17 @@ def seed_workspace(world: Any, rows: int, *, region: str = "us", seed: int = 1) 
     return str(ws), res.rows_of(ws), round(time.monotonic() - t, 2)
 
 
-def run_child(sbx: BenchSandbox, world: Any, workspace: str, to: str, *, stop_after: str | None = None, strategy: str = "snapshot", timeout: float = 3600, jobs: int | None = None) -> dict[str, Any]:
-    """Run one move in a child process (python -m bench.child); returns its JSON line."""
+def run_child(sbx: BenchSandbox, world: Any, workspace: str, to: str, *, stop_after: str | None = None, strategy: str = "snapshot", timeout: float = 3600, jobs: int | None = None, target_dsn: str | None = None) -> dict[str, Any]:
+    """Run one move in a child process (python -m bench.child); returns its JSON line.
+    ``target_dsn``: reach the target as another role (e.g. a non-superuser owner)."""
     cmd = [sys.executable, "-m", "bench.child", "--home", sbx.home, "--token", world.token, "--regions", str(REGIONS_YAML),
            "--workspace", workspace, "--to", to, "--strategy", strategy]
     if stop_after:
         cmd += ["--stop-after", stop_after]
     if jobs:
         cmd += ["--jobs", str(jobs)]
+    if target_dsn:
+        cmd += ["--target-dsn", target_dsn]
     env = dict(os.environ, PYTHONPATH=str(REPO) + (os.pathsep + os.environ["PYTHONPATH"] if os.environ.get("PYTHONPATH") else ""))
     p = subprocess.run(cmd, cwd=str(REPO), env=env, capture_output=True, text=True, timeout=timeout)
     if p.returncode != 0:

@@ -1,14 +1,16 @@
 """The copy in key-range chunks on parallel streams.
 
-A table with more rows than ``chunk_rows`` and a one-column integer, text or uuid primary key is
+A table with more rows than ``chunk_rows`` (by default about four chunks per stream for the
+workspace, within 20,000..250,000 rows) and a one-column integer, text or uuid primary key is
 cut into ranges ``lo < key <= hi`` at quantiles of the workspace's keys (one sorted pass on the
 source); any other table is one chunk. The bounds are recorded in the move's checkpoints before
 the first chunk is copied, every chunk is one COPY in one target transaction, and every finished
 chunk is checkpointed, so a resumed copy redoes only the chunks that were not recorded: first it
 deletes whatever an interrupted attempt committed of them (children first), then copies them.
 
-Chunks run on ``jobs`` streams (a thread each, its own source and target connections per chunk),
-largest first. A table waits for the tables it reaches its workspace through (its rows are found
+Chunks run on ``jobs`` streams (a thread each, its own source, target and control-plane
+connections kept across its chunks), largest first; the referenced global rows are tasks of their
+own beside them. A table waits for the tables it reaches its workspace through (its rows are found
 in the target through them when a resumed copy deletes), and, when foreign-key triggers fire
 (the role may not use ``replica``), for every parent it has a foreign key to. The source side
 reads one snapshot: a coordinating connection exports it (``pg_export_snapshot``) and every
@@ -34,6 +36,7 @@ from residency import db
 from residency.threads import start_and_wait
 
 from .copy import _stream, copy_owned
+from .load import LoadLimits
 from .progress import Meter, Progress
 from .retry import transient
 from .sqlbuild import Builder
@@ -51,24 +54,42 @@ def _env_int(name: str, default: int) -> int:
         return default
 
 
+CHUNK_MIN, CHUNK_MAX = 20_000, 250_000
+
+
 @dataclass
 class CopyOptions:
     """``jobs``: parallel streams of this move; ``chunk_rows``: tables above this many rows are
-    chunked; ``streams_per_region``: the cap on copy streams out of one source region across the
-    control plane; ``rows_per_second``: an optional rate limit for this move (None: none)."""
+    chunked (None: sized per move, :meth:`rows_per_chunk`); ``streams_per_region``: the cap on copy streams out of one source region across the
+    control plane; ``rows_per_second``: an optional rate limit for this move (None: none);
+    ``load``: when the source counts as loaded, so the streams wait (:mod:`migrate.load`)."""
 
     jobs: int = field(default_factory=default_jobs)
-    chunk_rows: int = field(default_factory=lambda: _env_int("RESIDENCY_COPY_CHUNK_ROWS", 250_000))
+    chunk_rows: int | None = field(default_factory=lambda: _env_int("RESIDENCY_COPY_CHUNK_ROWS", 0) or None)  # None: sized per move
     streams_per_region: int = field(default_factory=lambda: _env_int("RESIDENCY_COPY_STREAMS_PER_REGION", 8))
     rows_per_second: float | None = field(default_factory=lambda: float(os.environ["RESIDENCY_COPY_ROWS_PER_SECOND"]) if os.environ.get("RESIDENCY_COPY_ROWS_PER_SECOND") else None)
+    load: LoadLimits = field(default_factory=LoadLimits)
 
     def __post_init__(self) -> None:
         self.jobs = max(1, int(self.jobs))
-        self.chunk_rows = max(1, int(self.chunk_rows))
+        self.chunk_rows = None if not self.chunk_rows else max(1, int(self.chunk_rows))
         self.streams_per_region = max(1, int(self.streams_per_region))
 
+    def rows_per_chunk(self, total_rows: int, *, fk_order: bool = False) -> int:
+        """The chunk size: the one given, else about four chunks per stream for the workspace's
+        rows, within [CHUNK_MIN, CHUNK_MAX], so the largest table doesn't leave streams idle at
+        the end while no chunk costs much more than its COPY. With foreign-key checks on a
+        table's chunks run one after another (:meth:`TargetAccess.exclusive`), so they are only
+        checkpoints: CHUNK_MAX (each chunk finds its rows' parents on the source again)."""
+        if self.chunk_rows:
+            return self.chunk_rows
+        if fk_order:
+            return CHUNK_MAX
+        return max(CHUNK_MIN, min(CHUNK_MAX, total_rows // (4 * self.jobs) or CHUNK_MIN))
+
     def to_dict(self) -> dict[str, Any]:
-        return {"jobs": self.jobs, "chunk_rows": self.chunk_rows, "streams_per_region": self.streams_per_region, "rows_per_second": self.rows_per_second}
+        return {"jobs": self.jobs, "chunk_rows": self.chunk_rows, "streams_per_region": self.streams_per_region, "rows_per_second": self.rows_per_second,
+                "load": self.load.to_dict()}
 
 
 @dataclass(frozen=True)
@@ -79,6 +100,7 @@ class Chunk:
     lo: Any
     hi: Any
     rows: int  # expected (the table's planned rows shared out)
+    kind: str = "rows"  # rows: a moving table's chunk; global: a global table's referenced rows (one task)
 
     def params(self, b: Builder, ws: str) -> dict[str, Any]:
         extra: dict[str, Any] = {}
@@ -89,7 +111,15 @@ class Chunk:
         return b.params(ws, **extra)
 
     @property
+    def unit(self) -> str:
+        """What the scheduler waits for: a moving table's chunks, or a global table's rows (a table
+        can be both: rows hanging off shared rows)."""
+        return global_unit(self.table) if self.kind == "global" else self.table
+
+    @property
     def label(self) -> str:
+        if self.kind == "global":
+            return f"{self.table} (global)"
         return self.table if self.of == 1 else f"{self.table} [{self.index + 1}/{self.of}]"
 
 
@@ -121,18 +151,37 @@ def chunks_of(table: str, bounds: list[list[Any]], rows: int) -> list[Chunk]:
     return [Chunk(table, i, n, lo, hi, max(1, rows // n)) for i, (lo, hi) in enumerate(bounds)]
 
 
-def dependencies(b: Builder, tables: list[str], *, fk_order: bool) -> dict[str, set[str]]:
-    """Per table, the tables that must be complete in the target before its chunks start: the
-    ones it reaches its workspace through and, with foreign-key checks on, its FK parents. Only
-    tables earlier in the copy order count, so there is never a cycle."""
-    order = list(b.graph.order)
+def global_unit(table: str) -> str:
+    return f"global:{table}"
+
+
+def dependencies(b: Builder, tables: list[str], globals_: list[str], *, fk_order: bool) -> dict[str, set[str]]:
+    """Per scheduling unit (a moving table, or ``global:<table>`` for a global table's referenced
+    rows, streamed beside the chunks), the units that must be complete in the target before it
+    starts: for a moving table the tables it reaches its workspace through and, with foreign-key
+    checks on, its FK parents (a global parent's rows included); for a global table's rows, with
+    the checks on, the global tables it references. Only units earlier in the copy order count
+    (global rows first), so there is never a cycle; with ``replica`` nothing waits for the
+    global rows."""
+    order, gorder = list(b.graph.order), list(b.graph.global_order)
     pos = {t: i for i, t in enumerate(order)}
+    gpos = {t: i for i, t in enumerate(gorder)}
     out: dict[str, set[str]] = {}
     for t in tables:
-        deps = {link.parent for link in b.graph.reach[t].links}
+        deps = {link.parent for link in b.graph.reach[t].links if link.parent in pos and pos[link.parent] < pos[t]}
         if fk_order:
-            deps |= {fk.ref_table for fk in b.graph.table(t).foreign_keys}
-        out[t] = {d for d in deps if d != t and d in pos and pos[d] < pos.get(t, len(order))}
+            for fk in b.graph.table(t).foreign_keys:
+                if fk.ref_table in pos and pos[fk.ref_table] < pos[t]:
+                    deps.add(fk.ref_table)
+                if fk.ref_table in gpos:
+                    deps.add(global_unit(fk.ref_table))
+        out[t] = {d for d in deps if d != t}
+    for g in globals_:
+        deps = set()
+        if fk_order:
+            deps = {global_unit(fk.ref_table) for fk in b.graph.table(g).foreign_keys
+                    if fk.ref_table != g and fk.ref_table in gpos and gpos[fk.ref_table] < gpos[g]}
+        out[global_unit(g)] = deps
     return out
 
 
@@ -170,28 +219,120 @@ def _begin_snapshot(src: psycopg.Connection[Any], snapshot: str | None) -> bool:
         return False
 
 
+def records_target_sums(b: Builder, table: str) -> bool:
+    """Whether a chunk of ``table`` counts and checksums its rows in the target as it lands: only
+    when the target can already tell them, i.e. every table it reaches its workspace through
+    (transitively) comes earlier in the copy order, so it is complete by then (see
+    :func:`dependencies`). Owned rows, rows reached through a later table (a polymorphic parent
+    copied after it) or through their own table are summed by verify instead."""
+    pos = {t: i for i, t in enumerate(b.graph.order)}
+
+    def known(t: str, seen: frozenset[str]) -> bool:
+        r = b.graph.reach.get(t)
+        if r is None or r.kind == "owned" or t in seen:
+            return False
+        if r.kind in ("root", "key"):
+            return True
+        return all(link.parent in pos and pos[link.parent] < pos[t] and known(link.parent, seen | {t}) for link in r.links)
+
+    return known(table, frozenset())
+
+
+class StreamConnections:
+    """Each stream's (thread's) own source and target connections, kept across its chunks: a
+    chunk then costs no connection set-up (three or four connections each, ~15 ms apiece here).
+    A connection that failed is dropped and opened again by the retried chunk."""
+
+    def __init__(self, src_dsn: str, dst_dsn: str, control_dsn: str | None = None):
+        self.src_dsn, self.dst_dsn, self.control_dsn = src_dsn, dst_dsn, control_dsn
+        self._local = threading.local()
+        self._all: list[psycopg.Connection[Any]] = []
+        self._lock = threading.Lock()
+
+    def control(self) -> psycopg.Connection[Any] | None:
+        """The stream's autocommit control-plane connection (its copy-stream slot is held on it)."""
+        if self.control_dsn is None:
+            return None
+        c = getattr(self._local, "control", None)
+        if c is None or c.closed:
+            c = db.connect(self.control_dsn, autocommit=True, application_name="residency-mover-stream-slot")
+            self._local.control = c
+            with self._lock:
+                self._all.append(c)
+        return c
+
+    def discard_control(self) -> None:
+        db.close_quietly(getattr(self._local, "control", None))
+        self._local.control = None
+
+    def get(self) -> tuple[psycopg.Connection[Any], psycopg.Connection[Any]]:
+        pair = getattr(self._local, "pair", None)
+        if pair is None or pair[0].closed or pair[1].closed:
+            self.discard()
+            pair = (db.connect(self.src_dsn, autocommit=True, application_name="residency-mover-copy"),
+                    db.connect(self.dst_dsn, application_name="residency-mover-copy"))
+            self._local.pair = pair
+            with self._lock:
+                self._all.extend(pair)
+        return pair
+
+    def discard(self) -> None:
+        db.close_quietly(*(getattr(self._local, "pair", None) or ()))
+        self._local.pair = None
+
+    def close(self) -> None:
+        with self._lock:
+            conns, self._all = self._all, []
+        db.close_quietly(*conns)
+
+
 @transient
 def copy_chunk(src_dsn: str, dst_dsn: str, b: Builder, c: Chunk, ws: str, emit: Callable[[Progress], None], access: TargetAccess,
-               *, snapshot: str | None = None, should_stop: Callable[[], bool] = lambda: False, on_batch: Callable[[int], None] | None = None) -> dict[str, Any]:
-    """One chunk: one COPY out of the source snapshot, one COPY into one target transaction."""
+               *, snapshot: str | None = None, should_stop: Callable[[], bool] = lambda: False, on_batch: Callable[[int], None] | None = None,
+               target_sums: bool = True, pool: StreamConnections | None = None) -> dict[str, Any]:
+    """One chunk: one COPY out of the source snapshot, one COPY into one target transaction; then,
+    in that same transaction, the chunk's count and checksum as the target holds it (``target``:
+    [rows, sum], the same sum verify computes), so it is recorded with the chunk's checkpoint and
+    only with it: a chunk redone after a crash records its sums again. ``pool``: the stream's
+    kept connections (else the chunk opens and closes its own)."""
+    if pool is None:
+        with db.connect(src_dsn, autocommit=True, application_name="residency-mover-copy") as src, db.connect(
+            dst_dsn, application_name="residency-mover-copy"
+        ) as dst:
+            return _copy_chunk_on(src, dst, b, c, ws, emit, access, snapshot, should_stop, on_batch, target_sums)
+    src, dst = pool.get()
+    try:
+        return _copy_chunk_on(src, dst, b, c, ws, emit, access, snapshot, should_stop, on_batch, target_sums)
+    except BaseException:
+        pool.discard()  # in an unknown state: the retry (or the next chunk) opens new ones
+        raise
+
+
+def _copy_chunk_on(src: psycopg.Connection[Any], dst: psycopg.Connection[Any], b: Builder, c: Chunk, ws: str, emit: Callable[[Progress], None],
+                   access: TargetAccess, snapshot: str | None, should_stop: Callable[[], bool], on_batch: Callable[[int], None] | None,
+                   target_sums: bool) -> dict[str, Any]:
     t0 = time.monotonic()
     params = c.params(b, ws)
     meter = Meter(emit, "copy", c.label, c.rows)
     lo, hi = c.lo is not None, c.hi is not None
-    with db.connect(src_dsn, autocommit=True, application_name="residency-mover-copy") as src, db.connect(
-        dst_dsn, application_name="residency-mover-copy"
-    ) as dst:
-        imported = _begin_snapshot(src, snapshot)
-        with dst.transaction():
-            enter(dst, access, b.schema, c.table)
-            if b.graph.reach[c.table].kind == "owned":
-                rows, _ = copy_owned(src, dst, b, b.copy_out_chunk(c.table, lo, hi), c.table, params, meter, should_stop, on_batch)
-            else:
-                rows = _stream(src, dst, b.copy_out_chunk(c.table, lo, hi), b.copy_in(c.table), params, meter, should_stop, on_batch)
-            leave(dst, access, b.schema, c.table)
-        src.execute("COMMIT")
+    imported = _begin_snapshot(src, snapshot)
+    sums = None
+    with dst.transaction():
+        enter(dst, access, b.schema, c.table)
+        if b.graph.reach[c.table].kind == "owned":
+            rows, _ = copy_owned(src, dst, b, b.copy_out_chunk(c.table, lo, hi), c.table, params, meter, should_stop, on_batch)
+        else:
+            rows = _stream(src, dst, b.copy_out_chunk(c.table, lo, hi), b.copy_in(c.table), params, meter, should_stop, on_batch)
+        leave(dst, access, b.schema, c.table)
+        src.execute("COMMIT")  # the source side is done: no snapshot held while the target sums
+        if target_sums and records_target_sums(b, c.table):
+            n, s = dst.execute(b.checksum_chunk(c.table, lo, hi), params).fetchone()
+            sums = [int(n), str(s)]
     meter.finish(rows)
-    return {"rows": rows, "bytes": meter.bytes, "seconds": round(time.monotonic() - t0, 3), "snapshot": imported}
+    out = {"rows": rows, "bytes": meter.bytes, "seconds": round(time.monotonic() - t0, 3), "snapshot": imported}
+    if sums is not None:
+        out["target"] = sums
+    return out
 
 
 @transient
@@ -225,17 +366,17 @@ def clear_unfinished(dst_dsn: str, b: Builder, ws: str, plans: dict[str, dict[st
 def run(tasks: list[Chunk], *, jobs: int, deps: dict[str, set[str]], exclusive: Callable[[str], bool],
         work: Callable[[Chunk], dict[str, Any]], on_done: Callable[[Chunk, dict[str, Any]], None]) -> None:
     """Copy ``tasks`` on ``jobs`` threads, largest ready chunk first. A chunk is ready when every
-    table in ``deps`` of its table has no chunk left, and (``exclusive`` tables) no other chunk of
-    its table is running. ``on_done`` runs under the scheduler's lock (checkpoints). The first
+    unit in ``deps`` of its unit (:attr:`Chunk.unit`) has no task left, and (``exclusive``
+    tables) no other task of its table is running. ``on_done`` runs under the scheduler's lock (checkpoints). The first
     failure stops the others from taking new chunks and is raised."""
     pending = sorted(tasks, key=lambda c: (-c.rows, c.table, c.index))
-    left = Counter(c.table for c in tasks)
+    left = Counter(c.unit for c in tasks)
     running: Counter[str] = Counter()
     cond = threading.Condition()
     errors: list[BaseException] = []
 
     def ready(c: Chunk) -> bool:
-        if any(left[d] for d in deps.get(c.table, ())):
+        if any(left[d] for d in deps.get(c.unit, ())):
             return False
         return not (exclusive(c.table) and running[c.table])
 
@@ -265,7 +406,7 @@ def run(tasks: list[Chunk], *, jobs: int, deps: dict[str, set[str]], exclusive: 
                 return
             with cond:
                 running[c.table] -= 1
-                left[c.table] -= 1
+                left[c.unit] -= 1
                 try:
                     on_done(c, res)
                 except BaseException as exc:  # noqa: BLE001

@@ -20,7 +20,7 @@ POINTS = (
     "copy_batch",  # in the middle of a table's COPY (a batch written, not committed)
     "table_copied",  # a table committed in the target, before its checkpoint
     "chunk_copied",  # a chunk committed in the target, before its checkpoint
-    "rows_copied",  # every table copied, objects not yet
+    "rows_copied",  # every table copied (the objects copy meanwhile: maybe not all yet)
     "object_copied",  # one object copied
     "copied",  # state copied
     "verified",  # state verified

@@ -8,13 +8,17 @@ reuse or replace any of them; see :mod:`migrate.strategy`.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from decimal import Decimal
 from typing import Any, Callable
 
-from residency import audit, directory, grants, moves
+import psycopg
+
+from residency import audit, db, directory, grants, moves
 from residency.errors import OperationError
 from residency.evidence import section_hash
 from residency.moves import MoveRecord
@@ -24,6 +28,7 @@ from . import copy as copy_mod
 from . import faults, fence, objects, tenant_objects
 from .chunks import CopyOptions
 from .context import MoveContext
+from .load import SourceLoad
 from .throttle import RateLimit, StreamSlots
 from .progress import Progress
 from .verify import VerifyResult, checksum_tables, verify_tables
@@ -60,6 +65,37 @@ def checkpoint(ctx: MoveContext, rec: MoveRecord, patch: dict[str, Any]) -> Move
         with cp.transaction():
             moves.checkpoint(cp, rec.id, patch)
             return moves.get(cp, rec.id)
+
+
+def _timed(fn: Callable[..., Any], *args: Any) -> tuple[Any, float]:
+    t0 = time.monotonic()
+    return fn(*args), time.monotonic() - t0
+
+
+class CheckpointWriter:
+    """Checkpoints of one phase on one kept control-plane connection (the copy records one per
+    chunk); a connection that fails is replaced once, then the error stands."""
+
+    def __init__(self, ctx: MoveContext, rec: MoveRecord):
+        self.ctx, self.rec = ctx, rec
+        self._conn: Any = None
+
+    def save(self, patch: dict[str, Any]) -> None:
+        for attempt in (0, 1):
+            try:
+                if self._conn is None or self._conn.closed:
+                    self._conn = db.connect(self.ctx.conns.control_dsn, application_name="residency-mover-control")
+                with self._conn.transaction():
+                    moves.checkpoint(self._conn, self.rec.id, patch)
+                return
+            except psycopg.OperationalError:
+                self.close()
+                if attempt:
+                    raise
+
+    def close(self) -> None:
+        db.close_quietly(self._conn)
+        self._conn = None
 
 
 def emit_state(ctx: MoveContext, message: str) -> None:
@@ -197,33 +233,42 @@ def _copy(ctx: MoveContext, rec: MoveRecord, sums: SourceChecksums | None) -> Mo
             emit_state(ctx, "removed a previous attempt's partial rows: " + ", ".join(f"{t} {n}" for t, n in removed.items() if n))
     cp["attempts"] = attempts + 1
     cp["method"] = {"method": access.method, "reason": access.reason, "would_fire": [t.describe() for t in access.would_fire()]}
-    cp["options"] = opts.to_dict()
+    chunk_rows = opts.rows_per_chunk(sum(int(t.get("rows") or 0) for t in rec.plan.get("tables", [])), fk_order=access.fk_order)
+    cp["options"] = {**opts.to_dict(), "chunk_rows": chunk_rows}
     emit_state(ctx, f"copy method: {access.method}; {opts.jobs} streams")
     rec = checkpoint(ctx, rec, {"copy": {**cp, "tables": done, "chunks": plans}})
     expected = {t["table"]: int(t["rows"]) for t in rec.plan.get("tables", [])}
 
     globals_done = dict(cp.get("globals") or {})
-    for g in ctx.graph.global_order:
-        if g in globals_done:
-            continue
-        res = copy_mod.copy_global(src.dsn, dst.dsn, b, g, ws, ctx.emit, access)
-        globals_done[g] = res
-        rec = checkpoint(ctx, rec, {"copy": {**cp, "tables": done, "globals": globals_done, "chunks": plans}})
-
+    global_rows = {g["table"]: int(g.get("referenced_rows") or 0) for g in rec.plan.get("globals", [])}
+    global_tasks = [chunks_mod.Chunk(g, 0, 1, None, None, max(1, global_rows.get(g, 0)), kind="global")
+                    for g in ctx.graph.global_order if g not in globals_done]
+    load = SourceLoad(src.dsn, opts.load, lambda m: emit_state(ctx, m))
     snap = chunks_mod.SourceSnapshot(src.dsn) if left else None
+    # the objects copy server-side meanwhile (independent of the rows; idempotent on resume)
+    prefix = ctx.cat.workspace.prefix_for(ctx.workspace_id)
+    objects_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="residency-objects")
+    rows_failed = threading.Event()
+    objects_job = objects_pool.submit(_timed, objects.copy_objects, src, dst, ctx.cat.environment.buckets, prefix, ctx.emit,
+                                      lambda: ctx.should_stop() or rows_failed.is_set())
     t_tables = time.monotonic()
+    t_bounds = 0.0
+    slots = StreamSlots(ctx.conns.control_dsn, rec.source, opts.streams_per_region)
+    tasks: list[chunks_mod.Chunk] = list(global_tasks)
+    streams = chunks_mod.StreamConnections(src.dsn, dst.dsn, ctx.conns.control_dsn)
+    recorder = CheckpointWriter(ctx, rec)
     try:
         if snap is not None:
             new = [t for t in left if t not in plans]
+            tb = time.monotonic()
             for t in new:  # bounds first, recorded before any chunk is copied
-                plans[t] = {"bounds": chunks_mod.plan_bounds(snap.conn, b, ws, t, expected.get(t, 0), opts.chunk_rows, fk_order=access.fk_order), "done": {}}
+                plans[t] = {"bounds": chunks_mod.plan_bounds(snap.conn, b, ws, t, expected.get(t, 0), chunk_rows, fk_order=access.fk_order), "done": {}}
+            t_bounds = time.monotonic() - tb
             if new:
                 rec = checkpoint(ctx, rec, {"copy": {**cp, "tables": done, "globals": globals_done, "chunks": plans}})
-        tasks = [c for t in left for c in chunks_mod.chunks_of(t, plans[t]["bounds"], expected.get(t, 0))
-                 if str(c.index) not in plans[t]["done"]]
-        slots = StreamSlots(ctx.conns.control_dsn, rec.source, opts.streams_per_region)
+        tasks += [c for t in left for c in chunks_mod.chunks_of(t, plans[t]["bounds"], expected.get(t, 0))
+                  if str(c.index) not in plans[t]["done"]]
         rate = RateLimit(opts.rows_per_second)
-        state = {"rec": rec}
 
         def finish_table(t: str) -> None:
             done[t] = chunks_mod.table_summary(plans[t]["done"].values(), removed.get(t, 0))
@@ -232,44 +277,72 @@ def _copy(ctx: MoveContext, rec: MoveRecord, sums: SourceChecksums | None) -> Mo
             if len(plans[t]["done"]) == len(plans[t]["bounds"]):
                 finish_table(t)
 
+        def between_batches(rows: int) -> None:
+            rate.take(rows)
+            load.wait(ctx.should_stop)
+
         def work(c: chunks_mod.Chunk) -> dict[str, Any]:
-            with slots.slot(ctx.should_stop):
-                return chunks_mod.copy_chunk(src.dsn, dst.dsn, b, c, ws, ctx.emit, access, snapshot=snap.id if snap else None,
-                                             should_stop=ctx.should_stop, on_batch=rate.take)
+            load.wait(ctx.should_stop)  # before taking a slot: a loaded source holds none
+            try:
+                with slots.slot(ctx.should_stop, conn=streams.control()):
+                    if c.kind == "global":
+                        return copy_mod.copy_global(src.dsn, dst.dsn, b, c.table, ws, ctx.emit, access)
+                    return chunks_mod.copy_chunk(src.dsn, dst.dsn, b, c, ws, ctx.emit, access, snapshot=snap.id if snap else None,
+                                                 should_stop=ctx.should_stop, on_batch=between_batches, pool=streams)
+            except BaseException:
+                streams.discard_control()
+                raise
 
         def on_done(c: chunks_mod.Chunk, res: dict[str, Any]) -> None:
-            plans[c.table]["done"][str(c.index)] = res
-            faults.point("chunk_copied")  # committed in the target, not yet recorded
-            if len(plans[c.table]["done"]) == len(plans[c.table]["bounds"]):
-                faults.point("table_copied")
-                finish_table(c.table)
-            state["rec"] = checkpoint(ctx, state["rec"], {"copy": {**cp, "tables": done, "globals": globals_done, "chunks": plans}})
+            if c.kind == "global":
+                globals_done[c.table] = res
+            else:
+                plans[c.table]["done"][str(c.index)] = res
+                faults.point("chunk_copied")  # committed in the target, not yet recorded
+                if len(plans[c.table]["done"]) == len(plans[c.table]["bounds"]):
+                    faults.point("table_copied")
+                    finish_table(c.table)
+            recorder.save({"copy": {**cp, "tables": done, "globals": globals_done, "chunks": plans}})
 
-        chunks_mod.run(tasks, jobs=opts.jobs, deps=chunks_mod.dependencies(b, left, fk_order=access.fk_order),
-                       exclusive=access.exclusive, work=work, on_done=on_done)
-        rec = state["rec"]
+        deps = chunks_mod.dependencies(b, left, [c.table for c in global_tasks], fk_order=access.fk_order)
+        chunks_mod.run(tasks, jobs=opts.jobs, deps=deps, exclusive=access.exclusive, work=work, on_done=on_done)
+    except BaseException:
+        rows_failed.set()  # the objects stop too; the move fails with the rows' error
+        objects_pool.shutdown(wait=True)
+        raise
     finally:
         if snap is not None:
             snap.close()
+        load.close()
+        streams.close()
+        recorder.close()
     tables_seconds = round(time.monotonic() - t_tables, 3)
     faults.point("rows_copied")
     extra: dict[str, Any] = {}
+    checksums_wait = 0.0
     if sums is not None:
         # the target is complete; the source's checksums (on their own connection since the
         # start) are normally done by now
         t1 = time.monotonic()
         res = sums.join()
         wait = round(time.monotonic() - t1, 3)
+        checksums_wait = wait
         if res is not None:
             extra["source_checksums"] = res
             emit_state(ctx, f"source checksums computed during the copy in {res['seconds']} s (waited {wait} s)")
         else:
             emit_state(ctx, f"source checksums not computed during the copy ({sums.error}); verify computes them")
 
-    prefix = ctx.cat.workspace.prefix_for(ctx.workspace_id)
-    obj = objects.copy_objects(src, dst, ctx.cat.environment.buckets, prefix, ctx.emit, ctx.should_stop)
+    t1 = time.monotonic()
+    try:
+        obj, objects_s = objects_job.result()
+    finally:
+        objects_pool.shutdown(wait=True)
+    objects_wait = time.monotonic() - t1
+    t1 = time.monotonic()
     seqs = copy_mod.bump_sequences(dst.dsn, ctx.builder)
     tobj = tenant_objects.copy(src.dsn, dst.dsn, ctx.graph.schema.name, ctx.cat.workspace, ctx.workspace_id)
+    tail_s = time.monotonic() - t1
     seconds = round(time.monotonic() - t0, 3)
     rows = sum(v["rows"] for v in done.values())
     nbytes = sum(v["bytes"] for v in done.values())
@@ -282,6 +355,7 @@ def _copy(ctx: MoveContext, rec: MoveRecord, sums: SourceChecksums | None) -> Mo
         "chunks": sum(len(p["bounds"]) for p in plans.values()),
         "stream_seconds": round(sum(float(v.get("seconds") or 0) for v in done.values()), 3),
         "slot_wait_seconds": round(slots.waited, 3),
+        "throttle": load.report(),
         "objects": obj,
         "sequences": seqs,
         "tenant_objects": tobj,
@@ -291,12 +365,16 @@ def _copy(ctx: MoveContext, rec: MoveRecord, sums: SourceChecksums | None) -> Mo
         "rows_per_second": round(rows / copy_seconds) if copy_seconds > 0 else None,
         "attempts": attempts + 1,
         "phase_seconds_this_attempt": seconds,
+        "timings": {"before_rows": round(t_tables - t0, 3), "bounds": round(t_bounds, 3), "rows": tables_seconds,
+                    "source_checksums_wait": checksums_wait, "objects": round(objects_s, 3),
+                    "objects_wait": round(objects_wait, 3), "sequences_and_tenant_objects": round(tail_s, 3)},
     }
     return record(
         ctx, rec, "move.copied", to_state="copied",
         checkpoints={"copy": {**cp, "tables": done, "globals": globals_done, "chunks": plans, "objects": obj, "complete": True}, **extra},
         report={"copy": summary},
-        audit_details={"rows": rows, "bytes": nbytes, "objects": sum(b["objects"] for b in obj["buckets"].values())},
+        audit_details={"rows": rows, "bytes": nbytes, "objects": sum(b["objects"] for b in obj["buckets"].values()),
+                       "throttled_seconds": summary["throttle"]["throttled_seconds"]},
     )
 
 
@@ -325,8 +403,9 @@ def verify_phase(ctx: MoveContext, rec: MoveRecord, verifier: Callable[[], Verif
         sizes = {t["table"]: int(t.get("rows") or 0) for t in rec.plan.get("tables", [])}
         chunked = {t: p["bounds"] for t, p in ((rec.checkpoints.get("copy") or {}).get("chunks") or {}).items()
                    if len(p.get("bounds") or []) > 1 and t not in _replicated(rec)}
+        recorded = recorded_target_sums(rec) if target_sums_mode() == "recorded" else {}
         res = verify_tables(ctx.src.dsn, ctx.dst.dsn, ctx.builder, ctx.workspace_id, rec.source, rec.target,
-                            a_sums=a_sums, b_workers=TARGET_WORKERS, sizes=sizes, chunks=chunked)
+                            a_sums=a_sums, b_workers=TARGET_WORKERS, sizes=sizes, chunks=chunked, b_recorded=recorded)
         res.timings = dict(res.timings or {})
         if a_sums is not None:
             res.source_checksums = why
@@ -359,6 +438,32 @@ def verify_phase(ctx: MoveContext, rec: MoveRecord, verifier: Callable[[], Verif
 
 class VerifyFailed(OperationError):
     pass
+
+
+def target_sums_mode() -> str:
+    """``recorded`` (default): verify uses the target counts and checksums each chunk recorded as
+    it landed (computed in the chunk's own target transaction, checkpointed with it); nothing
+    but the move writes the workspace's rows in the target before cut-over. ``recompute``
+    (``RESIDENCY_VERIFY_TARGET=recompute``): verify reads the target again, for an operator who
+    distrusts what happened to it since the copy."""
+    return "recompute" if os.environ.get("RESIDENCY_VERIFY_TARGET", "").strip().lower() == "recompute" else "recorded"
+
+
+def recorded_target_sums(rec: MoveRecord) -> dict[str, list[tuple[int, Decimal]]]:
+    """Per table whose every chunk recorded its target sums as it landed: those sums, in chunk
+    order. Tables copied another way (online replication) or lacking any chunk's sums are left out
+    (verify computes them)."""
+    copy = rec.checkpoints.get("copy") or {}
+    out: dict[str, list[tuple[int, Decimal]]] = {}
+    skip = _replicated(rec)
+    for t, p in (copy.get("chunks") or {}).items():
+        bounds, done = p.get("bounds") or [], p.get("done") or {}
+        if t in skip or not bounds or len(done) != len(bounds):
+            continue
+        sums = [done.get(str(i), {}).get("target") for i in range(len(bounds))]
+        if all(isinstance(x, list) and len(x) == 2 for x in sums):
+            out[t] = [(int(x[0]), Decimal(x[1])) for x in sums]
+    return out
 
 
 def _replicated(rec: MoveRecord) -> set[str]:

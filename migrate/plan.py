@@ -459,3 +459,10 @@ def plan_copy_method(conns: Connections, plan: MovePlan) -> None:
         return
     plan.copy_method = acc.to_dict()
     plan.notes.extend(acc.notes())
+    from .load import plan_note
+
+    try:
+        with db.connect(conns.region(plan.source).dsn, autocommit=True) as sconn:
+            plan.notes.append(plan_note(sconn))
+    except psycopg.Error as exc:
+        plan.notes.append(f"source load: unknown (cannot read the source's activity: {str(exc).strip().splitlines()[0]})")

@@ -38,9 +38,13 @@ class StreamSlots:
         self._lock = threading.Lock()
 
     @contextlib.contextmanager
-    def slot(self, should_stop: Callable[[], bool] = lambda: False) -> Iterator[int]:
-        """Hold one of the region's slots for the block; waits (backing off) while all are taken."""
-        conn = db.connect(self.control_dsn, autocommit=True, application_name="residency-mover-stream-slot")
+    def slot(self, should_stop: Callable[[], bool] = lambda: False, conn: Any = None) -> Iterator[int]:
+        """Hold one of the region's slots for the block; waits (backing off) while all are taken.
+        ``conn``: an autocommit control-plane connection of the stream's to hold it on (kept
+        open afterwards); else one is opened for the block."""
+        own = conn is None
+        if own:
+            conn = db.connect(self.control_dsn, autocommit=True, application_name="residency-mover-stream-slot")
         try:
             t0 = time.monotonic()
             pause = WAIT_MIN
@@ -59,7 +63,8 @@ class StreamSlots:
             finally:
                 conn.execute("SELECT pg_advisory_unlock(%s, %s)", (self.key, got))
         finally:
-            conn.close()
+            if own:
+                conn.close()
 
     def _try(self, conn: Any) -> int | None:
         start = random.randrange(self.cap)  # spread the probes

@@ -56,6 +56,7 @@ class VerifyResult:
     timings: dict[str, float] | None = None  # seconds per step, when the verifier measures them
     source_checksums: str = ""  # where the source side's counts/checksums came from (snapshot: see checksum_tables)
     references: dict[str, Any] | None = None  # dangling references and colliding shared rows (migrate.references)
+    target_checksums: str = ""  # where the target side's came from: recorded as the chunks landed, or computed in verify
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -165,36 +166,61 @@ def _global_present(src_dsn: str, dst_dsn: str, b: Builder, ws: str, gtable: str
     return int(total), int(present)
 
 
-def verify_tables(a_dsn: str, b_dsn: str, b: Builder, ws: str, a_name: str = "source", b_name: str = "target", *, with_globals: bool = True, emit: Callable[[Any], None] | None = None, a_sums: dict[str, tuple[int, Decimal]] | None = None, b_workers: int = 1, sizes: dict[str, int] | None = None, chunks: dict[str, list[list[Any]]] | None = None) -> VerifyResult:
+def verify_tables(a_dsn: str, b_dsn: str, b: Builder, ws: str, a_name: str = "source", b_name: str = "target", *, with_globals: bool = True, emit: Callable[[Any], None] | None = None, a_sums: dict[str, tuple[int, Decimal]] | None = None, b_workers: int = 1, sizes: dict[str, int] | None = None, chunks: dict[str, list[list[Any]]] | None = None, b_recorded: dict[str, list[tuple[int, Decimal]]] | None = None) -> VerifyResult:
     """Counts and checksums of every table on both sides, compared; differing tables narrowed
     down to their keys. ``a_sums``: side a's counts and checksums already known (the caller
     proves they still hold, e.g. the snapshot's source computed under a fence that is still in
-    place); then only side b is computed, over ``b_workers`` connections, biggest table first."""
+    place); then only side b is computed, over ``b_workers`` connections, biggest table first.
+    ``b_recorded``: side b's sums per chunk (in the order of ``chunks``' bounds, or one for a
+    table copied whole) recorded as the copy landed them; those tables are not read in b."""
     t0 = time.monotonic()
     tables = list(b.graph.order)
     globals_ = list(b.graph.global_order) if with_globals else []
     timings: dict[str, float] = {}
     b_chunks: dict[str, list[tuple[int, Decimal]]] = {}
+    recorded = {t: v for t, v in (b_recorded or {}).items() if t in tables and len(v) == len((chunks or {}).get(t) or [[None, None]])}
+    b_tables = [t for t in tables if t not in recorded]
 
-    @transient
-    def side(dsn: str) -> tuple[dict[str, tuple[int, Decimal]], float]:
-        ts = time.monotonic()
-        return _checksums(dsn, b, ws, tables), round(time.monotonic() - ts, 3)
+    def from_recorded() -> dict[str, tuple[int, Decimal]]:
+        out = {}
+        for t, vals in recorded.items():
+            out[t] = (sum(v[0] for v in vals), sum((v[1] for v in vals), Decimal(0)))
+            if len(vals) > 1:
+                b_chunks[t] = list(vals)
+        return out
+
+    def b_side() -> dict[str, tuple[int, Decimal]]:
+        if not b_tables:
+            return {}
+        if chunks and a_sums is not None:
+            rb, per = checksum_chunked(b_dsn, b, ws, b_tables, chunks, workers=b_workers, sizes=sizes)
+            b_chunks.update(per)
+            return rb
+        return checksum_tables(b_dsn, b, ws, b_tables, workers=b_workers, sizes=sizes)
 
     if a_sums is not None and all(t in a_sums for t in tables):
         ra = a_sums
         ts = time.monotonic()
-        if chunks:
-            rb, b_chunks = checksum_chunked(b_dsn, b, ws, tables, chunks, workers=b_workers, sizes=sizes)
-        else:
-            rb = checksum_tables(b_dsn, b, ws, tables, workers=b_workers, sizes=sizes)
+        rb = {**b_side(), **from_recorded()}
         timings["target_checksums"] = round(time.monotonic() - ts, 3)
         origin = "given"
     else:
+        @transient
+        def side_a() -> tuple[dict[str, tuple[int, Decimal]], float]:
+            ts = time.monotonic()
+            return _checksums(a_dsn, b, ws, tables), round(time.monotonic() - ts, 3)
+
+        @transient
+        def side_b() -> tuple[dict[str, tuple[int, Decimal]], float]:
+            ts = time.monotonic()
+            return b_side(), round(time.monotonic() - ts, 3)
+
         with ThreadPoolExecutor(max_workers=2) as pool:
-            fa, fb = pool.submit(side, a_dsn), pool.submit(side, b_dsn)
+            fa, fb = pool.submit(side_a), pool.submit(side_b)
             (ra, timings["source_checksums"]), (rb, timings["target_checksums"]) = fa.result(), fb.result()
+        rb.update(from_recorded())
         origin = "computed in verify"
+
     tn = time.monotonic()
     checks: list[TableCheck] = []
     for t in tables:
@@ -230,8 +256,10 @@ def verify_tables(a_dsn: str, b_dsn: str, b: Builder, ws: str, a_name: str = "so
     refs = check_references(a_dsn, b_dsn, b, ws, a_name, b_name) if with_globals else None
     timings["references"] = round(time.monotonic() - tr, 3)
     ok = all(c.ok for c in checks) and not (refs and refs["problems"])
+    where_b = (f"{len(recorded)} of {len(tables)} tables recorded as their chunks landed in the copy, {len(b_tables)} computed in verify"
+               if recorded else "computed in verify")
     return VerifyResult(ws, a_name, b_name, ok, checks, None, round(time.monotonic() - t0, 3), timings=timings, source_checksums=origin,
-                        references=refs)
+                        references=refs, target_checksums=where_b)
 
 
 @transient

@@ -92,3 +92,14 @@ def columns(record: type) -> sql.Composed:
     """The column list of a dataclass whose fields mirror a table's columns, in field order,
     so a row fetched with it builds the record with ``record(*row)``."""
     return sql.SQL(", ").join(sql.Identifier(f.name) for f in dataclasses.fields(record))
+
+
+def close_quietly(*conns: psycopg.Connection[Any] | None) -> None:
+    """Close connections that may already be broken, ignoring their errors (None: skipped)."""
+    for c in conns:
+        if c is None:
+            continue
+        try:
+            c.close()
+        except psycopg.Error:
+            pass

@@ -14,8 +14,9 @@ from decimal import Decimal
 import psycopg
 import pytest
 
+from residency import moves
 from residency.migrate import move_status, resume_move, start_move, verify_workspace
-from residency.migrate.chunks import CopyOptions, chunks_of, plan_bounds
+from residency.migrate.chunks import CopyOptions, chunks_of, dependencies, plan_bounds
 from residency.migrate.context import make_context
 from residency.migrate.throttle import StreamSlots
 from move_support import counts, home, run_mover
@@ -24,6 +25,7 @@ EXTRA = [
     "CREATE TABLE notes_text (id text PRIMARY KEY, workspace_id bigint NOT NULL REFERENCES workspaces (id), body text)",
     "CREATE TABLE notes_uuid (id uuid PRIMARY KEY, workspace_id bigint NOT NULL REFERENCES workspaces (id), n int)",
     "CREATE TABLE notes_pair (a int, b text, workspace_id bigint NOT NULL REFERENCES workspaces (id), PRIMARY KEY (a, b))",
+    "CREATE TABLE notes_nopk (workspace_id bigint NOT NULL REFERENCES workspaces (id), tag text, n int)",  # duplicates allowed
 ]
 
 
@@ -37,6 +39,7 @@ def _extra_tables(env, ws, n=900):
         c.execute("INSERT INTO notes_text SELECT (ARRAY['a','B','é','Z','m'])[1 + i %% 5] || i, %s, 'x' || i FROM generate_series(1, %s) i", (ws, n))
         c.execute("INSERT INTO notes_uuid SELECT gen_random_uuid(), %s, i FROM generate_series(1, %s) i", (ws, n))
         c.execute("INSERT INTO notes_pair SELECT i %% 7, 'k' || i, %s FROM generate_series(1, %s) i", (ws, n))
+        c.execute("INSERT INTO notes_nopk SELECT %s, 't' || (i %% 10), i %% 3 FROM generate_series(1, %s) i", (ws, n))
 
 
 def test_chunk_bounds_cover_every_row_once(env):
@@ -46,11 +49,11 @@ def test_chunk_bounds_cover_every_row_once(env):
     ctx = make_context(env.catalogue, env.connections, ws, "us", "eu")
     b = ctx.builder
     with psycopg.connect(env.dsn("us"), autocommit=True) as c:
-        for table in ("messages", "notes_text", "notes_uuid", "notes_pair"):
+        for table in ("messages", "notes_text", "notes_uuid", "notes_pair", "notes_nopk"):
             total, total_sum = c.execute(b.checksum(table), b.params(str(ws))).fetchone()
             bounds = plan_bounds(c, b, str(ws), table, total, 200, fk_order=False)
-            if table == "notes_pair":
-                assert bounds == [[None, None]]  # composite key: one chunk
+            if table in ("notes_pair", "notes_nopk"):
+                assert bounds == [[None, None]]  # composite key, no primary key: one chunk
                 continue
             assert len(bounds) >= 3, (table, bounds)
             assert bounds[0][0] is None and bounds[-1][1] is None
@@ -77,10 +80,16 @@ def test_chunked_parallel_move_is_exact(env):
     assert counts(env.dsn("eu"), ws) == before
     tables = rec.report["copy"]["tables"]
     assert tables["notes_text"]["chunks"] >= 3 and tables["notes_uuid"]["chunks"] >= 3 and tables["notes_pair"]["chunks"] == 1
+    assert tables["notes_nopk"]["chunks"] == 1 and tables["notes_nopk"]["rows"] == 900
     assert tables["messages"]["chunks"] > 1
     assert rec.report["copy"]["options"]["jobs"] == 3
+    # the global rows went as a task of the scheduler, and every table's target sums were
+    # recorded as its chunks landed, so verify read none of the target's tables again
+    assert rec.report["copy"]["globals"]["users"]["referenced"] > 0
+    n = len(rec.plan["tables"])
+    assert rec.report["verify"]["target_checksums"].startswith(f"{n} of {n} tables recorded")
     with psycopg.connect(env.dsn("eu"), autocommit=True) as c:
-        for t in ("notes_text", "notes_uuid", "notes_pair"):
+        for t in ("notes_text", "notes_uuid", "notes_pair", "notes_nopk"):
             assert c.execute(f"SELECT count(*) FROM {t} WHERE workspace_id = %s", (ws,)).fetchone()[0] == 900
     assert verify_workspace(env.catalogue, env.connections, ws, "us", "eu").ok
 
@@ -103,6 +112,8 @@ def test_kill9_mid_copy_redoes_only_unrecorded_chunks(env, point):
     for t, chunks in recorded.items():
         for i, res in chunks.items():
             assert after[t]["done"][i] == res  # recorded before the kill: not copied again
+    n = len(rec.plan["tables"])  # every table's target sums recorded, the redone chunks' anew
+    assert rec.report["verify"]["target_checksums"].startswith(f"{n} of {n} tables recorded")
     removed = sum(v.get("removed_first", 0) for v in rec.report["copy"]["tables"].values())
     assert removed <= 2 * 400  # at most one chunk per stream was redone
     if point == "chunk_copied":
@@ -141,7 +152,13 @@ def test_stream_cap_holds_across_processes(env):
         child.wait(timeout=30)
 
 
-def test_a_chunk_failing_its_checksum_is_named_and_recopied_alone(env):
+@pytest.mark.parametrize("mode", ["recorded", "recompute"])
+def test_a_chunk_failing_its_checksum_is_named_and_recopied_alone(env, monkeypatch, mode):
+    """recompute: the target is read again by verify, so a row changed after the copy is caught;
+    recorded (the default): verify trusts the sums each chunk recorded as it landed, so the chunk
+    is made to land wrong (its row changed and its recorded sums being what the target holds)."""
+    if mode == "recompute":
+        monkeypatch.setenv("RESIDENCY_VERIFY_TARGET", "recompute")
     s = env.seed(workspaces=3, rows=6000, seed=4)
     ws = s.biggest if s.home[s.biggest] == "us" else s.workspaces["us"][0]
     before = counts(env.dsn("us"), ws)
@@ -149,10 +166,18 @@ def test_a_chunk_failing_its_checksum_is_named_and_recopied_alone(env):
     rec = start_move(env.catalogue, env.connections, ws, "eu", strategy="snapshot", copy_options=opts, stop_after="copied")
     bounds = rec.checkpoints["copy"]["chunks"]["messages"]["bounds"]
     assert len(bounds) >= 3
+    assert all("target" in d for d in rec.checkpoints["copy"]["chunks"]["messages"]["done"].values())
     lo, hi = bounds[1]
     with psycopg.connect(env.dsn("eu"), autocommit=True) as c:
         (victim,) = c.execute("SELECT min(id) FROM messages WHERE workspace_id = %s AND id > %s AND id <= %s", (ws, lo, hi)).fetchone()
         c.execute("UPDATE messages SET body = 'tampered' WHERE id = %s", (victim,))
+        if mode == "recorded":
+            b = make_context(env.catalogue, env.connections, ws, "us", "eu").builder
+            n, h = c.execute(b.checksum_chunk("messages", True, True), b.params(str(ws), chunk_lo=lo, chunk_hi=hi)).fetchone()
+            copy = rec.checkpoints["copy"]
+            copy["chunks"]["messages"]["done"]["1"]["target"] = [int(n), str(h)]
+            with psycopg.connect(env.control_dsn) as cp:
+                moves.checkpoint(cp, rec.id, {"copy": copy})
     with pytest.raises(Exception) as exc:
         resume_move(env.catalogue, env.connections, rec.id, copy_options=opts)
     msg = str(exc.value)
@@ -168,3 +193,16 @@ def test_a_chunk_failing_its_checksum_is_named_and_recopied_alone(env):
     assert counts(env.dsn("eu"), ws) == before
     with psycopg.connect(env.dsn("eu"), autocommit=True) as c:
         assert c.execute("SELECT count(*) FROM messages WHERE body = 'tampered'").fetchone()[0] == 0
+
+
+def test_global_rows_are_a_task_waited_for_only_with_foreign_key_checks(env):
+    s = env.seed(workspaces=2, rows=500, seed=3)
+    ws = s.workspaces["us"][0]
+    b = make_context(env.catalogue, env.connections, ws, "us", "eu").builder
+    tables = list(b.graph.order)
+    referencing = [t for t in tables if any(fk.ref_table == "users" for fk in b.graph.table(t).foreign_keys)]
+    assert referencing and b.graph.global_order == ["users"]
+    free = dependencies(b, tables, ["users"], fk_order=False)  # replica: nothing waits for the global rows
+    assert free["global:users"] == set() and not any("global:users" in d for d in free.values())
+    checked = dependencies(b, tables, ["users"], fk_order=True)  # FK checks on: the referencing tables wait
+    assert all("global:users" in checked[t] for t in referencing)

@@ -49,7 +49,7 @@ class ChecksumSql(GlobalsSql):
     def checksum(self, table: str, *, global_: bool = False, lo: bool = False, hi: bool = False) -> sql.Composed:
         """count(*) and sum(hash_record_extended(row, 0)) of the workspace's rows (optionally in a key range)."""
         h = sql.Identifier("h")
-        return sql.SQL("SELECT count(*), coalesce(sum(hash_record_extended({h}, 0)::numeric), 0) FROM ({rows}) {h}").format(
+        return sql.SQL("SELECT count(*), coalesce(sum(hash_record_extended({h}, 0)), 0) FROM ({rows}) {h}").format(
             h=h, rows=self._rows_for_hash(table, global_=global_, lo=lo, hi=hi)
         )
 

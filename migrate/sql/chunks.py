@@ -65,6 +65,6 @@ class ChunkSql(ChecksumSql):
         """count(*) and sum(hash_record_extended(row, 0)) of one chunk (same hash as :meth:`checksum`)."""
         t = self.graph.table(table)
         h, x = sql.Identifier("h"), sql.Identifier("x")
-        return sql.SQL("SELECT count(*), coalesce(sum(hash_record_extended({h}, 0)::numeric), 0) FROM"
+        return sql.SQL("SELECT count(*), coalesce(sum(hash_record_extended({h}, 0)), 0) FROM"
                        " (SELECT {hc} FROM ({rows}) {x}) {h}").format(
             h=h, hc=self._hash_columns(t, x), rows=self._chunk_rows(table, lo, hi), x=x)
