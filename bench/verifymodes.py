@@ -16,9 +16,6 @@ import os
 import sys
 from typing import Any
 
-if __package__ in (None, ""):  # run as a script: the repository root on sys.path
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
 from bench.common import median, seed_workspace, vacuum_analyze
 from bench.sandbox import temporary_sandbox
 

@@ -58,6 +58,5 @@ def main(spec_path: str) -> None:
                     extra_tasks=extra_tasks(spec.get("tick_cron"), spec.get("slow_seconds", 60)))
 
 
-if __name__ == "__main__":
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+if __name__ == "__main__":  # tests/test_jobs.py starts it with the repository on PYTHONPATH
     main(sys.argv[1])

@@ -10,7 +10,6 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import psycopg
 import pytest
@@ -23,8 +22,7 @@ from residency.backups.create import BackupOptions
 from residency.backups.records import get_backup
 from residency.errors import InputError, OperationError
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench/ is not an installed package
-from bench.backupbench import DELETE as DELETE_CONVERSATION  # noqa: E402 - the statements the benchmark deletes a conversation with
+from bench.backupbench import DELETE as DELETE_CONVERSATION  # the statements the benchmark deletes a conversation with (pytest's pythonpath has the root)
 
 
 def conversation_rows(dsn: str, c: int) -> dict[str, list]:
