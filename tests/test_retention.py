@@ -293,6 +293,11 @@ def test_a_move_plan_shows_and_checks_the_targets_retention(world):
     text = render(p)
     assert "retention in eu after the move: messages older than 1h by created_at, with their dependants (jurisdiction EU)" in text
     assert f"{before['old']} rows of messages are older than eu's rule" in text
+    assert ("retention changes from us: no longer: backups kept 35d (environment.retention.backups_days); now: messages older than 1h"
+            in text and "now: backups kept 20d (jurisdiction EU)" in text)
+
+    same = catalogue_with("retention:\n  jurisdictions:\n    EU: {backups: 35d}\n")  # the default's 35d, said by EU
+    assert not any("retention changes" in n for n in plan_move(same, env.connections, ws, "eu").notes)
 
     bad = catalogue_with("retention:\n  regions:\n    eu: {tables: {messages: {column: body, older_than: 1h}}}\n")
     p = plan_move(bad, env.connections, ws, "eu")

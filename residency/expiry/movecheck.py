@@ -25,8 +25,11 @@ def check(cat: Catalogue, ws: str, source: str, target: str, src_builder: Any, d
     before, after = effective(cat, source, ws), effective(cat, target, ws)
     notes: list[str] = []
     refusals: list[str] = []
-    gone = [s for s in before.summary() if s not in after.summary()]
-    new = [s for s in after.summary() if s not in before.summary()]
+    def rule(s: str) -> str:  # a rule without where it was said: the same 35d from two scopes is no change
+        return s.rsplit(" (", 1)[0]
+
+    gone = [s for s in before.summary() if rule(s) not in {rule(x) for x in after.summary()}]
+    new = [s for s in after.summary() if rule(s) not in {rule(x) for x in before.summary()}]
     notes.append(f"retention in {target} after the move: " + "; ".join(after.summary()))
     if gone or new:
         notes.append(f"retention changes from {source}: " + "; ".join([f"no longer: {s}" for s in gone] + [f"now: {s}" for s in new]))
