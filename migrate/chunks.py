@@ -39,6 +39,7 @@ from .copy import _stream, copy_owned
 from .load import LoadLimits
 from .progress import Meter, Progress
 from .retry import transient
+from .rowhash import RowHashes
 from .sqlbuild import Builder
 from .triggers import TargetAccess, enter, leave
 
@@ -127,17 +128,26 @@ def _self_referencing(b: Builder, table: str) -> bool:
     return any(fk.ref_table == table for fk in b.graph.table(table).foreign_keys)
 
 
+SAMPLE_PER_CHUNK = 400  # sampled keys per chunk to cut at: each chunk within a few percent of its share
+
+
 def plan_bounds(conn: psycopg.Connection[Any], b: Builder, ws: str, table: str, rows: int, chunk_rows: int, *, fk_order: bool) -> list[list[Any]]:
     """[[lo, hi], ...] covering the table's keys (None: open end); [[None, None]] for one chunk.
-    With foreign-key checks on, a table referencing itself stays one chunk (a row's parent may be
-    in a later chunk; within one COPY the checks run at its end)."""
+    The cuts are quantiles of a random sample of the workspace's keys (about
+    ``SAMPLE_PER_CHUNK`` per chunk; every key of a small table): one pass that sorts only the
+    sample. They need not be reproducible: they are recorded before the first chunk is copied,
+    and a resumed copy uses the recorded ones. Every chunk holds a row: each cut is a key, and
+    none is the sample's largest. With foreign-key checks on, a table referencing itself stays
+    one chunk (a row's parent may be in a later chunk; within one COPY the checks run at its end)."""
     n = math.ceil(rows / chunk_rows) if rows > 0 else 1
     if n <= 1 or b.chunk_key(table) is None or (fk_order and _self_referencing(b, table)):
         return [[None, None]]
-    (vals,) = conn.execute(b.chunk_bounds(table), b.params(ws, fractions=[i / n for i in range(1, n)])).fetchone()
+    sample = min(1.0, SAMPLE_PER_CHUNK * n / rows)
+    (vals,) = conn.execute(b.chunk_bounds(table), b.params(ws, fractions=[i / n for i in range(1, n)] + [1.0], sample=sample)).fetchone()
+    top = vals[-1] if vals else None
     cuts: list[Any] = []
-    for v in vals or []:
-        if v is None:
+    for v in (vals or [])[:-1]:
+        if v is None or v == top:
             continue
         v = v if isinstance(v, int) else str(v)
         if not cuts or cuts[-1] != v:
@@ -220,22 +230,31 @@ def _begin_snapshot(src: psycopg.Connection[Any], snapshot: str | None) -> bool:
 
 
 def records_target_sums(b: Builder, table: str) -> bool:
-    """Whether a chunk of ``table`` counts and checksums its rows in the target as it lands: only
-    when the target can already tell them, i.e. every table it reaches its workspace through
-    (transitively) comes earlier in the copy order, so it is complete by then (see
-    :func:`dependencies`). Owned rows, rows reached through a later table (a polymorphic parent
-    copied after it) or through their own table are summed by verify instead."""
-    pos = {t: i for i, t in enumerate(b.graph.order)}
+    """Whether a chunk of ``table`` counts and checksums its rows in the target as it lands (in its
+    own transaction, :func:`target_sum_query`): every table but owned rows (``workspace.owned_through``,
+    written through a temporary table and summed by verify)."""
+    r = b.graph.reach.get(table)
+    return r is not None and r.kind != "owned"
 
-    def known(t: str, seen: frozenset[str]) -> bool:
-        r = b.graph.reach.get(t)
-        if r is None or r.kind == "owned" or t in seen:
-            return False
-        if r.kind in ("root", "key"):
-            return True
-        return all(link.parent in pos and pos[link.parent] < pos[t] and known(link.parent, seen | {t}) for link in r.links)
 
-    return known(table, frozenset())
+def by_workspace_column(b: Builder, table: str) -> bool:
+    """The table holds its workspace's id (``root``, ``key``): its rows are found by that column."""
+    return b.graph.reach[table].kind in ("root", "key")
+
+
+def target_sum_query(b: Builder, table: str, lo: bool, hi: bool) -> Any:
+    """The target's sums of a chunk that just landed, in its transaction. A table holding its
+    workspace's id (``root``, ``key``): the workspace's rows in the chunk's range, found by that
+    column (its index) as verify finds them. A table reached through others: the rows this
+    transaction wrote in the range (``checksum_landed``), since evaluating its predicate costs a
+    join per row. Both count exactly the chunk's rows: the target held none of the workspace's
+    keys before the copy (the plan refuses otherwise), nothing else writes them before cut-over,
+    and verify compares the parents' rows too, so a child is reached in the target as in the
+    source. ``RESIDENCY_VERIFY_TARGET=recompute`` has verify read the target again through the
+    workspace's predicate."""
+    if by_workspace_column(b, table):
+        return b.checksum_chunk(table, lo, hi)
+    return b.checksum_landed(table, lo, hi)
 
 
 class StreamConnections:
@@ -289,20 +308,22 @@ class StreamConnections:
 @transient
 def copy_chunk(src_dsn: str, dst_dsn: str, b: Builder, c: Chunk, ws: str, emit: Callable[[Progress], None], access: TargetAccess,
                *, snapshot: str | None = None, should_stop: Callable[[], bool] = lambda: False, on_batch: Callable[[int], None] | None = None,
-               target_sums: bool = True, pool: StreamConnections | None = None) -> dict[str, Any]:
+               target_sums: bool = True, source_sums: bool = False, pool: StreamConnections | None = None) -> dict[str, Any]:
     """One chunk: one COPY out of the source snapshot, one COPY into one target transaction; then,
     in that same transaction, the chunk's count and checksum as the target holds it (``target``:
     [rows, sum], the same sum verify computes), so it is recorded with the chunk's checkpoint and
-    only with it: a chunk redone after a crash records its sums again. ``pool``: the stream's
-    kept connections (else the chunk opens and closes its own)."""
+    only with it: a chunk redone after a crash records its sums again. ``source_sums``: the
+    source's count and checksum of the chunk too (``source``), taken from the COPY stream itself
+    (:mod:`migrate.rowhash`): sound only while the source is fenced. ``pool``: the stream's kept
+    connections (else the chunk opens and closes its own)."""
     if pool is None:
         with db.connect(src_dsn, autocommit=True, application_name="residency-mover-copy") as src, db.connect(
             dst_dsn, application_name="residency-mover-copy"
         ) as dst:
-            return _copy_chunk_on(src, dst, b, c, ws, emit, access, snapshot, should_stop, on_batch, target_sums)
+            return _copy_chunk_on(src, dst, b, c, ws, emit, access, snapshot, should_stop, on_batch, target_sums, source_sums)
     src, dst = pool.get()
     try:
-        return _copy_chunk_on(src, dst, b, c, ws, emit, access, snapshot, should_stop, on_batch, target_sums)
+        return _copy_chunk_on(src, dst, b, c, ws, emit, access, snapshot, should_stop, on_batch, target_sums, source_sums)
     except BaseException:
         pool.discard()  # in an unknown state: the retry (or the next chunk) opens new ones
         raise
@@ -310,28 +331,40 @@ def copy_chunk(src_dsn: str, dst_dsn: str, b: Builder, c: Chunk, ws: str, emit: 
 
 def _copy_chunk_on(src: psycopg.Connection[Any], dst: psycopg.Connection[Any], b: Builder, c: Chunk, ws: str, emit: Callable[[Progress], None],
                    access: TargetAccess, snapshot: str | None, should_stop: Callable[[], bool], on_batch: Callable[[int], None] | None,
-                   target_sums: bool) -> dict[str, Any]:
+                   target_sums: bool, source_sums: bool) -> dict[str, Any]:
     t0 = time.monotonic()
     params = c.params(b, ws)
     meter = Meter(emit, "copy", c.label, c.rows)
     lo, hi = c.lo is not None, c.hi is not None
     imported = _begin_snapshot(src, snapshot)
     sums = None
+    source: list[Any] = []
+    # the source's sums: a table holding the workspace's id is read again by that column's index
+    # in the same snapshot (cheaper than taking each row's hash off in Python); any other table
+    # carries the hashes in its stream, so its joins are not evaluated a second time
+    read_again = source_sums and by_workspace_column(b, c.table)
+    hashes = RowHashes() if source_sums and not read_again else None
+    out_q = b.copy_out_chunk(c.table, lo, hi, hashed=hashes is not None)
     with dst.transaction():
         enter(dst, access, b.schema, c.table)
         if b.graph.reach[c.table].kind == "owned":
-            rows, _ = copy_owned(src, dst, b, b.copy_out_chunk(c.table, lo, hi), c.table, params, meter, should_stop, on_batch)
+            rows, _ = copy_owned(src, dst, b, out_q, c.table, params, meter, should_stop, on_batch, hashes)
         else:
-            rows = _stream(src, dst, b.copy_out_chunk(c.table, lo, hi), b.copy_in(c.table), params, meter, should_stop, on_batch)
+            rows = _stream(src, dst, out_q, b.copy_in(c.table), params, meter, should_stop, on_batch, hashes)
         leave(dst, access, b.schema, c.table)
+        if read_again:
+            n, total = src.execute(b.checksum_chunk(c.table, lo, hi), params).fetchone()
+            source = [int(n), str(total)]
         src.execute("COMMIT")  # the source side is done: no snapshot held while the target sums
         if target_sums and records_target_sums(b, c.table):
-            n, s = dst.execute(b.checksum_chunk(c.table, lo, hi), params).fetchone()
+            n, s = dst.execute(target_sum_query(b, c.table, lo, hi), params).fetchone()
             sums = [int(n), str(s)]
     meter.finish(rows)
     out = {"rows": rows, "bytes": meter.bytes, "seconds": round(time.monotonic() - t0, 3), "snapshot": imported}
     if sums is not None:
         out["target"] = sums
+    if source_sums:
+        out["source"] = hashes.sums if hashes is not None else source
     return out
 
 
@@ -363,13 +396,39 @@ def clear_unfinished(dst_dsn: str, b: Builder, ws: str, plans: dict[str, dict[st
 # ------------------------------------------------------------------------------ the streams
 
 
+def priority(tasks: list[Chunk], deps: dict[str, set[str]]) -> Callable[[Chunk], tuple[Any, ...]]:
+    """The order streams take ready chunks in (a sort key): global rows first (a few rows found by
+    joins: their cost is not their size), then the longest path to the end first, as list
+    schedulers do: a chunk's rows plus the longest chain of units waiting for its unit (a unit
+    counted by its largest chunk, since its chunks run side by side). Largest first alone let a
+    chain (attachments, then their previews) start last and run alone at the end."""
+    largest: dict[str, int] = {}
+    for c in tasks:
+        largest[c.unit] = max(largest.get(c.unit, 0), c.rows)
+    waiting: dict[str, set[str]] = {}
+    for unit, before in deps.items():
+        for d in before:
+            waiting.setdefault(d, set()).add(unit)
+    memo: dict[str, int] = {}
+
+    def tail(unit: str, seen: frozenset[str] = frozenset()) -> int:
+        """The longest chain of units after ``unit`` (rows)."""
+        if unit not in memo:
+            nxt = [u for u in waiting.get(unit, ()) if u not in seen]
+            memo[unit] = max((largest.get(u, 0) + tail(u, seen | {unit}) for u in nxt), default=0)
+        return memo[unit]
+
+    return lambda c: (c.kind != "global", -(c.rows + tail(c.unit)), c.table, c.index)
+
+
 def run(tasks: list[Chunk], *, jobs: int, deps: dict[str, set[str]], exclusive: Callable[[str], bool],
         work: Callable[[Chunk], dict[str, Any]], on_done: Callable[[Chunk, dict[str, Any]], None]) -> None:
-    """Copy ``tasks`` on ``jobs`` threads, largest ready chunk first. A chunk is ready when every
-    unit in ``deps`` of its unit (:attr:`Chunk.unit`) has no task left, and (``exclusive``
-    tables) no other task of its table is running. ``on_done`` runs under the scheduler's lock (checkpoints). The first
-    failure stops the others from taking new chunks and is raised."""
-    pending = sorted(tasks, key=lambda c: (-c.rows, c.table, c.index))
+    """Copy ``tasks`` on ``jobs`` threads, in :func:`priority` order among the ready ones. A chunk
+    is ready when every unit in ``deps`` of its unit (:attr:`Chunk.unit`) has no task left, and
+    (``exclusive`` tables) no other task of its table is running. ``on_done`` runs under the
+    scheduler's lock (checkpoints). The first failure stops the others from taking new chunks and
+    is raised."""
+    pending = sorted(tasks, key=priority(tasks, deps))
     left = Counter(c.unit for c in tasks)
     running: Counter[str] = Counter()
     cond = threading.Condition()

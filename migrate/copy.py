@@ -21,6 +21,7 @@ from residency import db
 
 from . import faults, triggers
 from .progress import Meter, Progress
+from .rowhash import RowHashes, batches
 from .retry import transient
 from .sqlbuild import Builder
 from .triggers import TargetAccess
@@ -37,34 +38,38 @@ class TableCopy:
     deleted_first: int = 0
 
 
-def _stream(src: psycopg.Connection[Any], dst: psycopg.Connection[Any], out_q: Any, in_q: Any, params: dict[str, Any], meter: Meter, should_stop: Callable[[], bool], on_batch: Callable[[int], None] | None = None) -> int:
-    """Pump one COPY into the other; returns the rows the target accepted."""
+def _stream(src: psycopg.Connection[Any], dst: psycopg.Connection[Any], out_q: Any, in_q: Any, params: dict[str, Any], meter: Meter,
+            should_stop: Callable[[], bool], on_batch: Callable[[int], None] | None = None, hashes: RowHashes | None = None) -> int:
+    """Pump one COPY into the other in ~256 KB batches; returns the rows the target accepted.
+    ``hashes``: the source rows carry their hash as a last column (``copy_out_chunk(hashed=True)``),
+    taken off on the way and summed there."""
     with src.cursor() as scur, dst.cursor() as dcur:
         with scur.copy(out_q, params) as out, dcur.copy(in_q) as into:
-            buf = bytearray()
-            messages = 0
-            batches = 0
-            for chunk in out:  # one CopyData message per row (the first also carries the header)
-                buf += chunk
-                messages += 1
-                if len(buf) >= BATCH_BYTES:
-                    into.write(bytes(buf))
-                    meter.add(messages, len(buf))
-                    if on_batch is not None:
-                        on_batch(messages)  # e.g. a rate limit
-                    messages = 0
-                    buf = bytearray()
-                    batches += 1
-                    if batches == 1:
-                        faults.point("copy_batch")
-                    if should_stop():
-                        raise InterruptedError("the move's lease was lost; stopping")
-            if buf:
-                into.write(bytes(buf))
-                meter.add(max(messages - 1, 0), len(buf))  # the last message is the trailer
-                if batches == 0:
-                    faults.point("copy_batch")  # a small COPY (a chunk): its only batch written, not committed
+            parts = batches(out, BATCH_BYTES) if hashes is None else hashes.batches(out, BATCH_BYTES)
+            nb = 0
+            pending: tuple[bytes, int] | None = None
+            for part in parts:  # one batch behind, so the last one is known (it carries the trailer)
+                if pending is not None:
+                    nb += 1
+                    _write(into, pending, meter, on_batch, should_stop, nb)
+                pending = part
+            if pending is not None:
+                data, n = pending
+                # plain batches count messages: the last one is the trailer
+                _write(into, (data, n if hashes is not None else max(n - 1, 0)), meter, None, lambda: False, nb + 1)
         return dcur.rowcount
+
+
+def _write(into: Any, part: tuple[bytes, int], meter: Meter, on_batch: Callable[[int], None] | None, should_stop: Callable[[], bool], nth: int) -> None:
+    data, rows = part
+    into.write(data)
+    meter.add(rows, len(data))
+    if on_batch is not None:
+        on_batch(rows)  # e.g. a rate limit
+    if nth == 1:
+        faults.point("copy_batch")  # the first batch written, not committed
+    if should_stop():
+        raise InterruptedError("the move's lease was lost; stopping")
 
 
 def target_access(dst_dsn: str, b: Builder) -> TargetAccess:
@@ -103,13 +108,14 @@ def copy_table(src_dsn: str, dst_dsn: str, b: Builder, table: str, workspace_id:
 
 
 def copy_owned(src: psycopg.Connection[Any], dst: psycopg.Connection[Any], b: Builder, out_query: sql.Composable, table: str,
-               params: dict[str, Any], meter: Meter, should_stop: Callable[[], bool], on_batch: Callable[[int], None] | None = None) -> tuple[int, int]:
+               params: dict[str, Any], meter: Meter, should_stop: Callable[[], bool], on_batch: Callable[[int], None] | None = None,
+               hashes: RowHashes | None = None) -> tuple[int, int]:
     """Copy owned rows (``workspace.owned_through``) inside the caller's target transaction. They
     are found through their owners, which the target doesn't have yet, so a previous attempt's rows
     are found by key instead (the plan refused keys the target already held): COPY into a temporary
     table, delete those keys, insert. Returns (rows, rows deleted first)."""
     dst.execute(b.temp_like(OWNED_TEMP, table))
-    rows = _stream(src, dst, out_query, b.copy_in(table, into=sql.Identifier(OWNED_TEMP)), params, meter, should_stop, on_batch)
+    rows = _stream(src, dst, out_query, b.copy_in(table, into=sql.Identifier(OWNED_TEMP)), params, meter, should_stop, on_batch, hashes)
     deleted = dst.execute(b.delete_by_temp_keys(table, OWNED_TEMP)).rowcount
     dst.execute(b.insert_from_temp(table, OWNED_TEMP))
     dst.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(OWNED_TEMP)))

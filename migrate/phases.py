@@ -31,7 +31,7 @@ from .context import MoveContext
 from .load import SourceLoad
 from .throttle import RateLimit, StreamSlots
 from .progress import Progress
-from .verify import VerifyResult, checksum_tables, verify_tables
+from .verify import VerifyResult, verify_tables
 
 
 def now_iso() -> str:
@@ -126,54 +126,6 @@ def fence_phase(ctx: MoveContext, rec: MoveRecord) -> MoveRecord:
 # ----------------------------------------------------------------------------------- copy
 
 
-class SourceChecksums:
-    """The snapshot's source-side counts and checksums, computed while the copy runs (a thread with
-    its own source connection). Sound only because the source is fenced before the copy starts
-    (its rows cannot change): the result carries the fence's (token, fenced_at), read before and
-    after the checksums, and :func:`usable_source_checksums` uses it only while that same fence is
-    still in place. Any failure here only means the verify phase computes the source itself."""
-
-    def __init__(self, ctx: MoveContext, rec: MoveRecord) -> None:
-        self.ctx, self.token = ctx, rec.checkpoints.get("fence_token")
-        self.sizes = {t["table"]: int(t.get("rows") or 0) for t in rec.plan.get("tables", [])}
-        self.result: dict[str, Any] | None = None
-        self.error: str | None = None
-        self._stop = False
-        self._thread = threading.Thread(target=self._run, name="residency-source-checksums", daemon=True)
-
-    def start(self) -> "SourceChecksums":
-        self._thread.start()
-        return self
-
-    def _run(self) -> None:
-        ctx = self.ctx
-        try:
-            t0 = time.monotonic()
-            with ctx.connect("source") as conn:
-                before = fence.state(conn, ctx.builder, ctx.workspace_id)
-            if before is None or before[0] != self.token:
-                self.error = "the source is not fenced by this move"
-                return
-            sums = checksum_tables(ctx.src.dsn, ctx.builder, ctx.workspace_id, list(ctx.graph.order), sizes=self.sizes,
-                                   stop=lambda: self._stop, application_name="residency-mover-source-checksums")
-            with ctx.connect("source") as conn:
-                after = fence.state(conn, ctx.builder, ctx.workspace_id)
-            if after != before:
-                self.error = "the source's fence changed while its checksums were computed"
-                return
-            self.result = {"fence_token": before[0], "fenced_at": before[1], "seconds": round(time.monotonic() - t0, 3),
-                           "tables": {t: [n, str(s)] for t, (n, s) in sums.items()}}
-        except BaseException as e:  # noqa: BLE001 - the verify phase computes them instead
-            self.error = f"{type(e).__name__}: {e}"
-
-    def stop(self) -> None:
-        self._stop = True
-
-    def join(self) -> dict[str, Any] | None:
-        self._thread.join()
-        return self.result
-
-
 def usable_source_checksums(ctx: MoveContext, rec: MoveRecord) -> tuple[dict[str, tuple[int, Decimal]] | None, str]:
     """The source checksums the copy phase recorded, if they still hold: computed under this
     move's fence, and that very fence (same token, same fenced_at: never lifted and installed
@@ -199,19 +151,34 @@ def snapshot_copy_phase(ctx: MoveContext, rec: MoveRecord) -> MoveRecord:
 
 
 def copy_phase(ctx: MoveContext, rec: MoveRecord, *, source_checksums: bool = False) -> MoveRecord:
-    sums: SourceChecksums | None = None
-    if source_checksums and usable_source_checksums(ctx, rec)[0] is None:
-        sums = SourceChecksums(ctx, rec).start()
-    try:
-        rec = _copy(ctx, rec, sums)
-    finally:
-        if sums is not None:
-            sums.stop()
-            sums.join()
-    return rec
+    """Copy the rows (chunks on parallel streams, :mod:`migrate.chunks`) and the objects.
+    ``source_checksums``: the source is fenced (a snapshot move), so each chunk also sums the
+    source's rows as they pass (:mod:`migrate.rowhash`) and the phase records the source's
+    checksums for verify, with the fence they hold under (:func:`usable_source_checksums`)."""
+    return _copy(ctx, rec, source_checksums)
 
 
-def _copy(ctx: MoveContext, rec: MoveRecord, sums: SourceChecksums | None) -> MoveRecord:
+def _source_fence(ctx: MoveContext, rec: MoveRecord) -> list[str] | None:
+    """[token, fenced_at] of this move's fence on the source, or None (not fenced by this move)."""
+    with ctx.connect("source") as conn:
+        now = fence.state(conn, ctx.builder, ctx.workspace_id)
+    return list(now) if now is not None and now[0] == rec.checkpoints.get("fence_token") else None
+
+
+def _source_sums(rec_plans: dict[str, Any], tables: list[str]) -> dict[str, list[Any]] | None:
+    """Per table, the source's [rows, sum] from its chunks' sums; None when a chunk lacks them."""
+    out: dict[str, list[Any]] = {}
+    for t in tables:
+        p = rec_plans.get(t) or {}
+        done = p.get("done") or {}
+        got = [done.get(str(i), {}).get("source") for i in range(len(p.get("bounds") or []))]
+        if not got or not all(isinstance(x, list) and len(x) == 2 for x in got):
+            return None
+        out[t] = [sum(int(x[0]) for x in got), str(sum(int(x[1]) for x in got))]
+    return out
+
+
+def _copy(ctx: MoveContext, rec: MoveRecord, source_checksums: bool) -> MoveRecord:
     cp = dict(rec.checkpoints.get("copy") or {})
     done: dict[str, Any] = dict(cp.get("tables") or {})
     plans: dict[str, Any] = {t: dict(v) for t, v in (cp.get("chunks") or {}).items()}
@@ -232,6 +199,13 @@ def _copy(ctx: MoveContext, rec: MoveRecord, sums: SourceChecksums | None) -> Mo
         if any(removed.values()):
             emit_state(ctx, "removed a previous attempt's partial rows: " + ", ".join(f"{t} {n}" for t, n in removed.items() if n))
     cp["attempts"] = attempts + 1
+    fenced = _source_fence(ctx, rec) if source_checksums else None
+    if cp.get("source_fence") and cp.get("source_fence") != fenced:
+        # the chunks' source sums were taken under another fence (or none): they prove nothing now
+        for p in plans.values():
+            for res in (p.get("done") or {}).values():
+                res.pop("source", None)
+    cp["source_fence"] = fenced
     cp["method"] = {"method": access.method, "reason": access.reason, "would_fire": [t.describe() for t in access.would_fire()]}
     chunk_rows = opts.rows_per_chunk(sum(int(t.get("rows") or 0) for t in rec.plan.get("tables", [])), fk_order=access.fk_order)
     cp["options"] = {**opts.to_dict(), "chunk_rows": chunk_rows}
@@ -288,7 +262,8 @@ def _copy(ctx: MoveContext, rec: MoveRecord, sums: SourceChecksums | None) -> Mo
                     if c.kind == "global":
                         return copy_mod.copy_global(src.dsn, dst.dsn, b, c.table, ws, ctx.emit, access)
                     return chunks_mod.copy_chunk(src.dsn, dst.dsn, b, c, ws, ctx.emit, access, snapshot=snap.id if snap else None,
-                                                 should_stop=ctx.should_stop, on_batch=between_batches, pool=streams)
+                                                 should_stop=ctx.should_stop, on_batch=between_batches, pool=streams,
+                                                 source_sums=fenced is not None)
             except BaseException:
                 streams.discard_control()
                 raise
@@ -319,19 +294,15 @@ def _copy(ctx: MoveContext, rec: MoveRecord, sums: SourceChecksums | None) -> Mo
     tables_seconds = round(time.monotonic() - t_tables, 3)
     faults.point("rows_copied")
     extra: dict[str, Any] = {}
-    checksums_wait = 0.0
-    if sums is not None:
-        # the target is complete; the source's checksums (on their own connection since the
-        # start) are normally done by now
-        t1 = time.monotonic()
-        res = sums.join()
-        wait = round(time.monotonic() - t1, 3)
-        checksums_wait = wait
-        if res is not None:
-            extra["source_checksums"] = res
-            emit_state(ctx, f"source checksums computed during the copy in {res['seconds']} s (waited {wait} s)")
+    if fenced is not None:
+        sums = _source_sums(plans, list(ctx.graph.order))
+        why = "a chunk lacks them" if sums is None else "the fence changed during the copy" if _source_fence(ctx, rec) != fenced else ""
+        if not why:
+            extra["source_checksums"] = {"fence_token": fenced[0], "fenced_at": fenced[1], "seconds": 0.0, "taken": "in the copy stream",
+                                         "tables": sums}
+            emit_state(ctx, "source checksums taken from the copy stream under the fence")
         else:
-            emit_state(ctx, f"source checksums not computed during the copy ({sums.error}); verify computes them")
+            emit_state(ctx, f"source checksums not kept from the copy ({why}); verify computes them")
 
     t1 = time.monotonic()
     try:
@@ -366,7 +337,7 @@ def _copy(ctx: MoveContext, rec: MoveRecord, sums: SourceChecksums | None) -> Mo
         "attempts": attempts + 1,
         "phase_seconds_this_attempt": seconds,
         "timings": {"before_rows": round(t_tables - t0, 3), "bounds": round(t_bounds, 3), "rows": tables_seconds,
-                    "source_checksums_wait": checksums_wait, "objects": round(objects_s, 3),
+                    "objects": round(objects_s, 3),
                     "objects_wait": round(objects_wait, 3), "sequences_and_tenant_objects": round(tail_s, 3)},
     }
     return record(

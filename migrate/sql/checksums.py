@@ -14,15 +14,26 @@ from .globals import GlobalsSql
 class ChecksumSql(GlobalsSql):
     """Counts and checksums of the workspace's rows."""
 
-    def _hash_columns(self, t: Table, a: sql.Composable) -> sql.Composed:
-        """The columns as hashed: as they are, or as text where the type has no hash function."""
-        parts = []
+    def _hashed(self, t: Table, a: sql.Composable, *, named: bool) -> list[sql.Composable]:
+        """The columns as hashed: as they are, or as text where the type has no hash function
+        (generated columns left out: the target computes them)."""
+        parts: list[sql.Composable] = []
         for c in t.columns:
             if c.generated:
                 continue
             ref = sql.SQL("{}.{}").format(a, sql.Identifier(c.name))
-            parts.append(ref if c.hashable else sql.SQL("{}::text AS {}").format(ref, sql.Identifier(c.name)))
-        return sql.SQL(", ").join(parts)
+            if not c.hashable:
+                ref = sql.SQL("{}::text AS {}").format(ref, sql.Identifier(c.name)) if named else sql.SQL("{}::text").format(ref)
+            parts.append(ref)
+        return parts
+
+    def _hash_columns(self, t: Table, a: sql.Composable) -> sql.Composed:
+        return sql.SQL(", ").join(self._hashed(t, a, named=True))
+
+    def row_hash(self, table: str, a: sql.Composable) -> sql.Composed:
+        """One row's hash, the very value :meth:`checksum` sums (``hash_record_extended`` of the
+        same columns, an anonymous record hashing like the named one)."""
+        return sql.SQL("hash_record_extended(ROW({}), 0)").format(sql.SQL(", ").join(self._hashed(self.graph.table(table), a, named=False)))
 
     def _key_params(self, prefix: str, n: int) -> sql.Composed:
         return sql.SQL(", ").join(sql.Placeholder(f"{prefix}{i}") for i in range(n))

@@ -9,6 +9,7 @@ from typing import Sequence
 
 from psycopg import sql
 
+from .base import _ident_list
 from .checksums import ChecksumSql
 
 
@@ -45,16 +46,29 @@ class ChunkSql(ChecksumSql):
         return sql.SQL(" AND ").join(parts) if parts else sql.SQL("true")
 
     def chunk_bounds(self, table: str) -> sql.Composed:
-        """The key values at ``%(fractions)s`` (a float8 array) of the workspace's rows, in order."""
+        """The key values at ``%(fractions)s`` (a float8 array) of a random sample (each row kept
+        with probability ``%(sample)s``; 1: all) of the workspace's rows, in order (fraction 1:
+        the sample's largest key; no ``max`` for every key type). The sample's filter is evaluated before the workspace's predicate
+        (the planner orders the conditions by cost), so a table reached through joins is not
+        joined in full just to be cut."""
         x = sql.Identifier("x")
-        return sql.SQL("SELECT percentile_disc({f}::float8[]) WITHIN GROUP (ORDER BY {k}) FROM ({rows}) {x}").format(
-            f=sql.Placeholder("fractions"), k=self._chunk_key_expr(table, x), rows=self.select_rows(table, [self.chunk_key(table) or ""]), x=x)
+        k = self._chunk_key_expr(table, x)
+        return sql.SQL("SELECT percentile_disc({f}::float8[]) WITHIN GROUP (ORDER BY {k}) FROM ({rows}) {x}"
+                       " WHERE random() < {p}").format(
+            f=sql.Placeholder("fractions"), k=k, rows=self.select_rows(table, [self.chunk_key(table) or ""]), x=x,
+            p=sql.Placeholder("sample"))
 
     def _chunk_rows(self, table: str, lo: bool, hi: bool, columns: Sequence[str] | None = None) -> sql.Composed:
         return self.select_rows(table, columns, where=self.chunk_cond(table, sql.Identifier("t"), lo, hi))
 
-    def copy_out_chunk(self, table: str, lo: bool, hi: bool) -> sql.Composed:
-        return sql.SQL("COPY ({}) TO STDOUT (FORMAT BINARY)").format(self._chunk_rows(table, lo, hi))
+    def copy_out_chunk(self, table: str, lo: bool, hi: bool, *, hashed: bool = False) -> sql.Composed:
+        """The chunk's rows as binary COPY; ``hashed``: each row carries its hash (:meth:`row_hash`)
+        as one more, last, column, which the relay takes off (:mod:`migrate.rowhash`)."""
+        if not hashed:
+            return sql.SQL("COPY ({}) TO STDOUT (FORMAT BINARY)").format(self._chunk_rows(table, lo, hi))
+        x = sql.Identifier("x")
+        return sql.SQL("COPY (SELECT {cols}, {h} FROM ({rows}) {x}) TO STDOUT (FORMAT BINARY)").format(
+            cols=_ident_list(self.graph.table(table).copy_columns, x), h=self.row_hash(table, x), rows=self._chunk_rows(table, lo, hi), x=x)
 
     def delete_chunk(self, table: str, lo: bool, hi: bool) -> sql.Composed:
         a = sql.Identifier("t")
@@ -68,3 +82,16 @@ class ChunkSql(ChecksumSql):
         return sql.SQL("SELECT count(*), coalesce(sum(hash_record_extended({h}, 0)), 0) FROM"
                        " (SELECT {hc} FROM ({rows}) {x}) {h}").format(
             h=h, hc=self._hash_columns(t, x), rows=self._chunk_rows(table, lo, hi), x=x)
+
+    def checksum_landed(self, table: str, lo: bool, hi: bool) -> sql.Composed:
+        """count(*) and sum of row hashes of the rows the current transaction wrote into
+        ``table`` in the chunk's key range (``xmin`` is this transaction's id): the chunk as it
+        landed, found without the workspace's predicate (for a table reached through joins, those
+        joins per row were most of the sum's cost). An old frozen row with the same 32-bit
+        ``xmin`` would be counted too: the chunk then fails verify and is copied again, never
+        the reverse."""
+        t = self.graph.table(table)
+        h, x = sql.Identifier("h"), sql.Identifier("x")
+        return sql.SQL("SELECT count(*), coalesce(sum(hash_record_extended({h}, 0)), 0) FROM"
+                       " (SELECT {hc} FROM {tbl} {x} WHERE {rng} AND {x}.xmin = pg_current_xact_id()::xid) {h}").format(
+            h=h, hc=self._hash_columns(t, x), tbl=self.qname(table), x=x, rng=self.chunk_cond(table, x, lo, hi))
