@@ -6,13 +6,14 @@ cut into ranges ``lo < key <= hi`` at quantiles of the workspace's keys (one sor
 source); any other table is one chunk. The bounds are recorded in the move's checkpoints before
 the first chunk is copied, every chunk is one COPY in one target transaction, and every finished
 chunk is checkpointed, so a resumed copy redoes only the chunks that were not recorded: first it
-deletes whatever an interrupted attempt committed of them (children first), then copies them.
+deletes whatever an interrupted attempt committed of them, then copies them.
 
 Chunks run on ``jobs`` streams (a thread each, its own source, target and control-plane
 connections kept across its chunks), largest first; the referenced global rows are tasks of their
-own beside them. A table waits for the tables it reaches its workspace through (its rows are found
-in the target through them when a resumed copy deletes), and, when foreign-key triggers fire
-(the role may not use ``replica``), for every parent it has a foreign key to. The source side
+own beside them. In a resumed copy a table waits for the tables it reaches its workspace through
+(its rows are found in the target through them when the leftovers are deleted), and, when
+foreign-key triggers fire (the role may not use ``replica``), for every parent it has a foreign
+key to. The source side
 reads one snapshot: a coordinating connection exports it (``pg_export_snapshot``) and every
 stream imports it (``SET TRANSACTION SNAPSHOT``); the fence already keeps the workspace's rows
 still, so a resume after a crash (a new snapshot) reads the same rows. Each stream holds a slot
@@ -165,20 +166,21 @@ def global_unit(table: str) -> str:
     return f"global:{table}"
 
 
-def dependencies(b: Builder, tables: list[str], globals_: list[str], *, fk_order: bool) -> dict[str, set[str]]:
+def dependencies(b: Builder, tables: list[str], globals_: list[str], *, fk_order: bool, reach: bool = True) -> dict[str, set[str]]:
     """Per scheduling unit (a moving table, or ``global:<table>`` for a global table's referenced
     rows, streamed beside the chunks), the units that must be complete in the target before it
-    starts: for a moving table the tables it reaches its workspace through and, with foreign-key
+    starts: for a moving table (``reach``) the tables it reaches its workspace through (a resumed
+    copy finds an interrupted attempt's rows in the target through them) and, with foreign-key
     checks on, its FK parents (a global parent's rows included); for a global table's rows, with
     the checks on, the global tables it references. Only units earlier in the copy order count
     (global rows first), so there is never a cycle; with ``replica`` nothing waits for the
-    global rows."""
+    global rows, and in a first attempt nothing waits at all."""
     order, gorder = list(b.graph.order), list(b.graph.global_order)
     pos = {t: i for i, t in enumerate(order)}
     gpos = {t: i for i, t in enumerate(gorder)}
     out: dict[str, set[str]] = {}
     for t in tables:
-        deps = {link.parent for link in b.graph.reach[t].links if link.parent in pos and pos[link.parent] < pos[t]}
+        deps = {link.parent for link in b.graph.reach[t].links if reach and link.parent in pos and pos[link.parent] < pos[t]}
         if fk_order:
             for fk in b.graph.table(t).foreign_keys:
                 if fk.ref_table in pos and pos[fk.ref_table] < pos[t]:

@@ -190,14 +190,29 @@ def _copy(ctx: MoveContext, rec: MoveRecord, source_checksums: bool) -> MoveReco
     access = copy_mod.target_access(dst.dsn, b)  # checked again now: grants may have changed since the plan
     left = [t for t in ctx.graph.order if t not in done]
     removed: dict[str, int] = {}
-    if attempts > 0 or rec.strategy != "snapshot":
-        # A resumed copy (or one after another strategy's partial work): first remove what an
-        # interrupted attempt committed of the unrecorded chunks (children first), so every row
-        # ends up in the target exactly once. A first snapshot attempt starts from a target the
-        # plan found free of the workspace's keys.
+    # A first snapshot attempt starts from a target the plan found free of the workspace's keys:
+    # nothing to remove, and (with replica) no table waits for another. A resumed copy (or one
+    # after another strategy's partial work) first removes what an interrupted attempt committed
+    # of the unrecorded chunks, so every row ends up in the target exactly once; those rows are
+    # found through the tables their table is reached through, so here a table waits for them
+    # (:func:`chunks.dependencies`). With replica each table's leftovers go just before its first
+    # chunk, once those tables are complete again; with foreign-key checks on, all of them first,
+    # children first, in one transaction.
+    first = attempts == 0 and rec.strategy == "snapshot"
+    lazy = not first and rec.strategy == "snapshot" and not access.fk_order
+    if not first and not lazy:
         removed = chunks_mod.clear_unfinished(dst.dsn, b, ws, plans, left, access)
         if any(removed.values()):
             emit_state(ctx, "removed a previous attempt's partial rows: " + ", ".join(f"{t} {n}" for t, n in removed.items() if n))
+    clearing = {t: threading.Lock() for t in left} if lazy else {}
+
+    def clear_before_first_chunk(table: str) -> None:
+        with clearing[table]:
+            if table not in removed:
+                n = chunks_mod.clear_unfinished(dst.dsn, b, ws, plans, [table], access).get(table, 0)
+                if n:
+                    emit_state(ctx, f"removed a previous attempt's partial rows: {table} {n}")
+                removed[table] = n
     cp["attempts"] = attempts + 1
     fenced = _source_fence(ctx, rec) if source_checksums else None
     if cp.get("source_fence") and cp.get("source_fence") != fenced:
@@ -261,6 +276,8 @@ def _copy(ctx: MoveContext, rec: MoveRecord, source_checksums: bool) -> MoveReco
                 with slots.slot(ctx.should_stop, conn=streams.control()):
                     if c.kind == "global":
                         return copy_mod.copy_global(src.dsn, dst.dsn, b, c.table, ws, ctx.emit, access)
+                    if lazy:
+                        clear_before_first_chunk(c.table)
                     return chunks_mod.copy_chunk(src.dsn, dst.dsn, b, c, ws, ctx.emit, access, snapshot=snap.id if snap else None,
                                                  should_stop=ctx.should_stop, on_batch=between_batches, pool=streams,
                                                  source_sums=fenced is not None)
@@ -279,7 +296,7 @@ def _copy(ctx: MoveContext, rec: MoveRecord, source_checksums: bool) -> MoveReco
                     finish_table(c.table)
             recorder.save({"copy": {**cp, "tables": done, "globals": globals_done, "chunks": plans}})
 
-        deps = chunks_mod.dependencies(b, left, [c.table for c in global_tasks], fk_order=access.fk_order)
+        deps = chunks_mod.dependencies(b, left, [c.table for c in global_tasks], fk_order=access.fk_order, reach=not first or access.fk_order)
         chunks_mod.run(tasks, jobs=opts.jobs, deps=deps, exclusive=access.exclusive, work=work, on_done=on_done)
     except BaseException:
         rows_failed.set()  # the objects stop too; the move fails with the rows' error

@@ -13,6 +13,7 @@ from decimal import Decimal
 
 import psycopg
 import pytest
+from psycopg import sql
 
 from residency import moves
 from residency.migrate import move_status, resume_move, start_move, verify_workspace
@@ -120,6 +121,39 @@ def test_kill9_mid_copy_redoes_only_unrecorded_chunks(env, point):
         assert removed > 0  # the 4th chunk had committed, unrecorded: its rows were removed, then copied again
     assert verify_workspace(env.catalogue, env.connections, ws, "us", "eu").ok
     assert home(env, ws)[:2] == ("eu", "active")
+
+
+def test_a_child_chunk_landed_before_its_parents_is_found_and_replaced_on_resume(env):
+    """A first attempt lets chunks run in any order (replica): on one stream the largest chunk goes
+    first, here a table reached through a parent none of whose rows is in the target yet, and
+    the mover dies with it committed, not recorded. The resume copies the parent first, then
+    finds those rows through it, removes them and copies the chunk again: exactly one copy."""
+    s = env.seed(workspaces=3, rows=3000, seed=23)
+    ws = s.biggest if s.home[s.biggest] == "us" else s.workspaces["us"][0]
+    for r in ("us", "eu"):
+        with psycopg.connect(env.dsn(r), autocommit=True) as c:
+            c.execute("CREATE TABLE lazy_parent (id bigint PRIMARY KEY, workspace_id bigint NOT NULL REFERENCES workspaces (id))")
+            c.execute("CREATE TABLE lazy_child (id bigint PRIMARY KEY, parent_id bigint NOT NULL REFERENCES lazy_parent (id), n int)")
+    with psycopg.connect(env.dsn("us"), autocommit=True) as c:
+        c.execute("INSERT INTO lazy_parent SELECT 900000 + i, %s FROM generate_series(1, 20) i", (ws,))
+        c.execute("INSERT INTO lazy_child SELECT i, 900001 + i %% 20, i FROM generate_series(1, 9000) i")  # the largest table
+    before = counts(env.dsn("us"), ws)
+
+    def rows(table):
+        with psycopg.connect(env.dsn("eu"), autocommit=True) as c:
+            return c.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(table))).fetchone()[0]
+
+    p = run_mover(env, "move", "start", str(ws), "--to", "eu", "--yes", "--strategy", "snapshot", "--jobs", "1", "--chunk-rows", "100000",
+                  kill_at="chunk_copied", kill_after=1)
+    assert p.returncode == -signal.SIGKILL, p.stderr
+    assert (rows("lazy_child"), rows("lazy_parent")) == (9000, 0)  # the child landed first, alone
+    (rec,) = move_status(env.connections, None)[:1]
+    assert rec.checkpoints["copy"]["method"]["method"] == "replica"
+    rec = resume_move(env.catalogue, env.connections, rec.id)
+    assert rec.state == "cut_over"
+    assert counts(env.dsn("eu"), ws) == before and (rows("lazy_child"), rows("lazy_parent")) == (9000, 20)
+    assert rec.report["copy"]["tables"]["lazy_child"]["removed_first"] == 9000
+    assert verify_workspace(env.catalogue, env.connections, ws, "us", "eu").ok
 
 
 HOLDER = """
