@@ -136,7 +136,7 @@ def test_a_child_chunk_landed_before_its_parents_is_found_and_replaced_on_resume
             c.execute("CREATE TABLE lazy_child (id bigint PRIMARY KEY, parent_id bigint NOT NULL REFERENCES lazy_parent (id), n int)")
     with psycopg.connect(env.dsn("us"), autocommit=True) as c:
         c.execute("INSERT INTO lazy_parent SELECT 900000 + i, %s FROM generate_series(1, 20) i", (ws,))
-        c.execute("INSERT INTO lazy_child SELECT i, 900001 + i %% 20, i FROM generate_series(1, 9000) i")  # the largest table
+        c.execute("INSERT INTO lazy_child SELECT i, 900001 + i % 20, i FROM generate_series(1, 9000) i")  # the largest table
     before = counts(env.dsn("us"), ws)
 
     def rows(table):
