@@ -19,7 +19,7 @@ from psycopg import sql
 
 from residency import db
 
-from . import faults, triggers
+from . import copyread, faults, triggers
 from .progress import Meter, Progress
 from .rowhash import RowHashes, batches
 from .retry import transient
@@ -44,8 +44,9 @@ def _stream(src: psycopg.Connection[Any], dst: psycopg.Connection[Any], out_q: A
     ``hashes``: the source rows carry their hash as a last column (``copy_out_chunk(hashed=True)``),
     taken off on the way and summed there."""
     with src.cursor() as scur, dst.cursor() as dcur:
-        with scur.copy(out_q, params) as out, dcur.copy(in_q) as into:
-            parts = batches(out, BATCH_BYTES) if hashes is None else hashes.batches(out, BATCH_BYTES)
+        with scur.copy(out_q, params), dcur.copy(in_q) as into:
+            rows = copyread.messages(src)
+            parts = batches(rows, BATCH_BYTES) if hashes is None else hashes.batches(rows, BATCH_BYTES)
             nb = 0
             pending: tuple[bytes, int] | None = None
             for part in parts:  # one batch behind, so the last one is known (it carries the trailer)

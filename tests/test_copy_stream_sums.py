@@ -112,3 +112,20 @@ def test_a_snapshot_move_records_the_sources_sums_from_its_chunks(seeded, monkey
                 assert sum(int(d["target"][0]) for d in done.values()) == n
                 assert sum(Decimal(d["target"][1]) for d in done.values()) == Decimal(total)
     rollback_move(env.catalogue, env.connections, rec.id)
+
+
+def test_reading_a_copy_directly_ends_like_psycopg_and_raises_its_errors(env):
+    """copyread.messages gives every row, leaves the connection ready for the next statement, and
+    an error the server raises mid-COPY arrives as psycopg's own exception class."""
+    from residency.migrate import copyread
+
+    with psycopg.connect(env.dsn("us"), autocommit=True) as c:
+        with c.cursor().copy("COPY (SELECT i FROM generate_series(1, 5000) i) TO STDOUT (FORMAT BINARY)"):
+            got = list(copyread.messages(c))
+        assert len(got) == 5000 + 1  # the rows, then the trailer
+        assert c.execute("SELECT 41 + 1").fetchone() == (42,)
+        with pytest.raises(psycopg.errors.DivisionByZero):
+            with c.cursor().copy("COPY (SELECT 1 / (i - 4000) FROM generate_series(1, 5000) i) TO STDOUT (FORMAT BINARY)"):
+                for _ in copyread.messages(c):
+                    pass
+        assert c.execute("SELECT 1").fetchone() == (1,)
