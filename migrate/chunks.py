@@ -10,10 +10,10 @@ deletes whatever an interrupted attempt committed of them, then copies them.
 
 Chunks run on ``jobs`` streams (a thread each, its own source, target and control-plane
 connections kept across its chunks), largest first; the referenced global rows are tasks of their
-own beside them. In a resumed copy a table waits for the tables it reaches its workspace through
-(its rows are found in the target through them when the leftovers are deleted), and, when
-foreign-key triggers fire (the role may not use ``replica``), for every parent it has a foreign
-key to. The source side
+own beside them. In a resumed copy, and always when foreign-key triggers fire (the role may not
+use ``replica``), a table waits for the tables it reaches its workspace through (its rows are
+found in the target through them when the leftovers are deleted); with the triggers on it also
+waits for every parent it has a foreign key to. The source side
 reads one snapshot: a coordinating connection exports it (``pg_export_snapshot``) and every
 stream imports it (``SET TRANSACTION SNAPSHOT``); the fence already keeps the workspace's rows
 still, so a resume after a crash (a new snapshot) reads the same rows. Each stream holds a slot
@@ -174,7 +174,7 @@ def dependencies(b: Builder, tables: list[str], globals_: list[str], *, fk_order
     checks on, its FK parents (a global parent's rows included); for a global table's rows, with
     the checks on, the global tables it references. Only units earlier in the copy order count
     (global rows first), so there is never a cycle; with ``replica`` nothing waits for the
-    global rows, and in a first attempt nothing waits at all."""
+    global rows, and in a first attempt (``reach`` False) nothing waits at all."""
     order, gorder = list(b.graph.order), list(b.graph.global_order)
     pos = {t: i for i, t in enumerate(order)}
     gpos = {t: i for i, t in enumerate(gorder)}

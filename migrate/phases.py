@@ -191,13 +191,15 @@ def _copy(ctx: MoveContext, rec: MoveRecord, source_checksums: bool) -> MoveReco
     left = [t for t in ctx.graph.order if t not in done]
     removed: dict[str, int] = {}
     # A first snapshot attempt starts from a target the plan found free of the workspace's keys:
-    # nothing to remove, and (with replica) no table waits for another. A resumed copy (or one
-    # after another strategy's partial work) first removes what an interrupted attempt committed
-    # of the unrecorded chunks, so every row ends up in the target exactly once; those rows are
-    # found through the tables their table is reached through, so here a table waits for them
+    # nothing to remove, and with replica no table waits for another. A resumed copy (or one
+    # after another strategy's partial work) removes what an interrupted attempt committed of the
+    # unrecorded chunks, so every row ends up in the target exactly once: those rows are found
+    # through the tables their table is reached through, so there a table waits for them
     # (:func:`chunks.dependencies`). With replica each table's leftovers go just before its first
-    # chunk, once those tables are complete again; with foreign-key checks on, all of them first,
-    # children first, in one transaction.
+    # chunk, once those tables are complete again. With foreign-key checks on, a table always
+    # waits for them, and the leftovers go first, children first, in one transaction (a parent's
+    # rows can only go once no child row points at them: after a failed verify every table's
+    # chunks are leftovers).
     first = attempts == 0 and rec.strategy == "snapshot"
     lazy = not first and rec.strategy == "snapshot" and not access.fk_order
     if not first and not lazy:
