@@ -165,17 +165,26 @@ def _source_fence(ctx: MoveContext, rec: MoveRecord) -> list[str] | None:
     return list(now) if now is not None and now[0] == rec.checkpoints.get("fence_token") else None
 
 
-def _source_sums(rec_plans: dict[str, Any], tables: list[str]) -> dict[str, list[Any]] | None:
-    """Per table, the source's [rows, sum] from its chunks' sums; None when a chunk lacks them."""
-    out: dict[str, list[Any]] = {}
-    for t in tables:
-        p = rec_plans.get(t) or {}
-        done = p.get("done") or {}
-        got = [done.get(str(i), {}).get("source") for i in range(len(p.get("bounds") or []))]
-        if not got or not all(isinstance(x, list) and len(x) == 2 for x in got):
-            return None
-        out[t] = [sum(int(x[0]) for x in got), str(sum(int(x[1]) for x in got))]
+def chunk_sums(plans: dict[str, Any], side: str) -> dict[str, list[tuple[int, Decimal]]]:
+    """Per table whose every chunk recorded its ``side`` (``source`` or ``target``) count and
+    checksum as it was copied: those sums, in chunk order. Tables lacking any are left out."""
+    out: dict[str, list[tuple[int, Decimal]]] = {}
+    for t, p in plans.items():
+        bounds, done = p.get("bounds") or [], p.get("done") or {}
+        if not bounds or len(done) != len(bounds):
+            continue
+        got = [done.get(str(i), {}).get(side) for i in range(len(bounds))]
+        if all(isinstance(x, list) and len(x) == 2 for x in got):
+            out[t] = [(int(x[0]), Decimal(x[1])) for x in got]
     return out
+
+
+def _source_sums(plans: dict[str, Any], tables: list[str]) -> dict[str, list[Any]] | None:
+    """Per table, the source's [rows, sum] from its chunks' sums; None when a chunk lacks them."""
+    per = chunk_sums(plans, "source")
+    if any(t not in per for t in tables):
+        return None
+    return {t: [sum(n for n, _ in per[t]), str(sum(s for _, s in per[t]))] for t in tables}
 
 
 def _copy(ctx: MoveContext, rec: MoveRecord, source_checksums: bool) -> MoveRecord:
@@ -443,17 +452,8 @@ def recorded_target_sums(rec: MoveRecord) -> dict[str, list[tuple[int, Decimal]]
     """Per table whose every chunk recorded its target sums as it landed: those sums, in chunk
     order. Tables copied another way (online replication) or lacking any chunk's sums are left out
     (verify computes them)."""
-    copy = rec.checkpoints.get("copy") or {}
-    out: dict[str, list[tuple[int, Decimal]]] = {}
     skip = _replicated(rec)
-    for t, p in (copy.get("chunks") or {}).items():
-        bounds, done = p.get("bounds") or [], p.get("done") or {}
-        if t in skip or not bounds or len(done) != len(bounds):
-            continue
-        sums = [done.get(str(i), {}).get("target") for i in range(len(bounds))]
-        if all(isinstance(x, list) and len(x) == 2 for x in sums):
-            out[t] = [(int(x[0]), Decimal(x[1])) for x in sums]
-    return out
+    return {t: v for t, v in chunk_sums((rec.checkpoints.get("copy") or {}).get("chunks") or {}, "target").items() if t not in skip}
 
 
 def _replicated(rec: MoveRecord) -> set[str]:
