@@ -6,14 +6,17 @@ cut into ranges ``lo < key <= hi`` at quantiles of the workspace's keys (one sor
 source); any other table is one chunk. The bounds are recorded in the move's checkpoints before
 the first chunk is copied, every chunk is one COPY in one target transaction, and every finished
 chunk is checkpointed, so a resumed copy redoes only the chunks that were not recorded: first it
-deletes whatever an interrupted attempt committed of them, then copies them.
+deletes whatever an interrupted attempt committed of them (:func:`clear_unfinished`), then
+copies them.
 
 Chunks run on ``jobs`` streams (a thread each, its own source, target and control-plane
 connections kept across its chunks), largest first; the referenced global rows are tasks of their
-own beside them. In a resumed copy, and always when foreign-key triggers fire (the role may not
-use ``replica``), a table waits for the tables it reaches its workspace through (its rows are
-found in the target through them when the leftovers are deleted); with the triggers on it also
-waits for every parent it has a foreign key to. The source side
+own beside them. With foreign-key triggers on (the role may not use ``replica``) a table waits
+for every parent it has a foreign key to, and a table referencing itself is cut in two parts,
+its roots in ranges side by side and then its other rows (:func:`plan_bounds`). A table whose
+interrupted rows can only be found in the target through the tables it reaches its workspace
+through (no chunk key, or an unfenced source) waits for them in a resumed copy, and always with
+the triggers on (:func:`clearable_by_key`). The source side
 reads one snapshot: a coordinating connection exports it (``pg_export_snapshot``) and every
 stream imports it (``SET TRANSACTION SNAPSHOT``); the fence already keeps the workspace's rows
 still, so a resume after a crash (a new snapshot) reads the same rows. Each stream holds a slot
@@ -80,13 +83,9 @@ class CopyOptions:
     def rows_per_chunk(self, total_rows: int, *, fk_order: bool = False) -> int:
         """The chunk size: the one given, else about four chunks per stream for the workspace's
         rows, within [CHUNK_MIN, CHUNK_MAX], so the largest table doesn't leave streams idle at
-        the end while no chunk costs much more than its COPY. With foreign-key checks on a
-        table's chunks run one after another (:meth:`TargetAccess.exclusive`), so they are only
-        checkpoints: CHUNK_MAX (each chunk finds its rows' parents on the source again)."""
+        the end while no chunk costs much more than its COPY."""
         if self.chunk_rows:
             return self.chunk_rows
-        if fk_order:
-            return CHUNK_MAX
         return max(CHUNK_MIN, min(CHUNK_MAX, total_rows // (4 * self.jobs) or CHUNK_MIN))
 
     def to_dict(self) -> dict[str, Any]:
@@ -103,26 +102,25 @@ class Chunk:
     hi: Any
     rows: int  # expected (the table's planned rows shared out)
     kind: str = "rows"  # rows: a moving table's chunk; global: a global table's referenced rows (one task)
+    part: str | None = None  # a self-referencing table's roots or rest (ChunkSql.part_cond)
 
     def params(self, b: Builder, ws: str) -> dict[str, Any]:
-        extra: dict[str, Any] = {}
-        if self.lo is not None:
-            extra["chunk_lo"] = self.lo
-        if self.hi is not None:
-            extra["chunk_hi"] = self.hi
-        return b.params(ws, **extra)
+        return b.chunk_params(ws, [self.lo, self.hi])
 
     @property
     def unit(self) -> str:
         """What the scheduler waits for: a moving table's chunks, or a global table's rows (a table
-        can be both: rows hanging off shared rows)."""
-        return global_unit(self.table) if self.kind == "global" else self.table
+        can be both: rows hanging off shared rows); a split table's roots are a unit of their
+        own, which its rest waits for."""
+        if self.kind == "global":
+            return global_unit(self.table)
+        return roots_unit(self.table) if self.part == "roots" else self.table
 
     @property
     def label(self) -> str:
         if self.kind == "global":
             return f"{self.table} (global)"
-        return self.table if self.of == 1 else f"{self.table} [{self.index + 1}/{self.of}]"
+        return self.table if self.of == 1 else f"{self.table} [{self.index + 1}/{self.of}{', ' + self.part if self.part else ''}]"
 
 
 def _self_referencing(b: Builder, table: str) -> bool:
@@ -139,12 +137,17 @@ def plan_bounds(conn: psycopg.Connection[Any], b: Builder, ws: str, table: str, 
     sample. They need not be reproducible: they are recorded before the first chunk is copied,
     and a resumed copy uses the recorded ones. Every chunk holds a row: each cut is a key, and
     none is the sample's largest. With foreign-key checks on, a table referencing itself stays
-    one chunk (a row's parent may be in a later chunk; within one COPY the checks run at its end)."""
+    chunk of its own in any order: its roots (rows none of whose self-references is checked) are
+    cut in ranges (``[lo, hi, "roots"]``) and every other row is one last chunk (``[None, None,
+    "rest"]``) that waits for them: a reference between two of those rows is checked at the end of
+    their one COPY (:meth:`ChunkSql.part_cond`)."""
     n = math.ceil(rows / chunk_rows) if rows > 0 else 1
-    if n <= 1 or b.chunk_key(table) is None or (fk_order and _self_referencing(b, table)):
+    if n <= 1 or b.chunk_key(table) is None:
         return [[None, None]]
+    split = fk_order and _self_referencing(b, table)
     sample = min(1.0, SAMPLE_PER_CHUNK * n / rows)
-    (vals,) = conn.execute(b.chunk_bounds(table), b.params(ws, fractions=[i / n for i in range(1, n)] + [1.0], sample=sample)).fetchone()
+    (vals,) = conn.execute(b.chunk_bounds(table, "roots" if split else None),
+                           b.params(ws, fractions=[i / n for i in range(1, n)] + [1.0], sample=sample)).fetchone()
     top = vals[-1] if vals else None
     cuts: list[Any] = []
     for v in (vals or [])[:-1]:
@@ -153,20 +156,38 @@ def plan_bounds(conn: psycopg.Connection[Any], b: Builder, ws: str, table: str, 
         v = v if isinstance(v, int) else str(v)
         if not cuts or cuts[-1] != v:
             cuts.append(v)
+    if split and not cuts:
+        return [[None, None]]
     ends = [None, *cuts, None]
+    if split:
+        return [[ends[i], ends[i + 1], "roots"] for i in range(len(ends) - 1)] + [[None, None, "rest"]]
     return [[ends[i], ends[i + 1]] for i in range(len(ends) - 1)]
 
 
 def chunks_of(table: str, bounds: list[list[Any]], rows: int) -> list[Chunk]:
     n = len(bounds)
-    return [Chunk(table, i, n, lo, hi, max(1, rows // n)) for i, (lo, hi) in enumerate(bounds)]
+    out = []
+    for i, bound in enumerate(bounds):
+        lo, hi, part = Builder.bound_parts(bound)
+        out.append(Chunk(table, i, n, lo, hi, max(1, rows // n), part=part))
+    return out
+
+
+def split_tables(plans: dict[str, dict[str, Any]]) -> set[str]:
+    """The tables whose recorded bounds cut them in roots and rest (:func:`plan_bounds`)."""
+    return {t for t, p in plans.items() if any(Builder.bound_parts(x)[2] for x in p.get("bounds") or [])}
 
 
 def global_unit(table: str) -> str:
     return f"global:{table}"
 
 
-def dependencies(b: Builder, tables: list[str], globals_: list[str], *, fk_order: bool, reach: bool = True) -> dict[str, set[str]]:
+def roots_unit(table: str) -> str:
+    return f"{table}:roots"
+
+
+def dependencies(b: Builder, tables: list[str], globals_: list[str], *, fk_order: bool, reach: bool = True,
+                 fenced: bool = False, split: set[str] | frozenset[str] = frozenset()) -> dict[str, set[str]]:
     """Per scheduling unit (a moving table, or ``global:<table>`` for a global table's referenced
     rows, streamed beside the chunks), the units that must be complete in the target before it
     starts: for a moving table (``reach``) the tables it reaches its workspace through (a resumed
@@ -174,13 +195,15 @@ def dependencies(b: Builder, tables: list[str], globals_: list[str], *, fk_order
     checks on, its FK parents (a global parent's rows included); for a global table's rows, with
     the checks on, the global tables it references. Only units earlier in the copy order count
     (global rows first), so there is never a cycle; with ``replica`` nothing waits for the
-    global rows, and in a first attempt (``reach`` False) nothing waits at all."""
+    global rows, and in a first attempt (``reach`` False) nothing waits at all. A ``split``
+    table's roots wait for what the table waits for, and its rest for its roots."""
     order, gorder = list(b.graph.order), list(b.graph.global_order)
     pos = {t: i for i, t in enumerate(order)}
     gpos = {t: i for i, t in enumerate(gorder)}
     out: dict[str, set[str]] = {}
     for t in tables:
-        deps = {link.parent for link in b.graph.reach[t].links if reach and link.parent in pos and pos[link.parent] < pos[t]}
+        waits = reach and not clearable_by_key(b, t, fenced)
+        deps = {link.parent for link in b.graph.reach[t].links if waits and link.parent in pos and pos[link.parent] < pos[t]}
         if fk_order:
             for fk in b.graph.table(t).foreign_keys:
                 if fk.ref_table in pos and pos[fk.ref_table] < pos[t]:
@@ -188,6 +211,8 @@ def dependencies(b: Builder, tables: list[str], globals_: list[str], *, fk_order
                 if fk.ref_table in gpos:
                     deps.add(global_unit(fk.ref_table))
         out[t] = {d for d in deps if d != t}
+        if t in split:
+            out[roots_unit(t)], out[t] = out[t], {roots_unit(t)}
     for g in globals_:
         deps = set()
         if fk_order:
@@ -244,7 +269,7 @@ def by_workspace_column(b: Builder, table: str) -> bool:
     return b.graph.reach[table].kind in ("root", "key")
 
 
-def target_sum_query(b: Builder, table: str, lo: bool, hi: bool) -> Any:
+def target_sum_query(b: Builder, table: str, lo: bool, hi: bool, part: str | None = None) -> Any:
     """The target's sums of a chunk that just landed, in its transaction. A table holding its
     workspace's id (``root``, ``key``): the workspace's rows in the chunk's range, found by that
     column (its index) as verify finds them. A table reached through others: the rows this
@@ -255,8 +280,8 @@ def target_sum_query(b: Builder, table: str, lo: bool, hi: bool) -> Any:
     source. ``RESIDENCY_VERIFY_TARGET=recompute`` has verify read the target again through the
     workspace's predicate."""
     if by_workspace_column(b, table):
-        return b.checksum_chunk(table, lo, hi)
-    return b.checksum_landed(table, lo, hi)
+        return b.checksum_chunk(table, lo, hi, part)
+    return b.checksum_landed(table, lo, hi, part)
 
 
 class StreamConnections:
@@ -346,7 +371,7 @@ def _copy_chunk_on(src: psycopg.Connection[Any], dst: psycopg.Connection[Any], b
     # carries the hashes in its stream, so its joins are not evaluated a second time
     read_again = source_sums and by_workspace_column(b, c.table)
     hashes = RowHashes() if source_sums and not read_again else None
-    out_q = b.copy_out_chunk(c.table, lo, hi, hashed=hashes is not None)
+    out_q = b.copy_out_chunk(c.table, lo, hi, hashed=hashes is not None, part=c.part)
     with dst.transaction():
         enter(dst, access, b.schema, c.table)
         if b.graph.reach[c.table].kind == "owned":
@@ -355,11 +380,11 @@ def _copy_chunk_on(src: psycopg.Connection[Any], dst: psycopg.Connection[Any], b
             rows = _stream(src, dst, out_q, b.copy_in(c.table), params, meter, should_stop, on_batch, hashes)
         leave(dst, access, b.schema, c.table)
         if read_again:
-            n, total = src.execute(b.checksum_chunk(c.table, lo, hi), params).fetchone()
+            n, total = src.execute(b.checksum_chunk(c.table, lo, hi, c.part), params).fetchone()
             source = [int(n), str(total)]
         src.execute("COMMIT")  # the source side is done: no snapshot held while the target sums
         if target_sums and records_target_sums(b, c.table):
-            n, s = dst.execute(target_sum_query(b, c.table, lo, hi), params).fetchone()
+            n, s = dst.execute(target_sum_query(b, c.table, lo, hi, c.part), params).fetchone()
             sums = [int(n), str(s)]
     meter.finish(rows)
     out = {"rows": rows, "bytes": meter.bytes, "seconds": round(time.monotonic() - t0, 3), "snapshot": imported}
@@ -370,27 +395,48 @@ def _copy_chunk_on(src: psycopg.Connection[Any], dst: psycopg.Connection[Any], b
     return out
 
 
+def clearable_by_key(b: Builder, table: str, fenced: bool) -> bool:
+    """Whether an interrupted attempt's rows of ``table`` are found in the target without the
+    tables it is reached through: it holds its workspace's id (that column), or it has a chunk key
+    and the source is ``fenced`` (a snapshot move: the keys of the chunk's rows in the source are
+    the keys the attempt copied). Any other table's rows are found through its parents in the
+    target, so it waits for them (:func:`dependencies`)."""
+    return by_workspace_column(b, table) or (fenced and b.chunk_key(table) is not None and b.graph.reach[table].kind != "owned")
+
+
 @transient
-def clear_unfinished(dst_dsn: str, b: Builder, ws: str, plans: dict[str, dict[str, Any]], tables: list[str], access: TargetAccess) -> dict[str, int]:
+def clear_unfinished(src_dsn: str, dst_dsn: str, b: Builder, ws: str, plans: dict[str, dict[str, Any]], tables: list[str],
+                     access: TargetAccess, *, fenced: bool) -> dict[str, int]:
     """Delete from the target what an interrupted attempt committed of ``tables``' unrecorded
-    chunks (a table with no recorded bounds: all its rows), children first, in one transaction."""
+    chunks (a table with no recorded bounds: all its rows), children first, in one transaction.
+    A table holding its workspace's id is cleared by that column in the chunk's range; one reached
+    through others, by the keys the chunk's rows have in the source (fenced: they are the keys
+    the attempt copied), so it need not find them through its parents; a table with neither, through
+    its parents (:func:`clearable_by_key`)."""
     out: dict[str, int] = {}
-    with db.connect(dst_dsn, application_name="residency-mover-copy") as dst:
+    with db.connect(src_dsn, autocommit=True, application_name="residency-mover-copy") as src, \
+            db.connect(dst_dsn, application_name="residency-mover-copy") as dst:
         with dst.transaction():
             for table in reversed(b.graph.order):
                 if table not in tables:
                     continue
                 enter(dst, access, b.schema, table)
-                plan = plans.get(table)
-                if not plan or len(plan.get("bounds") or []) <= 1:
-                    if not plan or "0" not in (plan.get("done") or {}):
-                        out[table] = dst.execute(b.delete_rows(table), b.params(ws)).rowcount
-                else:
-                    n = 0
-                    for c in chunks_of(table, plan["bounds"], 0):
-                        if str(c.index) not in plan.get("done", {}):
-                            n += dst.execute(b.delete_chunk(table, c.lo is not None, c.hi is not None), c.params(b, ws)).rowcount
-                    out[table] = n
+                plan = plans.get(table) or {}
+                done = plan.get("done") or {}
+                left = [c for c in chunks_of(table, plan.get("bounds") or [[None, None]], 0) if str(c.index) not in done]
+                n = 0
+                for c in left:
+                    lo, hi = c.lo is not None, c.hi is not None
+                    if by_workspace_column(b, table) or not clearable_by_key(b, table, fenced):
+                        if lo or hi or c.part:
+                            n += dst.execute(b.delete_chunk(table, lo, hi, c.part), c.params(b, ws)).rowcount
+                        else:
+                            n += dst.execute(b.delete_rows(table), b.params(ws)).rowcount
+                    else:
+                        keys = [r[0] for r in src.execute(b.chunk_keys(table, lo, hi, c.part), c.params(b, ws))]
+                        if keys:
+                            n += dst.execute(b.delete_keys(table), {"keys": keys}).rowcount
+                out[table] = n
                 leave(dst, access, b.schema, table)
     return out
 

@@ -202,17 +202,17 @@ def _copy(ctx: MoveContext, rec: MoveRecord, source_checksums: bool) -> MoveReco
     # A first snapshot attempt starts from a target the plan found free of the workspace's keys:
     # nothing to remove, and with replica no table waits for another. A resumed copy (or one
     # after another strategy's partial work) removes what an interrupted attempt committed of the
-    # unrecorded chunks, so every row ends up in the target exactly once: those rows are found
-    # through the tables their table is reached through, so there a table waits for them
-    # (:func:`chunks.dependencies`). With replica each table's leftovers go just before its first
-    # chunk, once those tables are complete again. With foreign-key checks on, a table always
-    # waits for them, and the leftovers go first, children first, in one transaction (a parent's
-    # rows can only go once no child row points at them: after a failed verify every table's
-    # chunks are leftovers).
-    first = attempts == 0 and rec.strategy == "snapshot"
-    lazy = not first and rec.strategy == "snapshot" and not access.fk_order
+    # unrecorded chunks, so every row ends up in the target exactly once (:func:`chunks.clear_unfinished`:
+    # by the workspace column, by the keys in the fenced source, or through the tables a table is
+    # reached through, which it then waits for, :func:`chunks.dependencies`). With replica each
+    # table's leftovers go just before its first chunk. With foreign-key checks on they go first,
+    # children first, in one transaction (a parent's rows can only go once no child row points at
+    # them: after a failed verify every table's chunks are leftovers).
+    snapshot_move = rec.strategy == "snapshot"  # the source is fenced: its keys are the ones copied
+    first = attempts == 0 and snapshot_move
+    lazy = not first and snapshot_move and not access.fk_order
     if not first and not lazy:
-        removed = chunks_mod.clear_unfinished(dst.dsn, b, ws, plans, left, access)
+        removed = chunks_mod.clear_unfinished(src.dsn, dst.dsn, b, ws, plans, left, access, fenced=snapshot_move)
         if any(removed.values()):
             emit_state(ctx, "removed a previous attempt's partial rows: " + ", ".join(f"{t} {n}" for t, n in removed.items() if n))
     clearing = {t: threading.Lock() for t in left} if lazy else {}
@@ -220,7 +220,7 @@ def _copy(ctx: MoveContext, rec: MoveRecord, source_checksums: bool) -> MoveReco
     def clear_before_first_chunk(table: str) -> None:
         with clearing[table]:
             if table not in removed:
-                n = chunks_mod.clear_unfinished(dst.dsn, b, ws, plans, [table], access).get(table, 0)
+                n = chunks_mod.clear_unfinished(src.dsn, dst.dsn, b, ws, plans, [table], access, fenced=snapshot_move).get(table, 0)
                 if n:
                     emit_state(ctx, f"removed a previous attempt's partial rows: {table} {n}")
                 removed[table] = n
@@ -307,7 +307,8 @@ def _copy(ctx: MoveContext, rec: MoveRecord, source_checksums: bool) -> MoveReco
                     finish_table(c.table)
             recorder.save({"copy": {**cp, "tables": done, "globals": globals_done, "chunks": plans}})
 
-        deps = chunks_mod.dependencies(b, left, [c.table for c in global_tasks], fk_order=access.fk_order, reach=not first or access.fk_order)
+        deps = chunks_mod.dependencies(b, left, [c.table for c in global_tasks], fk_order=access.fk_order, reach=not first or access.fk_order,
+                                       fenced=snapshot_move, split=chunks_mod.split_tables({t: plans[t] for t in left}))
         chunks_mod.run(tasks, jobs=opts.jobs, deps=deps, exclusive=access.exclusive, work=work, on_done=on_done)
     except BaseException:
         rows_failed.set()  # the objects stop too; the move fails with the rows' error

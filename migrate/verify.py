@@ -233,7 +233,8 @@ def verify_tables(a_dsn: str, b_dsn: str, b: Builder, ws: str, a_name: str = "so
             # compare the chunks, then narrow only the ones that differ
             a_chunks = _chunk_sums(a_dsn, b, ws, t, chunks[t])  # type: ignore[index]
             diffs = []
-            for i, ((lo, hi), ca, cb) in enumerate(zip(chunks[t], a_chunks, b_chunks[t])):  # type: ignore[index]
+            for i, (bound, ca, cb) in enumerate(zip(chunks[t], a_chunks, b_chunks[t])):  # type: ignore[index]
+                lo, hi, _part = b.bound_parts(bound)  # narrowed by range: the other part's rows there match
                 if ca != cb:
                     tc.bad_chunks.append({"index": i, "lo": lo, "hi": hi, "source": [ca[0], str(ca[1])], "target": [cb[0], str(cb[1])]})
                     narrow_in = b.chunk_key(t) is not None and _integer_key(b, t)
@@ -381,17 +382,13 @@ def _integer_key(b: Builder, table: str) -> bool:
     return c is not None and c.type in ("smallint", "integer", "bigint")
 
 
-def _chunk_params(b: Builder, ws: str, lo: Any, hi: Any) -> dict[str, Any]:
-    extra = {k: v for k, v in (("chunk_lo", lo), ("chunk_hi", hi)) if v is not None}
-    return b.params(ws, **extra)
-
-
 @transient
 def _chunk_sums(dsn: str, b: Builder, ws: str, table: str, bounds: list[list[Any]]) -> list[tuple[int, Decimal]]:
     out = []
     with db.connect(dsn, autocommit=True, application_name="residency-verify") as conn:
-        for lo, hi in bounds:
-            n, s = conn.execute(b.checksum_chunk(table, lo is not None, hi is not None), _chunk_params(b, ws, lo, hi)).fetchone()
+        for bound in bounds:
+            lo, hi, part = b.bound_parts(bound)
+            n, s = conn.execute(b.checksum_chunk(table, lo is not None, hi is not None, part), b.chunk_params(ws, bound)).fetchone()
             out.append((int(n), Decimal(s)))
     return out
 
@@ -403,12 +400,12 @@ def checksum_chunked(dsn: str, b: Builder, ws: str, tables: list[str], chunks: d
     :func:`checksum_tables`, since the chunks cover the table exactly once)."""
     import threading
 
-    units: list[tuple[str, int, Any, Any, int]] = []
+    units: list[tuple[str, int, list[Any], int]] = []
     for t in tables:
         bounds = chunks.get(t) or [[None, None]]
         per = max(1, (sizes or {}).get(t, 0) // len(bounds))
-        units += [(t, i, lo, hi, per) for i, (lo, hi) in enumerate(bounds)]
-    units.sort(key=lambda u: -u[4])
+        units += [(t, i, bound, per) for i, bound in enumerate(bounds)]
+    units.sort(key=lambda u: -u[3])
     got: dict[tuple[str, int], tuple[int, Decimal]] = {}
     lock = threading.Lock()
 
@@ -420,12 +417,13 @@ def checksum_chunked(dsn: str, b: Builder, ws: str, tables: list[str], chunks: d
                     if not units:
                         return
                     u = units.pop(0)
-                t, i, lo, hi, _ = u
+                t, i, bound, _ = u
+                lo, hi, part = b.bound_parts(bound)
                 try:
-                    if lo is None and hi is None:
+                    if lo is None and hi is None and part is None:
                         n, s = conn.execute(b.checksum(t), b.params(ws)).fetchone()
                     else:
-                        n, s = conn.execute(b.checksum_chunk(t, lo is not None, hi is not None), _chunk_params(b, ws, lo, hi)).fetchone()
+                        n, s = conn.execute(b.checksum_chunk(t, lo is not None, hi is not None, part), b.chunk_params(ws, bound)).fetchone()
                 except BaseException:
                     with lock:
                         units.insert(0, u)

@@ -66,9 +66,21 @@ def test_chunk_bounds_cover_every_row_once(env):
                 n += k
                 sums += Decimal(h)
             assert (n, sums) == (total, Decimal(total_sum)), table
-        # messages references itself (thread replies): one chunk when foreign-key checks fire
-        (total,) = c.execute("SELECT count(*) FROM messages WHERE workspace_id = %s", (ws,)).fetchone()
-        assert plan_bounds(c, b, str(ws), "messages", total, 200, fk_order=True) == [[None, None]]
+        # messages references itself (thread replies): when foreign-key checks fire its roots (no
+        # parent) are cut in ranges and every reply is one last chunk; together, every row once
+        total, total_sum = c.execute(b.checksum("messages"), b.params(str(ws))).fetchone()
+        bounds = plan_bounds(c, b, str(ws), "messages", total, 200, fk_order=True)
+        assert [x[2] for x in bounds] == ["roots"] * (len(bounds) - 1) + ["rest"] and len(bounds) >= 3
+        assert bounds[-1][:2] == [None, None]
+        n, sums = 0, Decimal(0)
+        for ch in chunks_of("messages", bounds, total):
+            k, h = c.execute(b.checksum_chunk("messages", ch.lo is not None, ch.hi is not None, ch.part), ch.params(b, str(ws))).fetchone()
+            rows = b.select_rows("messages", ["parent_id"], where=b.chunk_cond("messages", sql.Identifier("t"), ch.lo is not None, ch.hi is not None, ch.part))
+            (with_parent,) = c.execute(sql.SQL("SELECT count(parent_id) FROM ({}) r").format(rows), ch.params(b, str(ws))).fetchone()
+            assert k > 0 and with_parent == (k if ch.part == "rest" else 0), ch
+            n += k
+            sums += Decimal(h)
+        assert (n, sums) == (total, Decimal(total_sum))
 
 
 def test_chunked_parallel_move_is_exact(env):
@@ -126,8 +138,9 @@ def test_kill9_mid_copy_redoes_only_unrecorded_chunks(env, point):
 def test_a_child_chunk_landed_before_its_parents_is_found_and_replaced_on_resume(env):
     """A first attempt lets chunks run in any order (replica): on one stream the largest chunk goes
     first, here a table reached through a parent none of whose rows is in the target yet, and
-    the mover dies with it committed, not recorded. The resume copies the parent first, then
-    finds those rows through it, removes them and copies the chunk again: exactly one copy."""
+    the mover dies with it committed, not recorded. The resume finds those rows by the keys the
+    chunk's rows have in the fenced source (not through the parent, absent), removes them and
+    copies the chunk again: exactly one copy."""
     s = env.seed(workspaces=3, rows=3000, seed=23)
     ws = s.biggest if s.home[s.biggest] == "us" else s.workspaces["us"][0]
     for r in ("us", "eu"):
@@ -240,3 +253,41 @@ def test_global_rows_are_a_task_waited_for_only_with_foreign_key_checks(env):
     assert free["global:users"] == set() and not any("global:users" in d for d in free.values())
     checked = dependencies(b, tables, ["users"], fk_order=True)  # FK checks on: the referencing tables wait
     assert all("global:users" in checked[t] for t in referencing)
+
+
+def test_reached_tables_wait_for_their_parents_only_when_their_rows_cannot_be_found_by_key(env):
+    s = env.seed(workspaces=2, rows=500, seed=3)
+    ws = s.workspaces["us"][0]
+    b = make_context(env.catalogue, env.connections, ws, "us", "eu").builder
+    tables = list(b.graph.order)
+    # reactions is reached through messages and conversations (polymorphic, no foreign key)
+    assert not any(fk.ref_table in ("messages", "conversations") for fk in b.graph.table("reactions").foreign_keys)
+    fenced = dependencies(b, tables, ["users"], fk_order=True, fenced=True)  # a snapshot move: cleared by its keys
+    assert fenced["reactions"] == {"global:users"}
+    online = dependencies(b, tables, ["users"], fk_order=True, fenced=False)  # unfenced source: found through its parents
+    assert {"messages", "conversations"} <= online["reactions"]
+    split = dependencies(b, tables, ["users"], fk_order=True, fenced=True, split={"messages"})
+    assert split["messages"] == {"messages:roots"} and split["messages:roots"] == fenced["messages"]
+    assert "messages" in split["attachments"]  # the children wait for the replies too
+
+
+def test_owner_target_kill9_mid_copy_of_a_split_table_resumes_exactly_once(env):
+    """A non-superuser owner (foreign-key checks on): messages (thread replies) is cut in roots
+    ranges copied side by side and one chunk of replies; reactions runs beside them. A kill -9
+    with chunks committed and unrecorded, then a resume: every row exactly once, verified."""
+    s = env.seed(workspaces=3, rows=12000, seed=29)
+    ws = s.biggest if s.home[s.biggest] == "us" else s.workspaces["us"][0]
+    before = counts(env.dsn("us"), ws)
+    dst = env.grant_role("eu", f"mv_split_{env.token}", owner=True, set_replication_role=False)
+    p = run_mover(env, "move", "start", str(ws), "--to", "eu", "--yes", "--strategy", "snapshot", "--jobs", "2", "--chunk-rows", "700",
+                  kill_at="chunk_copied", kill_after=9, extra_env={"RESIDENCY_EU_DSN": dst})
+    assert p.returncode == -signal.SIGKILL, p.stderr
+    (rec,) = move_status(env.connections, None)[:1]
+    assert rec.checkpoints["copy"]["method"]["method"] == "disable_triggers"
+    parts = [x[2] if len(x) > 2 else None for x in rec.checkpoints["copy"]["chunks"]["messages"]["bounds"]]
+    assert parts.count("roots") >= 2 and parts[-1] == "rest"
+    rec = resume_move(env.catalogue, env.connections_as({"eu": dst}), rec.id, copy_options=CopyOptions(jobs=2, chunk_rows=700))
+    assert rec.state == "cut_over"
+    assert counts(env.dsn("eu"), ws) == before
+    assert sum(v.get("removed_first", 0) for v in rec.report["copy"]["tables"].values()) > 0
+    assert verify_workspace(env.catalogue, env.connections, ws, "us", "eu").ok

@@ -5,7 +5,7 @@ both regions cut at the same places.
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 from psycopg import sql
 
@@ -36,16 +36,47 @@ class ChunkSql(ChecksumSql):
             return sql.SQL("{} COLLATE \"C\"").format(ref)
         return ref
 
-    def chunk_cond(self, table: str, alias: sql.Composable, lo: bool, hi: bool) -> sql.Composable:
+    @staticmethod
+    def bound_parts(bound: Sequence[Any]) -> tuple[Any, Any, str | None]:
+        """A recorded chunk bound as (lo, hi, part): ``[lo, hi]`` or ``[lo, hi, part]`` (``part``:
+        :meth:`part_cond`)."""
+        return bound[0], bound[1], (bound[2] if len(bound) > 2 else None)
+
+    def chunk_params(self, workspace_id: object, bound: Sequence[Any]) -> dict[str, Any]:
+        """The parameters of a chunk's statements: the workspace and the bound's open ends."""
+        lo, hi, _ = self.bound_parts(bound)
+        return self.params(workspace_id, **{k: v for k, v in (("chunk_lo", lo), ("chunk_hi", hi)) if v is not None})
+
+    def part_cond(self, table: str, alias: sql.Composable, part: str | None) -> sql.Composable | None:
+        """A self-referencing table copied with foreign-key checks on is cut in two parts: ``roots``,
+        the rows none of its self-references checks (in every one a column is NULL: MATCH SIMPLE),
+        cut in ranges copied side by side, and ``rest``, every other row, one chunk after them (a
+        reference between two of its rows is checked at the end of its one COPY)."""
+        if part is None:
+            return None
+        fks = [fk for fk in self.graph.table(table).foreign_keys if fk.ref_table == table]
+        unchecked = sql.SQL(" AND ").join(
+            sql.SQL("({})").format(sql.SQL(" OR ").join(sql.SQL("{}.{} IS NULL").format(alias, sql.Identifier(c)) for c in fk.columns))
+            for fk in fks) if fks else sql.SQL("true")
+        if part == "roots":
+            return sql.SQL("({})").format(unchecked)
+        if part == "rest":
+            return sql.SQL("NOT ({})").format(unchecked)
+        raise ValueError(f"unknown chunk part {part!r}")
+
+    def chunk_cond(self, table: str, alias: sql.Composable, lo: bool, hi: bool, part: str | None = None) -> sql.Composable:
         k = self._chunk_key_expr(table, alias)
         parts: list[sql.Composable] = []
         if lo:
             parts.append(sql.SQL("{} > {}").format(k, sql.Placeholder("chunk_lo")))
         if hi:
             parts.append(sql.SQL("{} <= {}").format(k, sql.Placeholder("chunk_hi")))
+        pc = self.part_cond(table, alias, part)
+        if pc is not None:
+            parts.append(pc)
         return sql.SQL(" AND ").join(parts) if parts else sql.SQL("true")
 
-    def chunk_bounds(self, table: str) -> sql.Composed:
+    def chunk_bounds(self, table: str, part: str | None = None) -> sql.Composed:
         """The key values at ``%(fractions)s`` (a float8 array) of a random sample (each row kept
         with probability ``%(sample)s``; 1: all) of the workspace's rows, in order (fraction 1:
         the sample's largest key; no ``max`` for every key type). The sample's filter is evaluated before the workspace's predicate
@@ -55,35 +86,44 @@ class ChunkSql(ChecksumSql):
         k = self._chunk_key_expr(table, x)
         return sql.SQL("SELECT percentile_disc({f}::float8[]) WITHIN GROUP (ORDER BY {k}) FROM ({rows}) {x}"
                        " WHERE random() < {p}").format(
-            f=sql.Placeholder("fractions"), k=k, rows=self.select_rows(table, [self.chunk_key(table) or ""]), x=x,
+            f=sql.Placeholder("fractions"), k=k, rows=self.select_rows(table, [self.chunk_key(table) or ""], where=self.part_cond(table, sql.Identifier("t"), part)), x=x,
             p=sql.Placeholder("sample"))
 
-    def _chunk_rows(self, table: str, lo: bool, hi: bool, columns: Sequence[str] | None = None) -> sql.Composed:
-        return self.select_rows(table, columns, where=self.chunk_cond(table, sql.Identifier("t"), lo, hi))
+    def _chunk_rows(self, table: str, lo: bool, hi: bool, columns: Sequence[str] | None = None, part: str | None = None) -> sql.Composed:
+        return self.select_rows(table, columns, where=self.chunk_cond(table, sql.Identifier("t"), lo, hi, part))
 
-    def copy_out_chunk(self, table: str, lo: bool, hi: bool, *, hashed: bool = False) -> sql.Composed:
+    def copy_out_chunk(self, table: str, lo: bool, hi: bool, *, hashed: bool = False, part: str | None = None) -> sql.Composed:
         """The chunk's rows as binary COPY; ``hashed``: each row carries its hash (:meth:`row_hash`)
         as one more, last, column, which the relay takes off (:mod:`migrate.rowhash`)."""
         if not hashed:
-            return sql.SQL("COPY ({}) TO STDOUT (FORMAT BINARY)").format(self._chunk_rows(table, lo, hi))
+            return sql.SQL("COPY ({}) TO STDOUT (FORMAT BINARY)").format(self._chunk_rows(table, lo, hi, part=part))
         x = sql.Identifier("x")
         return sql.SQL("COPY (SELECT {cols}, {h} FROM ({rows}) {x}) TO STDOUT (FORMAT BINARY)").format(
-            cols=_ident_list(self.graph.table(table).copy_columns, x), h=self.row_hash(table, x), rows=self._chunk_rows(table, lo, hi), x=x)
+            cols=_ident_list(self.graph.table(table).copy_columns, x), h=self.row_hash(table, x), rows=self._chunk_rows(table, lo, hi, part=part), x=x)
 
-    def delete_chunk(self, table: str, lo: bool, hi: bool) -> sql.Composed:
+    def delete_chunk(self, table: str, lo: bool, hi: bool, part: str | None = None) -> sql.Composed:
         a = sql.Identifier("t")
         return sql.SQL("DELETE FROM {tbl} {a} WHERE {cond} AND {rng}").format(
-            tbl=self.qname(table), a=a, cond=self.belongs(table, a), rng=self.chunk_cond(table, a, lo, hi))
+            tbl=self.qname(table), a=a, cond=self.belongs(table, a), rng=self.chunk_cond(table, a, lo, hi, part))
 
-    def checksum_chunk(self, table: str, lo: bool, hi: bool) -> sql.Composed:
+    def chunk_keys(self, table: str, lo: bool, hi: bool, part: str | None = None) -> sql.Composed:
+        """The keys (:meth:`chunk_key`) of the workspace's rows in one chunk."""
+        return self._chunk_rows(table, lo, hi, [self.chunk_key(table) or ""], part=part)
+
+    def delete_keys(self, table: str) -> sql.Composed:
+        """Delete the rows whose key is in ``%(keys)s`` (an array), found by the key's index alone."""
+        return sql.SQL("DELETE FROM {tbl} WHERE {k} = ANY({keys})").format(
+            tbl=self.qname(table), k=sql.Identifier(self.chunk_key(table) or ""), keys=sql.Placeholder("keys"))
+
+    def checksum_chunk(self, table: str, lo: bool, hi: bool, part: str | None = None) -> sql.Composed:
         """count(*) and sum(hash_record_extended(row, 0)) of one chunk (same hash as :meth:`checksum`)."""
         t = self.graph.table(table)
         h, x = sql.Identifier("h"), sql.Identifier("x")
         return sql.SQL("SELECT count(*), coalesce(sum(hash_record_extended({h}, 0)), 0) FROM"
                        " (SELECT {hc} FROM ({rows}) {x}) {h}").format(
-            h=h, hc=self._hash_columns(t, x), rows=self._chunk_rows(table, lo, hi), x=x)
+            h=h, hc=self._hash_columns(t, x), rows=self._chunk_rows(table, lo, hi, part=part), x=x)
 
-    def checksum_landed(self, table: str, lo: bool, hi: bool) -> sql.Composed:
+    def checksum_landed(self, table: str, lo: bool, hi: bool, part: str | None = None) -> sql.Composed:
         """count(*) and sum of row hashes of the rows the current transaction wrote into
         ``table`` in the chunk's key range (``xmin`` is this transaction's id): the chunk as it
         landed, found without the workspace's predicate (for a table reached through joins, those
@@ -94,4 +134,4 @@ class ChunkSql(ChecksumSql):
         h, x = sql.Identifier("h"), sql.Identifier("x")
         return sql.SQL("SELECT count(*), coalesce(sum(hash_record_extended({h}, 0)), 0) FROM"
                        " (SELECT {hc} FROM {tbl} {x} WHERE {rng} AND {x}.xmin = pg_current_xact_id()::xid) {h}").format(
-            h=h, hc=self._hash_columns(t, x), tbl=self.qname(table), x=x, rng=self.chunk_cond(table, x, lo, hi))
+            h=h, hc=self._hash_columns(t, x), tbl=self.qname(table), x=x, rng=self.chunk_cond(table, x, lo, hi, part))
