@@ -80,7 +80,7 @@ class CopyOptions:
         self.chunk_rows = None if not self.chunk_rows else max(1, int(self.chunk_rows))
         self.streams_per_region = max(1, int(self.streams_per_region))
 
-    def rows_per_chunk(self, total_rows: int, *, fk_order: bool = False) -> int:
+    def rows_per_chunk(self, total_rows: int) -> int:
         """The chunk size: the one given, else about four chunks per stream for the workspace's
         rows, within [CHUNK_MIN, CHUNK_MAX], so the largest table doesn't leave streams idle at
         the end while no chunk costs much more than its COPY."""

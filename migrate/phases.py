@@ -233,7 +233,7 @@ def _copy(ctx: MoveContext, rec: MoveRecord, source_checksums: bool) -> MoveReco
                 res.pop("source", None)
     cp["source_fence"] = fenced
     cp["method"] = {"method": access.method, "reason": access.reason, "would_fire": [t.describe() for t in access.would_fire()]}
-    chunk_rows = opts.rows_per_chunk(sum(int(t.get("rows") or 0) for t in rec.plan.get("tables", [])), fk_order=access.fk_order)
+    chunk_rows = opts.rows_per_chunk(sum(int(t.get("rows") or 0) for t in rec.plan.get("tables", [])))
     cp["options"] = {**opts.to_dict(), "chunk_rows": chunk_rows}
     emit_state(ctx, f"copy method: {access.method}; {opts.jobs} streams")
     rec = checkpoint(ctx, rec, {"copy": {**cp, "tables": done, "chunks": plans}})
