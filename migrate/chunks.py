@@ -102,7 +102,7 @@ class Chunk:
     hi: Any
     rows: int  # expected (the table's planned rows shared out)
     kind: str = "rows"  # rows: a moving table's chunk; global: a global table's referenced rows (one task)
-    part: str | None = None  # a self-referencing table's roots or rest (ChunkSql.part_cond)
+    part: str | None = None  # a self-referencing table's part (ChunkSql.part_cond)
 
     def params(self, b: Builder, ws: str) -> dict[str, Any]:
         return b.chunk_params(ws, [self.lo, self.hi])
@@ -110,11 +110,11 @@ class Chunk:
     @property
     def unit(self) -> str:
         """What the scheduler waits for: a moving table's chunks, or a global table's rows (a table
-        can be both: rows hanging off shared rows); a split table's roots are a unit of their
-        own, which its rest waits for."""
+        can be both: rows hanging off shared rows); each part of a split table but its last is a
+        unit of its own (:func:`part_unit`)."""
         if self.kind == "global":
             return global_unit(self.table)
-        return roots_unit(self.table) if self.part == "roots" else self.table
+        return part_unit(self.table, self.part)
 
     @property
     def label(self) -> str:
@@ -128,40 +128,62 @@ def _self_referencing(b: Builder, table: str) -> bool:
 
 
 SAMPLE_PER_CHUNK = 400  # sampled keys per chunk to cut at: each chunk within a few percent of its share
+GRID = 8  # a part's cuts are picked among quantiles this many times finer than one per chunk
 
 
-def plan_bounds(conn: psycopg.Connection[Any], b: Builder, ws: str, table: str, rows: int, chunk_rows: int, *, fk_order: bool) -> list[list[Any]]:
+def plan_bounds(conn: psycopg.Connection[Any], b: Builder, ws: str, table: str, rows: int, chunk_rows: int, *, fk_order: bool,
+                jobs: int = 1) -> list[list[Any]]:
     """[[lo, hi], ...] covering the table's keys (None: open end); [[None, None]] for one chunk.
     The cuts are quantiles of a random sample of the workspace's keys (about
     ``SAMPLE_PER_CHUNK`` per chunk; every key of a small table): one pass that sorts only the
     sample. They need not be reproducible: they are recorded before the first chunk is copied,
     and a resumed copy uses the recorded ones. Every chunk holds a row: each cut is a key, and
-    none is the sample's largest. With foreign-key checks on, a table referencing itself stays
-    chunk of its own in any order: its roots (rows none of whose self-references is checked) are
-    cut in ranges (``[lo, hi, "roots"]``) and every other row is one last chunk (``[None, None,
-    "rest"]``) that waits for them: a reference between two of those rows is checked at the end of
-    their one COPY (:meth:`ChunkSql.part_cond`)."""
+    none is the sample's largest. With foreign-key checks on, a table referencing itself cannot
+    have its chunks in any order (a row's parent may be in another chunk): it is cut in parts
+    (:meth:`ChunkSql.part_cond`) copied one after the other, each but the last in ranges side
+    by side (``[lo, hi, part]``: as many as its sampled share of the rows needs, and at least one
+    per stream (``jobs``) while each holds ``CHUNK_MIN`` rows, since the next part waits for it),
+    the last one chunk (``[None, None, part]``)."""
     n = math.ceil(rows / chunk_rows) if rows > 0 else 1
     if n <= 1 or b.chunk_key(table) is None:
         return [[None, None]]
-    split = fk_order and _self_referencing(b, table)
     sample = min(1.0, SAMPLE_PER_CHUNK * n / rows)
-    (vals,) = conn.execute(b.chunk_bounds(table, "roots" if split else None),
-                           b.params(ws, fractions=[i / n for i in range(1, n)] + [1.0], sample=sample)).fetchone()
-    top = vals[-1] if vals else None
+    if not (fk_order and _self_referencing(b, table)):
+        return [[lo, hi] for lo, hi in _ranges(conn, b, ws, table, n, chunk_rows, sample, None)]
+    *ranged, last = b.split_parts(table)
+    out: list[list[Any]] = []
+    for part in ranged:
+        out += [[lo, hi, part] for lo, hi in _ranges(conn, b, ws, table, n, chunk_rows, sample, part, jobs)]
+    if len(out) <= len(ranged):  # no part needs more than one chunk: nothing would run side by side
+        return [[None, None]]
+    return out + [[None, None, last]]
+
+
+def _ranges(conn: psycopg.Connection[Any], b: Builder, ws: str, table: str, n: int, chunk_rows: int, sample: float,
+            part: str | None, jobs: int = 1) -> list[tuple[Any, Any]]:
+    """The key ranges of the table's rows (of one ``part``; none if the sample holds none of its
+    rows): the sample's ``n``-quantiles; of a part, as many as its share of the sample needs
+    (:func:`plan_bounds`), cut at quantiles of a grid ``GRID`` times finer."""
+    grid = n * GRID if part is not None else n
+    vals, sampled = conn.execute(b.chunk_bounds(table, part),
+                                 b.params(ws, fractions=[i / grid for i in range(1, grid)] + [1.0], sample=sample)).fetchone()
+    if not sampled:
+        return [] if part is not None else [(None, None)]
+    m = n
+    if part is not None:
+        est = sampled / sample
+        m = min(n, max(1, math.ceil(est / chunk_rows), min(jobs, int(est // min(CHUNK_MIN, chunk_rows)))))
+    top = vals[-1]
     cuts: list[Any] = []
-    for v in (vals or [])[:-1]:
+    for j in range(1, m):
+        v = vals[round(j * grid / m) - 1]
         if v is None or v == top:
             continue
         v = v if isinstance(v, int) else str(v)
         if not cuts or cuts[-1] != v:
             cuts.append(v)
-    if split and not cuts:
-        return [[None, None]]
     ends = [None, *cuts, None]
-    if split:
-        return [[ends[i], ends[i + 1], "roots"] for i in range(len(ends) - 1)] + [[None, None, "rest"]]
-    return [[ends[i], ends[i + 1]] for i in range(len(ends) - 1)]
+    return [(ends[i], ends[i + 1]) for i in range(len(ends) - 1)]
 
 
 def chunks_of(table: str, bounds: list[list[Any]], rows: int) -> list[Chunk]:
@@ -173,21 +195,28 @@ def chunks_of(table: str, bounds: list[list[Any]], rows: int) -> list[Chunk]:
     return out
 
 
-def split_tables(plans: dict[str, dict[str, Any]]) -> set[str]:
-    """The tables whose recorded bounds cut them in roots and rest (:func:`plan_bounds`)."""
-    return {t for t, p in plans.items() if any(Builder.bound_parts(x)[2] for x in p.get("bounds") or [])}
+def split_tables(plans: dict[str, dict[str, Any]]) -> dict[str, list[str]]:
+    """The tables whose recorded bounds cut them in parts (:func:`plan_bounds`): their parts, in order."""
+    out: dict[str, list[str]] = {}
+    for t, p in plans.items():
+        parts = [Builder.bound_parts(x)[2] for x in p.get("bounds") or []]
+        if any(parts):
+            out[t] = list(dict.fromkeys(x for x in parts if x))
+    return out
 
 
 def global_unit(table: str) -> str:
     return f"global:{table}"
 
 
-def roots_unit(table: str) -> str:
-    return f"{table}:roots"
+def part_unit(table: str, part: str | None) -> str:
+    """The scheduling unit of a table's chunks of ``part``: its last part (or no part) is the table
+    itself, which other tables wait for; an earlier one ``table:part``."""
+    return table if part in (None, "rest") else f"{table}:{part}"
 
 
 def dependencies(b: Builder, tables: list[str], globals_: list[str], *, fk_order: bool, reach: bool = True,
-                 fenced: bool = False, split: set[str] | frozenset[str] = frozenset()) -> dict[str, set[str]]:
+                 fenced: bool = False, split: dict[str, list[str]] | None = None) -> dict[str, set[str]]:
     """Per scheduling unit (a moving table, or ``global:<table>`` for a global table's referenced
     rows, streamed beside the chunks), the units that must be complete in the target before it
     starts: for a moving table (``reach``) the tables it reaches its workspace through (a resumed
@@ -196,7 +225,8 @@ def dependencies(b: Builder, tables: list[str], globals_: list[str], *, fk_order
     the checks on, the global tables it references. Only units earlier in the copy order count
     (global rows first), so there is never a cycle; with ``replica`` nothing waits for the
     global rows, and in a first attempt (``reach`` False) nothing waits at all. A ``split``
-    table's roots wait for what the table waits for, and its rest for its roots."""
+    table's (table: its parts in order) first part waits for what the table waits for, each
+    next part for the one before."""
     order, gorder = list(b.graph.order), list(b.graph.global_order)
     pos = {t: i for i, t in enumerate(order)}
     gpos = {t: i for i, t in enumerate(gorder)}
@@ -211,8 +241,12 @@ def dependencies(b: Builder, tables: list[str], globals_: list[str], *, fk_order
                 if fk.ref_table in gpos:
                     deps.add(global_unit(fk.ref_table))
         out[t] = {d for d in deps if d != t}
-        if t in split:
-            out[roots_unit(t)], out[t] = out[t], {roots_unit(t)}
+        parts = (split or {}).get(t)
+        if parts:
+            units = [part_unit(t, p) for p in parts]
+            first = out.pop(t)
+            for i, u in enumerate(units):
+                out[u] = set(first) if i == 0 else {units[i - 1]}
     for g in globals_:
         deps = set()
         if fk_order:
@@ -425,7 +459,7 @@ def clear_unfinished(src_dsn: str, dst_dsn: str, b: Builder, ws: str, plans: dic
                 done = plan.get("done") or {}
                 left = [c for c in chunks_of(table, plan.get("bounds") or [[None, None]], 0) if str(c.index) not in done]
                 n = 0
-                for c in left:
+                for c in reversed(left):  # a split table's later parts first: they reference its earlier ones
                     lo, hi = c.lo is not None, c.hi is not None
                     if by_workspace_column(b, table) or not clearable_by_key(b, table, fenced):
                         if lo or hi or c.part:

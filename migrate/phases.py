@@ -262,7 +262,8 @@ def _copy(ctx: MoveContext, rec: MoveRecord, source_checksums: bool) -> MoveReco
             new = [t for t in left if t not in plans]
             tb = time.monotonic()
             for t in new:  # bounds first, recorded before any chunk is copied
-                plans[t] = {"bounds": chunks_mod.plan_bounds(snap.conn, b, ws, t, expected.get(t, 0), chunk_rows, fk_order=access.fk_order), "done": {}}
+                plans[t] = {"bounds": chunks_mod.plan_bounds(snap.conn, b, ws, t, expected.get(t, 0), chunk_rows, fk_order=access.fk_order,
+                                                                jobs=opts.jobs), "done": {}}
             t_bounds = time.monotonic() - tb
             if new:
                 rec = checkpoint(ctx, rec, {"copy": {**cp, "tables": done, "globals": globals_done, "chunks": plans}})

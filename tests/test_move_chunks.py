@@ -77,7 +77,7 @@ def test_chunk_bounds_cover_every_row_once(env):
             k, h = c.execute(b.checksum_chunk("messages", ch.lo is not None, ch.hi is not None, ch.part), ch.params(b, str(ws))).fetchone()
             rows = b.select_rows("messages", ["parent_id"], where=b.chunk_cond("messages", sql.Identifier("t"), ch.lo is not None, ch.hi is not None, ch.part))
             (with_parent,) = c.execute(sql.SQL("SELECT count(parent_id) FROM ({}) r").format(rows), ch.params(b, str(ws))).fetchone()
-            assert k > 0 and with_parent == (k if ch.part == "rest" else 0), ch
+            assert k > 0 and with_parent == (0 if ch.part == "roots" else k), ch
             n += k
             sums += Decimal(h)
         assert (n, sums) == (total, Decimal(total_sum))
@@ -266,8 +266,8 @@ def test_reached_tables_wait_for_their_parents_only_when_their_rows_cannot_be_fo
     assert fenced["reactions"] == {"global:users"}
     online = dependencies(b, tables, ["users"], fk_order=True, fenced=False)  # unfenced source: found through its parents
     assert {"messages", "conversations"} <= online["reactions"]
-    split = dependencies(b, tables, ["users"], fk_order=True, fenced=True, split={"messages"})
-    assert split["messages"] == {"messages:roots"} and split["messages:roots"] == fenced["messages"]
+    split = dependencies(b, tables, ["users"], fk_order=True, fenced=True, split={"messages": ["roots", "rest"]})
+    assert split["messages:roots"] == fenced["messages"] and split["messages"] == {"messages:roots"}
     assert "messages" in split["attachments"]  # the children wait for the replies too
 
 

@@ -47,17 +47,32 @@ class ChunkSql(ChecksumSql):
         lo, hi, _ = self.bound_parts(bound)
         return self.params(workspace_id, **{k: v for k, v in (("chunk_lo", lo), ("chunk_hi", hi)) if v is not None})
 
+    def _self_fks(self, table: str) -> list[Any]:
+        return [fk for fk in self.graph.table(table).foreign_keys if fk.ref_table == table]
+
+    def split_parts(self, table: str) -> list[str]:
+        """The parts a self-referencing table is copied in with foreign-key checks on, in order
+        (:meth:`part_cond`)."""
+        return ["roots", "rest"]
+
+    def _unchecked(self, table: str, alias: sql.Composable) -> sql.Composable:
+        return sql.SQL(" AND ").join(
+            sql.SQL("({})").format(sql.SQL(" OR ").join(sql.SQL("{}.{} IS NULL").format(alias, sql.Identifier(c)) for c in fk.columns))
+            for fk in self._self_fks(table))
+
     def part_cond(self, table: str, alias: sql.Composable, part: str | None) -> sql.Composable | None:
-        """A self-referencing table copied with foreign-key checks on is cut in two parts: ``roots``,
-        the rows none of its self-references checks (in every one a column is NULL: MATCH SIMPLE),
-        cut in ranges copied side by side, and ``rest``, every other row, one chunk after them (a
-        reference between two of its rows is checked at the end of its one COPY)."""
+        """A self-referencing table copied with foreign-key checks on is cut in two parts, the
+        second copied once the first is in the target: ``roots``, the rows none of its
+        self-references checks (in each a column is NULL: MATCH SIMPLE), and ``rest``, every
+        other row, one chunk (a reference between two of its rows is checked at the end of its
+        one COPY). (A third part, the replies to a root in ranges side by side, measured slower
+        on the 1M-row owner bench: each such row's check locks its parent row, and two chunks of
+        them side by side took as long as one.)"""
         if part is None:
             return None
-        fks = [fk for fk in self.graph.table(table).foreign_keys if fk.ref_table == table]
-        unchecked = sql.SQL(" AND ").join(
-            sql.SQL("({})").format(sql.SQL(" OR ").join(sql.SQL("{}.{} IS NULL").format(alias, sql.Identifier(c)) for c in fk.columns))
-            for fk in fks) if fks else sql.SQL("true")
+        if not self._self_fks(table):
+            raise ValueError(f"{table} does not reference itself: no chunk part {part!r}")
+        unchecked = self._unchecked(table, alias)
         if part == "roots":
             return sql.SQL("({})").format(unchecked)
         if part == "rest":
@@ -78,13 +93,14 @@ class ChunkSql(ChecksumSql):
 
     def chunk_bounds(self, table: str, part: str | None = None) -> sql.Composed:
         """The key values at ``%(fractions)s`` (a float8 array) of a random sample (each row kept
-        with probability ``%(sample)s``; 1: all) of the workspace's rows, in order (fraction 1:
-        the sample's largest key; no ``max`` for every key type). The sample's filter is evaluated before the workspace's predicate
+        with probability ``%(sample)s``; 1: all) of the workspace's rows (of one ``part``), in
+        order (fraction 1: the sample's largest key; no ``max`` for every key type), and the
+        sample's size. The sample's filter is evaluated before the workspace's predicate
         (the planner orders the conditions by cost), so a table reached through joins is not
         joined in full just to be cut."""
         x = sql.Identifier("x")
         k = self._chunk_key_expr(table, x)
-        return sql.SQL("SELECT percentile_disc({f}::float8[]) WITHIN GROUP (ORDER BY {k}) FROM ({rows}) {x}"
+        return sql.SQL("SELECT percentile_disc({f}::float8[]) WITHIN GROUP (ORDER BY {k}), count(*) FROM ({rows}) {x}"
                        " WHERE random() < {p}").format(
             f=sql.Placeholder("fractions"), k=k, rows=self.select_rows(table, [self.chunk_key(table) or ""], where=self.part_cond(table, sql.Identifier("t"), part)), x=x,
             p=sql.Placeholder("sample"))
