@@ -39,7 +39,7 @@ from psycopg import sql
 from residency import db
 from residency.threads import start_and_wait
 
-from .copy import _stream, copy_owned
+from .copy import _stream, copy_owned, one_backend
 from .load import LoadLimits
 from .progress import Meter, Progress
 from .retry import transient
@@ -263,7 +263,7 @@ class SourceSnapshot:
     """A REPEATABLE READ transaction on the source whose snapshot the streams import."""
 
     def __init__(self, dsn: str):
-        self.conn = db.connect(dsn, autocommit=True, application_name="residency-mover-snapshot")
+        self.conn = one_backend(db.connect(dsn, autocommit=True, application_name="residency-mover-snapshot"))
         self.conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
         (self.id,) = self.conn.execute("SELECT pg_export_snapshot()").fetchone()
 
@@ -349,7 +349,7 @@ class StreamConnections:
         pair = getattr(self._local, "pair", None)
         if pair is None or pair[0].closed or pair[1].closed:
             self.discard()
-            pair = (db.connect(self.src_dsn, autocommit=True, application_name="residency-mover-copy"),
+            pair = (one_backend(db.connect(self.src_dsn, autocommit=True, application_name="residency-mover-copy")),
                     db.connect(self.dst_dsn, application_name="residency-mover-copy"))
             self._local.pair = pair
             with self._lock:

@@ -73,6 +73,14 @@ def _write(into: Any, part: tuple[bytes, int], meter: Meter, on_batch: Callable[
         raise InterruptedError("the move's lease was lost; stopping")
 
 
+def one_backend(conn: psycopg.Connection[Any]) -> psycopg.Connection[Any]:
+    """A source connection whose queries use no parallel workers: a stream is one backend on the
+    source, so the cap on streams per source region (:mod:`migrate.throttle`) caps its processes
+    too (and on a small server, workers cost more CPU than they save: ~0.1 CPU-s a 1M-row copy)."""
+    conn.execute("SET max_parallel_workers_per_gather = 0")
+    return conn
+
+
 def target_access(dst_dsn: str, b: Builder) -> TargetAccess:
     """What the target role allows the copy (see migrate.triggers), for the moving and global tables.
 
@@ -129,7 +137,7 @@ def copy_global(src_dsn: str, dst_dsn: str, b: Builder, table: str, workspace_id
     params = b.params(workspace_id)
     temp = "residency_global_rows"
     meter = Meter(emit, "copy", f"{table} (global)", None)
-    with db.connect(src_dsn, autocommit=True) as src, db.connect(dst_dsn) as dst:
+    with one_backend(db.connect(src_dsn, autocommit=True)) as src, db.connect(dst_dsn) as dst:
         with dst.transaction():
             dst.execute(b.temp_like(temp, table))
             from psycopg import sql

@@ -291,3 +291,22 @@ def test_owner_target_kill9_mid_copy_of_a_split_table_resumes_exactly_once(env):
     assert counts(env.dsn("eu"), ws) == before
     assert sum(v.get("removed_first", 0) for v in rec.report["copy"]["tables"].values()) > 0
     assert verify_workspace(env.catalogue, env.connections, ws, "us", "eu").ok
+
+
+def test_a_copy_stream_is_one_backend_on_the_source(env):
+    """The cap on streams per source region caps the source's processes too: a stream's source
+    session (and the snapshot's) plans no parallel workers, whatever the server's default."""
+    from residency.migrate.chunks import SourceSnapshot, StreamConnections
+
+    with psycopg.connect(env.dsn("us"), autocommit=True) as c:
+        assert c.execute("SHOW max_parallel_workers_per_gather").fetchone()[0] != "0"
+    streams = StreamConnections(env.dsn("us"), env.dsn("eu"))
+    snap = SourceSnapshot(env.dsn("us"))
+    try:
+        src, dst = streams.get()
+        assert src.execute("SHOW max_parallel_workers_per_gather").fetchone()[0] == "0"
+        assert snap.conn.execute("SHOW max_parallel_workers_per_gather").fetchone()[0] == "0"
+        assert dst.execute("SHOW max_parallel_workers_per_gather").fetchone()[0] != "0"  # the target's own choice
+    finally:
+        snap.close()
+        streams.close()
