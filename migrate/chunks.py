@@ -30,6 +30,7 @@ import os
 import threading
 import time
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
@@ -157,6 +158,21 @@ def plan_bounds(conn: psycopg.Connection[Any], b: Builder, ws: str, table: str, 
     if len(out) <= len(ranged):  # no part needs more than one chunk: nothing would run side by side
         return [[None, None]]
     return out + [[None, None, last]]
+
+
+def plan_all_bounds(src_dsn: str, b: Builder, ws: str, tables: list[str], rows: dict[str, int], chunk_rows: int, *,
+                    fk_order: bool, jobs: int) -> dict[str, list[list[Any]]]:
+    """:func:`plan_bounds` of ``tables``, on ``jobs`` source connections side by side (each
+    table's sample is a pass over its workspace rows: ~3.4 s one after another at 10M rows). No
+    snapshot is needed: any cuts cover the key space, and the bounds are recorded before a chunk."""
+    def one(t: str) -> list[list[Any]]:
+        if max(1, math.ceil(rows.get(t, 0) / chunk_rows)) <= 1 or b.chunk_key(t) is None:
+            return [[None, None]]  # one chunk: no sample to take
+        with one_backend(db.connect(src_dsn, autocommit=True, application_name="residency-mover-bounds")) as conn:
+            return plan_bounds(conn, b, ws, t, rows.get(t, 0), chunk_rows, fk_order=fk_order, jobs=jobs)
+
+    with ThreadPoolExecutor(max_workers=max(1, min(jobs, len(tables)))) as pool:
+        return dict(zip(tables, pool.map(one, tables)))
 
 
 def _ranges(conn: psycopg.Connection[Any], b: Builder, ws: str, table: str, n: int, chunk_rows: int, sample: float,

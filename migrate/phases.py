@@ -261,9 +261,10 @@ def _copy(ctx: MoveContext, rec: MoveRecord, source_checksums: bool) -> MoveReco
         if snap is not None:
             new = [t for t in left if t not in plans]
             tb = time.monotonic()
-            for t in new:  # bounds first, recorded before any chunk is copied
-                plans[t] = {"bounds": chunks_mod.plan_bounds(snap.conn, b, ws, t, expected.get(t, 0), chunk_rows, fk_order=access.fk_order,
-                                                                jobs=opts.jobs), "done": {}}
+            # bounds first, recorded before any chunk is copied
+            for t, bounds in chunks_mod.plan_all_bounds(src.dsn, b, ws, new, expected, chunk_rows, fk_order=access.fk_order,
+                                                        jobs=opts.jobs).items():
+                plans[t] = {"bounds": bounds, "done": {}}
             t_bounds = time.monotonic() - tb
             if new:
                 rec = checkpoint(ctx, rec, {"copy": {**cp, "tables": done, "globals": globals_done, "chunks": plans}})
