@@ -111,11 +111,11 @@ class Chunk:
     @property
     def unit(self) -> str:
         """What the scheduler waits for: a moving table's chunks, or a global table's rows (a table
-        can be both: rows hanging off shared rows); each part of a split table but its last is a
-        unit of its own (:func:`part_unit`)."""
+        can be both: rows hanging off shared rows); a split table's roots are a unit of their own
+        (:func:`roots_unit`)."""
         if self.kind == "global":
             return global_unit(self.table)
-        return part_unit(self.table, self.part)
+        return roots_unit(self.table) if self.part == "roots" else self.table
 
     @property
     def label(self) -> str:
@@ -140,24 +140,26 @@ def plan_bounds(conn: psycopg.Connection[Any], b: Builder, ws: str, table: str, 
     sample. They need not be reproducible: they are recorded before the first chunk is copied,
     and a resumed copy uses the recorded ones. Every chunk holds a row: each cut is a key, and
     none is the sample's largest. With foreign-key checks on, a table referencing itself cannot
-    have its chunks in any order (a row's parent may be in another chunk): it is cut in parts
-    (:meth:`ChunkSql.part_cond`) copied one after the other, each but the last in ranges side
-    by side (``[lo, hi, part]``: as many as its sampled share of the rows needs, and at least one
-    per stream (``jobs``) while each holds ``CHUNK_MIN`` rows, since the next part waits for it),
-    the last one chunk (``[None, None, part]``)."""
-    n = math.ceil(rows / chunk_rows) if rows > 0 else 1
-    if n <= 1 or b.chunk_key(table) is None:
+    have its chunks in any order (a row's parent may be in another chunk): it is cut in two parts
+    (:meth:`ChunkSql.part_cond`), its roots in ranges side by side (``[lo, hi, "roots"]``: as many
+    as their sampled share of the rows needs, and at least one per stream (``jobs``) while each
+    holds ``CHUNK_MIN`` rows, since the rest waits for them), then the rest in one chunk
+    (``[None, None, "rest"]``)."""
+    if _one_chunk(b, table, rows, chunk_rows):
         return [[None, None]]
+    n = math.ceil(rows / chunk_rows)
     sample = min(1.0, SAMPLE_PER_CHUNK * n / rows)
     if not (fk_order and _self_referencing(b, table)):
         return [[lo, hi] for lo, hi in _ranges(conn, b, ws, table, n, chunk_rows, sample, None)]
-    *ranged, last = b.split_parts(table)
-    out: list[list[Any]] = []
-    for part in ranged:
-        out += [[lo, hi, part] for lo, hi in _ranges(conn, b, ws, table, n, chunk_rows, sample, part, jobs)]
-    if len(out) <= len(ranged):  # no part needs more than one chunk: nothing would run side by side
+    roots = [[lo, hi, "roots"] for lo, hi in _ranges(conn, b, ws, table, n, chunk_rows, sample, "roots", jobs)]
+    if len(roots) <= 1:  # the roots need one chunk: nothing would run side by side
         return [[None, None]]
-    return out + [[None, None, last]]
+    return roots + [[None, None, "rest"]]
+
+
+def _one_chunk(b: Builder, table: str, rows: int, chunk_rows: int) -> bool:
+    """The table is copied in one chunk: no more rows than a chunk, or no key to cut on."""
+    return rows <= chunk_rows or b.chunk_key(table) is None
 
 
 def plan_all_bounds(src_dsn: str, b: Builder, ws: str, tables: list[str], rows: dict[str, int], chunk_rows: int, *,
@@ -166,8 +168,8 @@ def plan_all_bounds(src_dsn: str, b: Builder, ws: str, tables: list[str], rows: 
     table's sample is a pass over its workspace rows: ~3.4 s one after another at 10M rows). No
     snapshot is needed: any cuts cover the key space, and the bounds are recorded before a chunk."""
     def one(t: str) -> list[list[Any]]:
-        if max(1, math.ceil(rows.get(t, 0) / chunk_rows)) <= 1 or b.chunk_key(t) is None:
-            return [[None, None]]  # one chunk: no sample to take
+        if _one_chunk(b, t, rows.get(t, 0), chunk_rows):
+            return [[None, None]]  # no sample to take
         with one_backend(db.connect(src_dsn, autocommit=True, application_name="residency-mover-bounds")) as conn:
             return plan_bounds(conn, b, ws, t, rows.get(t, 0), chunk_rows, fk_order=fk_order, jobs=jobs)
 
@@ -211,28 +213,23 @@ def chunks_of(table: str, bounds: list[list[Any]], rows: int) -> list[Chunk]:
     return out
 
 
-def split_tables(plans: dict[str, dict[str, Any]]) -> dict[str, list[str]]:
-    """The tables whose recorded bounds cut them in parts (:func:`plan_bounds`): their parts, in order."""
-    out: dict[str, list[str]] = {}
-    for t, p in plans.items():
-        parts = [Builder.bound_parts(x)[2] for x in p.get("bounds") or []]
-        if any(parts):
-            out[t] = list(dict.fromkeys(x for x in parts if x))
-    return out
+def split_tables(plans: dict[str, dict[str, Any]]) -> set[str]:
+    """The tables whose recorded bounds cut them in roots and rest (:func:`plan_bounds`)."""
+    return {t for t, p in plans.items() if any(Builder.bound_parts(x)[2] for x in p.get("bounds") or [])}
 
 
 def global_unit(table: str) -> str:
     return f"global:{table}"
 
 
-def part_unit(table: str, part: str | None) -> str:
-    """The scheduling unit of a table's chunks of ``part``: its last part (or no part) is the table
-    itself, which other tables wait for; an earlier one ``table:part``."""
-    return table if part in (None, "rest") else f"{table}:{part}"
+def roots_unit(table: str) -> str:
+    """The scheduling unit of a split table's roots; its rest is the table itself, which other
+    tables wait for."""
+    return f"{table}:roots"
 
 
 def dependencies(b: Builder, tables: list[str], globals_: list[str], *, fk_order: bool, reach: bool = True,
-                 fenced: bool = False, split: dict[str, list[str]] | None = None) -> dict[str, set[str]]:
+                 fenced: bool = False, split: set[str] | frozenset[str] = frozenset()) -> dict[str, set[str]]:
     """Per scheduling unit (a moving table, or ``global:<table>`` for a global table's referenced
     rows, streamed beside the chunks), the units that must be complete in the target before it
     starts: for a moving table (``reach``) the tables it reaches its workspace through (a resumed
@@ -241,8 +238,7 @@ def dependencies(b: Builder, tables: list[str], globals_: list[str], *, fk_order
     the checks on, the global tables it references. Only units earlier in the copy order count
     (global rows first), so there is never a cycle; with ``replica`` nothing waits for the
     global rows, and in a first attempt (``reach`` False) nothing waits at all. A ``split``
-    table's (table: its parts in order) first part waits for what the table waits for, each
-    next part for the one before."""
+    table's roots wait for what the table waits for, and its rest for its roots."""
     order, gorder = list(b.graph.order), list(b.graph.global_order)
     pos = {t: i for i, t in enumerate(order)}
     gpos = {t: i for i, t in enumerate(gorder)}
@@ -257,12 +253,8 @@ def dependencies(b: Builder, tables: list[str], globals_: list[str], *, fk_order
                 if fk.ref_table in gpos:
                     deps.add(global_unit(fk.ref_table))
         out[t] = {d for d in deps if d != t}
-        parts = (split or {}).get(t)
-        if parts:
-            units = [part_unit(t, p) for p in parts]
-            first = out.pop(t)
-            for i, u in enumerate(units):
-                out[u] = set(first) if i == 0 else {units[i - 1]}
+        if t in split:
+            out[roots_unit(t)], out[t] = out[t], {roots_unit(t)}
     for g in globals_:
         deps = set()
         if fk_order:
@@ -475,9 +467,10 @@ def clear_unfinished(src_dsn: str, dst_dsn: str, b: Builder, ws: str, plans: dic
                 done = plan.get("done") or {}
                 left = [c for c in chunks_of(table, plan.get("bounds") or [[None, None]], 0) if str(c.index) not in done]
                 n = 0
-                for c in reversed(left):  # a split table's later parts first: they reference its earlier ones
+                by_source_keys = clearable_by_key(b, table, fenced) and not by_workspace_column(b, table)
+                for c in reversed(left):  # a split table's rest before its roots: it references them
                     lo, hi = c.lo is not None, c.hi is not None
-                    if by_workspace_column(b, table) or not clearable_by_key(b, table, fenced):
+                    if not by_source_keys:
                         if lo or hi or c.part:
                             n += dst.execute(b.delete_chunk(table, lo, hi, c.part), c.params(b, ws)).rowcount
                         else:

@@ -50,11 +50,6 @@ class ChunkSql(ChecksumSql):
     def _self_fks(self, table: str) -> list[Any]:
         return [fk for fk in self.graph.table(table).foreign_keys if fk.ref_table == table]
 
-    def split_parts(self, table: str) -> list[str]:
-        """The parts a self-referencing table is copied in with foreign-key checks on, in order
-        (:meth:`part_cond`)."""
-        return ["roots", "rest"]
-
     def _unchecked(self, table: str, alias: sql.Composable) -> sql.Composable:
         return sql.SQL(" AND ").join(
             sql.SQL("({})").format(sql.SQL(" OR ").join(sql.SQL("{}.{} IS NULL").format(alias, sql.Identifier(c)) for c in fk.columns))
