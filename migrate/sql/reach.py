@@ -95,15 +95,23 @@ class ReachSql(SqlBase):
 
         return self._by_reach(table, alias, probe)
 
-    def select_rows(self, table: str, columns: Sequence[str] | None = None, *, where: sql.Composable | None = None, rowwise: bool = False) -> sql.Composed:
+    def select_rows(self, table: str, columns: Sequence[str] | None = None, *, where: sql.Composable | None = None, rowwise: bool = False,
+                    sample_first: sql.Composable | None = None) -> sql.Composed:
+        """The workspace's rows of ``table`` (alias ``t``). ``sample_first``: the probability each
+        row of the table is kept with, drawn before the workspace's predicate is evaluated (a
+        subquery the planner cannot flatten: else it may join the whole table to its parents and
+        sample after)."""
         t = self.graph.table(table)
         a = sql.Identifier("t")
         cols = columns if columns is not None else t.copy_columns
         cond = self.belongs_rowwise(table, a) if rowwise else self.belongs(table, a)
         if where is not None:
             cond = sql.SQL("{} AND {}").format(cond, where)
+        tbl: sql.Composable = self.qname(table)
+        if sample_first is not None:
+            tbl = sql.SQL("(SELECT * FROM {} WHERE random() < {} OFFSET 0)").format(tbl, sample_first)
         return sql.SQL("SELECT {cols} FROM {tbl} {a} WHERE {cond}").format(
-            cols=_ident_list(cols, a), tbl=self.qname(table), a=a, cond=cond
+            cols=_ident_list(cols, a), tbl=tbl, a=a, cond=cond
         )
 
     def count_rows(self, table: str) -> sql.Composed:
