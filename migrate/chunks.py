@@ -32,7 +32,7 @@ import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 import psycopg
 from psycopg import sql
@@ -41,6 +41,7 @@ from residency import db
 from residency.threads import start_and_wait
 
 from .copy import _stream, copy_owned, one_backend
+from .graph import Ref
 from .load import LoadLimits
 from .progress import Meter, Progress
 from .retry import transient
@@ -229,7 +230,8 @@ def roots_unit(table: str) -> str:
 
 
 def dependencies(b: Builder, tables: list[str], globals_: list[str], *, fk_order: bool, reach: bool = True,
-                 fenced: bool = False, split: set[str] | frozenset[str] = frozenset()) -> dict[str, set[str]]:
+                 fenced: bool = False, split: set[str] | frozenset[str] = frozenset(),
+                 landed: dict[str, set[str]] | None = None) -> dict[str, set[str]]:
     """Per scheduling unit (a moving table, or ``global:<table>`` for a global table's referenced
     rows, streamed beside the chunks), the units that must be complete in the target before it
     starts: for a moving table (``reach``) the tables it reaches its workspace through (a resumed
@@ -238,7 +240,9 @@ def dependencies(b: Builder, tables: list[str], globals_: list[str], *, fk_order
     the checks on, the global tables it references. Only units earlier in the copy order count
     (global rows first), so there is never a cycle; with ``replica`` nothing waits for the
     global rows, and in a first attempt (``reach`` False) nothing waits at all. A ``split``
-    table's roots wait for what the table waits for, and its rest for its roots."""
+    table's roots wait for what the table waits for, and its rest for its roots. ``landed``:
+    global tables whose rows are copied by the values the chunks of the given tables gathered
+    (:mod:`migrate.globalkeys`): they wait for those tables."""
     order, gorder = list(b.graph.order), list(b.graph.global_order)
     pos = {t: i for i, t in enumerate(order)}
     gpos = {t: i for i, t in enumerate(gorder)}
@@ -260,7 +264,7 @@ def dependencies(b: Builder, tables: list[str], globals_: list[str], *, fk_order
         if fk_order:
             deps = {global_unit(fk.ref_table) for fk in b.graph.table(g).foreign_keys
                     if fk.ref_table != g and fk.ref_table in gpos and gpos[fk.ref_table] < gpos[g]}
-        out[global_unit(g)] = deps
+        out[global_unit(g)] = deps | set((landed or {}).get(g, ()))
     return out
 
 
@@ -311,7 +315,7 @@ def by_workspace_column(b: Builder, table: str) -> bool:
     return b.graph.reach[table].kind in ("root", "key")
 
 
-def target_sum_query(b: Builder, table: str, lo: bool, hi: bool, part: str | None = None) -> Any:
+def target_sum_query(b: Builder, table: str, lo: bool, hi: bool, part: str | None = None, found: Sequence[Ref] = ()) -> Any:
     """The target's sums of a chunk that just landed, in its transaction. A table holding its
     workspace's id (``root``, ``key``): the workspace's rows in the chunk's range, found by that
     column (its index) as verify finds them. A table reached through others: the rows this
@@ -320,10 +324,11 @@ def target_sum_query(b: Builder, table: str, lo: bool, hi: bool, part: str | Non
     keys before the copy (the plan refuses otherwise), nothing else writes them before cut-over,
     and verify compares the parents' rows too, so a child is reached in the target as in the
     source. ``RESIDENCY_VERIFY_TARGET=recompute`` has verify read the target again through the
-    workspace's predicate."""
+    workspace's predicate. ``found``: references whose values the same pass gathers
+    (:mod:`migrate.globalkeys`), one more column each."""
     if by_workspace_column(b, table):
-        return b.checksum_chunk(table, lo, hi, part)
-    return b.checksum_landed(table, lo, hi, part)
+        return b.checksum_chunk(table, lo, hi, part, found)
+    return b.checksum_landed(table, lo, hi, part, found)
 
 
 class StreamConnections:
@@ -377,22 +382,25 @@ class StreamConnections:
 @transient
 def copy_chunk(src_dsn: str, dst_dsn: str, b: Builder, c: Chunk, ws: str, emit: Callable[[Progress], None], access: TargetAccess,
                *, snapshot: str | None = None, should_stop: Callable[[], bool] = lambda: False, on_batch: Callable[[int], None] | None = None,
-               target_sums: bool = True, source_sums: bool = False, pool: StreamConnections | None = None) -> dict[str, Any]:
+               target_sums: bool = True, source_sums: bool = False, pool: StreamConnections | None = None,
+               found: Sequence[Ref] = ()) -> dict[str, Any]:
     """One chunk: one COPY out of the source snapshot, one COPY into one target transaction; then,
     in that same transaction, the chunk's count and checksum as the target holds it (``target``:
     [rows, sum], the same sum verify computes), so it is recorded with the chunk's checkpoint and
     only with it: a chunk redone after a crash records its sums again. ``source_sums``: the
     source's count and checksum of the chunk too (``source``), taken from the COPY stream itself
     (:mod:`migrate.rowhash`): sound only while the source is fenced. ``pool``: the stream's kept
-    connections (else the chunk opens and closes its own)."""
+    connections (else the chunk opens and closes its own). ``found``: references whose distinct
+    values in the landed rows the target's sums gather (``found_values``: a list per reference; needs
+    ``target_sums``)."""
     if pool is None:
         with db.connect(src_dsn, autocommit=True, application_name="residency-mover-copy") as src, db.connect(
             dst_dsn, application_name="residency-mover-copy"
         ) as dst:
-            return _copy_chunk_on(src, dst, b, c, ws, emit, access, snapshot, should_stop, on_batch, target_sums, source_sums)
+            return _copy_chunk_on(src, dst, b, c, ws, emit, access, snapshot, should_stop, on_batch, target_sums, source_sums, found)
     src, dst = pool.get()
     try:
-        return _copy_chunk_on(src, dst, b, c, ws, emit, access, snapshot, should_stop, on_batch, target_sums, source_sums)
+        return _copy_chunk_on(src, dst, b, c, ws, emit, access, snapshot, should_stop, on_batch, target_sums, source_sums, found)
     except BaseException:
         pool.discard()  # in an unknown state: the retry (or the next chunk) opens new ones
         raise
@@ -400,13 +408,14 @@ def copy_chunk(src_dsn: str, dst_dsn: str, b: Builder, c: Chunk, ws: str, emit: 
 
 def _copy_chunk_on(src: psycopg.Connection[Any], dst: psycopg.Connection[Any], b: Builder, c: Chunk, ws: str, emit: Callable[[Progress], None],
                    access: TargetAccess, snapshot: str | None, should_stop: Callable[[], bool], on_batch: Callable[[int], None] | None,
-                   target_sums: bool, source_sums: bool) -> dict[str, Any]:
+                   target_sums: bool, source_sums: bool, found: Sequence[Ref] = ()) -> dict[str, Any]:
     t0 = time.monotonic()
     params = c.params(b, ws)
     meter = Meter(emit, "copy", c.label, c.rows)
     lo, hi = c.lo is not None, c.hi is not None
     imported = _begin_snapshot(src, snapshot)
     sums = None
+    values: list[Any] = []
     source: list[Any] = []
     # the source's sums: a table holding the workspace's id is read again by that column's index
     # in the same snapshot (cheaper than taking each row's hash off in Python); any other table
@@ -426,12 +435,14 @@ def _copy_chunk_on(src: psycopg.Connection[Any], dst: psycopg.Connection[Any], b
             source = [int(n), str(total)]
         src.execute("COMMIT")  # the source side is done: no snapshot held while the target sums
         if target_sums and records_target_sums(b, c.table):
-            n, s = dst.execute(target_sum_query(b, c.table, lo, hi, c.part), params).fetchone()
+            n, s, *values = dst.execute(target_sum_query(b, c.table, lo, hi, c.part, found), params).fetchone()
             sums = [int(n), str(s)]
     meter.finish(rows)
     out = {"rows": rows, "bytes": meter.bytes, "seconds": round(time.monotonic() - t0, 3), "snapshot": imported}
     if sums is not None:
         out["target"] = sums
+    if found:
+        out["found_values"] = values
     if source_sums:
         out["source"] = hashes.sums if hashes is not None else source
     return out

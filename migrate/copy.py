@@ -132,24 +132,29 @@ def copy_owned(src: psycopg.Connection[Any], dst: psycopg.Connection[Any], b: Bu
 
 
 @transient
-def copy_global(src_dsn: str, dst_dsn: str, b: Builder, table: str, workspace_id: str, emit: Callable[[Progress], None], access: TargetAccess | None = None) -> dict[str, int]:
-    """Insert the referenced rows of global ``table`` missing in the target; returns counts."""
-    params = b.params(workspace_id)
+def copy_global(src_dsn: str, dst_dsn: str, b: Builder, table: str, workspace_id: str, emit: Callable[[Progress], None], access: TargetAccess | None = None,
+                keys: tuple[str, list[Any]] | None = None) -> dict[str, Any]:
+    """Insert the referenced rows of global ``table`` missing in the target; returns counts.
+    ``keys``: (column, values) the landed rows point at (:mod:`migrate.globalkeys`): the rows
+    are read by those values instead of the workspace's predicate."""
+    out_q, params = b.copy_out_global(table), b.params(workspace_id)
+    if keys is not None:
+        if not keys[1]:
+            return {"referenced": 0, "inserted": 0, "found": "as the chunks landed"}
+        out_q, params = b.copy_out_global_keys(table, keys[0]), {"keys": keys[1]}
     temp = "residency_global_rows"
     meter = Meter(emit, "copy", f"{table} (global)", None)
     with one_backend(db.connect(src_dsn, autocommit=True)) as src, db.connect(dst_dsn) as dst:
         with dst.transaction():
             dst.execute(b.temp_like(temp, table))
-            from psycopg import sql
-
-            referenced = _stream(src, dst, b.copy_out_global(table), b.copy_in(table, into=sql.Identifier(temp)), params, meter, lambda: False)
+            referenced = _stream(src, dst, out_q, b.copy_in(table, into=sql.Identifier(temp)), params, meter, lambda: False)
             if access is not None:
                 triggers.enter(dst, access, b.schema, table)
             inserted = dst.execute(b.insert_missing(table, temp)).rowcount
             if access is not None:
                 triggers.leave(dst, access, b.schema, table)
     meter.finish(referenced)
-    return {"referenced": referenced, "inserted": inserted}
+    return {"referenced": referenced, "inserted": inserted, "found": "with the workspace's predicate" if keys is None else "as the chunks landed"}
 
 
 @transient

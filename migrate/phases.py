@@ -25,7 +25,7 @@ from residency.moves import MoveRecord
 
 from . import chunks as chunks_mod
 from . import copy as copy_mod
-from . import faults, fence, objects, tenant_objects
+from . import faults, fence, globalkeys, objects, tenant_objects
 from .chunks import CopyOptions
 from .context import MoveContext
 from .load import SourceLoad
@@ -270,6 +270,11 @@ def _copy(ctx: MoveContext, rec: MoveRecord, source_checksums: bool) -> MoveReco
                 rec = checkpoint(ctx, rec, {"copy": {**cp, "tables": done, "globals": globals_done, "chunks": plans}})
         tasks += [c for t in left for c in chunks_mod.chunks_of(t, plans[t]["bounds"], expected.get(t, 0))
                   if str(c.index) not in plans[t]["done"]]
+        # with replica, a global table's rows the moving rows point at are copied by the values
+        # the landed chunks gathered, after them (no workspace predicate on the source)
+        landed = globalkeys.LandedKeys.for_copy(ctx.graph, fk_order=access.fk_order, pending=[c.table for c in global_tasks],
+                                                fresh=[t for t in left if not plans[t]["done"]])
+        found_by = {t: landed.found_by(t) for t in left}
         rate = RateLimit(opts.rows_per_second)
 
         def finish_table(t: str) -> None:
@@ -288,12 +293,12 @@ def _copy(ctx: MoveContext, rec: MoveRecord, source_checksums: bool) -> MoveReco
             try:
                 with slots.slot(ctx.should_stop, conn=streams.control()):
                     if c.kind == "global":
-                        return copy_mod.copy_global(src.dsn, dst.dsn, b, c.table, ws, ctx.emit, access)
+                        return copy_mod.copy_global(src.dsn, dst.dsn, b, c.table, ws, ctx.emit, access, keys=landed.keys(c.table))
                     if lazy:
                         clear_before_first_chunk(c.table)
                     return chunks_mod.copy_chunk(src.dsn, dst.dsn, b, c, ws, ctx.emit, access, snapshot=snap.id if snap else None,
                                                  should_stop=ctx.should_stop, on_batch=between_batches, pool=streams,
-                                                 source_sums=fenced is not None)
+                                                 source_sums=fenced is not None, found=found_by[c.table])
             except BaseException:
                 streams.discard_control()
                 raise
@@ -302,6 +307,7 @@ def _copy(ctx: MoveContext, rec: MoveRecord, source_checksums: bool) -> MoveReco
             if c.kind == "global":
                 globals_done[c.table] = res
             else:
+                landed.add(c.table, res.pop("found_values", []))
                 plans[c.table]["done"][str(c.index)] = res
                 faults.point("chunk_copied")  # committed in the target, not yet recorded
                 if len(plans[c.table]["done"]) == len(plans[c.table]["bounds"]):
@@ -310,7 +316,8 @@ def _copy(ctx: MoveContext, rec: MoveRecord, source_checksums: bool) -> MoveReco
             recorder.save({"copy": {**cp, "tables": done, "globals": globals_done, "chunks": plans}})
 
         deps = chunks_mod.dependencies(b, left, [c.table for c in global_tasks], fk_order=access.fk_order, reach=not first or access.fk_order,
-                                       fenced=snapshot_move, split=chunks_mod.split_tables({t: plans[t] for t in left}))
+                                       fenced=snapshot_move, split=chunks_mod.split_tables({t: plans[t] for t in left}),
+                                       landed={g: landed.referencing(g) for g in landed.refs})
         chunks_mod.run(tasks, jobs=opts.jobs, deps=deps, exclusive=access.exclusive, work=work, on_done=on_done)
     except BaseException:
         rows_failed.set()  # the objects stop too; the move fails with the rows' error

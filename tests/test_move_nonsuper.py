@@ -62,6 +62,8 @@ def test_replica_by_parameter_grant_trigger_does_not_fire(env):
     assert plan.to_dict()["copy_method"]["would_fire"] == []
     assert "note: copy method: replica" in render(plan) and "SET privilege on session_replication_role" in render(plan)
     assert rec.report["copy"]["method"]["method"] == "replica"
+    # nothing needs the users first: they went by the values the landed chunks pointed at
+    assert rec.report["copy"]["globals"]["users"]["found"] == "as the chunks landed"
     assert verify_workspace(env.catalogue, env.connections, ws, "us", "eu").ok
     rec = cleanup_move(env.catalogue, conns, rec.id, grace=timedelta(0))
     assert rec.state == "cleaned"
@@ -70,7 +72,9 @@ def test_replica_by_parameter_grant_trigger_does_not_fire(env):
 
 def test_owner_disables_triggers_inside_the_copy(env):
     ws, conns = _world(env, "mv_own", owner=True, set_replication_role=False)
-    plan, _ = _moved_untouched(env, conns, ws, "disable_triggers")
+    plan, rec = _moved_untouched(env, conns, ws, "disable_triggers")
+    # foreign-key checks fire: the users went first, found with the workspace's predicate
+    assert rec.report["copy"]["globals"]["users"]["found"] == "with the workspace's predicate"
     assert "owns every target table with user triggers (messages)" in render(plan)
     with psycopg.connect(env.dsn("eu"), autocommit=True) as c:
         # the trigger is back (it was only disabled inside the copy's transactions) and works

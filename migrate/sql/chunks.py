@@ -9,6 +9,7 @@ from typing import Any, Sequence
 
 from psycopg import sql
 
+from ..graph import Ref
 from .base import _ident_list
 from .checksums import ChecksumSql
 
@@ -131,15 +132,28 @@ class ChunkSql(ChecksumSql):
         return sql.SQL("DELETE FROM {tbl} WHERE {k} = ANY({keys})").format(
             tbl=self.qname(table), k=sql.Identifier(self.chunk_key(table) or ""), keys=sql.Placeholder("keys"))
 
-    def checksum_chunk(self, table: str, lo: bool, hi: bool, part: str | None = None) -> sql.Composed:
-        """count(*) and sum(hash_record_extended(row, 0)) of one chunk (same hash as :meth:`checksum`)."""
+    def checksum_chunk(self, table: str, lo: bool, hi: bool, part: str | None = None, found: Sequence[Ref] = ()) -> sql.Composed:
+        """count(*) and sum(hash_record_extended(row, 0)) of one chunk (same hash as :meth:`checksum`);
+        then, per reference in ``found``, the distinct values it points at (:meth:`_found`)."""
         t = self.graph.table(table)
         h, x = sql.Identifier("h"), sql.Identifier("x")
-        return sql.SQL("SELECT count(*), coalesce(sum(hash_record_extended({h}, 0)), 0) FROM"
+        return sql.SQL("SELECT count(*), coalesce(sum(hash_record_extended({h}, 0)), 0){found} FROM"
                        " (SELECT {hc} FROM ({rows}) {x}) {h}").format(
-            h=h, hc=self._hash_columns(t, x), rows=self._chunk_rows(table, lo, hi, part=part), x=x)
+            h=h, found=self._found(found, h), hc=self._hash_columns(t, x), rows=self._chunk_rows(table, lo, hi, part=part), x=x)
 
-    def checksum_landed(self, table: str, lo: bool, hi: bool, part: str | None = None) -> sql.Composed:
+    def _found(self, refs: Sequence[Ref], h: sql.Composable) -> sql.Composable:
+        """One more column per reference (one column, hashed as is: :func:`migrate.globalkeys.direct_refs`):
+        the distinct non-null values it holds in the summed rows (of its type, if polymorphic)."""
+        parts: list[sql.Composable] = []
+        for r in refs:
+            col = sql.SQL("{}.{}").format(h, sql.Identifier(r.columns[0]))
+            cond = sql.SQL("{} IS NOT NULL").format(col)
+            if r.type_column:
+                cond = sql.SQL("{} AND {}.{} = {}").format(cond, h, sql.Identifier(r.type_column), sql.Literal(r.type_value))
+            parts.append(sql.SQL(", array_agg(DISTINCT {}) FILTER (WHERE {})").format(col, cond))
+        return sql.Composed(parts)
+
+    def checksum_landed(self, table: str, lo: bool, hi: bool, part: str | None = None, found: Sequence[Ref] = ()) -> sql.Composed:
         """count(*) and sum of row hashes of the rows the current transaction wrote into
         ``table`` in the chunk's key range (``xmin`` is this transaction's id): the chunk as it
         landed, found without the workspace's predicate (for a table reached through joins, those
@@ -148,6 +162,6 @@ class ChunkSql(ChecksumSql):
         the reverse."""
         t = self.graph.table(table)
         h, x = sql.Identifier("h"), sql.Identifier("x")
-        return sql.SQL("SELECT count(*), coalesce(sum(hash_record_extended({h}, 0)), 0) FROM"
+        return sql.SQL("SELECT count(*), coalesce(sum(hash_record_extended({h}, 0)), 0){found} FROM"
                        " (SELECT {hc} FROM {tbl} {x} WHERE {rng} AND {x}.xmin = pg_current_xact_id()::xid) {h}").format(
-            h=h, hc=self._hash_columns(t, x), tbl=self.qname(table), x=x, rng=self.chunk_cond(table, x, lo, hi, part))
+            h=h, found=self._found(found, h), hc=self._hash_columns(t, x), tbl=self.qname(table), x=x, rng=self.chunk_cond(table, x, lo, hi, part))

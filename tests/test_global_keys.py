@@ -1,0 +1,85 @@
+"""Shared rows found as the chunks land (migrate/globalkeys.py): with replica, the global users the
+workspace's rows point at are copied by the values its landed chunks gathered, after them; the
+target then holds exactly the users it needs, no other. Anything else (too many values, a
+self-referencing global table, a resumed copy) takes the workspace's predicate, with the same
+result."""
+
+from __future__ import annotations
+
+import psycopg
+
+from residency.migrate import globalkeys, start_move, verify_workspace
+from residency.migrate.chunks import CopyOptions
+from residency.migrate.context import make_context
+from move_support import counts
+
+LANDED, PREDICATE = "as the chunks landed", "with the workspace's predicate"
+
+# the users a workspace's rows point at, written independently of the mover's SQL
+NEEDED = """
+SELECT created_by FROM channels WHERE workspace_id = %(ws)s
+UNION SELECT user_id FROM memberships WHERE workspace_id = %(ws)s
+UNION SELECT author_id FROM messages WHERE workspace_id = %(ws)s AND author_id IS NOT NULL
+UNION SELECT r.user_id FROM reactions r WHERE (r.subject_type = 'message' AND r.subject_id IN
+  (SELECT id FROM messages WHERE workspace_id = %(ws)s)) OR (r.subject_type = 'conversation' AND
+  r.subject_id IN (SELECT id FROM conversations WHERE workspace_id = %(ws)s))
+"""
+
+
+def _users(dsn):
+    with psycopg.connect(dsn, autocommit=True) as c:
+        return {r[0] for r in c.execute("SELECT id FROM users")}
+
+
+def _needed(env, ws):
+    with psycopg.connect(env.dsn("us"), autocommit=True) as c:
+        return {r[0] for r in c.execute(NEEDED, {"ws": ws}) if r[0] is not None}
+
+
+def _move(env, ws, conns=None):
+    before_rows, before_users, needed = counts(env.dsn("us"), ws), _users(env.dsn("eu")), _needed(env, ws)
+    assert needed - before_users  # the move has users to bring
+    rec = start_move(env.catalogue, conns or env.connections, ws, "eu", strategy="snapshot", copy_options=CopyOptions(jobs=2, chunk_rows=300))
+    assert rec.state == "cut_over"
+    assert counts(env.dsn("eu"), ws) == before_rows
+    assert _users(env.dsn("eu")) == before_users | needed  # every user it needs, and no other tenant's
+    assert verify_workspace(env.catalogue, env.connections, ws, "us", "eu").ok
+    return rec.report["copy"]["globals"]["users"], needed, before_users
+
+
+def test_global_rows_go_by_the_values_the_chunks_landed_with(env):
+    s = env.seed(workspaces=4, rows=3000, seed=31)
+    ws = s.biggest if s.home[s.biggest] == "us" else s.workspaces["us"][0]
+    users, needed, before = _move(env, ws)
+    assert users["found"] == LANDED
+    assert users["referenced"] == len(needed) and users["inserted"] == len(needed - before)
+
+
+def test_too_many_values_fall_back_to_the_workspace_predicate(env, monkeypatch):
+    s = env.seed(workspaces=4, rows=3000, seed=32)
+    ws = s.biggest if s.home[s.biggest] == "us" else s.workspaces["us"][0]
+    monkeypatch.setattr(globalkeys, "MAX_KEYS", 3)  # memory stays bounded: past it, the full query
+    users, needed, _ = _move(env, ws)
+    assert users["found"] == PREDICATE and users["referenced"] == len(needed)
+
+
+def test_a_self_referencing_global_table_is_found_with_the_workspace_predicate(env):
+    """A user invited by a user: the inviter is needed too, which no landed row points at."""
+    s = env.seed(workspaces=4, rows=3000, seed=33)
+    ws = s.biggest if s.home[s.biggest] == "us" else s.workspaces["us"][0]
+    for r in ("us", "eu"):
+        with psycopg.connect(env.dsn(r), autocommit=True) as c:
+            c.execute("ALTER TABLE users ADD COLUMN invited_by bigint REFERENCES users (id)")
+    needed = _needed(env, ws)
+    with psycopg.connect(env.dsn("us"), autocommit=True) as c:
+        # a user no workspace row points at (global ids: the same in every region), inviting one it does
+        outsider = c.execute("INSERT INTO users (id, email, display_name) VALUES ((SELECT max(id) + 1000 FROM users), 'inviter@example.com', 'Inviter')"
+                             " RETURNING id").fetchone()[0]
+        c.execute("UPDATE users SET invited_by = %s WHERE id = %s", (outsider, min(needed)))
+    ctx = make_context(env.catalogue, env.connections, ws, "us", "eu")
+    assert "users" not in globalkeys.direct_refs(ctx.graph)
+    rec = start_move(env.catalogue, env.connections, ws, "eu", strategy="snapshot", copy_options=CopyOptions(jobs=2, chunk_rows=300))
+    assert rec.state == "cut_over"
+    assert rec.report["copy"]["globals"]["users"]["found"] == PREDICATE
+    assert outsider in _users(env.dsn("eu"))  # the inviter came along
+    assert verify_workspace(env.catalogue, env.connections, ws, "us", "eu").ok
