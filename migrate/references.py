@@ -64,6 +64,28 @@ def _into_moving(b: Builder, r: Ref) -> bool:
     return g.reach[r.ref_table].moves and r.ref_table not in g.shared
 
 
+def implied(b: Builder, r: Ref) -> bool:
+    """The reference is the very link its table reaches the workspace through (its only one, or
+    the one its type value selects, polymorphic), or its workspace key column pointing at the
+    workspace's own row: a row goes to the target because the row it points at does, so that row
+    exists and goes too. Checking it in the source proves nothing
+    (and costs a join per row: the previews, attachments and reactions of a 10M-row workspace)."""
+    g = b.graph
+    rr = g.reach.get(r.table)
+    if rr is None or r.table in g.shared or not _into_moving(b, r):
+        return False
+    if rr.kind == "key":  # the workspace's own key column pointing at the workspace's row
+        root = g.reach[r.ref_table]
+        return (root.kind == "root" and tuple(r.columns) == (rr.key_column,) and not r.type_column
+                and tuple(r.ref_columns) == tuple(g.table(r.ref_table).primary_key))
+    if rr.kind not in ("fk", "reference", "polymorphic"):
+        return False
+    same = [lk for lk in rr.links if (tuple(lk.columns), lk.parent, tuple(lk.parent_columns)) == (tuple(r.columns), r.ref_table, tuple(r.ref_columns))]
+    if rr.kind == "polymorphic":
+        return r.type_column == rr.type_column and any(lk.type_value == r.type_value for lk in same)
+    return len(rr.links) == 1 and bool(same) and not r.type_column
+
+
 def dangling_query(b: Builder, r: Ref, *, carried_only: bool = False) -> sql.Composed:
     """count and sample of the rows going to the target whose reference this database can't
     resolve; with ``carried_only``, also (count, sample) of those whose referenced row exists but
@@ -92,9 +114,18 @@ def dangling_query(b: Builder, r: Ref, *, carried_only: bool = False) -> sql.Com
              else _text(sql.SQL("ROW({})").format(sql.SQL(", ").join(sql.SQL("{}.{}").format(m, sql.Identifier(c)) for c in r.columns))))
     exists = sql.SQL("EXISTS (SELECT 1 FROM {ptbl} {p} WHERE {match})").format(ptbl=b.qname(r.ref_table), p=p, match=matching(p))
     if not carried_only:
+        if b.graph.reach[r.table].kind in ("root", "key"):
+            return sql.SQL(
+                "SELECT count(*), (array_agg(DISTINCT x.v))[1:{n}] FROM (SELECT {v} AS v FROM {tbl} {m} WHERE {cond} AND NOT {exists}) x"
+            ).format(n=sql.Literal(SAMPLE), v=value, tbl=b.qname(r.table), m=m, cond=sql.SQL(" AND ").join(cond), exists=exists)
+        # a table reached through joins is scanned whole either way: its rows whose reference does
+        # not resolve first (an anti-join, in a subquery the planner keeps), then whether those
+        # few go to the target, instead of the joins for every row
+        first = sql.SQL(" AND ").join([*cond[:-1], sql.SQL("NOT {}").format(exists)])
         return sql.SQL(
-            "SELECT count(*), (array_agg(DISTINCT x.v))[1:{n}] FROM (SELECT {v} AS v FROM {tbl} {m} WHERE {cond} AND NOT {exists}) x"
-        ).format(n=sql.Literal(SAMPLE), v=value, tbl=b.qname(r.table), m=m, cond=sql.SQL(" AND ").join(cond), exists=exists)
+            "SELECT count(*), (array_agg(DISTINCT x.v))[1:{n}] FROM (SELECT {v} AS v FROM (SELECT * FROM {tbl} {m} WHERE {first} OFFSET 0) {m}"
+            " WHERE {carried}) x"
+        ).format(n=sql.Literal(SAMPLE), v=value, tbl=b.qname(r.table), m=m, first=first, carried=cond[-1])
     q = sql.Identifier("dq")
     carried = sql.SQL("EXISTS (SELECT 1 FROM {ptbl} {q} WHERE {match} AND {c})").format(
         ptbl=b.qname(r.ref_table), q=q, match=matching(q),
@@ -124,6 +155,8 @@ def source_dangling(conn: psycopg.Connection[Any], b: Builder, params: dict[str,
     missing: list[Dangling] = []
     foreign: list[Dangling] = []
     for r in checked_refs(b):
+        if implied(b, r):
+            continue
         if not _into_moving(b, r):
             n, sample = conn.execute(dangling_query(b, r), params).fetchone()
             if n:

@@ -83,3 +83,21 @@ def test_a_self_referencing_global_table_is_found_with_the_workspace_predicate(e
     assert rec.report["copy"]["globals"]["users"]["found"] == PREDICATE
     assert outsider in _users(env.dsn("eu"))  # the inviter came along
     assert verify_workspace(env.catalogue, env.connections, ws, "us", "eu").ok
+
+
+def test_a_reaction_pointing_at_a_user_the_target_lacks_fails_verify(env):
+    """reactions reach their workspace through messages or conversations (polymorphic): verify
+    finds the target's reactions whose user is missing first, then asks whether they are the
+    workspace's, and names them."""
+    s = env.seed(workspaces=4, rows=3000, seed=34)
+    ws = s.biggest if s.home[s.biggest] == "us" else s.workspaces["us"][0]
+    rec = start_move(env.catalogue, env.connections, ws, "eu", strategy="snapshot")
+    assert rec.state == "cut_over"
+    with psycopg.connect(env.dsn("eu"), autocommit=True) as c:
+        (user,) = c.execute("SELECT r.user_id FROM reactions r JOIN messages m ON r.subject_type = 'message' AND m.id = r.subject_id"
+                            " WHERE m.workspace_id = %s LIMIT 1", (ws,)).fetchone()
+        c.execute("SET session_replication_role = replica")  # past the foreign keys, as a broken copy would be
+        c.execute("DELETE FROM users WHERE id = %s", (user,))
+    result = verify_workspace(env.catalogue, env.connections, ws, "us", "eu")
+    assert not result.ok
+    assert any("dangling reference reactions.user_id → users" in p and str(user) in p for p in result.problems()), result.problems()
