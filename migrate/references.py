@@ -209,18 +209,42 @@ def _row_json(conn: psycopg.Connection[Any], b: Builder, table: str, key: dict[s
     return row[0] if row else None
 
 
+TEMP = "residency_shared_rows"
+
+
 def shared_collisions(sconn: psycopg.Connection[Any], tconn: psycopg.Connection[Any], b: Builder, table: str,
                       params: dict[str, Any], source: str = "source", target: str = "target") -> list[Collision]:
     """Shared rows of ``table`` the workspace needs that the target holds differently. ``tconn``
     must be in a transaction the caller rolls back (a temporary table is used)."""
+    if not b.graph.table(table).primary_key:
+        return []
+    _load_needed(sconn, tconn, b, table, params)
+    return _collisions(sconn, tconn, b, table, source, target)
+
+
+def shared_rows_check(sconn: psycopg.Connection[Any], tconn: psycopg.Connection[Any], b: Builder, table: str,
+                      params: dict[str, Any], source: str = "source", target: str = "target") -> tuple[int, int, list[Collision]]:
+    """The shared rows of ``table`` the workspace needs, read from the source once (their
+    predicate can cost a join per moving row): (how many, how many the target holds by
+    :meth:`Graph.presence_key`, the ones it holds differently). ``tconn`` as for
+    :func:`shared_collisions`."""
+    if not b.graph.table(table).primary_key:
+        return 0, 0, []
+    _load_needed(sconn, tconn, b, table, params)
+    (total,) = tconn.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(TEMP))).fetchone()
+    (present,) = tconn.execute(b.count_present(table, TEMP, b.graph.presence_key(table))).fetchone()
+    return int(total), int(present), _collisions(sconn, tconn, b, table, source, target)
+
+
+def _load_needed(sconn: psycopg.Connection[Any], tconn: psycopg.Connection[Any], b: Builder, table: str, params: dict[str, Any]) -> None:
+    """The needed shared rows' key, natural key and presence key columns and hash, from the
+    source into the temporary table ``TEMP`` in the target."""
     g = b.graph
     t = g.table(table)
     key = list(t.primary_key)
-    if not key:
-        return []
     natural = list(g.spec.natural_keys.get(table, ()))
-    cols = list(dict.fromkeys(key + natural))
-    temp = "residency_shared_rows"
+    cols = list(dict.fromkeys(key + natural + list(g.presence_key(table))))
+    temp = TEMP
     h, x = sql.Identifier("h"), sql.Identifier("x")
     tconn.execute(sql.SQL("CREATE TEMP TABLE {tmp} ON COMMIT DROP AS SELECT {cols}, 0::bigint AS residency_hash FROM {tbl} {x} WITH NO DATA").format(
         tmp=sql.Identifier(temp), cols=sql.SQL(", ").join(sql.SQL("{}.{}").format(x, sql.Identifier(c)) for c in cols), tbl=b.qname(table), x=x))
@@ -232,6 +256,16 @@ def shared_collisions(sconn: psycopg.Connection[Any], tconn: psycopg.Connection[
     with sconn.cursor().copy(out_q, params) as cout, tconn.cursor().copy(in_q) as cin:
         for chunk in cout:
             cin.write(chunk)
+
+
+def _collisions(sconn: psycopg.Connection[Any], tconn: psycopg.Connection[Any], b: Builder, table: str, source: str, target: str) -> list[Collision]:
+    """The rows loaded by :func:`_load_needed` that the target holds with other content, or under
+    another key with the same natural key."""
+    g = b.graph
+    t = g.table(table)
+    key = list(t.primary_key)
+    natural = list(g.spec.natural_keys.get(table, ()))
+    temp = TEMP
     found: list[Collision] = []
     s, a = sql.Identifier("s"), sql.Identifier("a")
     on_key = sql.SQL(" AND ").join(sql.SQL("{}.{} = {}.{}").format(a, sql.Identifier(k), s, sql.Identifier(k)) for k in key)

@@ -147,6 +147,15 @@ def checksum_tables(dsn: str, b: Builder, ws: str, tables: list[str], *, workers
 
 
 @transient
+@transient
+def _shared_rows(src_dsn: str, dst_dsn: str, b: Builder, ws: str, gtable: str, a_name: str, b_name: str) -> tuple[int, int, list[Any]]:
+    with db.connect(src_dsn, autocommit=True, application_name="residency-verify") as s, db.connect(dst_dsn, application_name="residency-verify") as d:
+        try:
+            return refs_mod.shared_rows_check(s, d, b, gtable, b.params(ws), a_name, b_name)
+        finally:
+            d.rollback()
+
+
 def _global_present(src_dsn: str, dst_dsn: str, b: Builder, ws: str, gtable: str) -> tuple[int, int]:
     from psycopg import sql
 
@@ -248,22 +257,31 @@ def verify_tables(a_dsn: str, b_dsn: str, b: Builder, ws: str, a_name: str = "so
             tc.differences = diffs[:MAX_KEYS]
         checks.append(tc)
     timings["narrowing"] = round(time.monotonic() - tn, 3)
-    # the shared rows' presence and the references are independent reads: side by side
-    def presence() -> tuple[list[TableCheck], float]:
+    # the shared rows' presence and the references are independent reads: side by side; the
+    # shared rows are read from the source once for their presence and their content
+    # (:func:`references.shared_rows_check`), so the references leave the content out
+    def presence() -> tuple[list[TableCheck], list[refs_mod.Collision], float]:
         tg = time.monotonic()
-        out = []
+        out, collided = [], []
         for g in globals_:
-            total, present = _global_present(a_dsn, b_dsn, b, ws, g)
+            if with_globals and b.graph.table(g).primary_key:
+                total, present, found = _shared_rows(a_dsn, b_dsn, b, ws, g, a_name, b_name)
+                collided += found
+            else:
+                total, present = _global_present(a_dsn, b_dsn, b, ws, g)
             out.append(TableCheck(g, total, "", present, "", total == present, kind="global"))
-        return out, round(time.monotonic() - tg, 3)
+        return out, collided, round(time.monotonic() - tg, 3)
 
     tr = time.monotonic()
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="residency-verify-globals") as pool:
         shared = pool.submit(presence)
-        refs = check_references(a_dsn, b_dsn, b, ws, a_name, b_name) if with_globals else None
+        refs = check_references(a_dsn, b_dsn, b, ws, a_name, b_name, collisions=False) if with_globals else None
         timings["references"] = round(time.monotonic() - tr, 3)
-        global_checks, timings["globals"] = shared.result()
+        global_checks, collided, timings["globals"] = shared.result()
     checks += global_checks
+    if refs is not None:
+        refs["collisions"] = refs_mod.to_dicts(collided)
+        refs["problems"] += [c.line(a_name, b_name) for c in collided]
     ok = all(c.ok for c in checks) and not (refs and refs["problems"])
     where_b = (f"{len(recorded)} of {len(tables)} tables recorded as their chunks landed in the copy, {len(b_tables)} computed in verify"
                if recorded else "computed in verify")
@@ -272,12 +290,14 @@ def verify_tables(a_dsn: str, b_dsn: str, b: Builder, ws: str, a_name: str = "so
 
 
 @transient
-def check_references(a_dsn: str, b_dsn: str, b: Builder, ws: str, a_name: str = "source", b_name: str = "target") -> dict[str, Any]:
+def check_references(a_dsn: str, b_dsn: str, b: Builder, ws: str, a_name: str = "source", b_name: str = "target", *,
+                     collisions: bool = True) -> dict[str, Any]:
     """Every reference the moved rows carry resolves in ``b`` wherever it resolved in ``a``, and
     every shared row they point at has the same content on both sides. References into tables
     holding shared rows are resolved in ``b`` itself; references into the workspace's own tables
     are resolved in ``a`` against the rows that go to ``b`` (:func:`references.source_dangling`),
-    both sides at once."""
+    both sides at once. ``collisions`` False: the shared rows' content is left to the caller,
+    which reads them once for presence and content (:func:`references.shared_rows_check`)."""
     params = b.params(ws)
 
     @transient
@@ -290,23 +310,23 @@ def check_references(a_dsn: str, b_dsn: str, b: Builder, ws: str, a_name: str = 
         with db.connect(a_dsn, autocommit=True) as ca, db.connect(b_dsn, application_name="residency-verify") as cb:
             found = refs_mod.dangling(cb, b, params, refs=refs_mod.target_refs(b))
             cb.rollback()
-            collisions = []
-            for g in b.graph.global_order:
+            collided: list[Any] = []
+            for g in (b.graph.global_order if collisions else []):
                 try:
-                    collisions += refs_mod.shared_collisions(ca, cb, b, g, params, a_name, b_name)
+                    collided += refs_mod.shared_collisions(ca, cb, b, g, params, a_name, b_name)
                 finally:
                     cb.rollback()
-            return found, collisions
+            return found, collided
 
     with ThreadPoolExecutor(max_workers=2) as pool:
         fa, fb = pool.submit(source_side), pool.submit(target_side)
-        (in_a, foreign), (in_b, collisions) = fa.result(), fb.result()
+        (in_a, foreign), (in_b, collided) = fa.result(), fb.result()
     new, before = refs_mod.compare_dangling(in_a, in_b + foreign)
     problems = [d.line(b_name) + (f" (the source has {next((x.rows for x in before if x.ref == d.ref), 0)})" if any(x.ref == d.ref for x in before) else "")
                 for d in new]
-    problems += [c.line(a_name, b_name) for c in collisions]
+    problems += [c.line(a_name, b_name) for c in collided]
     return {"checked": len(refs_mod.checked_refs(b)), "dangling_in_target": refs_mod.to_dicts(in_b + foreign),
-            "dangling_in_source": refs_mod.to_dicts(in_a), "collisions": refs_mod.to_dicts(collisions), "problems": problems}
+            "dangling_in_source": refs_mod.to_dicts(in_a), "collisions": refs_mod.to_dicts(collided), "problems": problems}
 
 
 # ---------------------------------------------------------------------------- narrowing

@@ -101,3 +101,24 @@ def test_a_reaction_pointing_at_a_user_the_target_lacks_fails_verify(env):
     result = verify_workspace(env.catalogue, env.connections, ws, "us", "eu")
     assert not result.ok
     assert any("dangling reference reactions.user_id → users" in p and str(user) in p for p in result.problems()), result.problems()
+
+
+def test_verify_reads_the_shared_rows_once_for_presence_and_content(env):
+    """A user the workspace needs, present in the target under its id but with other content, and
+    one missing: verify names both, from one read of the needed users in the source."""
+    s = env.seed(workspaces=4, rows=3000, seed=35)
+    ws = s.biggest if s.home[s.biggest] == "us" else s.workspaces["us"][0]
+    rec = start_move(env.catalogue, env.connections, ws, "eu", strategy="snapshot")
+    assert rec.state == "cut_over"
+    changed, gone = sorted(_needed(env, ws))[:2]
+    with psycopg.connect(env.dsn("eu"), autocommit=True) as c:
+        c.execute("UPDATE users SET display_name = 'someone else' WHERE id = %s", (changed,))
+        c.execute("SET session_replication_role = replica")
+        c.execute("DELETE FROM users WHERE id = %s", (gone,))
+    result = verify_workspace(env.catalogue, env.connections, ws, "us", "eu")
+    assert not result.ok
+    (users,) = [t for t in result.tables if t.table == "users"]
+    assert (users.source_rows, users.target_rows) == (len(_needed(env, ws)), len(_needed(env, ws)) - 1)
+    problems = result.problems()
+    assert any(f"shared row users id={changed} differs in eu" in p and "someone else" in p for p in problems), problems
+    assert [c["key"] for c in result.references["collisions"]] == [f"id={changed}"]
