@@ -312,7 +312,7 @@ def records_target_sums(b: Builder, table: str) -> bool:
 
 def by_workspace_column(b: Builder, table: str) -> bool:
     """The table holds its workspace's id (``root``, ``key``): its rows are found by that column."""
-    return b.graph.reach[table].kind in ("root", "key")
+    return b.graph.reach[table].by_column
 
 
 def target_sum_query(b: Builder, table: str, lo: bool, hi: bool, part: str | None = None, found: Sequence[Ref] = ()) -> Any:

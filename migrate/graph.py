@@ -57,6 +57,12 @@ class Reach:
     def moves(self) -> bool:
         return self.kind in MOVING_KINDS
 
+    @property
+    def by_column(self) -> bool:
+        """The table holds its workspace's id (``root``, ``key``): its rows are found by that
+        column (its index), not through joins."""
+        return self.kind in ("root", "key")
+
     def describe(self) -> str:
         if self.kind == "root":
             return f"root (primary key {self.key_column})"

@@ -114,7 +114,7 @@ def dangling_query(b: Builder, r: Ref, *, carried_only: bool = False) -> sql.Com
              else _text(sql.SQL("ROW({})").format(sql.SQL(", ").join(sql.SQL("{}.{}").format(m, sql.Identifier(c)) for c in r.columns))))
     exists = sql.SQL("EXISTS (SELECT 1 FROM {ptbl} {p} WHERE {match})").format(ptbl=b.qname(r.ref_table), p=p, match=matching(p))
     if not carried_only:
-        if b.graph.reach[r.table].kind in ("root", "key"):
+        if b.graph.reach[r.table].by_column:
             return sql.SQL(
                 "SELECT count(*), (array_agg(DISTINCT x.v))[1:{n}] FROM (SELECT {v} AS v FROM {tbl} {m} WHERE {cond} AND NOT {exists}) x"
             ).format(n=sql.Literal(SAMPLE), v=value, tbl=b.qname(r.table), m=m, cond=sql.SQL(" AND ").join(cond), exists=exists)

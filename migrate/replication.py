@@ -48,14 +48,14 @@ def name_for(move_id: int) -> str:
 
 def row_filtered(g: Graph) -> list[str]:
     """Tables that carry the key (root, own key column): published with a row filter."""
-    return [t for t in g.order if g.reach[t].kind in ("root", "key") and g.table(t).primary_key]
+    return [t for t in g.order if g.reach[t].by_column and g.table(t).primary_key]
 
 
 def path_tables(g: Graph) -> list[str]:
     """Tables that reach the workspace through foreign keys or configured paths: a row filter
     can't follow them, so they are copied ahead of the fence, and the rows the change log names
     (by primary key) again under it."""
-    return [t for t in g.order if g.reach[t].kind not in ("root", "key") and g.table(t).primary_key]
+    return [t for t in g.order if not g.reach[t].by_column and g.table(t).primary_key]
 
 
 def fenced_tables(g: Graph) -> list[str]:

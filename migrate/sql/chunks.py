@@ -99,7 +99,7 @@ class ChunkSql(ChecksumSql):
         x = sql.Identifier("x")
         k = self._chunk_key_expr(table, x)
         p = sql.Placeholder("sample")
-        by_column = self.graph.reach[table].kind in ("root", "key")
+        by_column = self.graph.reach[table].by_column
         rows = self.select_rows(table, [self.chunk_key(table) or ""], where=self.part_cond(table, sql.Identifier("t"), part),
                                 sample_first=None if by_column else p)
         return sql.SQL("SELECT percentile_disc({f}::float8[]) WITHIN GROUP (ORDER BY {k}), count(*) FROM ({rows}) {x}{filter}").format(

@@ -25,7 +25,7 @@ class OnlineSql(ReachSql):
     def row_filter(self, table: str, workspace_id: str) -> sql.Composed:
         """``table WHERE (key = 'ws')``: a publication's row filter (root and key tables only)."""
         r = self.graph.reach[table]
-        if r.kind not in ("root", "key"):
+        if not r.by_column:
             raise ValueError(f"table {table} reaches its workspace through {r.kind}: it cannot be row-filtered")
         return sql.SQL("{tbl} WHERE ({col} = {val})").format(
             tbl=self.qname(table), col=sql.Identifier(r.key_column or ""), val=sql.Literal(str(workspace_id))

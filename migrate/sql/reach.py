@@ -24,7 +24,7 @@ class ReachSql(SqlBase):
         """What every form of the predicate shares: a root or key table tests its own key column;
         a linked one is any of its links (``each_link`` composes one link's test)."""
         r: Reach = self.graph.reach[table]
-        if r.kind in ("root", "key"):
+        if r.by_column:
             return sql.SQL("{}.{} = {}").format(alias, sql.Identifier(r.key_column or ""), WS)
         if r.kind in LINK_KINDS:
             parts = [each_link(r, link) for link in r.links]
@@ -128,7 +128,7 @@ class ReachSql(SqlBase):
         """An expression giving the workspace id of one row (``row`` is an alias or NEW/OLD)."""
         names = names or Aliases()
         r = self.graph.reach[table]
-        if r.kind in ("root", "key"):
+        if r.by_column:
             return sql.SQL("{}.{}").format(row, sql.Identifier(r.key_column or ""))
         if r.kind in LINK_KINDS:
             parts = []
