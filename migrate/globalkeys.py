@@ -61,6 +61,10 @@ class LandedKeys:
         self.refs = refs
         self._keys: dict[str, set[Any]] = {g: set() for g in refs}
         self._over: set[str] = set()
+        self._by_table: dict[str, list[Ref]] = {}
+        for rs in refs.values():
+            for r in rs:
+                self._by_table.setdefault(r.table, []).append(r)
 
     @classmethod
     def for_copy(cls, graph: Graph, *, fk_order: bool, pending: Iterable[str], fresh: Iterable[str]) -> LandedKeys:
@@ -74,7 +78,7 @@ class LandedKeys:
 
     def found_by(self, table: str) -> list[Ref]:
         """The references ``table``'s chunks gather the values of."""
-        return [r for refs in self.refs.values() for r in refs if r.table == table]
+        return self._by_table.get(table, [])
 
     def referencing(self, gtable: str) -> set[str]:
         return {r.table for r in self.refs.get(gtable, [])}
