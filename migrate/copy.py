@@ -27,6 +27,7 @@ from .sqlbuild import Builder
 from .triggers import TargetAccess
 
 BATCH_BYTES = 256 * 1024
+FOUND_LANDED, FOUND_PREDICATE = "as the chunks landed", "with the workspace's predicate"  # how a global table's needed rows were found
 
 
 @dataclass
@@ -140,7 +141,7 @@ def copy_global(src_dsn: str, dst_dsn: str, b: Builder, table: str, workspace_id
     out_q, params = b.copy_out_global(table), b.params(workspace_id)
     if keys is not None:
         if not keys[1]:
-            return {"referenced": 0, "inserted": 0, "found": "as the chunks landed"}
+            return {"referenced": 0, "inserted": 0, "found": FOUND_LANDED}
         out_q, params = b.copy_out_global_keys(table, keys[0]), {"keys": keys[1]}
     temp = "residency_global_rows"
     meter = Meter(emit, "copy", f"{table} (global)", None)
@@ -154,7 +155,7 @@ def copy_global(src_dsn: str, dst_dsn: str, b: Builder, table: str, workspace_id
             if access is not None:
                 triggers.leave(dst, access, b.schema, table)
     meter.finish(referenced)
-    return {"referenced": referenced, "inserted": inserted, "found": "with the workspace's predicate" if keys is None else "as the chunks landed"}
+    return {"referenced": referenced, "inserted": inserted, "found": FOUND_PREDICATE if keys is None else FOUND_LANDED}
 
 
 @transient

@@ -13,8 +13,13 @@ are copied by those keys once every referencing chunk has landed.
 Anything else takes the full query: other global tables (rows hanging off shared rows, shared-row
 policies, self-references, references from shared rows), foreign-key checks on (the rows must be
 there first), a resumed copy in which a referencing chunk landed before (its values were not
-gathered), and more than :data:`MAX_KEYS` values (memory stays flat). Verify checks the shared
-rows' presence with the full query either way.
+gathered), and more than :data:`MAX_KEYS` values (memory stays flat).
+
+The values are kept with the move (:meth:`LandedKeys.kept`, when JSON holds them as they are:
+integers and text), so that a snapshot's verify reads the needed shared rows by them as well,
+for their presence and content, while the fence they were gathered under still holds (the
+workspace's rows, hence the values they point at, have not changed since). Otherwise verify
+finds them with the full query.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from typing import Any, Iterable
 from .graph import Graph, Ref
 
 MAX_KEYS = 200_000  # values gathered per global table before falling back to the full query
+KEPT_TYPES = ("smallint", "integer", "bigint", "text")  # key columns whose values JSON keeps as they are
 
 
 def _plain(graph: Graph, table: str, column: str | None) -> bool:
@@ -100,3 +106,16 @@ class LandedKeys:
         if gtable not in self.refs or gtable in self._over:
             return None
         return self.refs[gtable][0].ref_columns[0], sorted(self._keys[gtable])
+
+    def kept(self, graph: Graph, copied: Iterable[str]) -> dict[str, dict[str, Any]]:
+        """For verify: per global table in ``copied`` (copied by these values in this run), its key
+        column and the values (sorted), when the column's values are integers or text."""
+        out: dict[str, dict[str, Any]] = {}
+        for g in copied:
+            got = self.keys(g)
+            if got is None:
+                continue
+            col = graph.table(g).column(got[0])
+            if col is not None and (col.type in KEPT_TYPES or col.type.startswith("character varying")):
+                out[g] = {"column": got[0], "values": got[1]}
+        return out

@@ -145,6 +145,17 @@ def usable_source_checksums(ctx: MoveContext, rec: MoveRecord) -> tuple[dict[str
     return {t: (int(v[0]), Decimal(v[1])) for t, v in tables.items()}, "computed during the copy under the fence (still in place)"
 
 
+def usable_shared_keys(rec: MoveRecord) -> dict[str, tuple[str, list[Any]]]:
+    """The values the copy found a global table's needed rows by (:meth:`globalkeys.LandedKeys.kept`),
+    per table, when they were gathered under the fence the source checksums were taken under. The
+    caller has checked that fence is still in place (:func:`usable_source_checksums`): the
+    workspace's rows have not changed since, so neither has what they point at."""
+    kept, sums = rec.checkpoints.get("shared_keys") or {}, rec.checkpoints.get("source_checksums") or {}
+    if not kept or [kept.get("fence_token"), kept.get("fenced_at")] != [sums.get("fence_token"), sums.get("fenced_at")]:
+        return {}
+    return {g: (v["column"], list(v["values"])) for g, v in (kept.get("tables") or {}).items()}
+
+
 def snapshot_copy_phase(ctx: MoveContext, rec: MoveRecord) -> MoveRecord:
     """The snapshot's copy: the source is fenced, so its checksums are computed meanwhile."""
     return copy_phase(ctx, rec, source_checksums=True)
@@ -339,6 +350,9 @@ def _copy(ctx: MoveContext, rec: MoveRecord, source_checksums: bool) -> MoveReco
             extra["source_checksums"] = {"fence_token": fenced[0], "fenced_at": fenced[1], "seconds": 0.0, "taken": "in the copy stream",
                                          "tables": sums}
             emit_state(ctx, "source checksums taken from the copy stream under the fence")
+            kept = landed.kept(ctx.graph, [g for g, r in globals_done.items() if r.get("found") == copy_mod.FOUND_LANDED])
+            if kept:  # verify reads the needed shared rows by them while this fence holds
+                extra["shared_keys"] = {"fence_token": fenced[0], "fenced_at": fenced[1], "tables": kept}
         else:
             emit_state(ctx, f"source checksums not kept from the copy ({why}); verify computes them")
 
@@ -413,8 +427,9 @@ def verify_phase(ctx: MoveContext, rec: MoveRecord, verifier: Callable[[], Verif
         chunked = {t: p["bounds"] for t, p in ((rec.checkpoints.get("copy") or {}).get("chunks") or {}).items()
                    if len(p.get("bounds") or []) > 1 and t not in _replicated(rec)}
         recorded = recorded_target_sums(rec) if target_sums_mode() == "recorded" else {}
+        keys = usable_shared_keys(rec) if a_sums is not None and target_sums_mode() == "recorded" else {}
         res = verify_tables(ctx.src.dsn, ctx.dst.dsn, ctx.builder, ctx.workspace_id, rec.source, rec.target,
-                            a_sums=a_sums, b_workers=TARGET_WORKERS, sizes=sizes, chunks=chunked, b_recorded=recorded)
+                            a_sums=a_sums, b_workers=TARGET_WORKERS, sizes=sizes, chunks=chunked, b_recorded=recorded, shared_keys=keys)
         res.timings = dict(res.timings or {})
         if a_sums is not None:
             res.source_checksums = why

@@ -104,8 +104,9 @@ def dangling_query(b: Builder, r: Ref, *, carried_only: bool = False) -> sql.Com
             parts.append(sql.SQL("{} = {}").format(lhs, rhs) if same else sql.SQL("{} = {}").format(_text(lhs), _text(rhs)))
         return sql.SQL(" AND ").join(parts)
 
-    # NULL, and '' in text columns, mean "no reference"
-    present = [sql.SQL("NULLIF({}, '') IS NOT NULL").format(_text(sql.SQL("{}.{}").format(m, sql.Identifier(c)))) for c in r.columns]
+    # NULL, and '' in text columns, mean "no reference" (an integer column is not cast to text per row)
+    empty = [b.empty_value(r.table, c, m) for c in r.columns]
+    present = [sql.SQL("NOT {}").format(e) for e in empty if e is not None] or [sql.SQL("true")]
     cond = [sql.SQL(" AND ").join(present)]
     if r.type_column:
         cond.append(sql.SQL("{}.{} = {}").format(m, sql.Identifier(r.type_column), sql.Literal(r.type_value)))
@@ -147,14 +148,22 @@ def dangling(conn: psycopg.Connection[Any], b: Builder, params: dict[str, Any], 
     return out
 
 
-def source_dangling(conn: psycopg.Connection[Any], b: Builder, params: dict[str, Any]) -> tuple[list[Dangling], list[Dangling]]:
+def source_refs(b: Builder) -> list[Ref]:
+    """The references verify resolves in the source only: those into the workspace's own tables
+    (the target holds no other rows of them), but the ones that cannot dangle (:func:`implied`)."""
+    return [r for r in checked_refs(b) if _into_moving(b, r) and not implied(b, r)]
+
+
+def source_dangling(conn: psycopg.Connection[Any], b: Builder, params: dict[str, Any], *,
+                    refs: list[Ref] | None = None) -> tuple[list[Dangling], list[Dangling]]:
     """In the source: (references it can't resolve itself, references into the workspace's own
     tables that point at rows which don't go to the target: another tenant's). The second are
     what the target will lack, found without reading the target: verify proves the workspace's
-    rows identical on both sides, and the target gets no other rows of those tables from it."""
+    rows identical on both sides, and the target gets no other rows of those tables from it.
+    ``refs``: only these (default: every checked reference that can dangle)."""
     missing: list[Dangling] = []
     foreign: list[Dangling] = []
-    for r in checked_refs(b):
+    for r in (checked_refs(b) if refs is None else refs):
         if implied(b, r):
             continue
         if not _into_moving(b, r):
@@ -223,22 +232,25 @@ def shared_collisions(sconn: psycopg.Connection[Any], tconn: psycopg.Connection[
 
 
 def shared_rows_check(sconn: psycopg.Connection[Any], tconn: psycopg.Connection[Any], b: Builder, table: str,
-                      params: dict[str, Any], source: str = "source", target: str = "target") -> tuple[int, int, list[Collision]]:
+                      params: dict[str, Any], source: str = "source", target: str = "target", *,
+                      keys: tuple[str, list[Any]] | None = None) -> tuple[int, int, list[Collision]]:
     """The shared rows of ``table`` the workspace needs, read from the source once (their
     predicate can cost a join per moving row): (how many, how many the target holds by
     :meth:`Graph.presence_key`, the ones it holds differently). ``tconn`` as for
-    :func:`shared_collisions`."""
+    :func:`shared_collisions`. ``keys``: (column, values) that are exactly the needed rows (the
+    values the workspace's rows point at, :mod:`migrate.globalkeys`): read by them instead."""
     if not b.graph.table(table).primary_key:
         return 0, 0, []
-    _load_needed(sconn, tconn, b, table, params)
+    _load_needed(sconn, tconn, b, table, params, keys)
     (total,) = tconn.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(TEMP))).fetchone()
     (present,) = tconn.execute(b.count_present(table, TEMP, b.graph.presence_key(table))).fetchone()
     return int(total), int(present), _collisions(sconn, tconn, b, table, source, target)
 
 
-def _load_needed(sconn: psycopg.Connection[Any], tconn: psycopg.Connection[Any], b: Builder, table: str, params: dict[str, Any]) -> None:
+def _load_needed(sconn: psycopg.Connection[Any], tconn: psycopg.Connection[Any], b: Builder, table: str, params: dict[str, Any],
+                 keys: tuple[str, list[Any]] | None = None) -> None:
     """The needed shared rows' key, natural key and presence key columns and hash, from the
-    source into the temporary table ``TEMP`` in the target."""
+    source into the temporary table ``TEMP`` in the target (``keys``: by those values)."""
     g = b.graph
     t = g.table(table)
     key = list(t.primary_key)
@@ -250,7 +262,9 @@ def _load_needed(sconn: psycopg.Connection[Any], tconn: psycopg.Connection[Any],
         tmp=sql.Identifier(temp), cols=sql.SQL(", ").join(sql.SQL("{}.{}").format(x, sql.Identifier(c)) for c in cols), tbl=b.qname(table), x=x))
     out_q = sql.SQL("COPY (SELECT {cols}, hash_record_extended({hc}, 0) FROM ({rows}) {h}) TO STDOUT (FORMAT BINARY)").format(
         cols=sql.SQL(", ").join(sql.SQL("{}.{}").format(h, sql.Identifier(c)) for c in cols),
-        hc=_row_of(b, t, h), rows=b.global_referenced(table), h=h)
+        hc=_row_of(b, t, h), rows=b.global_referenced(table) if keys is None else b.global_by_keys(table, keys[0]), h=h)
+    if keys is not None:
+        params = {"keys": keys[1]}
     in_q = sql.SQL("COPY {tmp} ({cols}, residency_hash) FROM STDIN (FORMAT BINARY)").format(
         tmp=sql.Identifier(temp), cols=sql.SQL(", ").join(sql.Identifier(c) for c in cols))
     with sconn.cursor().copy(out_q, params) as cout, tconn.cursor().copy(in_q) as cin:

@@ -9,6 +9,7 @@ differ: the target's rows are never overwritten). Objects: keys, sizes, checksum
 
 from __future__ import annotations
 
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -19,10 +20,13 @@ import psycopg
 
 from residency import db
 
+from . import globalkeys
 from . import references as refs_mod
 from .retry import transient
 from .sqlbuild import Builder
 
+NEEDED_BY_KEYS = "needed rows read by the values the workspace's rows point at (kept by the copy under the same fence)"
+NEEDED_BY_PREDICATE = "needed rows found with the workspace's predicate"
 LEAF_ROWS = 128  # below this many rows in a key range, compare (key, hash) pairs directly
 MAX_KEYS = 20  # differing keys named per table
 
@@ -133,8 +137,6 @@ def checksum_tables(dsn: str, b: Builder, ws: str, tables: list[str], *, workers
                 with lock:
                     out[t] = (int(n), Decimal(s))
 
-    import threading
-
     lock = threading.Lock()
     n = max(1, min(workers, len(todo)))
     if n == 1:
@@ -148,10 +150,11 @@ def checksum_tables(dsn: str, b: Builder, ws: str, tables: list[str], *, workers
 
 @transient
 @transient
-def _shared_rows(src_dsn: str, dst_dsn: str, b: Builder, ws: str, gtable: str, a_name: str, b_name: str) -> tuple[int, int, list[Any]]:
+def _shared_rows(src_dsn: str, dst_dsn: str, b: Builder, ws: str, gtable: str, a_name: str, b_name: str,
+                 keys: tuple[str, list[Any]] | None = None) -> tuple[int, int, list[Any]]:
     with db.connect(src_dsn, autocommit=True, application_name="residency-verify") as s, db.connect(dst_dsn, application_name="residency-verify") as d:
         try:
-            return refs_mod.shared_rows_check(s, d, b, gtable, b.params(ws), a_name, b_name)
+            return refs_mod.shared_rows_check(s, d, b, gtable, b.params(ws), a_name, b_name, keys=keys)
         finally:
             d.rollback()
 
@@ -175,13 +178,17 @@ def _global_present(src_dsn: str, dst_dsn: str, b: Builder, ws: str, gtable: str
     return int(total), int(present)
 
 
-def verify_tables(a_dsn: str, b_dsn: str, b: Builder, ws: str, a_name: str = "source", b_name: str = "target", *, with_globals: bool = True, emit: Callable[[Any], None] | None = None, a_sums: dict[str, tuple[int, Decimal]] | None = None, b_workers: int = 1, sizes: dict[str, int] | None = None, chunks: dict[str, list[list[Any]]] | None = None, b_recorded: dict[str, list[tuple[int, Decimal]]] | None = None) -> VerifyResult:
+def verify_tables(a_dsn: str, b_dsn: str, b: Builder, ws: str, a_name: str = "source", b_name: str = "target", *, with_globals: bool = True, emit: Callable[[Any], None] | None = None, a_sums: dict[str, tuple[int, Decimal]] | None = None, b_workers: int = 1, sizes: dict[str, int] | None = None, chunks: dict[str, list[list[Any]]] | None = None, b_recorded: dict[str, list[tuple[int, Decimal]]] | None = None,
+                 shared_keys: dict[str, tuple[str, list[Any]]] | None = None) -> VerifyResult:
     """Counts and checksums of every table on both sides, compared; differing tables narrowed
     down to their keys. ``a_sums``: side a's counts and checksums already known (the caller
     proves they still hold, e.g. the snapshot's source computed under a fence that is still in
     place); then only side b is computed, over ``b_workers`` connections, biggest table first.
     ``b_recorded``: side b's sums per chunk (in the order of ``chunks``' bounds, or one for a
-    table copied whole) recorded as the copy landed them; those tables are not read in b."""
+    table copied whole) recorded as the copy landed them; those tables are not read in b.
+    ``shared_keys``: per global table, (column, values) that are exactly the shared rows the
+    workspace needs (the values its rows point at, kept by the copy under a fence that still
+    holds, :func:`migrate.phases.usable_shared_keys`): those rows are read by them, with no join."""
     t0 = time.monotonic()
     tables = list(b.graph.order)
     globals_ = list(b.graph.global_order) if with_globals else []
@@ -264,20 +271,27 @@ def verify_tables(a_dsn: str, b_dsn: str, b: Builder, ws: str, a_name: str = "so
         tg = time.monotonic()
         out, collided = [], []
         for g in globals_:
+            keys = (shared_keys or {}).get(g)
             if with_globals and b.graph.table(g).primary_key:
-                total, present, found = _shared_rows(a_dsn, b_dsn, b, ws, g, a_name, b_name)
+                total, present, found = _shared_rows(a_dsn, b_dsn, b, ws, g, a_name, b_name, keys)
                 collided += found
             else:
+                keys = None
                 total, present = _global_present(a_dsn, b_dsn, b, ws, g)
-            out.append(TableCheck(g, total, "", present, "", total == present, kind="global"))
+            how = NEEDED_BY_KEYS if keys is not None else NEEDED_BY_PREDICATE
+            out.append(TableCheck(g, total, "", present, "", total == present, kind="global", verify_detail=how))
         return out, collided, round(time.monotonic() - tg, 3)
 
     tr = time.monotonic()
+    counted = kept_value_refs(b, shared_keys)
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="residency-verify-globals") as pool:
         shared = pool.submit(presence)
-        refs = check_references(a_dsn, b_dsn, b, ws, a_name, b_name, collisions=False) if with_globals else None
+        refs = check_references(a_dsn, b_dsn, b, ws, a_name, b_name, collisions=False, counted=counted) if with_globals else None
         timings["references"] = round(time.monotonic() - tr, 3)
         global_checks, collided, timings["globals"] = shared.result()
+    if refs is not None and counted and not all(c.ok for c in global_checks if c.verify_detail == NEEDED_BY_KEYS):
+        # a shared row the kept values count is missing: name the rows pointing at it
+        refs = check_references(a_dsn, b_dsn, b, ws, a_name, b_name, collisions=False)
     checks += global_checks
     if refs is not None:
         refs["collisions"] = refs_mod.to_dicts(collided)
@@ -289,26 +303,54 @@ def verify_tables(a_dsn: str, b_dsn: str, b: Builder, ws: str, a_name: str = "so
                         references=refs, target_checksums=where_b)
 
 
+def kept_value_refs(b: Builder, shared_keys: dict[str, tuple[str, list[Any]]] | None) -> frozenset[str]:
+    """The references (:meth:`Ref.describe`) into the shared tables read by kept values: those
+    values are every value these references hold in the workspace's rows (gathered from them as
+    they landed, :func:`migrate.globalkeys.direct_refs`), so the count of them the target holds
+    (:func:`references.shared_rows_check`) tells whether any of these references dangles there,
+    without reading the workspace's rows again."""
+    direct = globalkeys.direct_refs(b.graph) if shared_keys else {}
+    return frozenset(r.describe() for g in (shared_keys or {}) for r in direct.get(g, []))
+
+
+SOURCE_REF_WORKERS = 2  # connections resolving the references into the workspace's own tables in the source
+
+
 @transient
 def check_references(a_dsn: str, b_dsn: str, b: Builder, ws: str, a_name: str = "source", b_name: str = "target", *,
-                     collisions: bool = True) -> dict[str, Any]:
+                     collisions: bool = True, counted: frozenset[str] = frozenset()) -> dict[str, Any]:
     """Every reference the moved rows carry resolves in ``b`` wherever it resolved in ``a``, and
     every shared row they point at has the same content on both sides. References into tables
-    holding shared rows are resolved in ``b`` itself; references into the workspace's own tables
-    are resolved in ``a`` against the rows that go to ``b`` (:func:`references.source_dangling`),
-    both sides at once. ``collisions`` False: the shared rows' content is left to the caller,
-    which reads them once for presence and content (:func:`references.shared_rows_check`)."""
+    holding shared rows are resolved in ``b`` itself, and in ``a`` only those ``b`` can't resolve
+    (to tell a reference the source already left dangling from one the move broke); references
+    into the workspace's own tables are resolved in ``a`` against the rows that go to ``b``
+    (:func:`references.source_dangling`), over :data:`SOURCE_REF_WORKERS` connections, while ``b``
+    is read. ``collisions`` False: the shared rows' content is left to the caller, which reads
+    them once for presence and content (:func:`references.shared_rows_check`). ``counted``: the
+    references (:meth:`Ref.describe`) into shared rows whose every value the caller counts in
+    ``b`` itself (:func:`kept_value_refs`): not resolved here."""
     params = b.params(ws)
+    queue = list(refs_mod.source_refs(b))
+    in_target = [r for r in refs_mod.target_refs(b) if r.describe() not in counted]
+    lock = threading.Lock()
 
-    @transient
     def source_side() -> tuple[list[Any], list[Any]]:
+        missing: list[Any] = []
+        foreign: list[Any] = []
         with db.connect(a_dsn, autocommit=True, application_name="residency-verify") as ca:
-            return refs_mod.source_dangling(ca, b, params)
+            while True:
+                with lock:
+                    if not queue:
+                        return missing, foreign
+                    r = queue.pop(0)
+                m, f = refs_mod.source_dangling(ca, b, params, refs=[r])
+                missing += m
+                foreign += f
 
-    @transient
-    def target_side() -> tuple[list[Any], list[Any]]:
+    def target_side() -> tuple[list[Any], list[Any], list[Any]]:
+        """(unresolved in b, the same already unresolved in a, shared rows differing)"""
         with db.connect(a_dsn, autocommit=True) as ca, db.connect(b_dsn, application_name="residency-verify") as cb:
-            found = refs_mod.dangling(cb, b, params, refs=refs_mod.target_refs(b))
+            found = refs_mod.dangling(cb, b, params, refs=in_target)
             cb.rollback()
             collided: list[Any] = []
             for g in (b.graph.global_order if collisions else []):
@@ -316,16 +358,28 @@ def check_references(a_dsn: str, b_dsn: str, b: Builder, ws: str, a_name: str = 
                     collided += refs_mod.shared_collisions(ca, cb, b, g, params, a_name, b_name)
                 finally:
                     cb.rollback()
-            return found, collided
+            # what the target can't resolve: did the source already leave it dangling?
+            unresolved = {d.ref for d in found}
+            before = refs_mod.source_dangling(ca, b, params, refs=[r for r in in_target if r.describe() in unresolved])[0]
+            return found, before, collided
 
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        fa, fb = pool.submit(source_side), pool.submit(target_side)
-        (in_a, foreign), (in_b, collided) = fa.result(), fb.result()
+    workers = max(1, min(SOURCE_REF_WORKERS, len(queue)))
+    with ThreadPoolExecutor(max_workers=workers + 1) as pool:
+        fb = pool.submit(target_side)
+        fas = [pool.submit(source_side) for _ in range(workers)]
+        in_a: list[Any] = []
+        foreign: list[Any] = []
+        for fa in fas:
+            m, f = fa.result()
+            in_a += m
+            foreign += f
+        in_b, before_b, collided = fb.result()
+    in_a += before_b
     new, before = refs_mod.compare_dangling(in_a, in_b + foreign)
     problems = [d.line(b_name) + (f" (the source has {next((x.rows for x in before if x.ref == d.ref), 0)})" if any(x.ref == d.ref for x in before) else "")
                 for d in new]
     problems += [c.line(a_name, b_name) for c in collided]
-    return {"checked": len(refs_mod.checked_refs(b)), "dangling_in_target": refs_mod.to_dicts(in_b + foreign),
+    return {"checked": len(refs_mod.checked_refs(b)), "counted_by_kept_values": sorted(counted), "dangling_in_target": refs_mod.to_dicts(in_b + foreign),
             "dangling_in_source": refs_mod.to_dicts(in_a), "collisions": refs_mod.to_dicts(collided), "problems": problems}
 
 
@@ -418,8 +472,6 @@ def checksum_chunked(dsn: str, b: Builder, ws: str, tables: list[str], chunks: d
     """Counts and checksums per chunk (``chunks``: a table's recorded bounds; other tables whole)
     over ``workers`` connections, biggest units first; also summed per table (the same sums as
     :func:`checksum_tables`, since the chunks cover the table exactly once)."""
-    import threading
-
     units: list[tuple[str, int, list[Any], int]] = []
     for t in tables:
         bounds = chunks.get(t) or [[None, None]]

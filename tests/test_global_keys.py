@@ -7,10 +7,13 @@ result."""
 from __future__ import annotations
 
 import psycopg
+import pytest
 
-from residency.migrate import globalkeys, start_move, verify_workspace
+from residency.errors import OperationError
+from residency.migrate import globalkeys, move_report, resume_move, rollback_move, start_move, verify_workspace
 from residency.migrate.chunks import CopyOptions
 from residency.migrate.context import make_context
+from residency.migrate.verify import NEEDED_BY_KEYS, NEEDED_BY_PREDICATE
 from move_support import counts
 
 LANDED, PREDICATE = "as the chunks landed", "with the workspace's predicate"
@@ -122,3 +125,61 @@ def test_verify_reads_the_shared_rows_once_for_presence_and_content(env):
     problems = result.problems()
     assert any(f"shared row users id={changed} differs in eu" in p and "someone else" in p for p in problems), problems
     assert [c["key"] for c in result.references["collisions"]] == [f"id={changed}"]
+
+
+def _users_check(rec):
+    (users,) = [t for t in rec.report["verify"]["tables"] if t["table"] == "users"]
+    return users
+
+
+def test_a_snapshot_verify_reads_the_needed_users_by_the_values_the_copy_kept(env):
+    """The copy keeps the values its landed rows point at, with the fence they were gathered
+    under; the move's verify reads the needed users by them (no join through the workspace's
+    rows) and finds exactly the needed set, independently written here."""
+    s = env.seed(workspaces=4, rows=3000, seed=36)
+    ws = s.biggest if s.home[s.biggest] == "us" else s.workspaces["us"][0]
+    needed = _needed(env, ws)
+    rec = start_move(env.catalogue, env.connections, ws, "eu", strategy="snapshot", copy_options=CopyOptions(jobs=2, chunk_rows=300))
+    assert rec.state == "cut_over"
+    kept = rec.checkpoints["shared_keys"]
+    assert [kept["fence_token"], kept["fenced_at"]] == [rec.checkpoints["source_checksums"]["fence_token"], rec.checkpoints["source_checksums"]["fenced_at"]]
+    assert set(kept["tables"]["users"]["values"]) == needed and kept["tables"]["users"]["column"] == "id"
+    users = _users_check(rec)
+    assert users["verify_detail"] == NEEDED_BY_KEYS
+    assert users["source_rows"] == users["target_rows"] == len(needed) and users["ok"]
+
+
+def test_a_needed_user_changed_in_the_target_after_the_copy_fails_the_verify_read_by_kept_values(env):
+    """The target's users are live (other workspaces use them): one the workspace needs, changed
+    there between the copy and verify, is named by verify read by the kept values as it is by
+    the predicate; a missing one too."""
+    s = env.seed(workspaces=4, rows=3000, seed=37)
+    ws = s.biggest if s.home[s.biggest] == "us" else s.workspaces["us"][0]
+    rec = start_move(env.catalogue, env.connections, ws, "eu", strategy="snapshot", stop_after="copied")
+    assert rec.state == "copied" and rec.checkpoints["shared_keys"]["tables"]["users"]["values"]
+    changed, gone = sorted(_needed(env, ws))[:2]
+    with psycopg.connect(env.dsn("eu"), autocommit=True) as c:
+        c.execute("UPDATE users SET display_name = 'someone else' WHERE id = %s", (changed,))
+        c.execute("SET session_replication_role = replica")
+        c.execute("DELETE FROM users WHERE id = %s", (gone,))
+    with pytest.raises(OperationError, match="verification failed"):
+        resume_move(env.catalogue, env.connections, rec.id)
+    report = move_report(env.connections, rec.id)
+    assert [c["key"] for c in report["references"]["collisions"]] == [f"id={changed}"]
+    assert any(f"shared row users id={changed} differs in eu" in p and "someone else" in p for p in report["references"]["problems"])
+    (users,) = [t for t in move_report(env.connections, rec.id)["tables"] if t["table"] == "users"]
+    assert users["verify_detail"] == NEEDED_BY_KEYS and users["target_rows"] == users["source_rows"] - 1 and not users["ok"]
+    rollback_move(env.catalogue, env.connections, rec.id)
+
+
+def test_a_verify_that_recomputes_finds_the_needed_users_with_the_predicate(env, monkeypatch):
+    """RESIDENCY_VERIFY_TARGET=recompute distrusts what the copy recorded, the kept values too:
+    the needed users are found with the workspace's predicate, with the same result."""
+    s = env.seed(workspaces=4, rows=3000, seed=38)
+    ws = s.biggest if s.home[s.biggest] == "us" else s.workspaces["us"][0]
+    needed = _needed(env, ws)
+    monkeypatch.setenv("RESIDENCY_VERIFY_TARGET", "recompute")
+    rec = start_move(env.catalogue, env.connections, ws, "eu", strategy="snapshot")
+    assert rec.state == "cut_over"
+    users = _users_check(rec)
+    assert users["verify_detail"] == NEEDED_BY_PREDICATE and users["source_rows"] == len(needed)

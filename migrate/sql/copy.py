@@ -28,11 +28,9 @@ class CopySql(GlobalsSql):
         return sql.SQL("COPY ({}) TO STDOUT (FORMAT BINARY)").format(self.global_referenced(gtable))
 
     def copy_out_global_keys(self, gtable: str, column: str) -> sql.Composed:
-        """The rows of ``gtable`` whose ``column`` is in ``%(keys)s`` (an array; found as the
-        chunks landed, :mod:`migrate.globalkeys`), by that column's index."""
-        g, a = self.graph.table(gtable), sql.Identifier("g")
-        return sql.SQL("COPY (SELECT {cols} FROM {tbl} {a} WHERE {a}.{col} = ANY({keys})) TO STDOUT (FORMAT BINARY)").format(
-            cols=_ident_list(g.copy_columns, a), tbl=self.qname(gtable), a=a, col=sql.Identifier(column), keys=sql.Placeholder("keys"))
+        """The rows of ``gtable`` whose ``column`` is in ``%(keys)s`` (found as the chunks landed,
+        :mod:`migrate.globalkeys`)."""
+        return sql.SQL("COPY ({}) TO STDOUT (FORMAT BINARY)").format(self.global_by_keys(gtable, column))
 
     def temp_like(self, temp: str, table: str) -> sql.Composed:
         return sql.SQL("CREATE TEMP TABLE {tmp} (LIKE {tbl}) ON COMMIT DROP").format(

@@ -29,6 +29,15 @@ class GlobalsSql(ReachSql):
             cols=_ident_list(cols, a), tbl=self.qname(gtable), a=a, cond=self.shared_needed(gtable, a, 0, frozenset())
         )
 
+    def global_by_keys(self, gtable: str, column: str, columns: Sequence[str] | None = None) -> sql.Composed:
+        """The rows of ``gtable`` whose ``column`` is in ``%(keys)s`` (an array): the shared rows
+        the workspace needs when they are exactly the values its rows point at by that column
+        (:func:`migrate.globalkeys.direct_refs`), read by that column's index, with no join."""
+        g, a = self.graph.table(gtable), sql.Identifier("g")
+        return sql.SQL("SELECT {cols} FROM {tbl} {a} WHERE {a}.{col} = ANY({keys})").format(
+            cols=_ident_list(columns if columns is not None else g.copy_columns, a), tbl=self.qname(gtable), a=a,
+            col=sql.Identifier(column), keys=sql.Placeholder("keys"))
+
     def carried(self, table: str, alias: sql.Composable, depth: int, visiting: frozenset[str], names: Aliases | None = None) -> sql.Composable:
         """Row ``alias`` of ``table`` goes to the target: it belongs to the workspace or is a needed shared row."""
         names = names or Aliases()
