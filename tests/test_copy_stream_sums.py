@@ -4,6 +4,8 @@ rows arrive without the hash column they carried, and a chain of dependent table
 
 from __future__ import annotations
 
+import threading
+import time
 from decimal import Decimal
 
 import psycopg
@@ -11,7 +13,7 @@ import pytest
 from psycopg import sql
 
 from residency.migrate import rollback_move, start_move
-from residency.migrate.chunks import Chunk, chunks_of, plan_bounds, priority
+from residency.migrate.chunks import Chunk, chunks_of, plan_bounds, priority, run
 from residency.migrate.context import make_context
 from residency.migrate.copy import _stream
 from residency.migrate.progress import Meter
@@ -77,6 +79,45 @@ def test_sampled_bounds_cover_every_row_once_in_even_chunks(seeded):
     assert sum(n for n, _ in got) == total and sum(Decimal(s) for _, s in got) == Decimal(total_sum)
     share = total / len(bounds)
     assert all(0.6 * share <= n <= 1.4 * share for n, _ in got), got
+
+
+def test_the_last_range_is_cut_for_each_stream_so_the_streams_end_together(seeded):
+    """With two streams the last quarter of four is cut in two: two smaller chunks the scheduler
+    takes last, still every row once."""
+    env, ws = seeded
+    b = make_context(env.catalogue, env.connections, ws, "us", "eu").builder
+    with psycopg.connect(env.dsn("us"), autocommit=True) as c:
+        total, total_sum = c.execute(b.checksum("messages"), b.params(ws)).fetchone()
+        bounds = plan_bounds(c, b, ws, "messages", total, total // 4 + 1, fk_order=False, jobs=2)
+        got = [c.execute(b.checksum_chunk("messages", ch.lo is not None, ch.hi is not None), ch.params(b, ws)).fetchone()
+               for ch in chunks_of("messages", bounds, total)]
+    assert len(bounds) == 5 and bounds[0][0] is None and bounds[-1][1] is None
+    assert sum(n for n, _ in got) == total and sum(Decimal(s) for _, s in got) == Decimal(total_sum)
+    quarter = total / 4
+    assert all(0.6 * quarter <= n <= 1.4 * quarter for n, _ in got[:3]), got
+    assert all(0.3 * quarter <= n <= 0.7 * quarter for n, _ in got[3:]), got
+
+
+def test_streams_take_a_table_no_other_stream_is_copying_while_there_is_one():
+    """Two streams, a big table's chunks and a smaller table's: they copy different tables side by
+    side as long as both have chunks left, and the big table alone only at the end."""
+    tasks = [Chunk("big", i, 6, None, None, 100) for i in range(6)] + [Chunk("small", i, 3, None, None, 90) for i in range(3)]
+    running: dict[str, int] = {}
+    both: list[tuple[str, ...]] = []
+    lock = threading.Lock()
+
+    def work(c: Chunk) -> dict:
+        with lock:
+            running[c.table] = running.get(c.table, 0) + 1
+            both.append(tuple(sorted(t for t, n in running.items() for _ in range(n))))
+        time.sleep(0.02)
+        with lock:
+            running[c.table] -= 1
+        return {}
+
+    run(tasks, jobs=2, deps={}, exclusive=lambda t: False, work=work, on_done=lambda c, r: None)
+    pairs = [p for p in both if len(p) == 2]
+    assert ("big", "big") not in pairs[:3] and ("big", "small") in pairs, both
 
 
 def test_a_chain_of_waiting_tables_is_started_before_a_larger_lone_chunk():
