@@ -180,7 +180,9 @@ def dump_files(s: Setup) -> None:
     schedule(2, items, s.sizes, {})
 
 
-def setup_size(sbx: BenchSandbox, rows: int, say: Say) -> Setup:
+def setup_size(sbx: BenchSandbox, rows: int, say: Say, *, pgcopydb: bool = True) -> Setup:
+    """The seeded workspace, the peers' commands and files; ``pgcopydb``: its source database
+    prepared too (it runs only against a target that may set replica)."""
     from residency.migrate import plan_move
 
     world = sbx.world("p")
@@ -194,7 +196,8 @@ def setup_size(sbx: BenchSandbox, rows: int, say: Say) -> Setup:
               Path(tempfile.mkdtemp(prefix="residency-bench-files-")), shutil.which("pgcopydb"))
     dump_files(s)
     if s.pgcopydb:
-        s.pc_src = prepare_pgcopydb_source(world, s.psql, commands, sizes)
+        if pgcopydb:
+            s.pc_src = prepare_pgcopydb_source(world, s.psql, commands, sizes)
     else:
         s.notes.append("pgcopydb: not installed (apt-get install -y pgcopydb)")
     return s
@@ -415,7 +418,7 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     with temporary_sandbox() as sbx:
         for rows in sizes:
-            s = setup_size(sbx, rows, say)
+            s = setup_size(sbx, rows, say, pgcopydb=any(k != "owner" for k in kinds))
             try:
                 for kind in kinds:
                     results.append(run_kind(sbx, s, kind, a.runs, _ints(a.jobs), _ints(a.pipes), _ints(a.pgcopydb_jobs), say))

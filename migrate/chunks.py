@@ -472,9 +472,9 @@ def clear_unfinished(src_dsn: str, dst_dsn: str, b: Builder, ws: str, plans: dic
     the attempt copied), so it need not find them through its parents; a table with neither, through
     its parents (:func:`clearable_by_key`)."""
     out: dict[str, int] = {}
-    with db.connect(src_dsn, autocommit=True, application_name="residency-mover-copy") as src, \
-            db.connect(dst_dsn, application_name="residency-mover-copy") as dst:
-        with dst.transaction():
+    src: psycopg.Connection[Any] | None = None  # opened only for a table cleared by its source keys
+    try:
+        with db.connect(dst_dsn, application_name="residency-mover-copy") as dst, dst.transaction():
             for table in reversed(b.graph.order):
                 if table not in tables:
                     continue
@@ -492,11 +492,15 @@ def clear_unfinished(src_dsn: str, dst_dsn: str, b: Builder, ws: str, plans: dic
                         else:
                             n += dst.execute(b.delete_rows(table), b.params(ws)).rowcount
                     else:
+                        if src is None:
+                            src = db.connect(src_dsn, autocommit=True, application_name="residency-mover-copy")
                         keys = [r[0] for r in src.execute(b.chunk_keys(table, lo, hi, c.part), c.params(b, ws))]
                         if keys:
                             n += dst.execute(b.delete_keys(table), {"keys": keys}).rowcount
                 out[table] = n
                 leave(dst, access, b.schema, table)
+    finally:
+        db.close_quietly(src)
     return out
 
 

@@ -347,7 +347,7 @@ def _copy(ctx: MoveContext, rec: MoveRecord, source_checksums: bool) -> MoveReco
         sums = _source_sums(plans, list(ctx.graph.order))
         why = "a chunk lacks them" if sums is None else "the fence changed during the copy" if _source_fence(ctx, rec) != fenced else ""
         if not why:
-            extra["source_checksums"] = {"fence_token": fenced[0], "fenced_at": fenced[1], "seconds": 0.0, "taken": "in the copy stream",
+            extra["source_checksums"] = {"fence_token": fenced[0], "fenced_at": fenced[1], "taken": "in the copy stream",
                                          "tables": sums}
             emit_state(ctx, "source checksums taken from the copy stream under the fence")
             kept = landed.kept(ctx.graph, [g for g, r in globals_done.items() if r.get("found") == copy_mod.FOUND_LANDED])
@@ -433,7 +433,6 @@ def verify_phase(ctx: MoveContext, rec: MoveRecord, verifier: Callable[[], Verif
         res.timings = dict(res.timings or {})
         if a_sums is not None:
             res.source_checksums = why
-            res.timings["source_checksums_during_copy"] = float((rec.checkpoints.get("source_checksums") or {}).get("seconds") or 0.0)
             res.timings["source_fence_check"] = check_s
         else:
             res.source_checksums = f"computed in verify ({why})"
