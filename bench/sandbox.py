@@ -20,6 +20,11 @@ from typing import Any, Iterator
 
 REPO = Path(__file__).resolve().parents[1]
 REGIONS_YAML = REPO / "regions.yaml"
+SHARED_BUFFERS = "256MB"
+"""The benchmark servers' buffer pool. The sandbox's 32MB (sized for tests on a laptop) is smaller
+than one 10M-row table's indexes, so a copy into an indexed target would mostly measure buffer
+eviction; 256MB is still far below a production server's (RDS: a quarter of the instance's
+memory; PostgreSQL's own default is 128MB). Every contender runs against the same servers."""
 
 
 @dataclass
@@ -38,12 +43,14 @@ class BenchSandbox:
 @contextlib.contextmanager
 def temporary_sandbox(say: Any = None) -> Iterator[BenchSandbox]:
     from residency import catalogue as catalogue_mod
+    from residency import pgserver
     from residency import sandbox as sb
 
     home = tempfile.mkdtemp(prefix="residency-bench-sandbox-")
-    old = {k: os.environ.get(k) for k in (sb.HOME_ENV, "RESIDENCY_SANDBOX_DATA")}
+    old = {k: os.environ.get(k) for k in (sb.HOME_ENV, "RESIDENCY_SANDBOX_DATA", pgserver.SHARED_BUFFERS_ENV)}
     os.environ[sb.HOME_ENV] = home
     os.environ.pop("RESIDENCY_SANDBOX_DATA", None)
+    os.environ.setdefault(pgserver.SHARED_BUFFERS_ENV, SHARED_BUFFERS)
     try:
         cat = catalogue_mod.load(REGIONS_YAML)
         st = sb.up(cat, home, say)

@@ -71,6 +71,23 @@ SETTINGS: dict[str, str] = {
     "jit": "off",
 }
 
+SHARED_BUFFERS_ENV = "RESIDENCY_SANDBOX_SHARED_BUFFERS"
+"""Overrides ``shared_buffers`` (e.g. ``256MB``) for servers started by this process and its
+children: the benchmarks' servers get a buffer pool like a production server's (bench/sandbox.py)."""
+
+
+def settings() -> dict[str, str]:
+    """:data:`SETTINGS`, with ``$RESIDENCY_SANDBOX_SHARED_BUFFERS`` when it is set (a size in kB,
+    MB or GB; anything else is refused in one line)."""
+    out = dict(SETTINGS)
+    value = os.environ.get(SHARED_BUFFERS_ENV, "").strip()
+    if value:
+        if not re.fullmatch(r"[1-9][0-9]*(kB|MB|GB)", value):
+            raise OperationError(f"{SHARED_BUFFERS_ENV}={value!r}: expected a size such as 256MB (kB, MB or GB)")
+        out["shared_buffers"] = value
+    return out
+
+
 _CONF_FILE = "residency.conf"
 _HBA_FILE = "residency_hba.conf"
 HBA = """# written by residency.pgserver; changed on every start
@@ -355,7 +372,7 @@ class Server:
         self.write_settings()
 
     def write_settings(self) -> None:
-        lines = [f"{k} = {v}" for k, v in SETTINGS.items()]
+        lines = [f"{k} = {v}" for k, v in settings().items()]
         lines.append(f"port = {self.port}")
         lines.append(f"unix_socket_directories = '{self.datadir}'")
         hba = os.path.join(self.datadir, _HBA_FILE)

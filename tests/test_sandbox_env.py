@@ -96,3 +96,18 @@ def test_foreign_keys_hold_after_seed(env):
             " + (SELECT count(*) FROM conversations v JOIN channels ch ON ch.id = v.channel_id WHERE ch.workspace_id <> v.workspace_id)"
         ).fetchone()[0]
         assert bad == 0
+
+
+def test_a_servers_buffer_pool_can_be_set_for_benchmarks_and_a_bad_size_is_refused(monkeypatch):
+    """The benchmarks start their servers with a production-like buffer pool
+    (``$RESIDENCY_SANDBOX_SHARED_BUFFERS``); tests keep the small one; a bad size is one line."""
+    from residency import pgserver
+    from residency.errors import OperationError
+
+    monkeypatch.delenv(pgserver.SHARED_BUFFERS_ENV, raising=False)
+    assert pgserver.settings()["shared_buffers"] == pgserver.SETTINGS["shared_buffers"] == "32MB"
+    monkeypatch.setenv(pgserver.SHARED_BUFFERS_ENV, "256MB")
+    assert pgserver.settings()["shared_buffers"] == "256MB"
+    monkeypatch.setenv(pgserver.SHARED_BUFFERS_ENV, "lots")
+    with pytest.raises(OperationError, match="RESIDENCY_SANDBOX_SHARED_BUFFERS='lots': expected a size such as 256MB"):
+        pgserver.settings()
