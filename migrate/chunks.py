@@ -198,7 +198,7 @@ def _ranges(conn: psycopg.Connection[Any], b: Builder, ws: str, table: str, n: i
         m = min(n, max(1, math.ceil(est / chunk_rows), min(jobs, int(est // min(CHUNK_MIN, chunk_rows)))))
     top = vals[-1]
     cuts: list[Any] = []
-    at = [round(j * grid / m) for j in range(1, m)] + [(m - 1) * tail + i for i in range(1, tail if m > 1 else 1)]
+    at = [round(j * grid / m) for j in range(1, m)] + [(m - 1) * tail + i for i in range(1, tail)]
     for i in at:
         v = vals[i - 1]
         if v is None or v == top:

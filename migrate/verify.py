@@ -149,7 +149,6 @@ def checksum_tables(dsn: str, b: Builder, ws: str, tables: list[str], *, workers
 
 
 @transient
-@transient
 def _shared_rows(src_dsn: str, dst_dsn: str, b: Builder, ws: str, gtable: str, a_name: str, b_name: str,
                  keys: tuple[str, list[Any]] | None = None) -> tuple[int, int, list[Any]]:
     with db.connect(src_dsn, autocommit=True, application_name="residency-verify") as s, db.connect(dst_dsn, application_name="residency-verify") as d:
@@ -159,6 +158,7 @@ def _shared_rows(src_dsn: str, dst_dsn: str, b: Builder, ws: str, gtable: str, a
             d.rollback()
 
 
+@transient
 def _global_present(src_dsn: str, dst_dsn: str, b: Builder, ws: str, gtable: str) -> tuple[int, int]:
     from psycopg import sql
 
@@ -349,19 +349,21 @@ def check_references(a_dsn: str, b_dsn: str, b: Builder, ws: str, a_name: str = 
 
     def target_side() -> tuple[list[Any], list[Any], list[Any]]:
         """(unresolved in b, the same already unresolved in a, shared rows differing)"""
-        with db.connect(a_dsn, autocommit=True) as ca, db.connect(b_dsn, application_name="residency-verify") as cb:
+        with db.connect(b_dsn, application_name="residency-verify") as cb:
             found = refs_mod.dangling(cb, b, params, refs=in_target)
             cb.rollback()
+            unresolved = [r for r in in_target if r.describe() in {d.ref for d in found}]
+            if not (collisions or unresolved):
+                return found, [], []  # the source is not needed
             collided: list[Any] = []
-            for g in (b.graph.global_order if collisions else []):
-                try:
-                    collided += refs_mod.shared_collisions(ca, cb, b, g, params, a_name, b_name)
-                finally:
-                    cb.rollback()
-            # what the target can't resolve: did the source already leave it dangling?
-            unresolved = {d.ref for d in found}
-            before = refs_mod.source_dangling(ca, b, params, refs=[r for r in in_target if r.describe() in unresolved])[0]
-            return found, before, collided
+            with db.connect(a_dsn, autocommit=True) as ca:
+                for g in (b.graph.global_order if collisions else []):
+                    try:
+                        collided += refs_mod.shared_collisions(ca, cb, b, g, params, a_name, b_name)
+                    finally:
+                        cb.rollback()
+                # what the target can't resolve: did the source already leave it dangling?
+                return found, refs_mod.dangling(ca, b, params, refs=unresolved), collided
 
     workers = max(1, min(SOURCE_REF_WORKERS, len(queue)))
     with ThreadPoolExecutor(max_workers=workers + 1) as pool:
