@@ -272,7 +272,7 @@ def verify_tables(a_dsn: str, b_dsn: str, b: Builder, ws: str, a_name: str = "so
         out, collided = [], []
         for g in globals_:
             keys = (shared_keys or {}).get(g)
-            if with_globals and b.graph.table(g).primary_key:
+            if b.graph.table(g).primary_key:  # (globals_ is empty without with_globals)
                 total, present, found = _shared_rows(a_dsn, b_dsn, b, ws, g, a_name, b_name, keys)
                 collided += found
             else:
