@@ -29,7 +29,8 @@ Contenders (the same rows: the mover's own SELECTs for every pipe):
   replica);
 - ``pgcopydb --table-jobs N``: ``pgcopydb copy table-data`` from a prepared database on the source
   server that holds only the workspace's rows, replica injected through the target URI's options;
-  its target's rows are counted, since 0.10 can exit 0 with tables failed;
+  its target's rows are counted, since 0.10 can exit 0 with tables failed; what making that
+  database took is printed under the table (it is not in pgcopydb's row);
 - ``read limit``: the same SELECTs ``\\copy ... TO '/dev/null'``, max(--pipes) at a time;
 - ``write limit``: ``\\copy t FROM`` local binary files (dumped once per size) into the target,
   max(--pipes) at a time.
