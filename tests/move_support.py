@@ -36,6 +36,23 @@ def counts(dsn: str, ws: int) -> dict[str, int]:
         return {t: c.execute(q[t], {"ws": ws}).fetchone()[0] for t in WS_TABLES}
 
 
+# the users a workspace's rows point at in the sample app, written independently of the mover's SQL
+NEEDED_USERS = """
+SELECT created_by FROM channels WHERE workspace_id = %(ws)s
+UNION SELECT user_id FROM memberships WHERE workspace_id = %(ws)s
+UNION SELECT author_id FROM messages WHERE workspace_id = %(ws)s AND author_id IS NOT NULL
+UNION SELECT r.user_id FROM reactions r WHERE (r.subject_type = 'message' AND r.subject_id IN
+  (SELECT id FROM messages WHERE workspace_id = %(ws)s)) OR (r.subject_type = 'conversation' AND
+  r.subject_id IN (SELECT id FROM conversations WHERE workspace_id = %(ws)s))
+"""
+
+
+def needed_users(dsn: str, ws: Any) -> set[int]:
+    """The ids of the users workspace ``ws``'s rows point at (:data:`NEEDED_USERS`)."""
+    with psycopg.connect(dsn, autocommit=True) as c:
+        return {r[0] for r in c.execute(NEEDED_USERS, {"ws": ws}) if r[0] is not None}
+
+
 def objects(env: Any, region: str, ws: int) -> dict[str, int]:
     prefix = env.catalogue.workspace.prefix_for(ws)
     out = {}

@@ -14,20 +14,9 @@ from residency.migrate import globalkeys, move_report, resume_move, rollback_mov
 from residency.migrate.chunks import CopyOptions
 from residency.migrate.context import make_context
 from residency.migrate.verify import NEEDED_BY_KEYS, NEEDED_BY_PREDICATE
-from move_support import counts
+from move_support import counts, needed_users
 
 LANDED, PREDICATE = "as the chunks landed", "with the workspace's predicate"
-
-# the users a workspace's rows point at, written independently of the mover's SQL
-NEEDED = """
-SELECT created_by FROM channels WHERE workspace_id = %(ws)s
-UNION SELECT user_id FROM memberships WHERE workspace_id = %(ws)s
-UNION SELECT author_id FROM messages WHERE workspace_id = %(ws)s AND author_id IS NOT NULL
-UNION SELECT r.user_id FROM reactions r WHERE (r.subject_type = 'message' AND r.subject_id IN
-  (SELECT id FROM messages WHERE workspace_id = %(ws)s)) OR (r.subject_type = 'conversation' AND
-  r.subject_id IN (SELECT id FROM conversations WHERE workspace_id = %(ws)s))
-"""
-
 
 def _users(dsn):
     with psycopg.connect(dsn, autocommit=True) as c:
@@ -35,8 +24,7 @@ def _users(dsn):
 
 
 def _needed(env, ws):
-    with psycopg.connect(env.dsn("us"), autocommit=True) as c:
-        return {r[0] for r in c.execute(NEEDED, {"ws": ws}) if r[0] is not None}
+    return needed_users(env.dsn("us"), ws)
 
 
 def _move(env, ws, conns=None):

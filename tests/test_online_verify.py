@@ -14,9 +14,10 @@ import psycopg
 import pytest
 
 from residency.migrate import incremental, move_report, resume_move, start_move, verify_workspace
+from residency.migrate.context import make_context
 from residency.migrate.replication import leftovers
 from residency.migrate.verify import NEEDED_BY_KEYS
-from move_support import counts, home
+from move_support import counts, home, needed_users
 from residency.errors import OperationError
 
 
@@ -88,6 +89,72 @@ def test_a_clean_move_verifies_incrementally(world):
     users = _table(rec.report, "users")
     assert users["kind"] == "global" and users["verify_mode"] == "incremental" and users["ok"]
     _no_replication_left(env)
+
+
+# a table's rows in key order with whether each is the workspace's, written independently of the mover's SQL
+MINE = {
+    "messages": "SELECT id, workspace_id = %(ws)s FROM messages ORDER BY id",
+    "attachments": "SELECT a.id, m.workspace_id = %(ws)s FROM attachments a JOIN messages m ON m.id = a.message_id ORDER BY a.id",
+}
+
+RUN = {  # some of the workspace's rows, consecutive in key order, made another workspace's
+    "messages": "UPDATE messages SET workspace_id = %(other)s WHERE id IN"
+                " (SELECT id FROM messages WHERE workspace_id = %(ws)s ORDER BY id OFFSET 100 LIMIT 300)",
+    "attachments": "UPDATE attachments SET message_id = (SELECT min(id) FROM messages WHERE workspace_id = %(other)s) WHERE id IN"
+                   " (SELECT a.id FROM attachments a JOIN messages m ON m.id = a.message_id WHERE m.workspace_id = %(ws)s"
+                   " ORDER BY a.id OFFSET 20 LIMIT 100)",
+}
+
+
+def _expected_bounds(keys: list[tuple[int, bool]], every: int, gap: int) -> list[int]:
+    """Every ``every``-th of the workspace's keys, and around each run of more than ``gap`` other
+    rows between two of its keys a boundary at the run's first key and at its next key."""
+    mine = [(pos, k) for pos, (k, m) in enumerate(keys) if m]
+    out = set()
+    for i, (pos, k) in enumerate(mine):
+        if (i + 1) % every == 0 or (i > 0 and pos - mine[i - 1][0] > gap):
+            out.add(k)
+        if i + 1 < len(mine) and mine[i + 1][0] - pos > gap:
+            out.add(keys[pos + 1][0])
+    return sorted(out)
+
+
+@pytest.mark.parametrize("table", sorted(MINE))
+def test_bucket_bounds_cut_every_nth_key_and_around_other_workspaces_rows(world, table):
+    """The bucket boundaries the pre-fence verification cuts (:meth:`BucketSql.bucket_bounds`),
+    for a table holding the workspace's id and one reached through a join, in a table shared with
+    other workspaces, where a run of their rows is put between the workspace's; and the
+    workspace's rows are found by a join, not by a subplan per row of the table (one that does
+    not fit ``work_mem`` is scanned again for every row: quadratic)."""
+    env, ws = world
+    other = next(w for w in _sql(env.dsn("us"), "SELECT id FROM workspaces WHERE id <> %s", (ws,)))[0]
+    with psycopg.connect(env.dsn("us"), autocommit=True) as c:  # a long run of another tenant's rows inside ours
+        c.execute(RUN[table], {"ws": ws, "other": other})
+        keys = [(k, bool(m)) for k, m in c.execute(MINE[table], {"ws": ws})]
+        b = make_context(env.catalogue, env.connections, ws, "us", "eu").builder
+        every, gap = incremental.BUCKET_ROWS, incremental.GAP_BUCKETS * incremental.BUCKET_ROWS
+        params = b.params(ws, every=every, gap=gap)
+        got = c.execute(b.bucket_bounds(table), params).fetchone()[0]
+        assert got == _expected_bounds(keys, every, gap)
+        nth = [k for i, k in enumerate([k for k, m in keys if m]) if (i + 1) % every == 0]
+        assert set(got) - set(nth)  # the run's boundaries are among them
+        c.execute("SET work_mem = '64kB'")
+        plan = "\n".join(r[0] for r in c.execute(psycopg.sql.SQL("EXPLAIN ") + b.bucket_bounds(table), params))
+        assert "SubPlan" not in plan, plan
+
+
+def test_the_users_copied_before_the_fence_are_kept_by_the_keys_of_the_rows_read(world, monkeypatch):
+    """Before the fence the shared users the workspace needs are copied once (after C0) and their
+    keys kept from the rows that copy read, with no second pass of the workspace's predicate:
+    exactly the needed set, written independently of the mover's SQL."""
+    env, ws = world
+    needed = needed_users(env.dsn("us"), ws)
+    seen = _around_prepare(monkeypatch)
+    rec = start_move(env.catalogue, env.connections, ws, "eu", strategy="online")
+    assert rec.state == "cut_over"
+    assert sorted(k["id"] for k in seen[0].globals["users"]) == sorted(needed)
+    with psycopg.connect(env.dsn("eu"), autocommit=True) as c:
+        assert needed <= {r[0] for r in c.execute("SELECT id FROM users")}
 
 
 def test_a_global_row_referenced_after_c0_is_copied_under_the_fence(world, monkeypatch):
