@@ -134,10 +134,13 @@ def copy_owned(src: psycopg.Connection[Any], dst: psycopg.Connection[Any], b: Bu
 
 @transient
 def copy_global(src_dsn: str, dst_dsn: str, b: Builder, table: str, workspace_id: str, emit: Callable[[Progress], None], access: TargetAccess | None = None,
-                keys: tuple[str, list[Any]] | None = None) -> dict[str, Any]:
+                keys: tuple[str, list[Any]] | None = None, with_keys: bool = False) -> dict[str, Any]:
     """Insert the referenced rows of global ``table`` missing in the target; returns counts.
     ``keys``: (column, values) the landed rows point at (:mod:`migrate.globalkeys`): the rows
-    are read by those values instead of the workspace's predicate."""
+    are read by those values instead of the workspace's predicate. ``with_keys``: the result's
+    ``keys`` are the keys (jsonb, :meth:`~migrate.sql.changes.ChangesSql.temp_key_json`) of
+    every row read, taken from the rows themselves in the target's temporary table, not by
+    evaluating the predicate on the source again."""
     out_q, params = b.copy_out_global(table), b.params(workspace_id)
     if keys is not None:
         if not keys[1]:
@@ -154,8 +157,12 @@ def copy_global(src_dsn: str, dst_dsn: str, b: Builder, table: str, workspace_id
             inserted = dst.execute(b.insert_missing(table, temp)).rowcount
             if access is not None:
                 triggers.leave(dst, access, b.schema, table)
+            read = [r[0] for r in dst.execute(b.temp_key_json(table, temp))] if with_keys else None
     meter.finish(referenced)
-    return {"referenced": referenced, "inserted": inserted, "found": FOUND_PREDICATE if keys is None else FOUND_LANDED}
+    out = {"referenced": referenced, "inserted": inserted, "found": FOUND_PREDICATE if keys is None else FOUND_LANDED}
+    if read is not None:
+        out["keys"] = read
+    return out
 
 
 @transient

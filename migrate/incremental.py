@@ -196,13 +196,13 @@ def prepare(src: psycopg.Connection[Any], src_dsn: str, dst_dsn: str, b: Builder
         los, his = [v for v in (alo, zlo) if v is not None], [v for v in (ahi, zhi) if v is not None]
         tables[t] = Buckets(bs, a, {k for k in set(a) | set(z) if a.get(k) != z.get(k)},
                             min(los) if los else None, max(his) if his else None)
-    # referenced global rows: copied now (after C0), their keys kept; under the fence only the
-    # rows referenced by rows touched since C0 are copied, and all of them checked by key
+    # referenced global rows: copied now (after C0), their keys kept (those of the rows the copy
+    # read: the workspace's predicate is evaluated once); under the fence only the rows
+    # referenced by rows touched since C0 are copied, and all of them checked by key
     t1 = time.monotonic()
     refs: dict[str, list[Any]] = {}
     for g in b.graph.global_order:
-        copy_mod.copy_global(src_dsn, dst_dsn, b, g, ws, lambda _e: None)
-        refs[g] = [r[0] for r in src.execute(b.global_referenced_keys(g), b.params(ws))]
+        refs[g] = copy_mod.copy_global(src_dsn, dst_dsn, b, g, ws, lambda _e: None, with_keys=True)["keys"]
     seconds["globals"] = round(time.monotonic() - t1, 3)
     return Prepared(move_id, c0, tables, fallback, seconds, globals=refs)
 

@@ -159,12 +159,14 @@ def replicate_phase(ctx: MoveContext, rec: MoveRecord) -> MoveRecord:
         st = dict(rec.checkpoints.get("online") or {})
         check = _checker(ctx, rec, src, dst, st.get("fingerprints") or {})
 
-        # objects and referenced global rows, ahead of the fence (both are idempotent; the
-        # fenced copy repeats them and then only moves what changed)
+        # objects ahead of the fence (idempotent: the fenced copy repeats them and then only
+        # moves what changed); the referenced global rows are copied ahead by the verification
+        # prepared before the fence, after its watermark (migrate.incremental.prepare: read
+        # once, their keys kept), or under the fence if it could not be prepared. The initial
+        # copy needs none of them first: the subscription applies with replica, no
+        # foreign-key checks
         prefix = ctx.cat.workspace.prefix_for(ctx.workspace_id)
         objects.copy_objects(ctx.src, ctx.dst, ctx.cat.environment.buckets, prefix, ctx.emit, ctx.should_stop)
-        for g in ctx.graph.global_order:
-            copy_mod.copy_global(ctx.src.dsn, ctx.dst.dsn, b, g, ctx.workspace_id, ctx.emit)
 
         # the initial copy: every published table ready
         t0 = time.monotonic()

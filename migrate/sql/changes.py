@@ -131,13 +131,6 @@ class ChangesSql(GlobalsSql):
             cols=_ident_list(g.copy_columns, a), tbl=self.qname(gtable), a=a, cond=cond
         )
 
-    def global_referenced_keys(self, gtable: str) -> sql.Composed:
-        """Keys (jsonb) of the rows of global ``gtable`` the workspace's rows reference."""
-        x = sql.Identifier("x")
-        return sql.SQL("SELECT {kj} FROM ({rows}) {x}").format(
-            kj=self._key_json(gtable, x), rows=self.global_referenced(gtable, self.graph.table(gtable).primary_key), x=x
-        )
-
     def temp_key_json(self, table: str, temp: str) -> sql.Composed:
         x = sql.Identifier("x")
         return sql.SQL("SELECT {kj} FROM {tmp} {x}").format(kj=self._key_json(table, x), tmp=sql.Identifier(temp), x=x)
