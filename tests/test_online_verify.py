@@ -127,7 +127,7 @@ def test_bucket_bounds_cut_every_nth_key_and_around_other_workspaces_rows(world,
     workspace's rows are found by a join, not by a subplan per row of the table (one that does
     not fit ``work_mem`` is scanned again for every row: quadratic)."""
     env, ws = world
-    other = next(w for w in _sql(env.dsn("us"), "SELECT id FROM workspaces WHERE id <> %s", (ws,)))[0]
+    (other,) = _sql(env.dsn("us"), "SELECT id FROM workspaces WHERE id <> %s LIMIT 1", (ws,))[0]
     with psycopg.connect(env.dsn("us"), autocommit=True) as c:  # a long run of another tenant's rows inside ours
         c.execute(RUN[table], {"ws": ws, "other": other})
         keys = [(k, bool(m)) for k, m in c.execute(MINE[table], {"ws": ws})]

@@ -36,8 +36,8 @@ class BucketSql(ChecksumSql, ChangesSql, UniqueSql):
         workspace's. One pass over the table in key order (before the fence); the workspace's keys
         are picked by a semi-join with its predicate in a WHERE (the planner joins it as it sees
         fit), never by that predicate as a column: there an ``IN (SELECT ...)`` is a subplan,
-        hashed only while it fits ``work_mem`` and otherwise scanned once per row (attachment
-        a 1M-row workspace: 811 s for its tables, attachments alone over 60 s; quadratic)."""
+        hashed only while it fits ``work_mem`` and otherwise scanned once per row (one online
+        move of a 1M-row workspace: 811 s for its tables, attachments alone over 60 s; quadratic)."""
         (pk,) = self.graph.table(table).primary_key
         t, a, w, k, m = sql.Identifier("t"), sql.Identifier("a"), sql.Identifier("w"), sql.Identifier(pk), sql.Identifier("m")
         return sql.SQL(
