@@ -7,12 +7,14 @@ carries; never the workspace's own rows.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from psycopg import sql
 
 from .base import WS, Aliases, _ident_list, _tuple
 from .reach import ReachSql
+
+Part = Callable[[sql.Composable], sql.Composable]  # a test of the row given by its alias
 
 
 class GlobalsSql(ReachSql):
@@ -41,14 +43,38 @@ class GlobalsSql(ReachSql):
     def carried(self, table: str, alias: sql.Composable, depth: int, visiting: frozenset[str], names: Aliases | None = None) -> sql.Composable:
         """Row ``alias`` of ``table`` goes to the target: it belongs to the workspace or is a needed shared row."""
         names = names or Aliases()
-        parts: list[sql.Composable] = []
+        return self._any_of(table, alias, self._carried_parts(table, depth, visiting, names), names)
+
+    def _carried_parts(self, table: str, depth: int, visiting: frozenset[str], names: Aliases) -> list[Part]:
+        """What :meth:`carried` is any of, each a test of a row (disjoint: a needed shared row is
+        never the workspace's own)."""
+        parts: list[Part] = []
         if self.graph.reach[table].moves:
-            parts.append(self.belongs(table, alias, names))
+            parts.append(lambda x: self.belongs(table, x, names))
         if table in self.graph.shared and table not in visiting:
-            parts.append(self.shared_needed(table, alias, depth, visiting, names=names))
+            parts.append(lambda x: self.shared_needed(table, x, depth, visiting, names=names))
+        return parts
+
+    def _any_of(self, table: str, a: sql.Composable, parts: Sequence[Part], names: Aliases) -> sql.Composable:
+        """Row ``a`` of ``table`` passes any of ``parts``. OR'ed in one WHERE, a part's
+        ``IN (SELECT ...)`` cannot become a join: it is a SubPlan, hashed only while the planner
+        expects its rows to fit ``work_mem`` and otherwise a list scanned again for every row
+        (a Mattermost-like workspace's needed users: 0.3 s, or over a minute once one list does
+        not fit). So a table with a primary key has each part in a SELECT of its own, where it is a
+        join, and the row is picked by key from their union (a hashed semi-join, which spills to
+        disk past ``work_mem`` instead of going quadratic)."""
         if not parts:
             return sql.SQL("false")
-        return parts[0] if len(parts) == 1 else sql.SQL("({})").format(sql.SQL(" OR ").join(parts))
+        if len(parts) == 1:
+            return parts[0](a)
+        pk = self.graph.table(table).primary_key
+        if not pk:  # left OR'ed (a table without a key both moving and shared: none seen yet)
+            return sql.SQL("({})").format(sql.SQL(" OR ").join(p(a) for p in parts))
+        branches = []
+        for p in parts:
+            x = names.new("x")
+            branches.append(sql.SQL("SELECT {k} FROM {tbl} {x} WHERE {cond}").format(k=_ident_list(pk, x), tbl=self.qname(table), x=x, cond=p(x)))
+        return sql.SQL("{} IN ({})").format(_tuple(pk, a), sql.SQL(" UNION ALL ").join(branches))
 
     def shared_needed(self, table: str, a: sql.Composable, depth: int, visiting: frozenset[str], *, follow_self: bool = True,
                       names: Aliases | None = None) -> sql.Composable:
@@ -63,43 +89,43 @@ class GlobalsSql(ReachSql):
         visiting = visiting | {table}
         if depth > 12:  # shared rows pointing at shared rows pointing at ...: far beyond any schema seen
             return sql.SQL("false")
-        # One "key IN (SELECT ... UNION ALL SELECT ...)" per referenced key rather than OR'ed INs:
-        # PostgreSQL turns it into one hashed semi-join, while OR'ed INs become SubPlans that are
-        # rescanned per row once they outgrow work_mem (quadratic on big workspaces).
+        # One "key IN (SELECT ... UNION ALL SELECT ...)" per referenced key, each way a referencing
+        # row goes to the target a branch of its own (:meth:`_any_of`)
         groups: dict[tuple[str, ...], list[sql.Composable]] = {}
         for r in g.global_refs.get(table, []):
             if r.table in visiting and not g.reach[r.table].moves:
                 continue
-            m = names.new("m")
-            cond = self.carried(r.table, m, depth + 1, visiting, names)
-            if r.type_column:
-                cond = sql.SQL("{}.{} = {} AND {}").format(m, sql.Identifier(r.type_column), sql.Literal(r.type_value), cond)
-            groups.setdefault(tuple(r.ref_columns), []).append(
-                sql.SQL("SELECT {rhs} FROM {tbl} {m} WHERE {cond}").format(
-                    rhs=_ident_list(r.columns, m), tbl=self.qname(r.table), m=m, cond=cond
+            for part in self._carried_parts(r.table, depth + 1, visiting, names):
+                m = names.new("m")
+                cond = part(m)
+                if r.type_column:
+                    cond = sql.SQL("{}.{} = {} AND {}").format(m, sql.Identifier(r.type_column), sql.Literal(r.type_value), cond)
+                groups.setdefault(tuple(r.ref_columns), []).append(
+                    sql.SQL("SELECT {rhs} FROM {tbl} {m} WHERE {cond}").format(
+                        rhs=_ident_list(r.columns, m), tbl=self.qname(r.table), m=m, cond=cond
+                    )
                 )
-            )
-        parts: list[sql.Composable] = [
-            sql.SQL("{lhs} IN ({subs})").format(lhs=_tuple(ref, a), subs=sql.SQL(" UNION ALL ").join(subs))
+        parts: list[Part] = [
+            lambda x, ref=ref, subs=subs: sql.SQL("{lhs} IN ({subs})").format(lhs=_tuple(ref, x), subs=sql.SQL(" UNION ALL ").join(subs))
             for ref, subs in groups.items()
         ]
         sr = g.spec.shared_rows.get(table)
         if sr is not None and sr.policy in ("any", "all") and table in g.shared:
-            parts.append(self.shared_policy(table, a))
+            parts.append(lambda x: self.shared_policy(table, x))
         for d in g.dependents.get(table, []):
             pa = names.new("d")
-            typed = sql.SQL("{}.{} = {} AND ").format(a, sql.Identifier(d.type_column), sql.Literal(d.type_value)) if d.type_column else sql.SQL("")
-            parts.append(sql.SQL("({typed}{lhs} IN (SELECT {rhs} FROM {parent} {pa} WHERE {cond}))").format(
-                typed=typed, lhs=_tuple(d.columns, a),
+            parent = sql.SQL("SELECT {rhs} FROM {parent} {pa} WHERE {cond}").format(
                 rhs=_ident_list(d.ref_columns, pa), parent=self.qname(d.ref_table), pa=pa,
-                cond=self.shared_needed(d.ref_table, pa, depth + 1, visiting, names=names) if d.ref_table not in visiting else sql.SQL("false"),
-            ))
-        cond = sql.SQL("({})").format(sql.SQL(" OR ").join(parts)) if parts else sql.SQL("false")
+                cond=self.shared_needed(d.ref_table, pa, depth + 1, visiting, names=names) if d.ref_table not in visiting else sql.SQL("false"))
+            parts.append(lambda x, d=d, parent=parent: sql.SQL("({typed}{lhs} IN ({parent}))").format(
+                typed=sql.SQL("{}.{} = {} AND ").format(x, sql.Identifier(d.type_column), sql.Literal(d.type_value)) if d.type_column else sql.SQL(""),
+                lhs=_tuple(d.columns, x), parent=parent))
+        cond = self._any_of(table, a, parts, names)
         r_ = g.reach[table]
         if r_.kind == "key":
             cond = sql.SQL("{} AND {}").format(self.shared_key(table, a), cond)
         elif r_.moves:
-            cond = sql.SQL("{} AND NOT {}").format(cond, self.belongs(table, a, names))
+            cond = sql.SQL("{} AND {}").format(cond, self.not_belongs(table, a, names))
         return cond
 
     def _shared_closure(self, table: str, a: sql.Composable, depth: int, visiting: frozenset[str], selfs: list[Any], names: Aliases) -> sql.Composable:

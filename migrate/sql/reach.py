@@ -71,6 +71,27 @@ class ReachSql(SqlBase):
 
         return self._by_reach(table, alias, through)
 
+    def not_belongs(self, table: str, alias: sql.Composable, names: Aliases | None = None) -> sql.Composable:
+        """Row ``alias`` of ``table`` is not the workspace's: ``NOT`` :meth:`belongs`, with each link
+        a ``NOT EXISTS`` on the parent's key, which PostgreSQL makes an anti-join (``NOT (x IN
+        (SELECT ...))`` never is one: a SubPlan, rescanned for every row once it outgrows
+        ``work_mem``). A row whose link is NULL is not the workspace's (``NOT IN`` gave NULL)."""
+        names = names or Aliases()
+        r: Reach = self.graph.reach[table]
+        if r.by_column or r.kind not in LINK_KINDS:
+            return sql.SQL("NOT {}").format(self.belongs(table, alias, names))
+        parts: list[sql.Composable] = []
+        for link in r.links:
+            p = names.new("n")
+            match = [sql.SQL("{}.{} = {}.{}").format(p, sql.Identifier(pc), alias, sql.Identifier(c))
+                     for c, pc in zip(link.columns, link.parent_columns)]
+            if r.kind == "polymorphic":
+                match.insert(0, sql.SQL("{}.{} = {}").format(
+                    alias, sql.Identifier(r.type_column or ""), sql.Placeholder(self._type_params[(table, link.type_value or "")])))
+            parts.append(sql.SQL("NOT EXISTS (SELECT 1 FROM {parent} {p} WHERE {match} AND {cond})").format(
+                parent=self.qname(link.parent), p=p, match=sql.SQL(" AND ").join(match), cond=self.belongs(link.parent, p, names)))
+        return sql.SQL(" AND ").join(parts)
+
     def belongs_rowwise(self, table: str, alias: sql.Composable, names: Aliases | None = None) -> sql.Composable:
         """The same predicate as :meth:`belongs`, evaluated row by row: each link is a scalar
         subquery probing the parent's (unique, hence indexed) key, which PostgreSQL never turns
