@@ -83,14 +83,19 @@ class ReachSql(SqlBase):
         parts: list[sql.Composable] = []
         for link in r.links:
             p = names.new("n")
-            match = [sql.SQL("{}.{} = {}.{}").format(p, sql.Identifier(pc), alias, sql.Identifier(c))
-                     for c, pc in zip(link.columns, link.parent_columns)]
-            if r.kind == "polymorphic":
-                match.insert(0, sql.SQL("{}.{} = {}").format(
-                    alias, sql.Identifier(r.type_column or ""), sql.Placeholder(self._type_params[(table, link.type_value or "")])))
             parts.append(sql.SQL("NOT EXISTS (SELECT 1 FROM {parent} {p} WHERE {match} AND {cond})").format(
-                parent=self.qname(link.parent), p=p, match=sql.SQL(" AND ").join(match), cond=self.belongs(link.parent, p, names)))
+                parent=self.qname(link.parent), p=p, match=self._link_match(table, r, link, p, alias), cond=self.belongs(link.parent, p, names)))
         return sql.SQL(" AND ").join(parts)
+
+    def _link_match(self, table: str, r: Reach, link: Link, p: sql.Composable, alias: sql.Composable) -> sql.Composable:
+        """Parent row ``p`` is the one row ``alias`` of ``table`` links to, inside a subquery on
+        the parent (a polymorphic link's type test too: in the outer WHERE the planner would OR
+        the type tests into a bitmap scan of every row of that type)."""
+        match = [sql.SQL("{}.{} = {}.{}").format(p, sql.Identifier(pc), alias, sql.Identifier(c)) for c, pc in zip(link.columns, link.parent_columns)]
+        if r.kind == "polymorphic":
+            match.insert(0, sql.SQL("{}.{} = {}").format(
+                alias, sql.Identifier(r.type_column or ""), sql.Placeholder(self._type_params[(table, link.type_value or "")])))
+        return sql.SQL(" AND ").join(match)
 
     def belongs_rowwise(self, table: str, alias: sql.Composable, names: Aliases | None = None) -> sql.Composable:
         """The same predicate as :meth:`belongs`, evaluated row by row: each link is a scalar
@@ -102,15 +107,8 @@ class ReachSql(SqlBase):
 
         def probe(r: Reach, link: Link) -> sql.Composable:
             p = names.new("q")
-            match = [sql.SQL("{}.{} = {}.{}").format(p, sql.Identifier(pc), alias, sql.Identifier(c))
-                     for c, pc in zip(link.columns, link.parent_columns)]
-            if r.kind == "polymorphic":
-                # inside the subquery: in the outer WHERE the planner would OR the type tests
-                # into a bitmap scan of every row of that type
-                match.insert(0, sql.SQL("{}.{} = {}").format(
-                    alias, sql.Identifier(r.type_column or ""), sql.Placeholder(self._type_params[(table, link.type_value or "")])))
             return sql.SQL("coalesce((SELECT true FROM {parent} {p} WHERE {match} AND {cond} LIMIT 1), false)").format(
-                parent=self.qname(link.parent), p=p, match=sql.SQL(" AND ").join(match),
+                parent=self.qname(link.parent), p=p, match=self._link_match(table, r, link, p, alias),
                 cond=self.belongs_rowwise(link.parent, p, names),
             )
 
