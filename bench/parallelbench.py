@@ -31,12 +31,18 @@ Contenders (the same rows: the mover's own SELECTs for every pipe):
   server that holds only the workspace's rows, replica injected through the target URI's options;
   its target's rows are counted, since 0.10 can exit 0 with tables failed; what making that
   database took is printed under the table (it is not in pgcopydb's row);
+- ``N parallel pipes + checksums`` (N: the first of --pipes): a copy checked as a careful
+  engineer would check it by hand: those pipes, then each table's count and sum of row hashes
+  (the mover's own checksum SQL) on both sides, N queries at a time, and every pair compared. It
+  is not a copy peer (its ratio is not in the verdict on the copy): it stands against the
+  mover's copy *and* verify, the same work done;
 - ``read limit``: the same SELECTs ``\\copy ... TO '/dev/null'``, max(--pipes) at a time;
 - ``write limit``: ``\\copy t FROM`` local binary files (dumped once per size) into the target,
   max(--pipes) at a time.
 
 Targets (reported, never asserted): copy ≥ 1.0x the best peer (aim 1.2), within 1.3x of the write
-limit, verify ≤ 0.15x copy, peak RSS < 200 MB. The load average is printed with the figures: on a
+limit, verify ≤ 0.15x copy, peak RSS < 200 MB. Reported beside them: the verified copy (the
+mover's copy + verify) against the checked pipes. The load average is printed with the figures: on a
 machine shared with other work they are indicative only.
 """
 
@@ -66,6 +72,7 @@ from bench.sandbox import REPO, BenchSandbox, temporary_sandbox
 TARGET_KINDS = ("super", "owner", "granted")
 GOALS = {"copy_vs_best_peer": 1.0, "copy_vs_best_peer_aim": 1.2, "copy_over_write_limit": 1.3, "verify_over_copy": 0.15, "peak_rss_mb": 200}
 Command = tuple[str, str, str]  # (table, source \copy ... TO STDOUT, target \copy ... FROM STDIN)
+CHECKED = "parallel pipes + checksums"  # the pipes, then both sides' checksums: a copy checked by hand
 
 
 # ------------------------------------------------------------------------------ running pipes
@@ -138,6 +145,7 @@ class Setup:
     pc_src: str | None = None
     pc_prepare_seconds: float | None = None  # making pc_src (not in pgcopydb's row: see prepare_pgcopydb_source)
     notes: list[str] = field(default_factory=list)
+    checksums: list[tuple[str, str]] = field(default_factory=list)  # (table, query): checksum_queries
 
 
 def _fk_parents(world: Any, ws: str, tables: list[str]) -> dict[str, set[str]]:
@@ -175,6 +183,38 @@ def drop_database(world: Any, dsn: str) -> None:
         c.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(str(name))))
 
 
+def checksum_queries(world: Any, ws: str) -> list[tuple[str, str]]:
+    """(table, query): the count and sum of row hashes of the workspace's rows of each table and
+    of the shared rows it needs, the mover's own checksum SQL with its values bound (as the pipes
+    use its SELECTs); run as is on either side."""
+    from residency.migrate.context import make_context
+
+    ctx = make_context(world.catalogue, world.connections, ws, SOURCE, TARGET)
+    b, g = ctx.builder, ctx.graph
+    params = b.params(ws)
+    with psycopg.connect(world.dsn(SOURCE)) as conn:
+        cur = psycopg.ClientCursor(conn)
+        return ([(t, cur.mogrify(b.checksum(t, global_=True), params)) for t in g.global_order]
+                + [(t, cur.mogrify(b.checksum(t), params)) for t in g.order])
+
+
+def run_checksums(s: Setup, src: str, dst: str, jobs: int) -> float:
+    """Every table's checksum query on both sides, ``jobs`` at a time, largest first; raises if
+    a pair differs. Returns the wall seconds."""
+    got: dict[tuple[str, str], tuple[Any, ...]] = {}
+
+    def one(table: str, side: str, dsn: str, query: str) -> None:
+        with psycopg.connect(dsn, autocommit=True) as c:
+            got[(table, side)] = tuple(c.execute(query).fetchone() or ())
+
+    items = [(f"{t} {side}", (lambda t=t, side=side, dsn=dsn, q=q: one(t, side, dsn, q))) for t, q in s.checksums for side, dsn in (("source", src), ("target", dst))]
+    secs = schedule(jobs, items, {f"{t} {side}": s.sizes.get(t, 0) for t, _ in s.checksums for side in ("source", "target")}, {})
+    bad = [t for t, _ in s.checksums if got[(t, "source")] != got[(t, "target")]]
+    if bad:
+        raise RuntimeError(f"checksums differ between source and target for {', '.join(bad)}")
+    return secs
+
+
 def _file_of(files: Path, table: str) -> str:
     return str(files / f"{table}.bin")
 
@@ -200,6 +240,7 @@ def setup_size(sbx: BenchSandbox, rows: int, say: Say, *, pgcopydb: bool = True)
     commands = pipe_commands(world, ws)
     s = Setup(world, ws, ws_rows, commands, sizes, _fk_parents(world, ws, list(sizes)), sum(sizes.values()), psql_binary(sbx),
               Path(tempfile.mkdtemp(prefix="residency-bench-files-")), shutil.which("pgcopydb"))
+    s.checksums = checksum_queries(world, ws)
     dump_files(s)
     if s.pgcopydb and pgcopydb:
         t0 = time.monotonic()
@@ -263,7 +304,7 @@ def target_rows(dsn: str, tables: list[str]) -> int:
 
 
 def contenders(kind: str, jobs: list[int], pipes: list[int], pc_jobs: list[int], s: Setup) -> list[str]:
-    out = [f"mover --jobs {j}" for j in jobs] + ["serial pipe"] + [f"{p} parallel pipes" for p in pipes]
+    out = [f"mover --jobs {j}" for j in jobs] + ["serial pipe"] + [f"{p} parallel pipes" for p in pipes] + [f"{p} {CHECKED}" for p in pipes[:1]]
     if s.pgcopydb and kind != "owner":
         out += [f"pgcopydb --table-jobs {j}" for j in pc_jobs]
     return out + ["read limit", "write limit"]
@@ -316,6 +357,9 @@ def run_one(sbx: BenchSandbox, s: Setup, kind: str, c: str, dst: str, limit_jobs
     got = target_rows(s.world.dsn(TARGET), list(s.sizes))
     if got != s.expected:
         raise RuntimeError(f"{c} left {got:,} rows in the target, expected {s.expected:,}")
+    if c.endswith(CHECKED):
+        sums = run_checksums(s, src, dst, int(c.split()[0]))
+        return {"seconds": round(secs + sums, 3), "copy": secs, "checksums": sums}
     return {"seconds": secs}
 
 
@@ -342,22 +386,26 @@ def summarize(kind: str, got: dict[str, list[dict[str, Any]]], load: list[float]
     movers = {c: v for c, v in med.items() if c.startswith("mover") and v}
     best_c = min(movers, key=lambda c: movers[c]) if movers else None
     best = movers.get(best_c) if best_c else None
-    peers = {c: v for c, v in med.items() if not c.startswith("mover") and "limit" not in c and v}
+    peers = {c: v for c, v in med.items() if not c.startswith("mover") and "limit" not in c and not c.endswith(CHECKED) and v}
     best_peer = min(peers.values()) if peers else None
     verify = median(r["verify"] for r in got.get(best_c, []) if r.get("verify") is not None) if best_c else None
     rss = max((r["rss_mb"] for c, v in got.items() if c.startswith("mover") for r in v if r.get("rss_mb") is not None), default=None)
     write = med.get("write limit")
     pc_rows = [f"pgcopydb's rows exclude preparing its source database (the workspace's rows alone, by the same SELECTs as the pipes, 2 at a time,"
                f" then VACUUM ANALYZE): {s.pc_prepare_seconds} s, once per size"] if s.pc_prepare_seconds is not None and any(c.startswith("pgcopydb") for c in med) else []
+    checked = next((c for c in med if c.endswith(CHECKED) and med[c]), None)
+    verified = round(best + verify, 3) if best and verify else None
     goals = {
         "copy_vs_best_peer": round(best_peer / best, 3) if best and best_peer else None,
         "copy_over_write_limit": round(best / write, 3) if best and write else None,
         "verify_over_copy": round(verify / best, 3) if verify and best else None,
         "peak_rss_mb": rss,
     }
+    beside = {"mover_copy_and_verify_seconds": verified, "checked_peer": checked,
+              "checked_peer_over_copy_and_verify": round(med[checked] / verified, 3) if checked and verified else None}
     return {"target": kind, "workspace_rows": s.ws_rows, "rows_copied": s.expected, "tables": len(s.sizes), "runs": {c: [r["seconds"] for r in v] for c, v in got.items()},
-            "median_seconds": med, "best_mover": best_c, "ratio_peer_over_best_mover": {c: round(v / best, 3) for c, v in med.items() if not c.startswith("mover") and v and best},
-            "mover_details": {c: v for c, v in got.items() if c.startswith("mover")}, "verify_seconds": verify, "goals": goals,
+            "median_seconds": med, "best_mover": best_c, "ratio_peer_over_best_mover": {c: round(v / best, 3) for c, v in med.items() if not c.startswith("mover") and not c.endswith(CHECKED) and v and best},
+            "mover_details": {c: v for c, v in got.items() if c.startswith("mover")}, "verify_seconds": verify, "goals": goals, "verified": beside,
             "pgcopydb_source_prepare_seconds": s.pc_prepare_seconds if pc_rows else None,
             "loadavg_1m": [round(x, 1) for x in load], "cpus": os.cpu_count(), "notes": list(s.notes) + pc_rows + (["pgcopydb: left out on the owner target (it needs session_replication_role = replica for tables with foreign keys; this role may not set it)"] if kind == "owner" and s.pgcopydb else [])}
 
@@ -377,7 +425,9 @@ def render(res: dict[str, Any]) -> str:
                 f"{r['cpus']} CPUs, load average {r['loadavg_1m'][0]} → {r['loadavg_1m'][1]}",
                 "", "| contender | median s | runs s | peer / best mover |", "|---|---|---|---|"]
         for c, m in r["median_seconds"].items():
-            ratio = r["ratio_peer_over_best_mover"].get(c)
+            ratio: Any = r["ratio_peer_over_best_mover"].get(c)
+            if c.endswith(CHECKED) and (r.get("verified") or {}).get("checked_peer_over_copy_and_verify") is not None:
+                ratio = f"{r['verified']['checked_peer_over_copy_and_verify']} (over copy + verify)"
             extra = ""
             if c in r["mover_details"]:
                 d = r["mover_details"][c][-1]
@@ -391,6 +441,10 @@ def render(res: dict[str, Any]) -> str:
                 f"- verify / copy: {g['verify_over_copy']} (target ≤ {GOALS['verify_over_copy']}): "
                 f"{_mark(None if g['verify_over_copy'] is None else g['verify_over_copy'] <= GOALS['verify_over_copy'])}",
                 f"- peak RSS: {g['peak_rss_mb']} MB (target < {GOALS['peak_rss_mb']}): {_mark(None if g['peak_rss_mb'] is None else g['peak_rss_mb'] < GOALS['peak_rss_mb'])}"]
+        v = r.get("verified") or {}
+        if v.get("checked_peer_over_copy_and_verify") is not None:
+            out.append(f"- verified copy: the mover's copy + verify {v['mover_copy_and_verify_seconds']} s against {v['checked_peer']} "
+                       f"{r['median_seconds'][v['checked_peer']]} s: {v['checked_peer_over_copy_and_verify']}x (beside the targets: the same work on both sides)")
         out += [f"- {n}" for n in r["notes"]] + [""]
     return "\n".join(out)
 
