@@ -68,7 +68,7 @@ class GlobalsSql(ReachSql):
         if len(parts) == 1:
             return parts[0](a)
         pk = self.graph.table(table).primary_key
-        if not pk:  # left OR'ed (a table without a key both moving and shared: none seen yet)
+        if not pk:  # unreached: the plan refuses shared rows in a table without a primary key
             return sql.SQL("({})").format(sql.SQL(" OR ").join(p(a) for p in parts))
         branches = []
         for p in parts:
