@@ -19,7 +19,7 @@ from __future__ import annotations
 import re
 import subprocess
 import time
-from typing import Any
+from typing import Any, Callable
 
 import psycopg
 from psycopg import sql
@@ -34,23 +34,32 @@ def _one_line(q: str) -> str:
     return " ".join(q.split())
 
 
-def pipe_commands(world: Any, ws: str) -> list[tuple[str, str, str]]:
-    """(table, source \\copy, target \\copy) for the global rows and every moving table, in the
-    mover's order, with the mover's own SELECTs (values bound by psycopg, not by hand)."""
+def mover_statements(world: Any, ws: str, shared: Callable[[Any, str], sql.Composable],
+                     moving: Callable[[Any, str], sql.Composable]) -> tuple[Any, list[tuple[str, str]]]:
+    """The mover's builder and (table, statement on one line, values bound by psycopg, not by
+    hand): ``shared(builder, table)`` for each table of the shared rows the workspace needs, then
+    ``moving(builder, table)`` for every moving table, in the mover's order. A peer runs the
+    mover's own SQL."""
     from residency.migrate.context import make_context
 
     ctx = make_context(world.catalogue, world.connections, ws, SOURCE, TARGET)
     b, g = ctx.builder, ctx.graph
     params = b.params(ws)
-    out = []
     with psycopg.connect(world.dsn(SOURCE)) as conn:
         cur = psycopg.ClientCursor(conn)
-        items = [(t, b.global_referenced(t)) for t in g.global_order] + [(t, b.select_rows(t)) for t in g.order]
-        for table, select in items:
-            q = _one_line(cur.mogrify(select, params))
-            cols = g.table(table).copy_columns
-            into = sql.SQL("{} ({})").format(b.qname(table), sql.SQL(", ").join(sql.Identifier(c) for c in cols)).as_string(conn)
-            out.append((table, f"\\copy ({q}) TO STDOUT (FORMAT binary)", f"\\copy {into} FROM STDIN (FORMAT binary)"))
+        items = [(t, shared(b, t)) for t in g.global_order] + [(t, moving(b, t)) for t in g.order]
+        return b, [(t, _one_line(cur.mogrify(q, params))) for t, q in items]
+
+
+def pipe_commands(world: Any, ws: str) -> list[tuple[str, str, str]]:
+    """(table, source \\copy, target \\copy) for the global rows and every moving table, in the
+    mover's order, with the mover's own SELECTs."""
+    b, selects = mover_statements(world, ws, lambda b, t: b.global_referenced(t), lambda b, t: b.select_rows(t))
+    out = []
+    for table, q in selects:
+        cols = b.graph.table(table).copy_columns
+        into = sql.SQL("{} ({})").format(b.qname(table), sql.SQL(", ").join(sql.Identifier(c) for c in cols)).as_string()
+        out.append((table, f"\\copy ({q}) TO STDOUT (FORMAT binary)", f"\\copy {into} FROM STDIN (FORMAT binary)"))
     return out
 
 

@@ -66,7 +66,7 @@ import psycopg
 from psycopg import sql
 
 from bench.common import Say, checkpoint, mb, median, psql_binary, run_child, seed_workspace, vacuum_analyze
-from bench.copybench import SOURCE, TARGET, pipe_commands
+from bench.copybench import SOURCE, TARGET, mover_statements, pipe_commands
 from bench.sandbox import REPO, BenchSandbox, temporary_sandbox
 
 TARGET_KINDS = ("super", "owner", "granted")
@@ -185,17 +185,8 @@ def drop_database(world: Any, dsn: str) -> None:
 
 def checksum_queries(world: Any, ws: str) -> list[tuple[str, str]]:
     """(table, query): the count and sum of row hashes of the workspace's rows of each table and
-    of the shared rows it needs, the mover's own checksum SQL with its values bound (as the pipes
-    use its SELECTs); run as is on either side."""
-    from residency.migrate.context import make_context
-
-    ctx = make_context(world.catalogue, world.connections, ws, SOURCE, TARGET)
-    b, g = ctx.builder, ctx.graph
-    params = b.params(ws)
-    with psycopg.connect(world.dsn(SOURCE)) as conn:
-        cur = psycopg.ClientCursor(conn)
-        return ([(t, cur.mogrify(b.checksum(t, global_=True), params)) for t in g.global_order]
-                + [(t, cur.mogrify(b.checksum(t), params)) for t in g.order])
+    of the shared rows it needs, the mover's own checksum SQL; run as is on either side."""
+    return mover_statements(world, ws, lambda b, t: b.checksum(t, global_=True), lambda b, t: b.checksum(t))[1]
 
 
 def run_checksums(s: Setup, src: str, dst: str, jobs: int) -> float:
